@@ -1,0 +1,7 @@
+"""bh-stage: BlendHunter blend identification as a weak-lensing pipeline stage.
+
+Reads a tile and its SExtractor catalogue, scores a stamp at every detection with a
+BlendHunter network (Farrens et al. 2021) and with SEP, and writes blend columns.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,142 @@
+"""Step 2 of the stage: cut, fill and pad stamps (pure arrays, no I/O).
+
+Input: a tile (2-D float array, 0-based ``[y, x]``), optionally a mask of bad pixels, and
+0-based pixel positions. Output: padded stamps ``(n, size_pix + 2 pad_pix, same)`` ready for
+the network and SEP, with the fraction of each stamp that fell off the tile or was masked.
+
+Conventions: an integer position is a pixel centre; a stamp is centred on the nearest pixel,
+``floor(x + 0.5)`` (so x.5 rounds up, never to even); its centre index is ``side // 2``.
+Training stamps are noise-free, zero-padded, then Gaussian noise is added over the whole padded
+stamp (``add_noise``). At inference the padding, off-tile and masked pixels are filled with
+Gaussian noise of the tile's rms (``cut_stamps``), so both see noise of the same law there.
+"""
+
+import numpy as np
+
+__all__ = ["nearest_pixel", "cut_stamps", "pad_stamps", "add_noise", "object_rng",
+           "dataset_noise_seeds"]
+
+
+def nearest_pixel(pos_pix):
+    """Return the index of the pixel whose centre is nearest, ``floor(pos + 0.5)``.
+
+    >>> nearest_pixel(np.array([2.49, 2.5, -0.5, 3.0])).tolist()
+    [2, 3, 0, 3]
+    """
+    return np.floor(np.asarray(pos_pix, dtype=np.float64) + 0.5).astype(np.int64)
+
+
+def object_rng(seed, index):
+    """Return the generator of object ``index`` for a run seeded with ``seed``."""
+    return np.random.default_rng([int(seed), int(index)])
+
+
+def cut_stamps(image, x_pix, y_pix, size_pix, pad_pix=0, bad=None, fill_sigma=0.0,
+               seed=0, first_index=0):
+    """Cut padded stamps centred on positions, filling what is not valid sky with noise.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        The tile, float, background-subtracted, in ADU.
+    x_pix, y_pix : array_like, shape (n,)
+        0-based positions in pixels.
+    size_pix : int
+        Side of the stamp cut from the tile; odd.
+    pad_pix : int
+        Padding on each side; the returned stamps are ``size_pix + 2 * pad_pix`` wide.
+    bad : ndarray of bool, shape (ny, nx), optional
+        Pixels that must not reach the network (zero weight, non-finite, SExtractor's -1e30).
+        Non-finite image pixels count as bad whether or not they are in ``bad``.
+    fill_sigma : float
+        Standard deviation of the Gaussian noise (ADU) that fills the padding, the pixels off
+        the tile and the bad pixels.
+    seed : int
+        Run seed; object ``first_index + i`` draws its fill from ``object_rng(seed, ...)``,
+        so a stamp does not depend on the batch it was cut in.
+    first_index : int
+        Index of the first position in the whole catalogue.
+
+    Returns
+    -------
+    stamps : ndarray, float32, shape (n, side, side)
+        ``side = size_pix + 2 * pad_pix``; the object's pixel is at ``[side // 2, side // 2]``.
+    edge_frac : ndarray, float32, shape (n,)
+        Fraction of the ``size_pix`` stamp lying outside the tile.
+    mask_frac : ndarray, float32, shape (n,)
+        Fraction of the ``size_pix`` stamp on the tile that is bad.
+    """
+    if size_pix % 2 != 1:
+        raise ValueError(f"size_pix must be odd, got {size_pix}")
+    ny, nx = image.shape
+    xc, yc = nearest_pixel(x_pix), nearest_pixel(y_pix)
+    n = xc.size
+    half, side = size_pix // 2, size_pix + 2 * pad_pix
+    stamps = np.zeros((n, side, side), dtype=np.float32)
+    edge_frac = np.zeros(n, dtype=np.float32)
+    mask_frac = np.zeros(n, dtype=np.float32)
+    area = size_pix * size_pix
+    for i in range(n):
+        x0, y0 = xc[i] - half, yc[i] - half
+        # Overlap of the stamp [y0, y0 + size) x [x0, x0 + size) with the tile.
+        ty0, ty1 = max(y0, 0), min(y0 + size_pix, ny)
+        tx0, tx1 = max(x0, 0), min(x0 + size_pix, nx)
+        fill = np.ones((side, side), dtype=bool)
+        if ty1 > ty0 and tx1 > tx0:
+            sy = slice(ty0 - y0 + pad_pix, ty1 - y0 + pad_pix)
+            sx = slice(tx0 - x0 + pad_pix, tx1 - x0 + pad_pix)
+            cut = image[ty0:ty1, tx0:tx1]
+            invalid = ~np.isfinite(cut)
+            if bad is not None:
+                invalid |= bad[ty0:ty1, tx0:tx1]
+            stamps[i, sy, sx] = np.where(invalid, 0.0, cut)
+            fill[sy, sx] = invalid
+            on_tile = (ty1 - ty0) * (tx1 - tx0)
+            mask_frac[i] = invalid.sum() / on_tile
+        else:
+            on_tile = 0
+        edge_frac[i] = 1.0 - on_tile / area
+        if fill_sigma > 0:
+            noise = object_rng(seed, first_index + i).normal(0.0, fill_sigma, (side, side))
+            stamps[i][fill] = noise[fill]
+    return stamps, edge_frac, mask_frac
+
+
+def pad_stamps(stamps, pad_pix):
+    """Zero-pad stamps ``(n, s, s)`` by ``pad_pix`` on every side."""
+    width = ((0, 0), (pad_pix, pad_pix), (pad_pix, pad_pix))
+    return np.pad(np.asarray(stamps, dtype=np.float32), width)
+
+
+def add_noise(stamps, sigma_adu, seeds):
+    """Return stamps plus Gaussian noise, each stamp drawn from its own seed.
+
+    Parameters
+    ----------
+    stamps : ndarray, shape (n, ny, nx)
+        Noise-free stamps in ADU.
+    sigma_adu : float
+        Noise standard deviation, ADU.
+    seeds : sequence of int or of sequences of int, length n
+        Seed of each stamp (anything ``numpy.random.default_rng`` takes), so any subset of a
+        data set gets the same noise as the whole.
+
+    Returns
+    -------
+    ndarray, float32, same shape
+    """
+    out = np.array(stamps, dtype=np.float32, copy=True)
+    for i, seed in enumerate(seeds):
+        out[i] += np.random.default_rng(seed).normal(0.0, sigma_adu, out.shape[1:])
+    return out
+
+
+def dataset_noise_seeds(seed, sigma_adu, realisation, indices):
+    """Return the noise seed of each stamp of a simulated data set.
+
+    Stamp ``i`` of a data set with seed ``seed``, at noise ``sigma_adu`` and realisation
+    ``realisation`` gets ``[seed, round(1000 * sigma_adu), realisation, i]``, so every
+    (sigma, realisation) pair is an independent noise set that any subset reproduces.
+    """
+    key = int(round(1000 * float(sigma_adu)))
+    return [[int(seed), key, int(realisation), int(i)] for i in indices]
