@@ -286,3 +286,253 @@ def config_reference(cls, indent=0):
             text = yaml.safe_dump({f.name: default}, default_flow_style=True, width=1000)
             lines.append(pad + text.strip().strip("{}"))
     return "\n".join(lines)
+
+
+# --- simulate (bh-stage simulate) -------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PsfConfig:
+    """CFIS-like PSF: an elliptical Moffat (optics) convolved with a Kolmogorov (seeing).
+
+    The Kolmogorov FWHM is solved so that the FWHM measured on the noise-free, unpixelated
+    PSF profile equals ``fwhm_arcsec``.
+    """
+
+    fwhm_arcsec: float = option(0.65, "Total FWHM of the PSF (Moffat * Kolmogorov, before "
+                                "pixelisation), arcsec; the Kolmogorov FWHM is solved for it.",
+                                min=0, min_exclusive=True)
+    moffat_beta: float = option(4.765, "Moffat beta of the optical component (paper: 4.765).",
+                                min=1.1)
+    moffat_fwhm_arcsec: float = option(0.35, "FWHM of the optical Moffat component, arcsec; "
+                                       "must be smaller than fwhm_arcsec.", min=0,
+                                       min_exclusive=True)
+    optical_g1: float = option(0.03, "Fixed reduced shear g1 of the optical component "
+                               "(CFHT-like optical ellipticity).", min=-0.5, max=0.5)
+    optical_g2: float = option(0.0, "Fixed reduced shear g2 of the optical component.",
+                               min=-0.5, max=0.5)
+    atmos_g_sigma: float = option(0.01, "Standard deviation of each ellipticity component "
+                                  "(g1, g2) of the Kolmogorov, drawn per stamp or per tile.",
+                                  min=0, max=0.2)
+
+    def validate(self):
+        if self.moffat_fwhm_arcsec >= self.fwhm_arcsec:
+            raise ConfigError(f"psf.moffat_fwhm_arcsec: {self.moffat_fwhm_arcsec} must be "
+                              f"smaller than psf.fwhm_arcsec ({self.fwhm_arcsec}); lower it")
+
+
+@dataclasses.dataclass
+class MagnitudeConfig:
+    """One target magnitude law for every simulated galaxy: dN/dm ∝ 10^(slope * m)."""
+
+    mag_min: float = option(20.0, "Brightest AB magnitude drawn.", min=10, max=35)
+    mag_max: float = option(24.5, "Faintest AB magnitude drawn; > mag_min.", min=10, max=35)
+    slope_dex_per_mag: float = option(0.3, "Slope of the number counts, dlog10(N)/dm "
+                                      "(CFIS-like: 0.3; 0: flat in m).", min=-2, max=2)
+    max_brightening_mag: float = option(3.0, "Real HST cut-outs: a galaxy drawn at magnitude "
+                                        "m uses a sample galaxy not fainter than m + this, so "
+                                        "its HST noise is brightened by at most this.",
+                                        min=0, min_exclusive=True)
+
+    def validate(self):
+        if self.mag_max <= self.mag_min:
+            raise ConfigError(f"magnitude.mag_max: {self.mag_max} must be > magnitude.mag_min "
+                              f"({self.mag_min})")
+
+
+@dataclasses.dataclass
+class SeparationConfig:
+    """Where the central galaxy and the companion of a blend land in the stamp."""
+
+    close_fraction: typing.Optional[float] = option(
+        None, "null: companion uniform over the stamp (the paper's definition). A number f: "
+        "a fraction f of blends has separation uniform in [min_separation_pix, close_max_pix), "
+        "the rest uniform over the stamp beyond close_max_pix.", min=0, max=1)
+    close_max_pix: float = option(10.0, "Separation below which a blend counts as close, "
+                                  "pixels.", min=0, min_exclusive=True)
+    min_separation_pix: float = option(0.0, "Smallest separation of a blend, pixels.", min=0)
+    center_jitter_pix: float = option(0.5, "The central galaxy sits at the stamp centre plus "
+                                      "a uniform offset in [-this, this] on each axis, pixels.",
+                                      min=0, max=5)
+
+    def validate(self):
+        if self.min_separation_pix >= self.close_max_pix:
+            raise ConfigError(f"separation.min_separation_pix: {self.min_separation_pix} must "
+                              f"be < separation.close_max_pix ({self.close_max_pix})")
+
+
+@dataclasses.dataclass
+class NoiseConfig:
+    """Noise grid recorded with a stamp set; noise is added by consumers, not stored."""
+
+    sigma_grid_adu: typing.List[float] = option([5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0],
+                                                "Gaussian noise levels, ADU (paper: 5..35).",
+                                                min=0, min_exclusive=True)
+    n_realisations: int = option(10, "Noise realisations per level (paper: 10).", min=1)
+    realistic_sigma_adu: float = option(14.5, "Noise of CFIS r-band tiles, ADU; used for the "
+                                        "SNR summary and for tiles.", min=0,
+                                        min_exclusive=True)
+
+
+@dataclasses.dataclass
+class TileConfig:
+    """A CFIS-like tile (``mode: tile``): Poisson galaxies, injected close pairs, noise."""
+
+    nx_pix: int = option(2000, "Tile width, pixels.", min=64)
+    ny_pix: int = option(2000, "Tile height, pixels.", min=64)
+    density_per_arcmin2: float = option(20.0, "Mean number of objects (singles + pair "
+                                        "members) per arcmin^2; positions are Poisson.",
+                                        min=0, min_exclusive=True)
+    close_pair_fraction: float = option(0.1, "Fraction of objects that are members of an "
+                                        "injected close pair.", min=0, max=1)
+    pair_min_separation_pix: float = option(3.0, "Smallest separation of an injected pair, "
+                                            "pixels.", min=0)
+    pair_max_separation_pix: float = option(10.0, "Largest separation of an injected pair, "
+                                            "pixels.", min=0, min_exclusive=True)
+    galaxy_kind: str = option("parametric", "Galaxy models: 'parametric' or 'real' (the "
+                              "test half of the real sample).", choices=("parametric", "real"))
+    noise_sigma_adu: float = option(14.5, "Gaussian noise of the tile, ADU (sky-subtracted, "
+                                    "mean 0).", min=0)
+    draw_size_pix: int = option(64, "Side of the postage stamp each galaxy is drawn in.",
+                                min=16)
+    crval_ra_deg: float = option(150.0, "RA of the tile centre (CRVAL1), degrees.", min=0,
+                                 max=360)
+    crval_dec_deg: float = option(2.2, "Dec of the tile centre (CRVAL2), degrees.", min=-90,
+                                  max=90)
+    gain_e_per_adu: float = option(1.0, "GAIN header key, e-/ADU.", min=0, min_exclusive=True)
+    saturate_adu: float = option(60000.0, "SATURATE header key; pixels are clipped there.",
+                                 min=0, min_exclusive=True)
+    mask_box_pix: int = option(0, "Side of a square of weight 0 (and image 0) near the "
+                                "corner (1/4, 1/4) of the tile; 0: none.", min=0)
+    image: str = option("simulated/tile.fits", "Output image (.fits or tile-compressed "
+                        ".fits.fz).")
+    weight: str = option("simulated/tile.weight.fits", "Output weight map (1/sigma^2).")
+    truth: str = option("simulated/tile_truth.fits", "Output truth table (FITS binary table).")
+
+    def validate(self):
+        if self.pair_min_separation_pix >= self.pair_max_separation_pix:
+            raise ConfigError(f"tile.pair_min_separation_pix: {self.pair_min_separation_pix} "
+                              f"must be < tile.pair_max_separation_pix "
+                              f"({self.pair_max_separation_pix})")
+
+
+@dataclasses.dataclass
+class SimulateConfig:
+    """``bh-stage simulate``: a stamp data set (``mode: stamps``) or a tile (``mode: tile``).
+
+    Fluxes are in ADU of a 300 s CFHT exposure (area 80216 cm^2, gain 1): the COSMOS
+    catalogue's flux scaled by ``10**(-0.4 (m - m_sample))`` for the drawn magnitude ``m``.
+    """
+
+    mode: str = option("stamps", "'stamps': a training/test data set (HDF5); 'tile': a "
+                       "CFIS-like tile (see the tile section).", choices=("stamps", "tile"))
+    set_kind: str = option("parametric", "'parametric': COSMOS Sersic/bulge+disc fits; "
+                           "'real': HST images of one half of the real sample (real_half); "
+                           "'mixed': parametric + real images of the training half.",
+                           choices=("parametric", "real", "mixed"))
+    real_half: str = option("test", "Half of the real sample used by set_kind 'real' "
+                            "('mixed' always uses 'train').", choices=("train", "test"))
+    real_fraction: float = option(0.5, "set_kind 'mixed': fraction of stamps drawn from real "
+                                  "images.", min=0, max=1)
+    n_stamps: int = option(1000, "Number of stamps; each split gets an even count, half "
+                           "blended (paper: 80000).", min=8)
+    train_fraction: float = option(0.45, "Fraction of stamps in the training split.", min=0,
+                                   max=1)
+    valid_fraction: float = option(0.45, "Fraction in the validation split; the test split "
+                                   "is the rest.", min=0, max=1)
+    seed: int = option(0, "Seed; stamp i uses default_rng([seed, i]).", min=0)
+    n_workers: int = option(2, "Worker processes (spawn); 1 draws in this process.", min=1)
+    chunk_size: int = option(50, "Stamps (or tile galaxies) per worker task.", min=1)
+    output: str = option("simulated/parametric.h5", "Output data set (HDF5), mode 'stamps'.")
+    overwrite: bool = option(False, "Replace existing outputs.")
+    cosmos_dir: str = option("../shared/cosmos", "Folder of the COSMOS samples "
+                             "(galsim_download_cosmos layout).")
+    parametric_catalogue: str = option("real_galaxy_catalog_23.5_example.fits",
+                                       "COSMOS catalogue with Sersic fits (parametric models).")
+    real_catalogue: str = option("real_galaxy_catalog_26_extension_example.fits",
+                                 "COSMOS catalogue with real HST images.")
+    pixel_scale_arcsec: float = option(0.187, "Pixel scale, arcsec/pixel (CFHT MegaCam).",
+                                       min=0, min_exclusive=True)
+    exptime_s: float = option(300.0, "Exposure time for the flux scaling, s.", min=0,
+                              min_exclusive=True)
+    area_cm2: float = option(80216.0, "Collecting area for the flux scaling, cm^2 (CFHT).",
+                             min=0, min_exclusive=True)
+    stamp: StampConfig = option(StampConfig, "Stamp geometry (contract: 51 + 2 x 7).")
+    psf: PsfConfig = option(PsfConfig, "PSF model.")
+    magnitude: MagnitudeConfig = option(MagnitudeConfig, "Target magnitude distribution.")
+    separation: SeparationConfig = option(SeparationConfig, "Blend geometry.")
+    noise: NoiseConfig = option(NoiseConfig, "Noise grid recorded in the data set.")
+    tile: TileConfig = option(TileConfig, "Tile simulator (mode 'tile').")
+
+    def validate(self):
+        if self.train_fraction + self.valid_fraction > 1:
+            raise ConfigError(f"train_fraction + valid_fraction = "
+                              f"{self.train_fraction + self.valid_fraction} must be <= 1")
+        side_arcsec = self.stamp.size_pix * self.pixel_scale_arcsec
+        if side_arcsec < 4 * self.psf.fwhm_arcsec:
+            raise ConfigError(f"stamp.size_pix: {self.stamp.size_pix} px x "
+                              f"{self.pixel_scale_arcsec}\"/px is smaller than 4 PSF FWHM "
+                              f"({4 * self.psf.fwhm_arcsec}\"); raise stamp.size_pix")
+
+
+SCHEMAS["simulate"] = SimulateConfig
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """``bh-stage train``: train a head on simulated data sets and calibrate its thresholds.
+
+    Bottleneck features are computed once per (data set, noise, realisation, preprocessing,
+    backbone, augmented copy) and cached in ``cache_dir``, so a rerun resumes.
+    """
+
+    datasets: typing.List[str] = option([], "Simulated data sets (.h5 from `bh-stage "
+                                        "simulate`); their train/valid/test splits are used.")
+    recipe: str = option("mixed", "'mixed': every stamp of the data sets (parametric + "
+                         "real-image); 'paper': parametric stamps only, and the 0.5 "
+                         "threshold is reported as well.", choices=("mixed", "paper"))
+    noise_sigma_adu: float = option(15.0, "Gaussian noise added to the noise-free stamps, "
+                                    "ADU (CFIS: about 14.5).", min=0, min_exclusive=True)
+    realisations: typing.List[int] = option([0], "Noise realisations of the training split, "
+                                            "each an independent noise copy; validation and "
+                                            "test use the first.", min=0)
+    backbone: str = option("hed", "Backbone weights: 'hed' (offline), 'imagenet' (download) "
+                           "or a path to a Keras VGG16 conv-base .weights.h5.")
+    preprocess: str = option("caffe", "Stamp preprocessing saved with the head: 'caffe', "
+                             "'paper', 'caffe_clip' or 'caffe_signed' (see model.preprocess).",
+                             choices=("caffe", "paper", "caffe_clip", "caffe_signed"))
+    output_dir: str = option("data/heads", "Folder of the trained head.")
+    head_name: typing.Optional[str] = option(None, "Head name (<name>.json and "
+                                             "<name>.weights.npz); null: "
+                                             "<backbone>_<recipe>_sigma<noise>.")
+    cache_dir: str = option("cache/features", "Folder of cached bottleneck features.")
+    batch_size: int = option(250, "Head training batch size (paper: 250).", min=1)
+    feature_batch_size: int = option(256, "Stamps per backbone call when extracting "
+                                     "features.", min=1)
+    max_epochs: int = option(500, "Maximum number of epochs (paper: 500).", min=1)
+    learning_rate: float = option(1e-3, "Adam learning rate (paper: 1e-3).", min=0,
+                                  min_exclusive=True)
+    patience_epochs: int = option(10, "Stop after this many epochs without a lower "
+                                  "validation loss (paper: 10).", min=1)
+    lr_patience_epochs: int = option(5, "Halve the learning rate after this many epochs "
+                                     "without a lower validation loss (paper: 5).", min=1)
+    seed: int = option(0, "Seed of shuffling, weight initialisation, dropout, augmentation "
+                       "and subsampling.", min=0)
+    n_augment: int = option(0, "Extra augmented copies of the training split (shear 0.2, "
+                            "zoom 0.2, horizontal flip, as Keras' ImageDataGenerator).", min=0)
+    max_train_stamps: typing.Optional[int] = option(None, "Use at most this many training "
+                                                    "stamps (and half as many valid and test "
+                                                    "stamps), drawn at random; null: all.",
+                                                    min=1)
+    overwrite: bool = option(False, "Replace an existing head of the same name.")
+    stamp: StampConfig = option(StampConfig, "Stamp geometry; must match the data sets.")
+    sep: SepConfig = option(SepConfig, "SEP parameters of the hybrid threshold calibration.")
+
+    def validate(self):
+        if not self.realisations:
+            raise ConfigError("realisations: give at least one noise realisation, e.g. [0]")
+        if len(set(self.realisations)) != len(self.realisations):
+            raise ConfigError(f"realisations: {self.realisations} has repeats")
+
+
+SCHEMAS["train"] = TrainConfig

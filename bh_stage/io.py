@@ -5,7 +5,17 @@ FITS_1.0), output catalogues, simulated data sets (HDF5) and simulated tiles. SE
 FITS positions are 1-based; everything this module returns is 0-based (``FITS_ORIGIN``).
 """
 
+import contextlib
+import dataclasses
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CatalogueColumnError, InputFileError, OutputExistsError, OutputFileError
 
 log = logging.getLogger(__name__)
 
@@ -14,5 +24,518 @@ FITS_ORIGIN = 1
 
 # --- tiles and catalogues (stage) -------------------------------------------------------
 
+SEXTRACTOR_NULL = -1e29
+"""SExtractor writes -1e30 for undefined values; anything at or below this is missing."""
+
+
+def _open_fits(path, mode="r"):
+    """Open a FITS file with fitsio, turning a missing or corrupt file into InputFileError."""
+    import fitsio
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file")
+    try:
+        return fitsio.FITS(str(path), mode)
+    except OSError as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputFileError(f"{path}: not a readable FITS file ({msg})") from err
+
+
+def _first_image_hdu(fits, path):
+    for hdu in fits:
+        if hdu.get_exttype() == "IMAGE_HDU" and hdu.has_data() and len(hdu.get_dims()) == 2:
+            return hdu
+    raise InputFileError(f"{path}: no 2-D image in the primary or any extension")
+
+
+def tile_shape(path):
+    """Return ``(ny, nx)`` of a tile's first 2-D image HDU without reading its pixels."""
+    with _open_fits(path) as fits:
+        return tuple(int(n) for n in _first_image_hdu(fits, path).get_dims())
+
+
+def read_tile(path):
+    """Read a tile's pixels and header.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        FITS image, plain or tile-compressed (``.fits.fz``); the primary HDU or, if it is
+        empty, the first 2-D image extension is read.
+
+    Returns
+    -------
+    image : ndarray, float32, shape (ny, nx)
+        Native byte order (SEP refuses big-endian arrays), 0-based ``[y, x]``.
+    header : dict
+        The HDU's header keys.
+
+    Raises
+    ------
+    InputFileError
+        The file is missing, not FITS, truncated, or holds no 2-D image.
+    """
+    with _open_fits(path) as fits:
+        hdu = _first_image_hdu(fits, path)
+        try:
+            image = hdu.read()
+            header = {rec["name"]: rec.get("value") for rec in hdu.read_header_list()
+                      if rec["name"] not in ("COMMENT", "HISTORY", "")}
+        except (OSError, ValueError) as err:
+            raise InputFileError(f"{path}: cannot read the image ({err}); the file may be "
+                                 "truncated") from err
+    return np.asarray(image, dtype=np.float32, order="C").astype(np.float32, copy=False), header
+
+
+@dataclasses.dataclass
+class Catalogue:
+    """Positions read from a SExtractor catalogue.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    hdu : int
+        Index of the objects table in the file.
+    extname : str
+    nrows : int
+    x_pix, y_pix : ndarray, float64
+        0-based positions (SExtractor's 1-based values minus ``FITS_ORIGIN``); NaN where the
+        catalogue holds SExtractor's -1e30 or a non-finite value.
+    ids : ndarray
+        The id column (e.g. NUMBER), or the 1-based row number if it is absent.
+    """
+
+    path: Path
+    hdu: int
+    extname: str
+    nrows: int
+    x_pix: np.ndarray
+    y_pix: np.ndarray
+    ids: np.ndarray
+
+
+def _objects_hdu(fits, path, hdu_spec):
+    """Find the objects table: ``hdu_spec`` 'auto', an extension name or an index."""
+    tables = [i for i, hdu in enumerate(fits) if hdu.get_exttype() in ("BINARY_TBL", "ASCII_TBL")]
+    if hdu_spec == "auto":
+        names = {fits[i].get_extname().upper(): i for i in tables}
+        for name in ("LDAC_OBJECTS", "OBJECTS"):
+            if name in names:
+                return names[name]
+        if tables:
+            return tables[0]
+        raise CatalogueColumnError(f"{path}: no table HDU; expected a SExtractor FITS_LDAC "
+                                   "or FITS_1.0 catalogue")
+    index = int(hdu_spec) if str(hdu_spec).isdigit() else None
+    for i in tables:
+        if i == index or fits[i].get_extname().upper() == str(hdu_spec).upper():
+            return i
+    raise CatalogueColumnError(f"{path}: no table HDU {hdu_spec!r}; set catalogue_hdu to "
+                               "'auto', an extension name or an index")
+
+
+def read_catalogue(path, x_column, y_column, id_column="NUMBER", hdu="auto"):
+    """Read the detection positions of a SExtractor catalogue.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        FITS_LDAC or FITS_1.0 catalogue.
+    x_column, y_column : str
+        1-based position columns, e.g. XWIN_IMAGE and YWIN_IMAGE.
+    id_column : str
+        Object id column; absent is allowed (row numbers are used).
+    hdu : str
+        'auto' (LDAC_OBJECTS, then OBJECTS, then the first table), a name or an index.
+
+    Returns
+    -------
+    Catalogue
+
+    Raises
+    ------
+    InputFileError
+        Missing, not FITS or truncated.
+    CatalogueColumnError
+        No table, or a position column is absent.
+    """
+    path = Path(path)
+    with _open_fits(path) as fits:
+        index = _objects_hdu(fits, path, hdu)
+        table = fits[index]
+        names = [c.upper() for c in table.get_colnames()]
+        for column in (x_column, y_column):
+            if column.upper() not in names:
+                raise CatalogueColumnError(
+                    f"{path}: no column {column!r} in HDU {table.get_extname() or index}; set "
+                    f"x_column / y_column to position columns it has (e.g. X_IMAGE)")
+        try:
+            nrows = table.get_nrows()
+            x = table.read_column(x_column).astype(np.float64) if nrows else np.zeros(0)
+            y = table.read_column(y_column).astype(np.float64) if nrows else np.zeros(0)
+            if id_column.upper() in names and nrows:
+                ids = table.read_column(id_column)
+            else:
+                ids = np.arange(1, nrows + 1)
+        except (OSError, ValueError) as err:
+            raise InputFileError(f"{path}: cannot read the catalogue ({err}); the file may "
+                                 "be truncated") from err
+        extname = table.get_extname()
+    for values in (x, y):
+        values[~np.isfinite(values) | (values <= SEXTRACTOR_NULL)] = np.nan
+    return Catalogue(path, index, extname, nrows, x - FITS_ORIGIN, y - FITS_ORIGIN, ids)
+
+
+@dataclasses.dataclass
+class NewColumn:
+    """A column to add to a catalogue: name, values, TUNIT and TTYPE comment."""
+
+    name: str
+    values: np.ndarray
+    unit: str
+    description: str
+
+
+def check_output(path, overwrite=False):
+    """Refuse an output that exists (unless ``overwrite``) or whose folder is missing.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    OutputFileError
+        The output folder does not exist.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: output exists; pass --overwrite (or set overwrite: "
+                                "true) to replace it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputFileError(f"{path}: output folder {folder} does not exist")
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_output(path, overwrite=False):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+
+    Raises
+    ------
+    OutputExistsError, OutputFileError
+        As ``check_output``, or the folder is not writable.
+    """
+    path = Path(path)
+    folder = check_output(path, overwrite)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".inprogress_{path.name}.", dir=folder)
+    except OSError as err:
+        raise OutputFileError(f"{path}: cannot write in {folder} ({err.strerror})") from err
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _describe(hdu, colnum, column):
+    """Write TTYPE comment and TUNIT of 1-based column ``colnum``."""
+    hdu.write_key(f"TTYPE{colnum}", column.name, comment=column.description[:47])
+    if column.unit:
+        hdu.write_key(f"TUNIT{colnum}", column.unit)
+
+
+def write_catalogue(catalogue, path, columns, header_keys, mode="add", id_column="NUMBER",
+                    overwrite=False):
+    """Write the new columns, keeping every byte of the input catalogue's own content.
+
+    Parameters
+    ----------
+    catalogue : Catalogue
+        The input, as returned by ``read_catalogue``; its file is never modified.
+    path : str or pathlib.Path
+        Output file, written under a temporary name and renamed when complete.
+    columns : list of NewColumn
+        Columns of ``catalogue.nrows`` values each.
+    header_keys : list of (name, value, comment)
+        Provenance keys for the objects HDU header.
+    mode : {'add', 'new'}
+        'add': a copy of the input (all HDUs, LDAC_IMHEAD included, rows, columns, TUNIT,
+        TDIM, TDISP and comments unchanged) with the columns appended to the objects table.
+        'new': a sidecar with the id column and the new columns in an 'OBJECTS' table.
+    id_column : str
+        Column copied into the sidecar ('new' mode) to join on.
+    overwrite : bool
+        Replace an existing output.
+    """
+    import fitsio
+
+    with atomic_output(path, overwrite) as tmp:
+        if mode == "add":
+            shutil.copyfile(catalogue.path, tmp)
+            with fitsio.FITS(str(tmp), "rw") as fits:
+                hdu = fits[catalogue.hdu]
+                for column in columns:
+                    hdu.insert_column(column.name, column.values)
+                    _describe(hdu, len(hdu.get_colnames()), column)
+                hdu.write_keys([{"name": k, "value": v, "comment": c} for k, v, c in header_keys])
+        else:
+            ids = NewColumn(id_column, np.asarray(catalogue.ids), "", "object id in the input "
+                            "catalogue")
+            data = np.zeros(catalogue.nrows, dtype=[(c.name, np.asarray(c.values).dtype)
+                                                    for c in [ids] + columns])
+            for column in [ids] + columns:
+                data[column.name] = column.values
+            with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
+                fits.write(data, extname="OBJECTS")
+                hdu = fits[-1]
+                for colnum, column in enumerate([ids] + columns, start=1):
+                    _describe(hdu, colnum, column)
+                hdu.write_keys([{"name": k, "value": v, "comment": c} for k, v, c in header_keys])
+
+
+
 
 # --- simulated data sets and tiles (simulate) -------------------------------------------
+
+
+SIM_DATASET_FORMAT = "bh-stage-simulated-stamps-1"
+"""Value of the ``format`` attribute of a simulated data set written by ``write_dataset``."""
+
+
+def _atomic_target(path):
+    """Return (final path, temporary path in the same folder) for an atomic write."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".inprogress_{os.getpid()}_{path.name}")
+    return path, tmp
+
+
+def _finish_atomic(tmp, path, ok):
+    """Rename ``tmp`` to ``path`` if ``ok``, otherwise remove ``tmp``."""
+    import os
+
+    if ok:
+        os.replace(tmp, path)
+    else:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def check_output_free(paths, overwrite):
+    """Raise OutputExistsError if any of ``paths`` exists and ``overwrite`` is False."""
+    from pathlib import Path
+
+    from .errors import OutputExistsError
+
+    if overwrite:
+        return
+    for path in paths:
+        if Path(path).exists():
+            raise OutputExistsError(f"{path}: output exists; remove it, choose another path "
+                                    f"or set overwrite: true")
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A simulated stamp data set read back by ``read_dataset``.
+
+    Attributes
+    ----------
+    stamps : ndarray, float32, shape (n, 65, 65)
+        Noise-free, zero-padded stamps in ADU.
+    truth : structured ndarray, shape (n,)
+        One row per stamp (fields listed in ``bh_stage.simulate``).
+    attrs : dict
+        File attributes: config, seed, noise grid, real split, fractions, ...
+    """
+
+    stamps: "object"
+    truth: "object"
+    attrs: dict
+
+
+def write_dataset(path, stamps, truth, attrs):
+    """Write a simulated stamp data set to one HDF5 file, atomically.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Output ``.h5`` file; written under a temporary name in the same folder, then renamed,
+        so an error leaves no partial file.
+    stamps : ndarray, float32, shape (n, ny, nx)
+        Noise-free stamps, ADU.
+    truth : structured ndarray, shape (n,)
+        Truth table.
+    attrs : dict
+        Scalars, strings or arrays stored as HDF5 attributes of the file.
+    """
+    import h5py
+    import numpy as np
+
+    path, tmp = _atomic_target(path)
+    ok = False
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("stamps", data=np.asarray(stamps, dtype=np.float32),
+                             chunks=(1,) + tuple(np.shape(stamps)[1:]) if len(stamps) else None,
+                             compression="gzip", compression_opts=1, shuffle=True)
+            f.create_dataset("truth", data=truth)
+            f.attrs["format"] = SIM_DATASET_FORMAT
+            for key, value in attrs.items():
+                f.attrs[key] = value
+        ok = True
+    finally:
+        _finish_atomic(tmp, path, ok)
+    log.info("wrote %d stamps to %s", len(stamps), path)
+    return path
+
+
+def _attr_value(value):
+    import numpy as np
+
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_dataset(path, indices=None):
+    """Read a simulated data set written by ``write_dataset`` (no GalSim needed).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The ``.h5`` file.
+    indices : array_like of int, optional
+        Rows to read (any order, repeats allowed); default all.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    InputFileError
+        The file is missing, not HDF5, or not a bh-stage data set.
+    """
+    from pathlib import Path
+
+    import h5py
+    import numpy as np
+
+    from .errors import InputFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: simulated data set not found; make it with "
+                             f"'bh-stage simulate CONFIG' or fix the path")
+    try:
+        with h5py.File(path, "r") as f:
+            if "stamps" not in f or "truth" not in f:
+                raise InputFileError(f"{path}: not a bh-stage data set (no 'stamps' or "
+                                     f"'truth' dataset); make it with 'bh-stage simulate'")
+            attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+            if indices is None:
+                stamps = f["stamps"][...]
+                truth = f["truth"][...]
+            else:
+                idx = np.asarray(indices, dtype=np.int64).ravel()
+                n = f["stamps"].shape[0]
+                if idx.size and (idx.min() < 0 or idx.max() >= n):
+                    raise InputFileError(f"{path}: indices out of range 0..{n - 1}")
+                uniq, inverse = np.unique(idx, return_inverse=True)
+                stamps = f["stamps"][uniq][inverse] if idx.size else \
+                    np.zeros((0,) + f["stamps"].shape[1:], np.float32)
+                truth = f["truth"][uniq][inverse] if idx.size else f["truth"][:0]
+    except InputFileError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise InputFileError(f"{path}: cannot read simulated data set ({err}); the file is "
+                             f"corrupt or not HDF5, re-create it with 'bh-stage simulate'"
+                             ) from err
+    return Dataset(stamps=stamps, truth=truth, attrs=attrs)
+
+
+def _write_fits_atomic(path, hdus):
+    """Write an HDUList atomically (temporary name, then rename)."""
+    path, tmp = _atomic_target(path)
+    ok = False
+    try:
+        hdus.writeto(tmp)
+        ok = True
+    finally:
+        _finish_atomic(tmp, path, ok)
+    return path
+
+
+def write_tile(path, image, weight_path, weight, header_cards, compress=False):
+    """Write a simulated tile and its weight map, each atomically.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Image file; ``.fits``, or tile-compressed (RICE, quantised at sigma/16 with dithering)
+        when ``compress`` is True or the name ends in ``.fz``.
+    image : ndarray, float32, shape (ny, nx)
+        Tile in ADU, 0-based ``[y, x]``.
+    weight_path : str or pathlib.Path
+        Weight map file (plain FITS, or compressed like the image).
+    weight : ndarray, float32, shape (ny, nx)
+        Inverse variance, 1/ADU^2; 0 marks masked pixels.
+    header_cards : list of (key, value, comment)
+        Header cards (WCS, GAIN, SATURATE, SEEING, EXPTIME, MAGZP, ...).
+    compress : bool
+        Tile-compress both files.
+    """
+    import numpy as np
+    from astropy.io import fits
+
+    header = fits.Header()
+    for key, value, comment in header_cards:
+        header[key] = (value, comment)
+    compress = compress or str(path).endswith(".fz")
+
+    def hdulist(data, hdr):
+        data = np.asarray(data, dtype=np.float32)
+        if compress:
+            comp = fits.CompImageHDU(data=data, header=hdr, compression_type="RICE_1",
+                                     quantize_level=16.0, quantize_method=2, dither_seed=1)
+            return fits.HDUList([fits.PrimaryHDU(), comp])
+        return fits.HDUList([fits.PrimaryHDU(data=data, header=hdr)])
+
+    _write_fits_atomic(path, hdulist(image, header))
+    whdr = header.copy()
+    whdr["BH_WHAT"] = ("weight", "inverse variance, 1/ADU^2; 0 = masked")
+    _write_fits_atomic(weight_path, hdulist(weight, whdr))
+    log.info("wrote tile %s and weight %s", path, weight_path)
+
+
+def write_truth(path, table, header_cards=()):
+    """Write a truth table (structured ndarray) as a FITS binary table, atomically.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Output ``.fits`` file.
+    table : structured ndarray
+        One row per object.
+    header_cards : sequence of (key, value, comment)
+        Extra cards for the table header.
+    """
+    from astropy.io import fits
+
+    hdu = fits.BinTableHDU(data=table, name="TRUTH")
+    for key, value, comment in header_cards:
+        hdu.header[key] = (value, comment)
+    _write_fits_atomic(path, fits.HDUList([fits.PrimaryHDU(), hdu]))
+    log.info("wrote truth table of %d rows to %s", len(table), path)
