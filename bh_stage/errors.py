@@ -8,6 +8,7 @@ Which class to raise:
 - ``ModelShapeError``: a head does not fit the backbone, the preprocessing or the stamp size.
 - ``SepError``: SEP failed on a stamp (wraps SEP's bare ``Exception``).
 - ``OutputExistsError``: the output exists and overwrite was not asked for.
+- ``OutputFileError``: the output cannot be written (missing or read-only folder).
 
 Every class derives from ``BhStageError`` and from the matching builtin, so ``except
 ValueError`` still works. The CLI prints the message of a ``BhStageError`` on one line and
@@ -16,7 +17,7 @@ exits with code 2.
 
 __all__ = [
     "BhStageError", "ConfigError", "InputFileError", "CatalogueColumnError",
-    "ModelShapeError", "SepError", "OutputExistsError",
+    "ModelShapeError", "SepError", "OutputExistsError", "OutputFileError",
 ]
 
 
@@ -50,3 +51,7 @@ class SepError(BhStageError, RuntimeError):
 
 class OutputExistsError(BhStageError, FileExistsError):
     """The output exists and overwrite was not asked for."""
+
+
+class OutputFileError(BhStageError, OSError):
+    """The output cannot be written: missing or read-only folder."""

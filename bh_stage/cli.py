@@ -1,0 +1,125 @@
+"""Command line: ``bh-stage run|simulate|train|evaluate|show-config``.
+
+Parses arguments, sets up logging and a progress bar, and calls one API function per
+subcommand. A ``BhStageError`` prints one line to stderr and exits with code 2.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import BhStageError
+
+__all__ = ["main", "run_main"]
+
+log = logging.getLogger("bh_stage")
+
+
+def _progress_bar(total, unit, quiet):
+    """Return (callback, close) for a tqdm bar over ``total`` items, or no-ops if quiet."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    return bar.update, bar.close
+
+
+def _cmd_run(args):
+    from .config import RunConfig, load_config
+    from .stage import run_stage
+
+    overrides = list(args.set)
+    for key in ("catalogue", "output", "weight"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    if args.overwrite:
+        overrides.append("overwrite=true")
+    cfg = load_config(args.config, RunConfig, overrides)
+    progress, close = _progress_bar(None, "obj", args.quiet)
+    try:
+        result = run_stage(cfg, args.tile, progress=progress)
+    finally:
+        close()
+    return result.summary()
+
+
+def _cmd_schema(name):
+    """Return the command of subcommand ``name``: load its config, call ``run_<name>``."""
+    def command(args):
+        from . import config
+
+        module = importlib.import_module(f".{name}", __package__)
+        cfg = config.load_config(args.config, config.SCHEMAS[name], args.set)
+        return getattr(module, f"run_{name}")(cfg)
+    return command
+
+
+def _cmd_show_config(args):
+    from . import config
+
+    if args.command_name not in config.SCHEMAS:
+        raise BhStageError(f"no config for {args.command_name!r}; choose one of "
+                           f"{', '.join(config.SCHEMAS)}")
+    return config.config_reference(config.SCHEMAS[args.command_name])
+
+
+def build_parser():
+    """Return the argparse parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="bh-stage", description="BlendHunter blend identification for survey tiles.")
+    parser.add_argument("--version", action="version", version=f"bh-stage {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="count", default=0,
+                           help="more log lines (-vv for debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="only errors and the summary line; no progress bar")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_set(p):
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set sep.minarea_pix=5")
+
+    run = sub.add_parser("run", help="score every detection of a tile")
+    run.add_argument("config", help="YAML config (see example_config/config.yml)")
+    run.add_argument("tile", help="tile FITS image (.fits or tile-compressed .fits.fz)")
+    run.add_argument("--catalogue", help="SExtractor catalogue (overrides the config)")
+    run.add_argument("--output", help="output catalogue (overrides the config)")
+    run.add_argument("--weight", help="weight map (overrides the config)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_set(run)
+    run.set_defaults(func=_cmd_run)
+
+    for name, text in (("simulate", "simulate stamp data sets or a tile with GalSim"),
+                       ("train", "train a BlendHunter head on simulated stamps"),
+                       ("evaluate", "compare BlendHunter and SEP on a simulated test set")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", help=f"YAML config (see example_config/{name}.yml)")
+        add_set(p)
+        p.set_defaults(func=_cmd_schema(name))
+
+    show = sub.add_parser("show-config", help="print the commented reference of a config")
+    show.add_argument("command_name", choices=("run", "simulate", "train", "evaluate"))
+    show.set_defaults(func=_cmd_show_config)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    args = build_parser().parse_args(argv)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        summary = args.func(args)
+    except BhStageError as err:
+        print(f"bh-stage {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+def run_main():
+    """Console-script entry point."""
+    sys.exit(main())

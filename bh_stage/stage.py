@@ -1,0 +1,260 @@
+"""The pipeline stage, ``bh-stage run``: validate -> read -> stamps -> score -> SEP -> write.
+
+Input: a tile (optionally with a weight map) and its SExtractor catalogue. Output: the
+catalogue with every input row and column unchanged plus the columns in ``OUTPUT_COLUMNS``.
+This is the only module that joins ``io`` to the science modules. Follow one detection:
+``io.read_catalogue`` gives its 0-based position, ``stamps.cut_stamps`` its 65x65 stamp,
+``model.Classifier.predict_proba`` its ``BLEND_PROB``, ``sep_flags.classify_stamps`` its SEP
+verdict, and ``io.write_catalogue`` appends them to its row.
+"""
+
+import concurrent.futures
+import dataclasses
+import datetime
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, io, model
+from .config import config_hash
+from .errors import ConfigError, InputFileError, ModelShapeError
+from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, classify_stamps,
+                        decode_flags)
+from .stamps import cut_stamps
+
+__all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "resolve_paths"]
+
+log = logging.getLogger(__name__)
+
+OUTPUT_COLUMNS = {
+    "BLEND_PROB": ("f4", "", "P(blend) by BlendHunter; NaN: not scored"),
+    "BH_BLEND_FLAG": ("i2", "", "BLEND_PROB >= the head's blend threshold"),
+    "SEP_NSRC": ("i2", "", "SEP sources in the stamp; -1: SEP error"),
+    "SEP_BLEND_FLAG": ("i2", "", "SEP: central source merged or NSRC >= 2"),
+    "BLEND_FLAG": ("i2", "", "SEP_BLEND_FLAG or BLEND_PROB >= hybrid thr"),
+    "BH_FLAGS": ("i2", "", "1 edge, 2 masked, 4 not scored, 8 SEP error"),
+    "BH_EDGE_FRAC": ("f4", "", "fraction of the stamp off the tile"),
+    "BH_MASK_FRAC": ("f4", "", "fraction of on-tile stamp pixels masked"),
+}
+"""Columns added by the stage: name -> (dtype, TUNIT, description used as TTYPE comment)."""
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What ``run_stage`` wrote: output path and counts for the summary line."""
+
+    output: Path
+    n_objects: int
+    n_blend_bh: int
+    n_blend_sep: int
+    n_blend_hybrid: int
+    n_not_scored: int
+    seconds: float
+
+    def summary(self):
+        rate = self.n_objects / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.output}: {self.n_objects} objects, blended: {self.n_blend_bh} by "
+                f"BlendHunter, {self.n_blend_sep} by SEP, {self.n_blend_hybrid} by BLEND_FLAG; "
+                f"{self.n_not_scored} not scored; {self.seconds:.1f} s ({rate:.1f} stamps/s)")
+
+
+def _stem(tile):
+    name = tile.name
+    for suffix in (".fits.fz", ".fits.gz", ".fits", ".fit", ".fz"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return tile.stem
+
+
+def resolve_paths(cfg, tile_path):
+    """Return the tile, catalogue, weight (or None) and output paths for one tile.
+
+    Patterns in the config take ``{dir}`` (the tile's folder) and ``{stem}`` (its name
+    without the FITS suffix).
+    """
+    tile = Path(tile_path)
+    fields = {"dir": str(tile.parent), "stem": _stem(tile)}
+
+    def fill(pattern, key):
+        try:
+            return Path(pattern.format(**fields))
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(f"{key}: bad pattern {pattern!r}; use {{dir}} and {{stem}}") from err
+
+    weight = fill(cfg.weight, "weight") if cfg.weight else None
+    return tile, fill(cfg.catalogue, "catalogue"), weight, fill(cfg.output, "output")
+
+
+def _check_positions(cat, shape):
+    """Refuse a catalogue with positions off the tile: it belongs to another image."""
+    ny, nx = shape
+    x, y = cat.x_pix, cat.y_pix
+    finite = np.isfinite(x) & np.isfinite(y)
+    # A pixel i covers [i - 0.5, i + 0.5) in 0-based coordinates.
+    outside = finite & ((x < -0.5) | (x >= nx - 0.5) | (y < -0.5) | (y >= ny - 0.5))
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        raise InputFileError(
+            f"{cat.path}: {outside.sum()} of {cat.nrows} positions lie outside the "
+            f"{nx}x{ny} tile (first: row {first + 1}, x={x[first] + io.FITS_ORIGIN:.1f}, "
+            f"y={y[first] + io.FITS_ORIGIN:.1f}, 1-based); is it the catalogue of this tile?")
+    return finite
+
+
+def _bad_pixels(image, weight):
+    """Pixels that must not reach the network: non-finite, SExtractor nulls, zero weight."""
+    bad = ~np.isfinite(image) | (image <= io.SEXTRACTOR_NULL)
+    if weight is not None:
+        bad |= ~(weight > 0)
+    return bad
+
+
+def _subtract_background(image, bad):
+    """Subtract SEP's background in place and return the tile's global rms, in ADU."""
+    import sep
+
+    image[bad] = 0.0
+    bkg = sep.Background(image, mask=bad)
+    bkg.subfrom(image)
+    image[bad] = 0.0
+    return float(bkg.globalrms)
+
+
+def _score(cfg, clf, image, bad, rms_adu, cat, scorable, progress):
+    """Stream the catalogue in batches; return BLEND_PROB, SEP columns and the fractions."""
+    n = cat.nrows
+    prob = np.full(n, np.nan, dtype=np.float32)
+    sep_out = np.zeros(n, dtype=[("nsrc", "i2"), ("blend", "i1"), ("error", "?")])
+    edge = np.zeros(n, dtype=np.float32)
+    mask = np.zeros(n, dtype=np.float32)
+    x = np.where(scorable, cat.x_pix, 0.0)
+    y = np.where(scorable, cat.y_pix, 0.0)
+    # SEP runs in a thread on batch k while the network scores batch k (SEP releases the GIL).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        for start in range(0, n, cfg.batch_size):
+            rows = slice(start, min(start + cfg.batch_size, n))
+            stamps, edge[rows], mask[rows] = cut_stamps(
+                image, x[rows], y[rows], cfg.stamp.size_pix, cfg.stamp.pad_pix, bad=bad,
+                fill_sigma=rms_adu, seed=cfg.seed, first_index=start)
+            ok = scorable[rows] & (edge[rows] < 1) & (mask[rows] < 1)
+            sep_job = pool.submit(classify_stamps, stamps, cfg.sep, None, start)
+            if ok.any():
+                batch_prob = np.full(ok.size, np.nan, dtype=np.float32)
+                batch_prob[ok] = clf.predict_proba(stamps[ok])
+                prob[rows] = batch_prob
+            sep_out[rows] = sep_job.result()
+            log.debug("objects %d-%d scored", rows.start, rows.stop - 1)
+            if progress is not None:
+                progress(rows.stop - rows.start)
+    return prob, sep_out, edge, mask
+
+
+def _provenance(cfg, clf, rms_adu):
+    meta = clf.metadata
+    return [
+        ("BH_VERS", __version__, "bh-stage version"),
+        ("BH_HEAD", Path(clf.head_path).name, "BlendHunter head"),
+        ("BH_HSHA", meta["weights_sha256"][:64], "sha256 of the head's weights"),
+        ("BH_BACKB", meta["backbone"], "backbone of the head"),
+        ("BH_PREC", cfg.precision, "network precision"),
+        ("BH_THR", float(clf.blend_threshold), "BH_BLEND_FLAG threshold on BLEND_PROB"),
+        ("BH_HTHR", float(clf.hybrid_threshold), "BLEND_FLAG threshold on BLEND_PROB"),
+        ("BH_RMS", rms_adu, "[ADU] tile rms used to fill padding"),
+        ("BH_CFGSH", config_hash(cfg), "sha256 of the resolved config"),
+        ("BH_DATE", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+         "UTC date of the run"),
+    ]
+
+
+def run_stage(cfg, tile_path, progress=None):
+    """Score every detection of one tile and write the output catalogue.
+
+    Parameters
+    ----------
+    cfg : bh_stage.config.RunConfig
+        Resolved config.
+    tile_path : str or pathlib.Path
+        The tile, plain or tile-compressed FITS.
+    progress : callable, optional
+        Called with the number of objects done after each batch.
+
+    Returns
+    -------
+    StageResult
+
+    The output holds every input row and column unchanged plus, per object:
+    ``BLEND_PROB`` (float32, probability; NaN if not scored), ``BH_BLEND_FLAG`` (int16, 0/1),
+    ``SEP_NSRC`` (int16, number of SEP sources; -1 on SEP error), ``SEP_BLEND_FLAG`` (int16,
+    0/1), ``BLEND_FLAG`` (int16, 0/1, the recommended hybrid), ``BH_FLAGS`` (int16, bits of
+    ``sep_flags.BH_FLAGS``), ``BH_EDGE_FRAC`` and ``BH_MASK_FRAC`` (float32, fractions).
+
+    Raises
+    ------
+    BhStageError
+        Any input, config or output problem, before the output is created.
+    """
+    t0 = time.perf_counter()
+    tile, cat_path, weight_path, output = resolve_paths(cfg, tile_path)
+    if output.resolve() in (tile.resolve(), cat_path.resolve()):
+        raise ConfigError(f"output {output} would overwrite an input; choose another output")
+    for path in (tile, cat_path, weight_path):
+        if path is not None and not path.is_file():
+            raise InputFileError(f"{path}: no such file")
+    io.check_output(output, cfg.overwrite)
+    cat = io.read_catalogue(cat_path, cfg.x_column, cfg.y_column, cfg.id_column,
+                            cfg.catalogue_hdu)
+    shape = io.tile_shape(tile)
+    finite = _check_positions(cat, shape)
+    log.info("%s: %d objects from %s (HDU %s)", tile, cat.nrows, cat_path, cat.extname)
+
+    image, _ = io.read_tile(tile)
+    weight = None
+    if weight_path is not None:
+        weight, _ = io.read_tile(weight_path)
+        if weight.shape != image.shape:
+            raise InputFileError(f"{weight_path}: weight map is {weight.shape[1]}x"
+                                 f"{weight.shape[0]}, the tile {image.shape[1]}x"
+                                 f"{image.shape[0]}")
+    bad = _bad_pixels(image, weight)
+    del weight
+    rms_adu = _subtract_background(image, bad)
+    log.info("tile rms %.3g ADU, %.2g %% of pixels masked", rms_adu, 100 * bad.mean())
+
+    head = model.head_path(cfg.head, noise_sigma_adu=rms_adu)
+    clf = model.load_classifier(head, precision=cfg.precision, batch_size=cfg.batch_size)
+    meta = clf.metadata
+    if (meta["size_pix"], meta["pad_pix"]) != (cfg.stamp.size_pix, cfg.stamp.pad_pix):
+        raise ModelShapeError(f"{head}: head trained on {meta['size_pix']}px stamps padded by "
+                              f"{meta['pad_pix']}, config asks {cfg.stamp.size_pix} and "
+                              f"{cfg.stamp.pad_pix}; set stamp.size_pix / stamp.pad_pix")
+    blend_thr = clf.blend_threshold if cfg.blend_threshold is None else cfg.blend_threshold
+    hybrid_thr = clf.hybrid_threshold if cfg.hybrid_threshold is None else cfg.hybrid_threshold
+    clf.blend_threshold, clf.hybrid_threshold = blend_thr, hybrid_thr
+    log.info("head %s (trained at sigma %.3g ADU), thresholds %.3f / %.3f", head,
+             meta["noise_sigma_adu"], blend_thr, hybrid_thr)
+
+    prob, sep_out, edge, mask = _score(cfg, clf, image, bad, rms_adu, cat, finite, progress)
+    del image, bad
+
+    scored = np.isfinite(prob)
+    bh_flag = (scored & (prob >= blend_thr)).astype(np.int16)
+    sep_flag = (sep_out["blend"] == 1).astype(np.int16)
+    hybrid = (sep_flag.astype(bool) | (scored & (prob >= hybrid_thr))).astype(np.int16)
+    flags = (np.where(edge > 0, BH_EDGE, 0) | np.where(mask > 0, BH_MASKED, 0)
+             | np.where(~scored, BH_NOT_SCORED, 0)
+             | np.where(sep_out["error"], BH_SEP_ERROR, 0)).astype(np.int16)
+    values = {"BLEND_PROB": prob, "BH_BLEND_FLAG": bh_flag, "SEP_NSRC": sep_out["nsrc"],
+              "SEP_BLEND_FLAG": sep_flag, "BLEND_FLAG": hybrid, "BH_FLAGS": flags,
+              "BH_EDGE_FRAC": edge, "BH_MASK_FRAC": mask}
+    columns = [io.NewColumn(name, np.asarray(values[name], dtype=dtype), unit, text)
+               for name, (dtype, unit, text) in OUTPUT_COLUMNS.items()]
+    io.write_catalogue(cat, output, columns, _provenance(cfg, clf, rms_adu), cfg.output_mode,
+                       cfg.id_column, cfg.overwrite)
+    for bit in (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR):
+        count = int(((flags & bit) != 0).sum())
+        if count:
+            log.info("%d objects flagged %s", count, decode_flags(bit)[0])
+    return StageResult(output, cat.nrows, int(bh_flag.sum()), int(sep_flag.sum()),
+                       int(hybrid.sum()), int((~scored).sum()), time.perf_counter() - t0)
