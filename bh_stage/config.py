@@ -356,7 +356,7 @@ class SeparationConfig:
                                       min=0, max=5)
 
     def validate(self):
-        if self.min_separation_pix >= self.close_max_pix:
+        if self.close_fraction is not None and self.min_separation_pix >= self.close_max_pix:
             raise ConfigError(f"separation.min_separation_pix: {self.min_separation_pix} must "
                               f"be < separation.close_max_pix ({self.close_max_pix})")
 

@@ -489,7 +489,7 @@ def write_tile(path, image, weight_path, weight, header_cards, compress=False):
     image : ndarray, float32, shape (ny, nx)
         Tile in ADU, 0-based ``[y, x]``.
     weight_path : str or pathlib.Path
-        Weight map file (plain FITS, or compressed like the image).
+        Weight map file (plain FITS, or losslessly GZIP-compressed when compressing).
     weight : ndarray, float32, shape (ny, nx)
         Inverse variance, 1/ADU^2; 0 marks masked pixels.
     header_cards : list of (key, value, comment)
@@ -505,18 +505,23 @@ def write_tile(path, image, weight_path, weight, header_cards, compress=False):
         header[key] = (value, comment)
     compress = compress or str(path).endswith(".fz")
 
-    def hdulist(data, hdr):
+    def hdulist(data, hdr, lossless):
         data = np.asarray(data, dtype=np.float32)
+        if compress and lossless:
+            comp = fits.CompImageHDU(data=data, header=hdr, compression_type="GZIP_2",
+                                     quantize_level=0.0)
+            return fits.HDUList([fits.PrimaryHDU(), comp])
         if compress:
             comp = fits.CompImageHDU(data=data, header=hdr, compression_type="RICE_1",
                                      quantize_level=16.0, quantize_method=2, dither_seed=1)
             return fits.HDUList([fits.PrimaryHDU(), comp])
         return fits.HDUList([fits.PrimaryHDU(data=data, header=hdr)])
 
-    _write_fits_atomic(path, hdulist(image, header))
+    _write_fits_atomic(path, hdulist(image, header, lossless=False))
     whdr = header.copy()
     whdr["BH_WHAT"] = ("weight", "inverse variance, 1/ADU^2; 0 = masked")
-    _write_fits_atomic(weight_path, hdulist(weight, whdr))
+    # The weight map is compressed losslessly (GZIP_2, no quantisation).
+    _write_fits_atomic(weight_path, hdulist(weight, whdr, lossless=True))
     log.info("wrote tile %s and weight %s", path, weight_path)
 
 
