@@ -6,6 +6,7 @@ subcommand. A ``BhStageError`` prints one line to stderr and exits with code 2.
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 
@@ -34,7 +35,7 @@ def _cmd_run(args):
     overrides = list(args.set)
     for key in ("catalogue", "output", "weight"):
         if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
+            overrides.append(f"{key}={json.dumps(getattr(args, key))}")  # a YAML string
     if args.overwrite:
         overrides.append("overwrite=true")
     cfg = load_config(args.config, RunConfig, overrides)

@@ -28,6 +28,12 @@ SEXTRACTOR_NULL = -1e29
 """SExtractor writes -1e30 for undefined values; anything at or below this is missing."""
 
 
+def _fitsio_message(err):
+    """First line of a fitsio error, whose text spans several lines of CFITSIO's stack."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def _open_fits(path, mode="r"):
     """Open a FITS file with fitsio, turning a missing or corrupt file into InputFileError."""
     import fitsio
@@ -38,8 +44,8 @@ def _open_fits(path, mode="r"):
     try:
         return fitsio.FITS(str(path), mode)
     except OSError as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputFileError(f"{path}: not a readable FITS file ({msg})") from err
+        raise InputFileError(f"{path}: not a readable FITS file ({_fitsio_message(err)})") \
+            from err
 
 
 def _first_image_hdu(fits, path):
@@ -83,8 +89,8 @@ def read_tile(path):
             header = {rec["name"]: rec.get("value") for rec in hdu.read_header_list()
                       if rec["name"] not in ("COMMENT", "HISTORY", "")}
         except (OSError, ValueError) as err:
-            raise InputFileError(f"{path}: cannot read the image ({err}); the file may be "
-                                 "truncated") from err
+            raise InputFileError(f"{path}: cannot read the image ({_fitsio_message(err)}); "
+                                 "the file may be truncated") from err
     return np.asarray(image, dtype=np.float32, order="C").astype(np.float32, copy=False), header
 
 
@@ -179,8 +185,8 @@ def read_catalogue(path, x_column, y_column, id_column="NUMBER", hdu="auto"):
             else:
                 ids = np.arange(1, nrows + 1)
         except (OSError, ValueError) as err:
-            raise InputFileError(f"{path}: cannot read the catalogue ({err}); the file may "
-                                 "be truncated") from err
+            raise InputFileError(f"{path}: cannot read the catalogue "
+                                 f"({_fitsio_message(err)}); the file may be truncated") from err
         extname = table.get_extname()
     for values in (x, y):
         values[~np.isfinite(values) | (values <= SEXTRACTOR_NULL)] = np.nan

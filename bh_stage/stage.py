@@ -148,6 +148,7 @@ def _score(cfg, clf, image, bad, rms_adu, cat, scorable, progress):
             log.debug("objects %d-%d scored", rows.start, rows.stop - 1)
             if progress is not None:
                 progress(rows.stop - rows.start)
+    edge[~scorable] = mask[~scorable] = np.nan  # no position, no stamp
     return prob, sep_out, edge, mask
 
 

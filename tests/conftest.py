@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES_XY = [(20.0, 22.0), (40.0, 40.0), (45.0, 43.0)]
-"""0-based (x, y) of the synthetic tile's Gaussian sources; the last two form a close pair."""
+TILE_SHAPE = (100, 100)
+SOURCES_XY = [(20.0, 22.0), (75.0, 75.0), (78.0, 76.5)]
+"""0-based (x, y) of the synthetic tile's Gaussian sources; the last two form a close pair
+(3.4 px), the first is isolated (no other source within its 51x51 stamp)."""
 
 
 def _missing(reason):
@@ -76,13 +78,13 @@ def write_ldac(path, x_pix, y_pix):
 
 @pytest.fixture
 def small_tile(tmp_path):
-    """A 64x64 tile with 3 Gaussian sources, its weight map and a 3-row LDAC catalogue."""
+    """A 100x100 tile with 3 Gaussian sources, its weight map and a 3-row LDAC catalogue."""
     import fitsio
 
     tile = tmp_path / "tile.fits"
-    fitsio.write(str(tile), gaussian_image((64, 64), SOURCES_XY), clobber=True)
+    fitsio.write(str(tile), gaussian_image(TILE_SHAPE, SOURCES_XY), clobber=True)
     weight = tmp_path / "tile.weight.fits"
-    fitsio.write(str(weight), np.ones((64, 64), dtype=np.float32), clobber=True)
+    fitsio.write(str(weight), np.ones(TILE_SHAPE, dtype=np.float32), clobber=True)
     x, y = np.array(SOURCES_XY).T
     write_ldac(tmp_path / "tile.cat", x, y)
     return tmp_path
@@ -90,7 +92,7 @@ def small_tile(tmp_path):
 
 class FakeClassifier:
     """Stands in for ``model.Classifier`` without TensorFlow: P(blend) grows with the number
-    of pixels above 10 ADU outside the central 7x7 box."""
+    of pixels above 40 ADU (8 sigma) outside the central 7x7 box."""
 
     def __init__(self, head, precision="f32", batch_size=256, **_):
         self.head_path = Path(head)
@@ -105,7 +107,7 @@ class FakeClassifier:
         stamps = np.array(stamps, dtype=np.float32)
         c = stamps.shape[-1] // 2
         stamps[:, c - 3:c + 4, c - 3:c + 4] = 0
-        return np.clip((stamps > 10).sum(axis=(1, 2)) / 20.0, 0, 1).astype(np.float32)
+        return np.clip((stamps > 40).sum(axis=(1, 2)) / 5.0, 0, 1).astype(np.float32)
 
 
 @pytest.fixture

@@ -1,0 +1,179 @@
+"""The stage on a synthetic 64x64 tile, scored by FakeClassifier (no TensorFlow): columns,
+preservation of the input, and every bad-input path through the CLI."""
+
+import hashlib
+
+import fitsio
+import numpy as np
+import pytest
+
+from bh_stage.cli import main
+from bh_stage.config import RunConfig, config_from_dict
+from bh_stage.stage import OUTPUT_COLUMNS, run_stage
+
+from conftest import TILE_SHAPE, write_ldac
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cfg(**kwargs):
+    return config_from_dict(RunConfig, kwargs)
+
+
+def test_columns_added_and_input_preserved(small_tile, fake_classifier):
+    before = sha(small_tile / "tile.cat")
+    result = run_stage(cfg(weight="{dir}/{stem}.weight.fits"), small_tile / "tile.fits")
+    assert sha(small_tile / "tile.cat") == before
+    out = small_tile / "tile_bh.cat"
+    assert result.output == out and result.n_objects == 3
+    with fitsio.FITS(str(small_tile / "tile.cat")) as fin, fitsio.FITS(str(out)) as fout:
+        assert [h.get_extname() for h in fout] == ["", "LDAC_IMHEAD", "LDAC_OBJECTS"]
+        np.testing.assert_array_equal(fout[1].read(), fin[1].read())
+        old, new = fin[2].read(), fout[2].read()
+        for name in old.dtype.names:
+            assert new[name].tobytes() == old[name].tobytes(), name
+        assert list(new.dtype.names) == list(old.dtype.names) + list(OUTPUT_COLUMNS)
+        hin, hout = fin[2].read_header(), fout[2].read_header()
+        for key in ("TTYPE2", "TUNIT2", "TDISP2", "TDIM5"):
+            assert hout[key] == hin[key] and hout.get_comment(key) == hin.get_comment(key)
+        assert hout.get_comment("TTYPE6") == OUTPUT_COLUMNS["BLEND_PROB"][2]
+        assert hout["BH_VERS"] and len(hout["BH_CFGSH"]) == 64
+    # Source 1 is isolated; SEP does not split the 3.4 px pair, the fake classifier does.
+    assert new["SEP_NSRC"][0] == 1 and new["SEP_BLEND_FLAG"][0] == 0
+    assert new["BH_FLAGS"].tolist() == [1, 1, 1]  # every 51x51 stamp crosses the tile edge
+    assert new["BLEND_PROB"][0] < 0.5 and (new["BLEND_PROB"][1:] >= 0.5).all()
+    assert (new["BLEND_FLAG"] >= new["SEP_BLEND_FLAG"]).all()
+    assert (new["BH_BLEND_FLAG"] == (new["BLEND_PROB"] >= 0.5)).all()
+
+
+def test_edge_masked_and_nan_positions_are_flags(small_tile, fake_classifier):
+    import fitsio
+
+    weight = np.ones(TILE_SHAPE, dtype=np.float32)
+    weight[48:53, 48:53] = 0  # around object 2
+    fitsio.write(str(small_tile / "tile.weight.fits"), weight, clobber=True)
+    write_ldac(small_tile / "tile.cat", [2.0, 50.0, np.nan], [2.0, 50.0, 5.0])
+    run_stage(cfg(weight="{dir}/{stem}.weight.fits"), small_tile / "tile.fits")
+    out = fitsio.read(str(small_tile / "tile_bh.cat"), ext="LDAC_OBJECTS")
+    # Object 1 at (2, 2): columns and rows -23..27 of which 0..27 are on the tile.
+    assert out["BH_EDGE_FRAC"][0] == pytest.approx(1 - 28**2 / 51**2)
+    # Object 2 at (50, 50): the whole stamp is on the tile, 25 pixels of weight 0.
+    assert out["BH_EDGE_FRAC"][1] == 0
+    assert out["BH_MASK_FRAC"][1] == pytest.approx(25 / 51**2)
+    assert out["BH_FLAGS"].tolist() == [1, 2, 4]
+    assert np.isnan(out["BLEND_PROB"][2]) and out["BLEND_FLAG"][2] == 0
+    assert np.isnan(out["BH_EDGE_FRAC"][2]) and np.isnan(out["BH_MASK_FRAC"][2])
+
+
+def test_new_mode_writes_a_sidecar(small_tile, fake_classifier):
+    run_stage(cfg(output_mode="new", output="{dir}/side.fits"), small_tile / "tile.fits")
+    out = fitsio.read(str(small_tile / "side.fits"), ext="OBJECTS")
+    assert list(out.dtype.names) == ["NUMBER"] + list(OUTPUT_COLUMNS)
+    assert out["NUMBER"].tolist() == [1, 2, 3]
+
+
+def test_empty_catalogue_gives_zero_rows(small_tile, fake_classifier):
+    write_ldac(small_tile / "tile.cat", [], [])
+    result = run_stage(cfg(), small_tile / "tile.fits")
+    assert result.n_objects == 0
+    assert fitsio.FITS(str(small_tile / "tile_bh.cat"))[2].get_nrows() == 0
+
+
+def test_compressed_tile_gives_the_same_columns(small_tile, fake_classifier):
+    image = fitsio.read(str(small_tile / "tile.fits"))
+    fitsio.write(str(small_tile / "tilez.fits.fz"), image, compress="GZIP", clobber=True)
+    (small_tile / "tilez.cat").write_bytes((small_tile / "tile.cat").read_bytes())
+    run_stage(cfg(), small_tile / "tile.fits")
+    run_stage(cfg(), small_tile / "tilez.fits.fz")
+    a = fitsio.read(str(small_tile / "tile_bh.cat"), ext=2)
+    b = fitsio.read(str(small_tile / "tilez_bh.cat"), ext=2)
+    np.testing.assert_array_equal(a["BLEND_PROB"], b["BLEND_PROB"])
+
+
+def run_cli(tile_dir, *extra):
+    return main(["-q", "run", str(tile_dir / "config.yml"), str(tile_dir / "tile.fits"), *extra])
+
+
+def corrupt(path):
+    path.write_bytes(b"not a FITS file at all" * 10)
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:4000])
+
+
+def drop_columns(path):
+    import fitsio
+
+    fitsio.write(str(path), np.zeros(2, dtype=[("NUMBER", "i4"), ("X_IMAGE", "f8")]),
+                 clobber=True)
+
+
+def other_tile_catalogue(path):
+    write_ldac(path, [500.0, 10.0], [600.0, 10.0])
+
+
+@pytest.mark.parametrize("damage, target, config, extra, message", [
+    (None, None, "weight: missing.fits\n", (), "missing.fits: no such file"),
+    (lambda p: p.unlink(), "tile.fits", "", (), "tile.fits: no such file"),
+    (corrupt, "tile.fits", "", (), "tile.fits: not a readable FITS file"),
+    (truncate, "tile.fits", "", (), "tile.fits: "),
+    (lambda p: p.unlink(), "tile.cat", "", (), "tile.cat: no such file"),
+    (corrupt, "tile.cat", "", (), "tile.cat: not a readable FITS file"),
+    (truncate, "tile.cat", "", (), "tile.cat: "),
+    (drop_columns, "tile.cat", "", (), "no column 'XWIN_IMAGE'"),
+    (other_tile_catalogue, "tile.cat", "", (), "1 of 2 positions lie outside the 100x100 tile"),
+    (None, None, "batch_sise: 3\n", (), "batch_sise: unknown key"),
+    (None, None, "precision: int4\n", (), "precision: 'int4' is not one of"),
+    (None, None, "", ("--output", "/nonexistent/dir/out.cat"), "output folder"),
+    (None, None, "", ("--output", "{dir}/tile.cat"), "would overwrite an input"),
+])
+def test_bad_input_is_one_line_exit_2_no_output(small_tile, fake_classifier, capsys, damage,
+                                                target, config, extra, message):
+    (small_tile / "config.yml").write_text(config)
+    if damage is not None:
+        damage(small_tile / target)
+    before = {p.name: sha(p) for p in small_tile.iterdir()}
+    assert run_cli(small_tile, *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    after = {p.name: sha(p) for p in small_tile.iterdir()}
+    assert after == before  # inputs untouched, nothing written
+
+
+def test_existing_output_needs_overwrite(small_tile, fake_classifier, capsys):
+    (small_tile / "config.yml").write_text("")
+    assert run_cli(small_tile) == 0
+    assert "3 objects" in capsys.readouterr().out
+    assert run_cli(small_tile) == 2
+    assert "output exists; pass --overwrite" in capsys.readouterr().err
+    assert run_cli(small_tile, "--overwrite") == 0
+
+
+def test_interrupted_run_leaves_no_output(small_tile, fake_classifier, monkeypatch):
+    """A run killed while scoring leaves neither the output nor a temporary file."""
+    from conftest import FakeClassifier
+
+    def interrupt(self, stamps):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FakeClassifier, "predict_proba", interrupt)
+    before = sorted(p.name for p in small_tile.iterdir())
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg(), small_tile / "tile.fits")
+    assert sorted(p.name for p in small_tile.iterdir()) == before
+
+
+def test_interrupted_write_leaves_no_output(small_tile, fake_classifier, monkeypatch):
+    from bh_stage import io
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "_describe", fail)
+    before = sorted(p.name for p in small_tile.iterdir())
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg(), small_tile / "tile.fits")
+    assert sorted(p.name for p in small_tile.iterdir()) == before
