@@ -1,0 +1,247 @@
+"""Tests of bh_stage.model: preprocessing, hed backbone, heads on disk, classifiers."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from bh_stage import model as bh_model
+from bh_stage.errors import ConfigError, InputFileError, ModelShapeError
+
+MEANS = np.array([103.939, 116.779, 123.68], np.float32)
+
+
+def blob_stamps(n, seed=0, sigma_adu=15.0):
+    """Realistic-ish padded stamps: one or two Gaussian blobs plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:65, :65]
+    out = rng.normal(0, sigma_adu, (n, 65, 65)).astype(np.float32)
+    for i in range(n):
+        for k in range(1 + i % 2):
+            x, y = 32 + (0 if k == 0 else rng.uniform(-12, 12)), 32 + rng.uniform(-3, 3) * k
+            s = rng.uniform(1.5, 3.5)
+            out[i] += rng.uniform(200, 2000) * np.exp(-((xx - x)**2 + (yy - y)**2) / (2 * s**2))
+    return out
+
+
+# --- preprocess (no TensorFlow) ---------------------------------------------------------
+
+def test_import_does_not_load_tensorflow():
+    import subprocess
+    code = "import bh_stage.model, sys; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_preprocess_known_values():
+    s = np.zeros((1, 3, 3), np.float32)
+    s[0, 0, 0], s[0, 1, 1], s[0, 2, 2] = 10.0, -5.0, 2.0
+    paper = bh_model.preprocess(s, "paper")
+    assert paper.shape == (1, 3, 3, 3) and paper.dtype == np.float32
+    # |x| * 255 / 10 rounded: 255, 127.5 -> 128 (floor(v + 0.5)), 51
+    np.testing.assert_allclose(paper[0, :, :, 0].diagonal(), [1.0, 128 / 255, 51 / 255],
+                               rtol=1e-6)
+    assert np.all(paper[..., 0] == paper[..., 2])
+    caffe = bh_model.preprocess(s, "caffe")
+    np.testing.assert_allclose(caffe[0, 0, 0], 255 - MEANS, rtol=1e-6)
+    np.testing.assert_allclose(caffe[0, 1, 1], 128 - MEANS, rtol=1e-6)
+    np.testing.assert_allclose(caffe[0, 0, 1], -MEANS, rtol=1e-6)
+    clip = bh_model.preprocess(s, "caffe_clip")
+    np.testing.assert_allclose(clip[0, 1, 1], -MEANS, rtol=1e-6)  # negative -> 0
+    signed = bh_model.preprocess(s, "caffe_signed")
+    np.testing.assert_allclose(signed[0, 0, 1], 128 - MEANS, rtol=1e-6)  # 0 -> mid-grey
+    np.testing.assert_allclose(signed[0, 1, 1], np.floor(0.5 * 127.5 + 0.5) - MEANS)
+
+
+def test_preprocess_matches_keras_caffe():
+    """'caffe' is keras' vgg16.preprocess_input applied to the paper's 8-bit grey image."""
+    from keras.applications.vgg16 import preprocess_input
+
+    s = blob_stamps(3)
+    grey8 = np.round(bh_model.preprocess(s, "paper") * 255)
+    np.testing.assert_allclose(bh_model.preprocess(s, "caffe"),
+                               preprocess_input(grey8.copy()), atol=1e-4)
+
+
+def test_preprocess_blank_and_nonfinite():
+    s = np.zeros((2, 5, 5), np.float32)
+    s[1, 2, 2] = np.nan
+    for mode in bh_model.PREPROCESS_MODES:
+        out = bh_model.preprocess(s, mode)
+        assert np.all(np.isfinite(out))
+    np.testing.assert_array_equal(bh_model.preprocess(s, "paper"), 0)
+    single = bh_model.preprocess(s[0], "caffe")
+    assert single.shape == (1, 5, 5, 3)
+
+
+def test_preprocess_rejects_unknown_mode():
+    with pytest.raises(ConfigError, match="'rgb' is not one of"):
+        bh_model.preprocess(np.zeros((1, 5, 5)), "rgb")
+
+
+# --- heads on disk (no TensorFlow) ------------------------------------------------------
+
+def _meta(**kw):
+    meta = {"backbone": "hed", "backbone_sha256": bh_model.backbone_sha256("hed"),
+            "preprocess": "caffe", "input_shape": [65, 65, 3], "size_pix": 51, "pad_pix": 7,
+            "noise_sigma_adu": 15.0, "blend_threshold": 0.4, "hybrid_threshold": 0.8}
+    meta.update(kw)
+    return meta
+
+
+def _random_head_weights(seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [(2048, 256), (256,), (256, 1024), (1024,), (1024, 1), (1,)]
+    return [rng.normal(0, 0.03, s).astype(np.float32) for s in shapes]
+
+
+def test_save_load_head_roundtrip_and_sha(tmp_path):
+    w = _random_head_weights()
+    path = bh_model.save_head(tmp_path / "h.json", w, _meta())
+    head = bh_model.load_head(path)
+    for a, b in zip(w, head.weights):
+        np.testing.assert_array_equal(a, b)
+    meta = json.loads(path.read_text())
+    assert meta["weights_file"] == "h.weights.npz"
+    assert meta["bh_stage_version"] and len(meta["weights_sha256"]) == 64
+    # a changed weights file is refused
+    np.savez(tmp_path / "h.weights.npz", *_random_head_weights(1))
+    with pytest.raises(InputFileError, match="sha256"):
+        bh_model.load_head(path)
+
+
+def test_head_path_resolution(tmp_path):
+    for name, sigma in (("a", 5.0), ("b", 14.0), ("c", 30.0)):
+        bh_model.save_head(tmp_path / f"{name}.json", _random_head_weights(),
+                           _meta(noise_sigma_adu=sigma))
+    assert bh_model.head_path("default", heads_dir=tmp_path).name == "b.json"
+    assert bh_model.head_path("default", 25.0, heads_dir=tmp_path).name == "c.json"
+    assert bh_model.head_path("a", heads_dir=tmp_path).name == "a.json"
+    assert bh_model.head_path(tmp_path / "c.json") == tmp_path / "c.json"
+    with pytest.raises(InputFileError, match="shipped: a, b, c"):
+        bh_model.head_path("zz", heads_dir=tmp_path)
+    with pytest.raises(InputFileError, match="no shipped head"):
+        bh_model.head_path("default", heads_dir=tmp_path / "empty")
+
+
+def test_mismatched_head_refused(tmp_path):
+    sha = bh_model.backbone_sha256("hed")
+    path = bh_model.save_head(tmp_path / "h.json", _random_head_weights(), _meta())
+    head = bh_model.load_head(path)
+    with pytest.raises(ModelShapeError, match=r"h\.json: trained with backbone 'hed'.*"
+                                              r"preprocess 'caffe'.*asked for.*'paper'"):
+        bh_model.check_head_compatible(head, "hed", sha, preprocess_mode="paper")
+    with pytest.raises(ModelShapeError, match=r"asked for backbone 'imagenet'"):
+        bh_model.check_head_compatible(head, "imagenet", sha)
+    with pytest.raises(ModelShapeError, match=r"input shape \(41, 41, 3\)"):
+        bh_model.check_head_compatible(head, "hed", sha, input_shape=(41, 41, 3))
+    bh_model.check_head_compatible(head, "hed", sha)  # the right one passes
+    # a head trained on other backbone weights is refused by load_classifier, before TF work
+    other = bh_model.save_head(tmp_path / "o.json", _random_head_weights(),
+                               _meta(backbone_sha256="0" * 64))
+    with pytest.raises(ModelShapeError, match=r"o\.json: trained with backbone 'hed' "
+                                              r"\(weights sha256 000000000000"):
+        bh_model.load_classifier(other)
+
+
+# --- backbone and classifier (TensorFlow) -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def hed_backbone():
+    return bh_model.build_backbone("hed")
+
+
+def test_hed_weights_bit_for_bit(hed_backbone):
+    import keras
+
+    ref = bh_model.hed_conv_weights()
+    assert len(ref) == 13
+    fresh = keras.applications.VGG16(include_top=False, weights=None, input_shape=(65, 65, 3))
+    for name, (kernel, bias) in ref.items():
+        k, b = hed_backbone.get_layer(name).get_weights()
+        assert k.dtype == np.float32
+        np.testing.assert_array_equal(k, kernel)
+        np.testing.assert_array_equal(b, bias)
+        assert not np.array_equal(k, fresh.get_layer(name).get_weights()[0])
+        assert np.any(b != 0)  # a fresh init has zero biases
+    assert hed_backbone.output_shape[1:] == (2, 2, 512)
+    assert not hed_backbone.trainable
+
+
+@pytest.fixture(scope="module")
+def head_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("heads")
+    return bh_model.save_head(d / "h.json", _random_head_weights(), _meta())
+
+
+def test_classifier_reload_identical_and_stream(hed_backbone, head_file):
+    import keras
+
+    stamps = blob_stamps(10)
+    clf = bh_model.load_classifier(head_file, backbone=hed_backbone, batch_size=4)
+    assert clf.blend_threshold == 0.4 and clf.hybrid_threshold == 0.8
+    assert clf.metadata["preprocess"] == "caffe" and clf.head_path == head_file
+    p = clf.predict_proba(stamps)
+    assert p.shape == (10,) and p.dtype == np.float32 and np.all((p >= 0) & (p <= 1))
+    # the same numbers as backbone + head built by hand from the weights
+    head = bh_model.build_head()
+    head.set_weights(_random_head_weights())
+    ref = head(hed_backbone(bh_model.preprocess(stamps, "caffe"))).numpy().reshape(-1)
+    np.testing.assert_allclose(p, ref, rtol=1e-5, atol=1e-6)
+    # reloading gives identical probabilities (same batches: oneDNN's sums depend on them)
+    p2 = bh_model.load_classifier(head_file, backbone=hed_backbone,
+                                  batch_size=4).predict_proba(stamps)
+    np.testing.assert_array_equal(p, p2)
+    # streamed batches give the same numbers, batch by batch
+    parts = list(clf.predict_proba_stream(iter([stamps[:3], stamps[3:]])))
+    assert [len(x) for x in parts] == [3, 7]
+    np.testing.assert_allclose(np.concatenate(parts), p, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ModelShapeError, match="65x65"):
+        clf.predict_proba(np.zeros((2, 51, 51), np.float32))
+
+
+def test_one_preprocess_for_training_and_inference(hed_backbone, head_file, monkeypatch):
+    """extract_features (training) and predict_proba (inference) both call model.preprocess."""
+    calls = []
+    real = bh_model.preprocess
+    monkeypatch.setattr(bh_model, "preprocess",
+                        lambda s, mode="caffe": calls.append(("called", mode)) or real(s, mode))
+    stamps = blob_stamps(4)
+    feats = bh_model.extract_features(stamps, hed_backbone, "caffe", batch_size=3)
+    assert feats.shape == (4, 2048) and calls == [("called", "caffe")] * 2
+    calls.clear()
+    clf = bh_model.load_classifier(head_file, backbone=hed_backbone)
+    p = clf.predict_proba(stamps)
+    assert calls == [("called", "caffe")]
+    # and the head on the training features gives the inference probabilities
+    head = bh_model.build_head()
+    head.set_weights(_random_head_weights())
+    p_feat = head(feats.reshape(-1, 2, 2, 512)).numpy().reshape(-1)
+    np.testing.assert_allclose(p, p_feat, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_close_to_f32(hed_backbone, tmp_path):
+    pytest.importorskip("openvino")
+    stamps = blob_stamps(24, seed=2)
+    # a head whose probabilities spread over (0, 1) on these stamps, so |dP| means something
+    w = _random_head_weights()
+    feats = bh_model.extract_features(stamps, hed_backbone, "caffe")
+    hidden = np.maximum((feats @ w[0] + w[1]) @ w[2] + w[3], 0)  # dropout is off at inference
+    z = hidden @ w[4][:, 0]
+    w[4] = w[4] * (2.0 / z.std())
+    w[5] = np.array([-np.median(z) * 2.0 / z.std()], np.float32)
+    head_json = bh_model.save_head(tmp_path / "spread.json", w, _meta())
+    p32 = bh_model.load_classifier(head_json, backbone=hed_backbone).predict_proba(stamps)
+    assert p32.min() < 0.3 and p32.max() > 0.7
+    clf16 = bh_model.load_classifier(head_json, precision="bf16", backbone=hed_backbone,
+                                     ov_cache_dir=tmp_path)
+    p16 = clf16.predict_proba(stamps)
+    assert p16.shape == (24,) and p16.dtype == np.float32
+    assert np.max(np.abs(p16 - p32)) <= 0.02
+    assert list(tmp_path.glob("bh_*.xml"))  # converted model cached
+    # a second load reads the cache and gives the same numbers
+    p16b = bh_model.load_classifier(head_json, precision="bf16", backbone=hed_backbone,
+                                    ov_cache_dir=tmp_path).predict_proba(stamps)
+    np.testing.assert_allclose(p16b, p16, atol=1e-6)
