@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = 0, 1, 2
 EDGE_MARGIN_PIX = 5.0
 """A companion whose centre is closer than this to the stamp edge counts as 'at the edge'."""
+MOFFAT_TRUNC_FWHM = 0.0
+"""Truncation radius of the Moffat in units of its FWHM; 0 means untruncated (GalSim's
+convention). A truncated Moffat was not faster once the optics object is reused."""
 HST_ZEROPOINT_AB = 25.94
 HST_EFF_AREA_CM2 = math.pi * 120.0 ** 2 * (1 - 0.33 ** 2)
 
@@ -235,7 +238,8 @@ def solve_kolmogorov_fwhm(fwhm_arcsec, moffat_beta, moffat_fwhm_arcsec):
     scale = fwhm_arcsec / 40.0
 
     def measured(fk):
-        prof = galsim.Convolve(galsim.Moffat(beta=moffat_beta, fwhm=moffat_fwhm_arcsec),
+        prof = galsim.Convolve(galsim.Moffat(beta=moffat_beta, fwhm=moffat_fwhm_arcsec,
+                                             trunc=MOFFAT_TRUNC_FWHM * moffat_fwhm_arcsec),
                                galsim.Kolmogorov(fwhm=fk))
         return prof.drawImage(nx=257, ny=257, scale=scale, method="no_pixel").calculateFWHM()
 
@@ -250,13 +254,24 @@ def solve_kolmogorov_fwhm(fwhm_arcsec, moffat_beta, moffat_fwhm_arcsec):
     return _KOLMO_CACHE[key]
 
 
+_OPTICS_CACHE = {}
+
+
 def _make_psf(psf, g1, g2):
     """Build the PSF of one stamp (Moffat with optical shear * sheared Kolmogorov)."""
     import galsim
 
-    optics = galsim.Moffat(beta=psf["moffat_beta"], fwhm=psf["moffat_fwhm_arcsec"])
-    optics = optics.shear(g1=psf["optical_g1"], g2=psf["optical_g2"])
-    atmos = galsim.Kolmogorov(fwhm=psf["kolmogorov_fwhm_arcsec"]).shear(g1=g1, g2=g2)
+    key = (psf["moffat_beta"], psf["moffat_fwhm_arcsec"], psf["optical_g1"],
+           psf["optical_g2"], MOFFAT_TRUNC_FWHM)
+    if key not in _OPTICS_CACHE:  # one object per process keeps GalSim's k-space tables warm
+        optics = galsim.Moffat(beta=psf["moffat_beta"], fwhm=psf["moffat_fwhm_arcsec"],
+                               trunc=MOFFAT_TRUNC_FWHM * psf["moffat_fwhm_arcsec"])
+        _OPTICS_CACHE[key] = optics.shear(g1=psf["optical_g1"], g2=psf["optical_g2"])
+    optics = _OPTICS_CACHE[key]
+    kkey = ("kolmogorov", psf["kolmogorov_fwhm_arcsec"])
+    if kkey not in _OPTICS_CACHE:
+        _OPTICS_CACHE[kkey] = galsim.Kolmogorov(fwhm=psf["kolmogorov_fwhm_arcsec"])
+    atmos = _OPTICS_CACHE[kkey].shear(g1=g1, g2=g2)
     return galsim.Convolve(optics, atmos)
 
 
@@ -362,12 +377,19 @@ def _run_chunks(func, chunks, settings, n_workers, progress=None, sizes=None):
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(n_workers, len(chunks)), initializer=_init_worker,
-                  initargs=(settings,)) as pool:
+    pool = ctx.Pool(min(n_workers, len(chunks)), initializer=_init_worker,
+                    initargs=(settings,))
+    try:
         for result, size in zip(pool.imap(func, chunks), sizes):
             if progress is not None:
                 progress(size)
             yield result
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 # --- stamp data sets --------------------------------------------------------------------
