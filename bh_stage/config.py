@@ -536,3 +536,77 @@ class TrainConfig:
 
 
 SCHEMAS["train"] = TrainConfig
+
+
+# --- evaluate (bh-stage evaluate) -------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """``bh-stage evaluate``: BlendHunter, SEP and the hybrid flag on a simulated test set.
+
+    Reproduces the paper's section 4 (its Figures 3-6) on one data set: every head scores the
+    same noisy stamps (noise ``stamps.dataset_noise_seeds``: reproducible per stamp), SEP
+    labels them with the paper's rules using the true positions, and the hybrid flag is the
+    stage's ``SEP_BLEND_FLAG or BLEND_PROB >= hybrid_threshold``.
+    """
+
+    dataset: str = option("simulated/realistic.h5", "Simulated test data set (.h5 from "
+                          "`bh-stage simulate`), e.g. the realistic real-image test set.")
+    heads: typing.List[str] = option(["default"], "Heads to evaluate: 'default', shipped "
+                                     "head names or .json paths; the first is the one the "
+                                     "targets are checked on. Several heads trained at "
+                                     "different noise give the paper's Figures 5-6.")
+    noise_sigma_adu: typing.List[float] = option([14.5], "Gaussian noise added to the "
+                                                 "noise-free stamps, ADU; several values give "
+                                                 "accuracy vs noise (Figure 4). CFIS: 14.5.",
+                                                 min=0, min_exclusive=True)
+    realisations: typing.List[int] = option([0], "Noise realisations per noise level (paper: "
+                                            "10); metrics are averaged over them (mean +- "
+                                            "std).", min=0)
+    split: str = option("test", "Stamps evaluated: 'test' (the data set's test split) or "
+                        "'all' (every stamp; right for a set made only of test-half galaxies, "
+                        "e.g. set_kind 'real' with real_half 'test').",
+                        choices=("test", "all"))
+    max_stamps: typing.Optional[int] = option(2000, "Evaluate at most this many stamps, "
+                                              "drawn at random with `seed` (reduced scale); "
+                                              "null: all.", min=2)
+    seed: int = option(0, "Seed of the stamp subsample (max_stamps).", min=0)
+    separation_bins_pix: typing.List[float] = option(
+        [0.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0, 25.0, 30.0, 40.0],
+        "Edges of the separation bins of accuracy vs separation (Figure 3), pixels; "
+        "increasing.", min=0)
+    close_max_pix: float = option(10.0, "Blends closer than this are 'close', the others "
+                                  "'far', pixels (paper: 10).", min=0, min_exclusive=True)
+    snr_min: float = option(10.0, "Metrics are reported again on the stamps whose galaxies "
+                            "all have matched-filter SNR >= this at the evaluation noise.",
+                            min=0)
+    sep_scan_deblend_cont: typing.List[float] = option(
+        [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001, 1e-05],
+        "SEP's ROC: deblend_cont values scanned to trace SEP's ROC curve, whose trapezoid "
+        "area is SEP's AUC; []: SEP's AUC is the 2-point (TPR + TNR) / 2.", min=0, max=1)
+    precision: str = option("f32", "Network arithmetic: 'f32' (TensorFlow) or 'bf16' "
+                            "(OpenVINO).", choices=("f32", "bf16"))
+    batch_size: int = option(256, "Stamps per network batch.", min=1)
+    output_dir: str = option("results/evaluate", "Folder of the figures, results.md and "
+                             "metrics.csv (created if missing).")
+    overwrite: bool = option(False, "Replace existing outputs in output_dir.")
+    sep: SepConfig = option(SepConfig, "SEP parameters (paper's defaults).")
+
+    def validate(self):
+        if not self.heads:
+            raise ConfigError("heads: give at least one head, e.g. ['default']")
+        if not self.noise_sigma_adu:
+            raise ConfigError("noise_sigma_adu: give at least one noise level, e.g. [14.5]")
+        if not self.realisations:
+            raise ConfigError("realisations: give at least one noise realisation, e.g. [0]")
+        if len(set(self.realisations)) != len(self.realisations):
+            raise ConfigError(f"realisations: {self.realisations} has repeats")
+        edges = self.separation_bins_pix
+        if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ConfigError(f"separation_bins_pix: {edges} must hold >= 2 strictly "
+                              f"increasing edges, e.g. [0, 5, 10, 20, 40]")
+
+
+SCHEMAS["evaluate"] = EvaluateConfig
+__all__.append("EvaluateConfig")

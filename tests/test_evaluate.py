@@ -1,0 +1,305 @@
+"""Tests of bh_stage.evaluate: metrics on hand-made cases, evaluate's use of the SEP rules,
+and an end-to-end run on a tiny fake data set with a fake classifier."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from bh_stage import evaluate as ev
+from bh_stage.config import EvaluateConfig, SepConfig, config_from_dict
+from bh_stage.errors import ConfigError, OutputExistsError
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def test_accuracy_and_rates_known_answers():
+    pred = np.array([1, 1, 0, 0, 1, 0, 0, 0])
+    label = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    assert ev.accuracy(pred, label) == pytest.approx(6 / 8)
+    tpr, tnr = ev.confusion_rates(pred, label)
+    assert tpr == pytest.approx(2 / 3)
+    assert tnr == pytest.approx(4 / 5)
+    assert ev.binary_auc(pred, label) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert np.isnan(ev.accuracy([], []))
+    assert np.isnan(ev.confusion_rates([0, 1], [0, 0])[0])
+    with pytest.raises(ValueError, match="equal shapes"):
+        ev.accuracy([1, 0], [1])
+
+
+@pytest.mark.parametrize("scores, labels, auc", [
+    ([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], 1.0),        # perfect
+    ([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], 0.0),        # reversed
+    ([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1], 0.5),        # constant: all ties
+    ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75),      # sklearn's example
+    ([0.3, 0.5, 0.5, 0.9], [0, 0, 1, 1], 0.875),      # one tied pair counts 1/2
+])
+def test_roc_auc_known_answers(scores, labels, auc):
+    assert ev.roc_auc(scores, labels) == pytest.approx(auc)
+
+
+def test_roc_auc_matches_trapezoid_of_roc_curve():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes ties
+    fpr, tpr = ev.roc_curve(scores, labels)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert ev.auc_from_points(fpr, tpr) == pytest.approx(ev.roc_auc(scores, labels))
+    assert np.isnan(ev.roc_auc([0.1, 0.2], [1, 1]))
+
+
+def test_auc_from_points():
+    assert ev.auc_from_points([0.2], [0.8]) == pytest.approx(0.8)
+    assert ev.auc_from_points([], []) == pytest.approx(0.5)
+    # unsorted points with a NaN: sorted, NaN dropped
+    # (0, 0) (0, 0.5) (0.5, 1) (1, 1): 0 + 0.5 * 0.75 + 0.5 * 1
+    assert ev.auc_from_points([0.5, 0.0, np.nan], [1.0, 0.5, 0.3]) == pytest.approx(0.875)
+
+
+def test_accuracy_vs_separation_bins_blends_only():
+    pred = np.array([1, 0, 1, 1, 0, 1, 1])
+    label = np.array([1, 1, 1, 1, 1, 0, 0])
+    sep = np.array([1.0, 3.0, 5.0, 10.0, 19.9, np.nan, np.nan])
+    out = ev.accuracy_vs_separation(pred, label, sep, [0, 5, 10, 20, 40])
+    np.testing.assert_array_equal(out["n"], [2, 1, 2, 0])
+    np.testing.assert_allclose(out["accuracy"][:3], [0.5, 1.0, 0.5])
+    assert np.isnan(out["accuracy"][3])
+    np.testing.assert_allclose(out["centres_pix"], [2.5, 7.5, 15, 30])
+
+
+def test_mcnemar_counts_and_exact_p():
+    labels = np.ones(10, int)
+    a = np.array([1] * 9 + [0])
+    b = np.array([0] * 8 + [1, 1])
+    nb, nc, p = ev.mcnemar(a, b, labels)
+    assert (nb, nc) == (8, 1)
+    # exact two-sided binomial: P(X <= 1 or X >= 8), X ~ Bin(9, 1/2)
+    assert p == pytest.approx(2 * (1 + 9) / 2**9)
+    assert ev.mcnemar(a, a, labels) == (0, 0, 1.0)
+
+
+def test_snr_mask_and_true_positions():
+    from bh_stage.simulate import TRUTH_DTYPE
+
+    t = np.zeros(3, TRUTH_DTYPE)
+    t["label"] = [0, 1, 1]
+    t["snr_unit0"] = [200, 200, 200]
+    t["snr_unit1"] = [np.nan, 200, 50]
+    t["x0_pix"], t["y0_pix"] = 25, 24
+    t["x1_pix"], t["y1_pix"] = [np.nan, 30, 31], [np.nan, 20, 21]
+    np.testing.assert_array_equal(ev.snr_mask(t, 10.0, 10.0), [True, True, False])
+    xy = ev.true_positions(t, 7)
+    np.testing.assert_allclose(xy[1], [[32, 31], [37, 27]])
+    assert np.isnan(xy[0, 1]).all()
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        config_from_dict(EvaluateConfig, {"separation_bins_pix": [0, 5, 5]})
+    with pytest.raises(ConfigError, match="repeats"):
+        config_from_dict(EvaluateConfig, {"realisations": [0, 0]})
+    with pytest.raises(ConfigError, match="at least one head"):
+        config_from_dict(EvaluateConfig, {"heads": []})
+
+
+# --- a tiny data set --------------------------------------------------------------------
+
+PAD = 7
+
+
+def _blob(xx, yy, x, y, flux, sigma=1.8):
+    return flux * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) / (
+        2 * np.pi * sigma**2)
+
+
+def make_dataset(path, n=40, seed=3):
+    """n noise-free padded stamps: half isolated, half pairs at 2-25 px; test split."""
+    from bh_stage.io import write_dataset
+    from bh_stage.simulate import SPLIT_TEST, SPLIT_TRAIN, TRUTH_DTYPE
+
+    rng = np.random.default_rng(seed)
+    side = 51 + 2 * PAD
+    yy, xx = np.mgrid[:side, :side]
+    stamps = np.zeros((n, side, side), np.float32)
+    truth = np.zeros(n, TRUTH_DTYPE)
+    for name in ("x1_pix", "y1_pix", "separation_pix", "flux_ratio", "mag1", "flux1_adu",
+                 "snr_unit1"):
+        truth[name] = np.nan
+    truth["gal_id1"] = -1
+    truth["index"] = np.arange(n)
+    truth["split"] = SPLIT_TEST
+    truth["split"][-4:] = SPLIT_TRAIN  # left out by split 'test'
+    truth["kind"] = b"parametric"
+    truth["x0_pix"] = truth["y0_pix"] = 25.0
+    truth["flux0_adu"] = 3000.0
+    for i in range(n):
+        img = _blob(xx, yy, 25 + PAD, 25 + PAD, 3000.0)
+        truth["snr_unit0"][i] = np.sqrt(np.sum(img**2))
+        if i % 2:
+            r = 2.0 + 23.0 * (i // 2) / (n // 2)
+            ang = rng.uniform(0, 2 * np.pi)
+            x1, y1 = 25 + r * np.cos(ang), 25 + r * np.sin(ang)
+            flux1 = 800.0 if i % 4 == 1 else 3000.0
+            comp = _blob(xx, yy, x1 + PAD, y1 + PAD, flux1)
+            img = img + comp
+            truth["label"][i] = 1
+            truth["x1_pix"][i], truth["y1_pix"][i] = x1, y1
+            truth["separation_pix"][i] = r
+            truth["flux1_adu"][i] = flux1
+            truth["snr_unit1"][i] = np.sqrt(np.sum(comp**2))
+        stamps[i] = img
+    attrs = {"seed": 11, "pad_pix": PAD, "size_pix": 51, "set_kind": "parametric",
+             "noise_sigma_adu": np.array([5.0, 10.0])}
+    write_dataset(path, stamps, truth, attrs)
+    return path
+
+
+def test_evaluate_counts_and_excludes_sep_failures(tmp_path):
+    """A stamp with a third (untrue) source is 'SEP failed': excluded from SEP's metrics
+    and counted; BH and the hybrid still use it."""
+    from types import SimpleNamespace
+
+    label = np.array([True, True, False, False])
+    sep = {"sep_paper": np.array([1, -1, 0, 0], np.int8), "sep_error": np.zeros(4, bool),
+           "sep_stage": np.array([True, True, False, True]),
+           "sep_scan": np.array([[True, True, False, False]])}
+    clf = SimpleNamespace(blend_threshold=0.5, hybrid_threshold=0.9)
+    p = np.array([0.95, 0.2, 0.1, 0.6])
+    cfg = config_from_dict(EvaluateConfig, {"sep_scan_deblend_cont": [0.005]})
+    m = ev._subset_metrics(p, clf, sep, label, np.array([3.0, 15.0, np.nan, np.nan]), cfg)
+    assert m["SEP"]["n_failed"] == 1
+    assert m["SEP"]["n"] == 3 and m["BH"]["n"] == 4
+    assert m["SEP"]["accuracy"] == pytest.approx(1.0)
+    assert m["BH"]["accuracy"] == pytest.approx(0.5)      # misses 1, false positive 3
+    assert m["hybrid"]["accuracy"] == pytest.approx(0.75)  # SEP_stage catches stamp 1
+    assert m["BH-SEP"]["n"] == 3
+    assert m["BH-SEP"]["accuracy"] == pytest.approx(2 / 3 - 1.0)
+    assert m["SEP"]["auc"] == pytest.approx(1.0) and m["SEP"]["auc_2pt"] == pytest.approx(1.0)
+    assert m["hybrid_vs_SEP"]["mcnemar_b"] == 0 and m["hybrid_vs_SEP"]["mcnemar_c"] == 1
+
+
+def test_sep_outputs_use_true_positions_in_padded_stamp():
+    """Two separated blobs at the true positions: SEP labels the stamp blended; true
+    positions shifted by pad_pix matter (unshifted, the pair does not match)."""
+    side = 65
+    yy, xx = np.mgrid[:side, :side]
+    img = _blob(xx, yy, 32, 32, 3000.0) + _blob(xx, yy, 44, 32, 3000.0)
+    noisy = (img + np.random.default_rng(0).normal(0, 5.0, img.shape))[None].astype(
+        np.float32)
+    cfg = config_from_dict(EvaluateConfig, {"sep_scan_deblend_cont": [1.0, 0.005]})
+    from bh_stage.simulate import TRUTH_DTYPE
+
+    t = np.zeros(1, TRUTH_DTYPE)
+    t["x0_pix"], t["y0_pix"], t["x1_pix"], t["y1_pix"] = 25, 25, 37, 25
+    out = ev._sep_outputs(noisy, ev.true_positions(t, PAD), cfg)
+    assert out["sep_paper"][0] == 1 and out["sep_stage"][0]
+    assert out["sep_scan"].shape == (2, 1)
+    wrong = ev._sep_outputs(noisy, ev.true_positions(t, 0), cfg)
+    assert wrong["sep_paper"][0] != 1
+
+
+def _cfg(tmp_path, dataset, **kw):
+    data = {"dataset": str(dataset), "heads": ["a", "b"], "noise_sigma_adu": [5.0, 10.0],
+            "realisations": [0, 1], "split": "test", "max_stamps": None,
+            "sep_scan_deblend_cont": [1.0, 0.005, 0.0001],
+            "output_dir": str(tmp_path / "out")}
+    data.update(kw)
+    return config_from_dict(EvaluateConfig, data)
+
+
+@pytest.fixture
+def two_heads(fake_classifier, monkeypatch, tmp_path):
+    """Fake heads 'a' (trained at 5 ADU) and 'b' (at 10 ADU)."""
+    from bh_stage import model
+
+    load = model.load_classifier
+
+    def load_named(head, **kwargs):
+        clf = load(head, **kwargs)
+        clf.metadata["noise_sigma_adu"] = 5.0 if "a" in str(head) else 10.0
+        return clf
+
+    monkeypatch.setattr(model, "head_path", lambda name, **_: tmp_path / f"{name}.json")
+    monkeypatch.setattr(model, "load_classifier", load_named)
+    return fake_classifier
+
+
+def test_evaluate_end_to_end(tmp_path, two_heads):
+    ds = make_dataset(tmp_path / "tiny.h5")
+    cfg = _cfg(tmp_path, ds)
+    calls = []
+    result = ev.evaluate(cfg, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (4, 4)
+    out = tmp_path / "out"
+    for name in ev.OUTPUT_NAMES:
+        assert (out / name).is_file(), name
+        assert (out / name).stat().st_size > 0
+    assert not list(out.glob(".inprogress*"))
+    assert result["n_stamps"] == 36  # 4 training stamps left out
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(result["rows"])
+    assert {r["head"] for r in rows} == {"a", "b"}
+    assert {r["stamps"] for r in rows} == {"all", "snr", "fig6_close", "fig6_far"}
+
+    def value(method, metric, head="a", sigma=5.0, real=0, stamps="all"):
+        (v,) = [r["value"] for r in result["rows"] if r["head"] == head and
+                r["sigma_adu"] == sigma and r["realisation"] == real and
+                r["stamps"] == stamps and r["method"] == method and r["metric"] == metric]
+        return v
+
+    # consistency: accuracy = weighted TPR / TNR; differences = paired values
+    for method in ("BH", "hybrid", "SEP"):
+        n, nb, ni = (value(method, k) for k in ("n", "n_close", "n_isolated"))
+        nblend = n - ni
+        acc = (value(method, "tpr") * nblend + value(method, "tnr") * ni) / n
+        assert value(method, "accuracy") == pytest.approx(acc)
+        assert 0 <= value(method, "auc") <= 1
+        assert nb <= nblend
+    assert value("SEP", "n") + value("SEP", "n_failed") == 36
+    assert value("BH-SEP", "n") == value("SEP", "n")
+    # SEP does not depend on the head
+    assert value("SEP", "accuracy", head="a") == value("SEP", "accuracy", head="b")
+    # bright, well-separated Gaussian pairs: SEP gets most far blends
+    assert value("SEP", "accuracy_far") >= 0.7
+    # the snr subset is a subset
+    assert value("BH", "n", stamps="snr") <= 36
+    md = (out / "results.md").read_text()
+    assert md.count("PASS") + md.count("MISS") >= 2 * len(ev.TARGETS)
+    assert "BH - SEP accuracy on close blends" in md
+    assert set(result["targets"]) == {"all", "snr"}
+    assert np.isfinite(result["headline"]["BH:accuracy"])
+
+
+def test_evaluate_refuses_overwrite_then_replaces(tmp_path, two_heads):
+    ds = make_dataset(tmp_path / "tiny.h5", n=16)
+    cfg = _cfg(tmp_path, ds, heads=["a"], noise_sigma_adu=[5.0], realisations=[0],
+               split="all", sep_scan_deblend_cont=[])
+    line = ev.run_evaluate(cfg)
+    assert line.startswith("evaluated 16 stamps") and "targets" in line
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        ev.evaluate(cfg)
+    cfg.overwrite = True
+    res = ev.evaluate(cfg)
+    # without a scan, SEP's AUC is the 2-point one
+    (auc,) = [r["value"] for r in res["rows"] if r["method"] == "SEP" and
+              r["metric"] == "auc" and r["stamps"] == "all"]
+    (auc2,) = [r["value"] for r in res["rows"] if r["method"] == "SEP" and
+               r["metric"] == "auc_2pt" and r["stamps"] == "all"]
+    assert auc == auc2
+
+
+def test_evaluate_is_reproducible(tmp_path, two_heads):
+    ds = make_dataset(tmp_path / "tiny.h5", n=16)
+    a = ev.evaluate(_cfg(tmp_path, ds, heads=["a"], noise_sigma_adu=[10.0], realisations=[1],
+                         split="all", max_stamps=10, output_dir=str(tmp_path / "o1")))
+    b = ev.evaluate(_cfg(tmp_path, ds, heads=["a"], noise_sigma_adu=[10.0], realisations=[1],
+                         split="all", max_stamps=10, output_dir=str(tmp_path / "o2")))
+    assert [r["value"] for r in a["rows"]] == pytest.approx([r["value"] for r in b["rows"]],
+                                                            nan_ok=True)
+    assert a["n_stamps"] == 10
+
+
+def test_sep_config_is_reused():
+    cfg = config_from_dict(EvaluateConfig, {"sep": {"deblend_cont": 0.01}})
+    assert isinstance(cfg.sep, SepConfig) and cfg.sep.deblend_cont == 0.01
