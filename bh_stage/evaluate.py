@@ -416,7 +416,9 @@ def _check_targets(rows, head, sigma, subset):
         else:
             value, std = _mean_std(_lookup(rows, head, sigma, subset, method, metric))
             scale, unit = (1.0, "") if metric == "auc" else (100.0, " pts")
-            shown = f"{value * scale:+.2f}{unit}" + (f" ± {std * scale:.2f}" if std else "")
+            digits = 3 if metric == "auc" else 2
+            shown = f"{value * scale:+.{digits}f}{unit}" + (
+                f" ± {std * scale:.{digits}f}" if std else "")
             target = f"{op} {thr * scale:+g}{unit}"
         ok = {">=": value >= thr, "<": value < thr, "<=": value <= thr}[op]
         out.append((desc, target, shown, "PASS" if ok else "MISS"))
@@ -448,6 +450,27 @@ def _markdown(cfg, rows, heads, sigmas, n_eval, ds_attrs, elapsed_s, sep_curves)
              "realisations.", ""]
     for subset, title in (("all", "all stamps"),
                           ("snr", f"stamps whose galaxies all have SNR >= {cfg.snr_min:g}")):
+        lines += [f"## Accuracy vs noise ({title}; head `{head0}`; Figure 4)", "",
+                  "| sigma [ADU] | BH | SEP | hybrid | SEP failed |", "|---|---|---|---|---|"]
+        for sigma in sigmas:
+            cells = []
+            for method in ("BH", "SEP", "hybrid"):
+                m, s = _mean_std(_lookup(rows, head0, sigma, subset, method, "accuracy"))
+                cells.append(f"{m:.4f} ± {s:.4f}")
+            nf, _ = _mean_std(_lookup(rows, head0, sigma, subset, "SEP", "n_failed"))
+            lines.append(f"| {sigma:g} | " + " | ".join(cells) + f" | {nf:.1f} |")
+        lines += ["", f"## BH - SEP accuracy vs training noise ({title}; test sigma "
+                  f"{sigma0:g} ADU; Figure 5)", "",
+                  "| head | training sigma [ADU] | all | close | far | TPR | TNR |",
+                  "|---|---|---|---|---|---|---|"]
+        for h in sorted(heads, key=lambda h: h["train_sigma"]):
+            cells = []
+            for metric in ("accuracy", "accuracy_close", "accuracy_far", "tpr", "tnr"):
+                m, s = _mean_std(_lookup(rows, h["name"], sigma0, subset, "BH-SEP", metric))
+                cells.append(f"{100 * m:+.2f} ± {100 * s:.2f}")
+            lines.append(f"| `{h['name']}` | {h['train_sigma']:g} | " + " | ".join(cells)
+                         + " |")
+        lines += ["", "(points, paired on the stamps SEP did not fail)", ""]
         lines += [f"## Targets ({title}; head `{head0}`, sigma {sigma0:g} ADU)", "",
                   "| metric | target | measured | result |", "|---|---|---|---|"]
         for desc, target, shown, verdict in _check_targets(rows, head0, sigma0, subset):
