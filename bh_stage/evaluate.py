@@ -15,8 +15,8 @@ provenance) and PNGs that read like the paper's Figures 3-6 plus a ROC figure.
 SEP's AUC. SEP gives no score, so its ROC is traced by re-running it with every
 ``sep_scan_deblend_cont`` value (the contrast that decides whether a source is split; a low
 contrast splits more, so both the true- and false-positive rates grow). Each value gives one
-(FPR, TPR) point with the paper's rules; the points plus (0, 0) and (1, 1) are sorted by FPR
-and integrated with the trapezoid rule. Stamps SEP fails on at the configured parameters are
+(FPR, TPR) point with the paper's rules; these points, the configured SEP's own point, and
+(0, 0) and (1, 1) are sorted by FPR and integrated with the trapezoid rule. Stamps SEP fails on at the configured parameters are
 left out of SEP's metrics; at a scan value a failed stamp counts as "blended" (SEP saw more
 than one source). The 2-point AUC of SEP's binary verdict, (TPR + TNR) / 2, is reported too.
 
@@ -328,7 +328,9 @@ def _subset_metrics(p_blend, clf, sep, label, sep_pix, cfg):
     out["SEP"]["auc_2pt"] = binary_auc(sep_pred[valid], label[valid])
     lv = label[valid]
     if len(cfg.sep_scan_deblend_cont):
+        # the scan's points and the configured SEP's own point
         pts = [confusion_rates(s[valid], lv) for s in sep["sep_scan"]]
+        pts.append(confusion_rates(sep_pred[valid], lv))
         fpr = [1.0 - tnr for _, tnr in pts]
         tpr = [t for t, _ in pts]
         out["SEP"]["auc"] = auc_from_points(fpr, tpr)
@@ -767,8 +769,9 @@ def evaluate(cfg, progress=None):
                 curves["sep"][(h["name"], sigma)]["per_realisation"].append(per)
                 if curves["roc"] is None:
                     fpr, tpr = roc_curve(p_blend[valid], label[valid])
-                    pts = [confusion_rates(s[valid], label[valid]) for s in sep["sep_scan"]]
                     tpr0, tnr0 = confusion_rates(sep["sep_paper"][valid] == 1, label[valid])
+                    pts = [confusion_rates(s[valid], label[valid]) for s in sep["sep_scan"]]
+                    pts += [(tpr0, tnr0)] if pts else []
                     htpr, htnr = confusion_rates(hyb[valid], label[valid])
                     btpr, btnr = confusion_rates(bh[valid], label[valid])
                     curves["roc"] = {

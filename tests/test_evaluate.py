@@ -268,7 +268,19 @@ def test_evaluate_end_to_end(tmp_path, two_heads):
     assert md.count("PASS") + md.count("MISS") >= 2 * len(ev.TARGETS)
     assert "BH - SEP accuracy on close blends" in md
     assert set(result["targets"]) == {"all", "snr"}
-    assert np.isfinite(result["headline"]["BH:accuracy"])
+    h = result["headline"]
+    assert np.isfinite(h["BH:accuracy"])
+    # the headline is the realisation mean for head 'a' at the first sigma
+    assert h["SEP:accuracy"] == pytest.approx(np.mean([value("SEP", "accuracy", real=r)
+                                                       for r in (0, 1)]))
+    # PASS/MISS follows the measured values
+    verdict = {t[0]: t[3] for t in result["targets"]["all"]}
+    assert verdict["hybrid BLEND_FLAG - SEP overall accuracy"] == (
+        "PASS" if h["hybrid-SEP:accuracy"] >= 0.01 else "MISS")
+    assert verdict["BH alone - SEP overall accuracy"] == (
+        "PASS" if h["BH-SEP:accuracy"] >= -0.01 else "MISS")
+    assert f"| BH alone - SEP overall accuracy | >= -1 pts | {100 * h['BH-SEP:accuracy']:+.2f}" \
+        in md
 
 
 def test_evaluate_refuses_overwrite_then_replaces(tmp_path, two_heads):
