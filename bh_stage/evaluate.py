@@ -687,6 +687,7 @@ def evaluate(cfg, progress=None):
     ConfigError
         The data set's stamps do not match the head's input.
     """
+    from . import io as bh_io
     from . import model
     from .io import check_output_free, read_dataset
 
@@ -694,13 +695,21 @@ def evaluate(cfg, progress=None):
     outdir = Path(cfg.output_dir)
     check_output_free([outdir / name for name in OUTPUT_NAMES], cfg.overwrite)
 
-    ds = read_dataset(cfg.dataset)
-    rows_idx = _select_rows(ds.truth, cfg)
+    read_truth = getattr(bh_io, "read_truth", None)  # truth alone, when io offers it
+    ds = None if read_truth is None else read_dataset(cfg.dataset, [])
+    truth_all = read_truth(cfg.dataset) if ds is not None else None
+    if truth_all is None:
+        ds = read_dataset(cfg.dataset)
+        truth_all = ds.truth
+    rows_idx = _select_rows(truth_all, cfg)
     if len(rows_idx) < 2:
         raise ConfigError(f"{cfg.dataset}: split '{cfg.split}' holds {len(rows_idx)} stamps; "
                           f"use split: all or a larger data set")
-    truth = ds.truth[rows_idx]
-    base = ds.stamps[rows_idx]
+    if len(ds.stamps) == len(truth_all):
+        truth, base = ds.truth[rows_idx], ds.stamps[rows_idx]
+    else:
+        ds = read_dataset(cfg.dataset, rows_idx)
+        truth, base = ds.truth, ds.stamps
     pad = int(ds.attrs.get("pad_pix", 7))
     label = truth["label"] == 1
     sep_pix = np.asarray(truth["separation_pix"], dtype=np.float64)
