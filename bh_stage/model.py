@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -262,12 +263,20 @@ def build_backbone(source="hed", input_shape=INPUT_SHAPE):
     return model
 
 
+_BACKBONE_FNS = weakref.WeakKeyDictionary()
+
+
 def _backbone_fn(backbone):
+    """The backbone as a ``tf.function``, built once per backbone (no retracing)."""
     import tensorflow as tf
 
-    return tf.function(lambda x: backbone(x, training=False), reduce_retracing=True,
-                       input_signature=[tf.TensorSpec([None, *backbone.input_shape[1:]],
-                                                      tf.float32)])
+    if backbone in _BACKBONE_FNS:
+        return _BACKBONE_FNS[backbone]
+    ref = weakref.ref(backbone)  # the cache must not keep the backbone alive
+    spec = tf.TensorSpec([None, *backbone.input_shape[1:]], tf.float32)
+    fn = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
+    _BACKBONE_FNS[backbone] = fn
+    return fn
 
 
 def extract_features(stamps, backbone, mode=DEFAULT_PREPROCESS, batch_size=256,
