@@ -38,6 +38,11 @@ matched-filter SNR ``sqrt(sum(model**2))`` of each noise-free galaxy image at si
 
 Reproducibility: stamp ``i`` draws everything from ``numpy.random.default_rng([seed, i])``,
 so the output does not depend on ``n_workers`` or ``chunk_size``.
+
+Workers: ``n_workers > 1`` uses a ``multiprocessing`` pool with the 'spawn' start method
+(GalSim deadlocks in forked workers once the parent has drawn). Spawned workers re-import the
+main module, so a script calling ``simulate_stamps`` with ``n_workers > 1`` needs the usual
+``if __name__ == "__main__":`` guard.
 """
 
 import json
