@@ -24,10 +24,10 @@ def sextract(sextractor, image, weight, catalogue):
 
 @pytest.fixture(scope="module")
 def tile_run(tmp_path_factory, cosmos_dir, sextractor):
-    """A 768x768 tile with many close pairs, its SExtractor catalogue and the stage output."""
+    """A 1024x1024 tile with many close pairs, its SExtractor catalogue and the stage output."""
     folder = tmp_path_factory.mktemp("integration")
     cfg = load_config(REPO / "example_config" / "simulate_tile.yml", SCHEMAS["simulate"], [
-        f"cosmos_dir={cosmos_dir}", "seed=5", "tile.nx_pix=768", "tile.ny_pix=768",
+        f"cosmos_dir={cosmos_dir}", "seed=5", "tile.nx_pix=1024", "tile.ny_pix=1024",
         "tile.close_pair_fraction=0.4", f"tile.image={folder}/tile.fits",
         f"tile.weight={folder}/tile.weight.fits", f"tile.truth={folder}/truth.fits"])
     from bh_stage.simulate import run_simulate
@@ -60,9 +60,11 @@ def test_ldactoasc_reads_the_output(tile_run):
     assert "BLEND_PROB" in text and "BLEND_FLAG" in text
 
 
-def close_pair_labels(catalogue, truth, half_pix=25):
+def close_pair_labels(catalogue, truth, half_pix=35):
     """Label detections: 1 if two true galaxies < 10 px apart lie within 8 px of it, 0 if it
-    is the only true galaxy in its 51x51 stamp, -1 otherwise (ambiguous or spurious)."""
+    is the only true galaxy within ``half_pix`` (its 51x51 stamp and 10 px around it, since
+    the wings of a neighbour just outside the stamp reach in and SEP detects them), -1
+    otherwise (ambiguous or spurious)."""
     x, y = catalogue["XWIN_IMAGE"], catalogue["YWIN_IMAGE"]  # both 1-based
     tx, ty = truth["X_IMAGE"], truth["Y_IMAGE"]
     labels = np.full(len(x), -1)
