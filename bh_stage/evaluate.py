@@ -418,7 +418,7 @@ def _check_targets(rows, head, sigma, subset):
         else:
             value, std = _mean_std(_lookup(rows, head, sigma, subset, method, metric))
             scale, unit = (1.0, "") if metric == "auc" else (100.0, " pts")
-            digits = 3 if metric == "auc" else 2
+            digits = 4 if metric == "auc" else 2
             shown = f"{value * scale:+.{digits}f}{unit}" + (
                 f" ± {std * scale:.{digits}f}" if std else "")
             target = f"{op} {thr * scale:+g}{unit}"
@@ -687,29 +687,20 @@ def evaluate(cfg, progress=None):
     ConfigError
         The data set's stamps do not match the head's input.
     """
-    from . import io as bh_io
     from . import model
-    from .io import check_output_free, read_dataset
+    from .io import check_output, read_dataset, read_truth
 
     t0 = time.perf_counter()
     outdir = Path(cfg.output_dir)
-    check_output_free([outdir / name for name in OUTPUT_NAMES], cfg.overwrite)
+    for name in OUTPUT_NAMES:
+        check_output(outdir / name, cfg.overwrite, make_parents=True)
 
-    read_truth = getattr(bh_io, "read_truth", None)  # truth alone, when io offers it
-    ds = None if read_truth is None else read_dataset(cfg.dataset, [])
-    truth_all = read_truth(cfg.dataset) if ds is not None else None
-    if truth_all is None:
-        ds = read_dataset(cfg.dataset)
-        truth_all = ds.truth
-    rows_idx = _select_rows(truth_all, cfg)
+    rows_idx = _select_rows(read_truth(cfg.dataset), cfg)
     if len(rows_idx) < 2:
         raise ConfigError(f"{cfg.dataset}: split '{cfg.split}' holds {len(rows_idx)} stamps; "
                           f"use split: all or a larger data set")
-    if len(ds.stamps) == len(truth_all):
-        truth, base = ds.truth[rows_idx], ds.stamps[rows_idx]
-    else:
-        ds = read_dataset(cfg.dataset, rows_idx)
-        truth, base = ds.truth, ds.stamps
+    ds = read_dataset(cfg.dataset, rows_idx)
+    truth, base = ds.truth, ds.stamps
     pad = int(ds.attrs.get("pad_pix", 7))
     label = truth["label"] == 1
     sep_pix = np.asarray(truth["separation_pix"], dtype=np.float64)
