@@ -203,15 +203,28 @@ class NewColumn:
     description: str
 
 
-def check_output(path, overwrite=False):
+def check_output(path, overwrite=False, make_parents=False):
     """Refuse an output that exists (unless ``overwrite``) or whose folder is missing.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+    overwrite : bool
+        Allow replacing an existing file.
+    make_parents : bool
+        Create a missing folder instead of refusing it.
+
+    Returns
+    -------
+    pathlib.Path
+        The output's folder.
 
     Raises
     ------
     OutputExistsError
         ``path`` exists and ``overwrite`` is False.
     OutputFileError
-        The output folder does not exist.
+        The output folder does not exist (and ``make_parents`` is False) or cannot be made.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -219,13 +232,21 @@ def check_output(path, overwrite=False):
                                 "true) to replace it")
     folder = path.parent
     if not folder.is_dir():
-        raise OutputFileError(f"{path}: output folder {folder} does not exist")
+        if not make_parents:
+            raise OutputFileError(f"{path}: output folder {folder} does not exist")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputFileError(f"{path}: cannot create {folder} ({err.strerror})") from err
     return folder
 
 
 @contextlib.contextmanager
-def atomic_output(path, overwrite=False):
+def atomic_output(path, overwrite=False, make_parents=False):
     """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+
+    The temporary file is ``.inprogress_<name>.<random>`` in the same folder, so the rename is
+    atomic and an interrupted write leaves no file under the final name.
 
     Raises
     ------
@@ -233,13 +254,16 @@ def atomic_output(path, overwrite=False):
         As ``check_output``, or the folder is not writable.
     """
     path = Path(path)
-    folder = check_output(path, overwrite)
+    folder = check_output(path, overwrite, make_parents)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".inprogress_{path.name}.", dir=folder)
     except OSError as err:
         raise OutputFileError(f"{path}: cannot write in {folder} ({err.strerror})") from err
     os.close(fd)
     tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
@@ -312,44 +336,6 @@ SIM_DATASET_FORMAT = "bh-stage-simulated-stamps-1"
 """Value of the ``format`` attribute of a simulated data set written by ``write_dataset``."""
 
 
-def _atomic_target(path):
-    """Return (final path, temporary path in the same folder) for an atomic write."""
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".inprogress_{os.getpid()}_{path.name}")
-    return path, tmp
-
-
-def _finish_atomic(tmp, path, ok):
-    """Rename ``tmp`` to ``path`` if ``ok``, otherwise remove ``tmp``."""
-    import os
-
-    if ok:
-        os.replace(tmp, path)
-    else:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-
-
-def check_output_free(paths, overwrite):
-    """Raise OutputExistsError if any of ``paths`` exists and ``overwrite`` is False."""
-    from pathlib import Path
-
-    from .errors import OutputExistsError
-
-    if overwrite:
-        return
-    for path in paths:
-        if Path(path).exists():
-            raise OutputExistsError(f"{path}: output exists; remove it, choose another path "
-                                    f"or set overwrite: true")
-
-
 @dataclasses.dataclass
 class Dataset:
     """A simulated stamp data set read back by ``read_dataset``.
@@ -369,7 +355,7 @@ class Dataset:
     attrs: dict
 
 
-def write_dataset(path, stamps, truth, attrs):
+def write_dataset(path, stamps, truth, attrs, overwrite=False):
     """Write a simulated stamp data set to one HDF5 file, atomically.
 
     Parameters
@@ -383,13 +369,12 @@ def write_dataset(path, stamps, truth, attrs):
         Truth table.
     attrs : dict
         Scalars, strings or arrays stored as HDF5 attributes of the file.
+    overwrite : bool
+        Replace an existing file.
     """
     import h5py
-    import numpy as np
 
-    path, tmp = _atomic_target(path)
-    ok = False
-    try:
+    with atomic_output(path, overwrite, make_parents=True) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("stamps", data=np.asarray(stamps, dtype=np.float32),
                              chunks=(1,) + tuple(np.shape(stamps)[1:]) if len(stamps) else None,
@@ -398,16 +383,11 @@ def write_dataset(path, stamps, truth, attrs):
             f.attrs["format"] = SIM_DATASET_FORMAT
             for key, value in attrs.items():
                 f.attrs[key] = value
-        ok = True
-    finally:
-        _finish_atomic(tmp, path, ok)
     log.info("wrote %d stamps to %s", len(stamps), path)
     return path
 
 
 def _attr_value(value):
-    import numpy as np
-
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, np.generic):
@@ -415,7 +395,22 @@ def _attr_value(value):
     return value
 
 
-def read_dataset(path, indices=None):
+def _dataset_rows(n, indices, path):
+    """Return (selection for h5py, reordering) that read ``indices`` out of ``n`` rows.
+
+    h5py reads a sorted list of unique rows; ``reordering`` maps them back to the order (and
+    repeats) asked for. ``indices`` None selects every row.
+    """
+    if indices is None:
+        return slice(None), slice(None)
+    idx = np.asarray(indices, dtype=np.int64).ravel()
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise InputFileError(f"{path}: indices out of range 0..{n - 1}")
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    return uniq, inverse
+
+
+def read_dataset(path, indices=None, stamps=True):
     """Read a simulated data set written by ``write_dataset`` (no GalSim needed).
 
     Parameters
@@ -424,6 +419,9 @@ def read_dataset(path, indices=None):
         The ``.h5`` file.
     indices : array_like of int, optional
         Rows to read (any order, repeats allowed); default all.
+    stamps : bool
+        Read the stamps; False reads only the truth and attributes (``Dataset.stamps`` is
+        None).
 
     Returns
     -------
@@ -434,12 +432,7 @@ def read_dataset(path, indices=None):
     InputFileError
         The file is missing, not HDF5, or not a bh-stage data set.
     """
-    from pathlib import Path
-
     import h5py
-    import numpy as np
-
-    from .errors import InputFileError
 
     path = Path(path)
     if not path.is_file():
@@ -451,40 +444,31 @@ def read_dataset(path, indices=None):
                 raise InputFileError(f"{path}: not a bh-stage data set (no 'stamps' or "
                                      f"'truth' dataset); make it with 'bh-stage simulate'")
             attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
-            if indices is None:
-                stamps = f["stamps"][...]
-                truth = f["truth"][...]
-            else:
-                idx = np.asarray(indices, dtype=np.int64).ravel()
-                n = f["stamps"].shape[0]
-                if idx.size and (idx.min() < 0 or idx.max() >= n):
-                    raise InputFileError(f"{path}: indices out of range 0..{n - 1}")
-                uniq, inverse = np.unique(idx, return_inverse=True)
-                stamps = f["stamps"][uniq][inverse] if idx.size else \
-                    np.zeros((0,) + f["stamps"].shape[1:], np.float32)
-                truth = f["truth"][uniq][inverse] if idx.size else f["truth"][:0]
+            rows = _dataset_rows(f["truth"].shape[0], indices, path)
+            truth = f["truth"][rows[0]][rows[1]]
+            data = f["stamps"][rows[0]][rows[1]] if stamps else None
     except InputFileError:
         raise
     except (OSError, KeyError, ValueError) as err:
         raise InputFileError(f"{path}: cannot read simulated data set ({err}); the file is "
                              f"corrupt or not HDF5, re-create it with 'bh-stage simulate'"
                              ) from err
-    return Dataset(stamps=stamps, truth=truth, attrs=attrs)
+    return Dataset(stamps=data, truth=truth, attrs=attrs)
 
 
-def _write_fits_atomic(path, hdus):
-    """Write an HDUList atomically (temporary name, then rename)."""
-    path, tmp = _atomic_target(path)
-    ok = False
-    try:
-        hdus.writeto(tmp)
-        ok = True
-    finally:
-        _finish_atomic(tmp, path, ok)
-    return path
+def read_truth(path):
+    """Return the truth table of a simulated data set without reading its stamps."""
+    return read_dataset(path, stamps=False).truth
 
 
-def write_tile(path, image, weight_path, weight, header_cards, compress=False):
+def _write_fits_atomic(path, hdus, overwrite):
+    """Write an astropy HDUList under a temporary name, then rename it to ``path``."""
+    with atomic_output(path, overwrite, make_parents=True) as tmp:
+        hdus.writeto(tmp, overwrite=True)
+
+
+def write_tile(path, image, weight_path, weight, header_cards, compress=False,
+               overwrite=False):
     """Write a simulated tile and its weight map, each atomically.
 
     Parameters
@@ -502,6 +486,8 @@ def write_tile(path, image, weight_path, weight, header_cards, compress=False):
         Header cards (WCS, GAIN, SATURATE, SEEING, EXPTIME, MAGZP, ...).
     compress : bool
         Tile-compress both files.
+    overwrite : bool
+        Replace existing files.
     """
     import numpy as np
     from astropy.io import fits
@@ -523,15 +509,15 @@ def write_tile(path, image, weight_path, weight, header_cards, compress=False):
             return fits.HDUList([fits.PrimaryHDU(), comp])
         return fits.HDUList([fits.PrimaryHDU(data=data, header=hdr)])
 
-    _write_fits_atomic(path, hdulist(image, header, lossless=False))
+    _write_fits_atomic(path, hdulist(image, header, lossless=False), overwrite)
     whdr = header.copy()
     whdr["BH_WHAT"] = ("weight", "inverse variance, 1/ADU^2; 0 = masked")
     # The weight map is compressed losslessly (GZIP_2, no quantisation).
-    _write_fits_atomic(weight_path, hdulist(weight, whdr, lossless=True))
+    _write_fits_atomic(weight_path, hdulist(weight, whdr, lossless=True), overwrite)
     log.info("wrote tile %s and weight %s", path, weight_path)
 
 
-def write_truth(path, table, header_cards=()):
+def write_truth(path, table, header_cards=(), overwrite=False):
     """Write a truth table (structured ndarray) as a FITS binary table, atomically.
 
     Parameters
@@ -542,11 +528,13 @@ def write_truth(path, table, header_cards=()):
         One row per object.
     header_cards : sequence of (key, value, comment)
         Extra cards for the table header.
+    overwrite : bool
+        Replace an existing file.
     """
     from astropy.io import fits
 
     hdu = fits.BinTableHDU(data=table, name="TRUTH")
     for key, value, comment in header_cards:
         hdu.header[key] = (value, comment)
-    _write_fits_atomic(path, fits.HDUList([fits.PrimaryHDU(), hdu]))
+    _write_fits_atomic(path, fits.HDUList([fits.PrimaryHDU(), hdu]), overwrite)
     log.info("wrote truth table of %d rows to %s", len(table), path)

@@ -768,18 +768,20 @@ def run_simulate(cfg, progress=None):
 
     t0 = time.perf_counter()
     if cfg.mode == "stamps":
-        io.check_output_free([cfg.output], cfg.overwrite)
+        io.check_output(cfg.output, cfg.overwrite, make_parents=True)
         stamps, truth, attrs = simulate_stamps(cfg, progress)
-        io.write_dataset(cfg.output, stamps, truth, attrs)
+        io.write_dataset(cfg.output, stamps, truth, attrs, cfg.overwrite)
         dt = time.perf_counter() - t0
         return (f"simulate: wrote {len(stamps)} {cfg.set_kind} stamps to {cfg.output} in "
                 f"{dt:.1f} s ({len(stamps) / dt:.1f} stamps/s)")
     t = cfg.tile
-    io.check_output_free([t.image, t.weight, t.truth], cfg.overwrite)
+    for path in (t.image, t.weight, t.truth):
+        io.check_output(path, cfg.overwrite, make_parents=True)
     image, weight, truth, cards = simulate_tile(cfg, progress)
     io.write_tile(t.image, image, t.weight, weight, cards,
-                  compress=str(t.image).endswith(".fz"))
-    io.write_truth(t.truth, truth, [c for c in cards if c[0] in ("MAGZP", "BH_SEED")])
+                  compress=str(t.image).endswith(".fz"), overwrite=cfg.overwrite)
+    io.write_truth(t.truth, truth, [c for c in cards if c[0] in ("MAGZP", "BH_SEED")],
+                   cfg.overwrite)
     dt = time.perf_counter() - t0
     return (f"simulate: wrote a {t.nx_pix}x{t.ny_pix} tile with {len(truth)} galaxies to "
             f"{t.image} in {dt:.1f} s ({len(truth) / dt:.1f} galaxies/s)")

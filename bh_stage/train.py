@@ -417,16 +417,16 @@ def train(cfg, progress=None):
     if head_json.exists() and not cfg.overwrite:
         raise OutputExistsError(f"{head_json} exists; remove it, choose another head_name "
                                 f"or set overwrite: true")
-    # Truth tables and attributes only (indices=[] reads no stamps).
+    # Truth tables and attributes only.
     attrs_list, truths = [], []
     for path in cfg.datasets:
-        ds = read_dataset(path, np.zeros(0, dtype=np.int64))
+        ds = read_dataset(path, stamps=False)
         size, pad = int(ds.attrs["size_pix"]), int(ds.attrs["pad_pix"])
         if (size, pad) != (cfg.stamp.size_pix, cfg.stamp.pad_pix):
             raise ConfigError(f"{path}: stamps are size_pix {size}, pad_pix {pad}; the "
                               f"config asks stamp.size_pix {cfg.stamp.size_pix}, pad_pix "
                               f"{cfg.stamp.pad_pix}; make them equal")
-        truths.append(_read_truth(path))
+        truths.append(ds.truth)
         attrs_list.append(dict(ds.attrs))
     rng = np.random.default_rng([cfg.seed, 20211016])
     cap = cfg.max_train_stamps
@@ -506,25 +506,6 @@ def train(cfg, progress=None):
     bh_model.save_head(head_json, weights, metadata, overwrite=cfg.overwrite)
     history.update(calibration=calib, test=test, feature_seconds=feature_seconds)
     return head_json, history
-
-
-def _read_truth(path):
-    """The truth table of a data set, without its stamps.
-
-    Uses ``io.read_truth`` when ``io`` has it; otherwise reads the ``truth`` dataset of the
-    HDF5 layout written by ``io.write_dataset`` (TODO: move into ``io``).
-    """
-    from . import io as bh_io
-
-    if hasattr(bh_io, "read_truth"):
-        return bh_io.read_truth(path)
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return f["truth"][()]
-    except (OSError, KeyError) as err:
-        raise InputFileError(f"{path}: cannot read the truth table ({err})") from err
 
 
 def run_train(cfg):
