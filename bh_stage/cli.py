@@ -19,14 +19,26 @@ __all__ = ["main", "run_main"]
 log = logging.getLogger("bh_stage")
 
 
-def _progress_bar(total, unit, quiet):
-    """Return (callback, close) for a tqdm bar over ``total`` items, or no-ops if quiet."""
-    if quiet:
-        return None, lambda: None
-    from tqdm import tqdm
+class _ProgressBar:
+    """A tqdm bar driven by ``progress(done, total, step)`` calls; a new step starts a new bar."""
 
-    bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
-    return bar.update, bar.close
+    def __init__(self, quiet):
+        self.quiet, self.bar, self.step = quiet, None, None
+
+    def __call__(self, done, total, step=""):
+        if self.quiet:
+            return
+        if self.bar is None or step != self.step:
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(total=total, desc=step, file=sys.stderr, dynamic_ncols=True)
+            self.step = step
+        self.bar.update(done - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _cmd_run(args):
@@ -40,12 +52,11 @@ def _cmd_run(args):
     if args.overwrite:
         overrides.append("overwrite=true")
     cfg = load_config(args.config, RunConfig, overrides)
-    progress, close = _progress_bar(None, "obj", args.quiet)
+    bar = _ProgressBar(args.quiet)
     try:
-        result = run_stage(cfg, args.tile, progress=progress)
+        return run_stage(cfg, args.tile, progress=bar).summary()
     finally:
-        close()
-    return result.summary()
+        bar.close()
 
 
 def _cmd_schema(name):
@@ -55,7 +66,11 @@ def _cmd_schema(name):
 
         module = importlib.import_module(f".{name}", __package__)
         cfg = config.load_config(args.config, config.SCHEMAS[name], args.set)
-        return getattr(module, f"run_{name}")(cfg)
+        bar = _ProgressBar(args.quiet)
+        try:
+            return getattr(module, f"run_{name}")(cfg, progress=bar)
+        finally:
+            bar.close()
     return command
 
 

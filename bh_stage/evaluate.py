@@ -809,9 +809,9 @@ def evaluate(cfg, progress=None):
             "n_stamps": int(len(truth)), "outputs": [str(p) for p in outputs]}
 
 
-def run_evaluate(cfg):
+def run_evaluate(cfg, progress=None):
     """``bh-stage evaluate``: run ``evaluate`` and return a one-line summary."""
-    result = evaluate(cfg)
+    result = evaluate(cfg, progress)
     h = result["headline"]
     passed = sum(t[3] == "PASS" for t in result["targets"]["all"])
     return (f"evaluated {result['n_stamps']} stamps: accuracy BH {h['BH:accuracy']:.3f}, SEP "

@@ -461,6 +461,25 @@ def read_truth(path):
     return read_dataset(path, stamps=False).truth
 
 
+def read_array(path):
+    """Return the array saved at ``path`` by ``write_array``, or None if there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable (%s); it will be recomputed", path, err)
+        return None
+
+
+def write_array(path, array):
+    """Save an array (a cache file, e.g. bottleneck features) atomically as ``.npy``."""
+    with atomic_output(path, overwrite=True, make_parents=True) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
 def _write_fits_atomic(path, hdus, overwrite):
     """Write an astropy HDUList under a temporary name, then rename it to ``path``."""
     with atomic_output(path, overwrite, make_parents=True) as tmp:

@@ -371,12 +371,13 @@ def _draw_tile_chunk(plans):
 def _run_chunks(func, chunks, settings, n_workers, progress=None, sizes=None):
     """Run ``func`` on each chunk, in order, in this process or in a spawn pool."""
     sizes = sizes or [len(c) for c in chunks]
+    done, total = np.cumsum(sizes), int(sum(sizes))
     if n_workers <= 1 or len(chunks) <= 1:
         _init_worker(settings)
-        for chunk, size in zip(chunks, sizes):
+        for chunk, n_done in zip(chunks, done):
             result = func(chunk)
             if progress is not None:
-                progress(size)
+                progress(int(n_done), total, "stamps")
             yield result
         return
     import multiprocessing
@@ -385,9 +386,9 @@ def _run_chunks(func, chunks, settings, n_workers, progress=None, sizes=None):
     pool = ctx.Pool(min(n_workers, len(chunks)), initializer=_init_worker,
                     initargs=(settings,))
     try:
-        for result, size in zip(pool.imap(func, chunks), sizes):
+        for result, n_done in zip(pool.imap(func, chunks), done):
             if progress is not None:
-                progress(size)
+                progress(int(n_done), total, "stamps")
             yield result
         pool.close()
     except BaseException:
@@ -497,7 +498,7 @@ def simulate_stamps(cfg, progress=None):
     cfg : bh_stage.config.SimulateConfig
         Resolved config (``set_kind``, ``n_stamps``, ``seed``, ``n_workers``, sections).
     progress : callable, optional
-        Called with the number of stamps finished after each chunk (e.g. ``tqdm.update``).
+        Called as ``progress(done, total, "stamps")`` after each chunk.
 
     Returns
     -------
@@ -664,7 +665,7 @@ def simulate_tile(cfg, progress=None):
         Resolved config; the tile is described by ``cfg.tile``, the PSF, magnitudes, COSMOS
         samples, seed and workers by the top level.
     progress : callable, optional
-        Called with the number of galaxies drawn after each chunk.
+        Called as ``progress(done, total, "stamps")`` after each chunk of galaxies.
 
     Returns
     -------

@@ -147,7 +147,7 @@ def _score(cfg, clf, image, bad, rms_adu, cat, scorable, progress):
             sep_out[rows] = sep_job.result()
             log.debug("objects %d-%d scored", rows.start, rows.stop - 1)
             if progress is not None:
-                progress(rows.stop - rows.start)
+                progress(rows.stop, n, "objects")
     edge[~scorable] = mask[~scorable] = np.nan  # no position, no stamp
     return prob, sep_out, edge, mask
 
@@ -179,7 +179,7 @@ def run_stage(cfg, tile_path, progress=None):
     tile_path : str or pathlib.Path
         The tile, plain or tile-compressed FITS.
     progress : callable, optional
-        Called with the number of objects done after each batch.
+        Called as ``progress(done, total, "objects")`` after each batch.
 
     Returns
     -------

@@ -19,13 +19,12 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import io as bh_io
 from . import model as bh_model
 from . import stamps as bh_stamps
 from .config import TrainConfig, config_to_dict
@@ -184,18 +183,6 @@ def _subsample(index_lists, cap, rng):
     return out
 
 
-def _atomic_save_npy(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".inprogress_", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _noisy_stamps(path, attrs, rows, sigma_adu, realisation, aug, seed):
     """Read rows of a data set, add their noise and, for ``aug > 0``, augment them."""
     from .io import read_dataset
@@ -230,13 +217,10 @@ def dataset_features(path, attrs, rows, sigma_adu, realisation, aug, mode, backb
     name = (f"{Path(path).stem}_s{sigma_adu:g}_r{realisation}_a{aug}_{mode}_"
             f"{backbone_sha[:8]}_{key}.npy")
     cache = Path(cache_dir) / name
-    if cache.is_file():
-        feats = np.load(cache)
-        if feats.shape[0] == len(rows):
-            log.info("features: reusing %s", cache)
-            return feats
-        log.warning("features: %s has %d rows, expected %d; recomputing", cache,
-                    feats.shape[0], len(rows))
+    feats = bh_io.read_array(cache)
+    if feats is not None and feats.shape[0] == len(rows):
+        log.info("features: reusing %s", cache)
+        return feats
     t0 = time.perf_counter()
     parts = []
     for start in range(0, len(rows), READ_CHUNK):
@@ -244,13 +228,13 @@ def dataset_features(path, attrs, rows, sigma_adu, realisation, aug, mode, backb
         noisy = _noisy_stamps(path, attrs, chunk, sigma_adu, realisation, aug, seed)
         parts.append(bh_model.extract_features(noisy, backbone, mode, batch_size))
         if progress is not None:
-            progress("features " + name, start + len(chunk), len(rows))
+            progress(start + len(chunk), len(rows), "features")
     feats = (np.concatenate(parts) if parts
              else np.zeros((0, int(np.prod(backbone.output_shape[1:]))), np.float32))
     dt = time.perf_counter() - t0
     log.info("features: %d stamps of %s in %.1f s (%.0f stamps/s) -> %s", len(rows),
              Path(path).name, dt, len(rows) / max(dt, 1e-9), cache)
-    _atomic_save_npy(cache, feats)
+    bh_io.write_array(cache, feats)
     return feats
 
 
@@ -273,7 +257,7 @@ def train_head(x_train, y_train, x_valid, y_valid, cfg, progress=None):
         1 blended, 0 isolated.
     cfg : TrainConfig
     progress : callable, optional
-        ``progress("epoch", epoch, max_epochs)`` after each epoch.
+        ``progress(epoch, max_epochs, "epochs")`` after each epoch.
 
     Returns
     -------
@@ -329,7 +313,7 @@ def train_head(x_train, y_train, x_valid, y_valid, cfg, progress=None):
             log.debug("epoch %d: loss %.4f val_loss %.4f val_accuracy %.4f", epoch,
                       logs["loss"], val_loss, logs["val_accuracy"])
             if progress is not None:
-                progress("epoch", epoch + 1, cfg.max_epochs)
+                progress(epoch + 1, cfg.max_epochs, "epochs")
 
     p0 = np.clip(head(x_valid, training=False).numpy().reshape(-1), 1e-7, 1 - 1e-7)
     initial_val_loss = float(-np.mean(y_valid * np.log(p0) + (1 - y_valid) * np.log(1 - p0)))
@@ -388,7 +372,7 @@ def train(cfg, progress=None):
     ----------
     cfg : TrainConfig
     progress : callable, optional
-        ``progress(step, done, total)``; steps are ``"features <file>"`` and ``"epoch"``.
+        ``progress(done, total, step)``; steps are ``"features"`` and ``"epochs"``.
 
     Returns
     -------
@@ -508,11 +492,11 @@ def train(cfg, progress=None):
     return head_json, history
 
 
-def run_train(cfg):
+def run_train(cfg, progress=None):
     """Run ``bh-stage train`` and return its one-line summary."""
     if not isinstance(cfg, TrainConfig):
         raise ConfigError(f"run_train expects a TrainConfig, got {type(cfg).__name__}")
-    head_json, history = train(cfg)
+    head_json, history = train(cfg, progress)
     c, t = history["calibration"], history["test"]
     text = (f"head {head_json}: val accuracy {c['val_accuracy']:.3f} at "
             f"t={c['blend_threshold']:.3f}, hybrid {c['val_accuracy_hybrid']:.3f} at "
