@@ -723,4 +723,10 @@ def _openvino_compile(model, head, input_shape, ov_cache_dir=None):
         os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp, xml)
         log.info("OpenVINO model converted and cached in %s", xml)
-    return core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    actual = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    if "bf16" not in actual:
+        log.warning("precision bf16: this CPU has no bf16 support (OpenVINO capabilities %s); "
+                    "OpenVINO runs in %s, at about f32 speed",
+                    core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"), actual)
+    return compiled
