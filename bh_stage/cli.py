@@ -44,6 +44,7 @@ class _ProgressBar:
 def _cmd_run(args):
     from .config import RunConfig, load_config
     from .stage import run_stage
+    from .tiles import DEFAULT_WORKERS, expand_tiles, format_summary, run_tiles
 
     overrides = list(args.set)
     for key in ("catalogue", "output", "weight"):
@@ -52,11 +53,28 @@ def _cmd_run(args):
     if args.overwrite:
         overrides.append("overwrite=true")
     cfg = load_config(args.config, RunConfig, overrides)
+    if args.serial:
+        args.workers = 0
+    tiles = expand_tiles(args.tiles)
     bar = _ProgressBar(args.quiet)
+    if len(tiles) == 1 and args.workers is None and args.scheduler is None:
+        try:
+            return run_stage(cfg, tiles[0], progress=bar).summary()
+        finally:
+            bar.close()
+    workers = DEFAULT_WORKERS if args.workers is None else args.workers
     try:
-        return run_stage(cfg, args.tile, progress=bar).summary()
+        results = run_tiles(cfg, tiles, workers=workers, scheduler=args.scheduler,
+                            progress=bar)
     finally:
         bar.close()
+    table = format_summary(results)
+    failed = sum(r.status == "failed" for r in results)
+    if failed:
+        print(table)
+        raise BhStageError(f"{failed} of {len(results)} tiles failed; see the table above, "
+                           "fix them and run the same command again (done tiles are skipped)")
+    return table
 
 
 def _cmd_schema(name):
@@ -99,13 +117,24 @@ def build_parser():
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set sep.minarea_pix=5")
 
-    run = sub.add_parser("run", help="score every detection of a tile")
+    run = sub.add_parser("run", help="score every detection of one or more tiles")
     run.add_argument("config", help="YAML config (see example_config/config.yml)")
-    run.add_argument("tile", help="tile FITS image (.fits or tile-compressed .fits.fz)")
+    run.add_argument("tiles", nargs="+", metavar="TILE",
+                     help="tile FITS images (.fits or tile-compressed .fits.fz); several tiles "
+                     "or a quoted glob pattern run on a Dask cluster")
     run.add_argument("--catalogue", help="SExtractor catalogue (overrides the config)")
     run.add_argument("--output", help="output catalogue (overrides the config)")
     run.add_argument("--weight", help="weight map (overrides the config)")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an existing output (several tiles: also complete ones)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="local Dask worker processes, 1 thread each (default 2 for "
+                       "several tiles; 0: in sequence in this process)")
+    where.add_argument("--serial", action="store_true",
+                       help="run the tiles in sequence in this process (same as --workers 0)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on an existing Dask cluster, e.g. tcp://host:8786")
     add_set(run)
     run.set_defaults(func=_cmd_run)
 

@@ -194,6 +194,70 @@ def read_catalogue(path, x_column, y_column, id_column="NUMBER", hdu="auto"):
 
 
 @dataclasses.dataclass
+class TableInfo:
+    """Shape and header of a catalogue's objects table, read by ``read_table_info``.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    hdu : int
+        Index of the table in the file.
+    nrows : int
+    columns : list of str
+        Column names, upper case.
+    header : dict
+        Header keys of the table (no COMMENT/HISTORY).
+    """
+
+    path: Path
+    hdu: int
+    nrows: int
+    columns: list
+    header: dict
+
+
+def read_table_info(path, hdu="auto"):
+    """Read the row count, column names and header of a table without its data.
+
+    The last row is read too, so a truncated file is refused rather than reported complete.
+    Used to check that a stage output is complete before skipping its tile.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        FITS catalogue (input or ``bh-stage run`` output).
+    hdu : str
+        'auto' (LDAC_OBJECTS, then OBJECTS, then the first table), a name or an index.
+
+    Returns
+    -------
+    TableInfo
+
+    Raises
+    ------
+    InputFileError
+        Missing, not FITS or truncated.
+    CatalogueColumnError
+        No such table.
+    """
+    path = Path(path)
+    with _open_fits(path) as fits:
+        index = _objects_hdu(fits, path, hdu)
+        table = fits[index]
+        try:
+            nrows = table.get_nrows()
+            if nrows:
+                table.read(rows=[nrows - 1])
+            header = {rec["name"]: rec.get("value") for rec in table.read_header_list()
+                      if rec["name"] not in ("COMMENT", "HISTORY", "")}
+        except (OSError, ValueError) as err:
+            raise InputFileError(f"{path}: cannot read the table ({_fitsio_message(err)}); "
+                                 "the file may be truncated") from err
+        columns = [c.upper() for c in table.get_colnames()]
+    return TableInfo(path, index, nrows, columns, header)
+
+
+@dataclasses.dataclass
 class NewColumn:
     """A column to add to a catalogue: name, values, TUNIT and TTYPE comment."""
 

@@ -152,7 +152,7 @@ def _score(cfg, clf, image, bad, rms_adu, cat, scorable, progress):
     return prob, sep_out, edge, mask
 
 
-def _provenance(cfg, clf, rms_adu):
+def _provenance(cfg, clf, rms_adu, blend_thr, hybrid_thr):
     meta = clf.metadata
     return [
         ("BH_VERS", __version__, "bh-stage version"),
@@ -160,8 +160,8 @@ def _provenance(cfg, clf, rms_adu):
         ("BH_HSHA", meta["weights_sha256"][:64], "sha256 of the head's weights"),
         ("BH_BACKB", meta["backbone"], "backbone of the head"),
         ("BH_PREC", cfg.precision, "network precision"),
-        ("BH_THR", float(clf.blend_threshold), "BH_BLEND_FLAG threshold on BLEND_PROB"),
-        ("BH_HTHR", float(clf.hybrid_threshold), "BLEND_FLAG threshold on BLEND_PROB"),
+        ("BH_THR", float(blend_thr), "BH_BLEND_FLAG threshold on BLEND_PROB"),
+        ("BH_HTHR", float(hybrid_thr), "BLEND_FLAG threshold on BLEND_PROB"),
         ("BH_RMS", rms_adu, "[ADU] tile rms used to fill padding"),
         ("BH_CFGSH", config_hash(cfg), "sha256 of the resolved config"),
         ("BH_DATE", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -169,7 +169,7 @@ def _provenance(cfg, clf, rms_adu):
     ]
 
 
-def run_stage(cfg, tile_path, progress=None):
+def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     """Score every detection of one tile and write the output catalogue.
 
     Parameters
@@ -180,6 +180,10 @@ def run_stage(cfg, tile_path, progress=None):
         The tile, plain or tile-compressed FITS.
     progress : callable, optional
         Called as ``progress(done, total, "objects")`` after each batch.
+    classifier_loader : callable, optional
+        ``classifier_loader(head_path, precision=..., batch_size=...)`` returning a classifier;
+        default ``model.load_classifier``. ``bh_stage.tiles`` passes a per-process cache so a
+        worker loads the network once for many tiles. The classifier is not modified.
 
     Returns
     -------
@@ -224,7 +228,8 @@ def run_stage(cfg, tile_path, progress=None):
     log.info("tile rms %.3g ADU, %.2g %% of pixels masked", rms_adu, 100 * bad.mean())
 
     head = model.head_path(cfg.head, noise_sigma_adu=rms_adu)
-    clf = model.load_classifier(head, precision=cfg.precision, batch_size=cfg.batch_size)
+    loader = model.load_classifier if classifier_loader is None else classifier_loader
+    clf = loader(head, precision=cfg.precision, batch_size=cfg.batch_size)
     meta = clf.metadata
     if (meta["size_pix"], meta["pad_pix"]) != (cfg.stamp.size_pix, cfg.stamp.pad_pix):
         raise ModelShapeError(f"{head}: head trained on {meta['size_pix']}px stamps padded by "
@@ -232,7 +237,6 @@ def run_stage(cfg, tile_path, progress=None):
                               f"{cfg.stamp.pad_pix}; set stamp.size_pix / stamp.pad_pix")
     blend_thr = clf.blend_threshold if cfg.blend_threshold is None else cfg.blend_threshold
     hybrid_thr = clf.hybrid_threshold if cfg.hybrid_threshold is None else cfg.hybrid_threshold
-    clf.blend_threshold, clf.hybrid_threshold = blend_thr, hybrid_thr
     log.info("head %s (trained at sigma %.3g ADU), thresholds %.3f / %.3f", head,
              meta["noise_sigma_adu"], blend_thr, hybrid_thr)
 
@@ -251,8 +255,9 @@ def run_stage(cfg, tile_path, progress=None):
               "BH_EDGE_FRAC": edge, "BH_MASK_FRAC": mask}
     columns = [io.NewColumn(name, np.asarray(values[name], dtype=dtype), unit, text)
                for name, (dtype, unit, text) in OUTPUT_COLUMNS.items()]
-    io.write_catalogue(cat, output, columns, _provenance(cfg, clf, rms_adu), cfg.output_mode,
-                       cfg.id_column, cfg.overwrite)
+    header = _provenance(cfg, clf, rms_adu, blend_thr, hybrid_thr)
+    io.write_catalogue(cat, output, columns, header, cfg.output_mode, cfg.id_column,
+                       cfg.overwrite)
     for bit in (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR):
         count = int(((flags & bit) != 0).sum())
         if count:
