@@ -63,6 +63,8 @@ def _cmd_run(args):
         finally:
             bar.close()
     workers = DEFAULT_WORKERS if args.workers is None else args.workers
+    if args.verbose < 2:  # Dask's scheduler and nannies log every connection at INFO
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         results = run_tiles(cfg, tiles, workers=workers, scheduler=args.scheduler,
                             progress=bar)

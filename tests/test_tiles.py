@@ -92,8 +92,7 @@ def test_cli_on_a_cluster_reports_the_corrupt_tile_and_skips_done_ones(
     assert not (three_tiles[2].parent / "c_bh.cat").exists()
     assert no_temporaries(three_tiles[0].parent)
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(str(tmp_path))}
-    assert rows[str(three_tiles[0])].split()[1:4] == ["done", "3", rows[str(three_tiles[0])]
-                                                       .split()[3]]
+    assert rows[str(three_tiles[0])].split()[1:3] == ["done", "3"]
     assert rows[str(three_tiles[2])].split()[1] == "failed"
     assert "c.fits: not a readable FITS file" in rows[str(three_tiles[2])]
     assert "1 of 3 tiles failed" in err and "Traceback" not in err
@@ -111,8 +110,9 @@ def test_serial_run_returns_one_result_per_tile(three_tiles, fake_classifier):
                         progress=lambda done, total, step: seen.append((done, total, step)))
     assert [r.status for r in results] == ["done", "done", "failed"]
     assert [r.n_objects for r in results] == [3, 3, None]
-    assert results[2].error.endswith("not a readable FITS file (could not open the named "
-                                     "file)") or "not a readable FITS file" in results[2].error
+    assert results[2].error.startswith(f"{three_tiles[2]}: not a readable FITS file")
+    assert "\n" not in results[2].error and results[2].output == three_tiles[2].with_name(
+        "c_bh.cat")
     assert seen == [(1, 3, "tiles"), (2, 3, "tiles"), (3, 3, "tiles")]
     assert len(fake_classifier) == 1 and fake_classifier[0].calls == 2  # loaded once
     assert [r.classifier_loads for r in results[:2]] == [1, 1]
@@ -197,3 +197,22 @@ def test_worker_processes_load_the_real_head_once(tmp_path):
     assert results[0].worker == results[1].worker != "local"
     assert [r.classifier_loads for r in results] == [1, 1]
     assert all(output_complete(cfg(), p)[0] for p in paths)
+
+
+def test_a_task_lost_on_the_cluster_is_a_failed_tile(three_tiles, fake_classifier,
+                                                      thread_cluster, monkeypatch):
+    """A task that raises on the cluster itself (as ``KilledWorker`` does when a worker dies)
+    fails its tile only; the type and message are in the result."""
+    real_run_one = tiles._run_one
+
+    def lost_on_b(cfg_, tile):
+        if tile.name == "b.fits":
+            raise RuntimeError("worker lost\nsecond line")
+        return real_run_one(cfg_, tile)
+
+    monkeypatch.setattr(tiles, "_run_one", lost_on_b)
+    results = run_tiles(cfg(), three_tiles[:2], scheduler=thread_cluster.scheduler_address)
+    assert [r.status for r in results] == ["done", "failed"]
+    assert results[1].error == "RuntimeError: worker lost"
+    assert results[0].worker.startswith("tcp://127.0.0.1:")
+    check_output(three_tiles[0])
