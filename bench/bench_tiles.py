@@ -101,7 +101,8 @@ def main():
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "tiles": len(tiles), "size_pix": args.size_pix, "objects": n_objects,
               "precision": args.precision, "cpu_count": os.cpu_count(),
-              "load_average_before": load_before, "load_average_after": load, "python": sys.version.split()[0], "modes": timings}
+              "load_average_before": load_before, "load_average_after": load,
+              "python": sys.version.split()[0], "modes": timings}
     path = args.results or (REPO / "bench" / "results" /
                             f"tiles_{datetime.date.today():%Y%m%d}.json")
     path.write_text(json.dumps(result, indent=1) + "\n")
