@@ -211,8 +211,14 @@ def config_to_dict(cfg):
 
 
 def config_hash(cfg):
-    """Return the sha256 of the resolved config, for provenance."""
-    text = json.dumps(config_to_dict(cfg), sort_keys=True)
+    """Return the sha256 of the resolved config, for provenance.
+
+    ``overwrite`` is left out: it decides whether an output may be replaced, never what is
+    in it.
+    """
+    values = config_to_dict(cfg)
+    values.pop("overwrite", None)
+    text = json.dumps(values, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

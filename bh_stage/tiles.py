@@ -188,18 +188,12 @@ def expand_tiles(names):
     return list(dict.fromkeys(tiles))
 
 
-def _hashes(cfg):
-    """Config hashes an output of this config may carry: ``overwrite`` does not change the
-    result, and a recomputed tile is written with overwrite on."""
-    return {config_hash(dataclasses.replace(cfg, overwrite=flag)) for flag in (False, True)}
-
-
 def output_complete(cfg, tile):
     """Check that a tile's output is complete and made with this config.
 
     Complete means: the output opens and its last row reads, its objects table has every
     column of ``stage.OUTPUT_COLUMNS`` and as many rows as the input catalogue, and its
-    ``BH_CFGSH`` header key is the hash of ``cfg`` (the ``overwrite`` key aside).
+    ``BH_CFGSH`` header key is ``config_hash(cfg)``.
 
     Parameters
     ----------
@@ -231,7 +225,7 @@ def output_complete(cfg, tile):
         return False, f"no column {missing[0]} in the output"
     if out.nrows != cat.nrows:
         return False, f"{out.nrows} rows, the catalogue has {cat.nrows}"
-    if out.header.get("BH_CFGSH") not in _hashes(cfg):
+    if out.header.get("BH_CFGSH") != config_hash(cfg):
         return False, "made with another config (BH_CFGSH differs)"
     return True, ""
 

@@ -62,3 +62,9 @@ def test_example_configs_load_and_cover_every_key(name):
         if not line.lstrip().startswith("#"):
             key = line.strip().split(":")[0]
             assert f"{key}:" in text, f"{example.name} lacks key {key}"
+
+
+def test_config_hash_ignores_overwrite():
+    """Regression: a resumed run (overwrite on) must match the hash of the first run."""
+    assert config_hash(RunConfig(overwrite=True)) == config_hash(RunConfig())
+    assert config_hash(RunConfig(seed=1)) != config_hash(RunConfig())
