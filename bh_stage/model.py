@@ -51,7 +51,8 @@ FEATURE_SHAPE = (2, 2, 512)
 PREPROCESS_MODES = ("caffe", "paper", "caffe_clip", "caffe_signed")
 """Modes of ``preprocess``; see its docstring."""
 
-DEFAULT_PREPROCESS = "caffe"
+DEFAULT_PREPROCESS = "caffe_clip"
+"""Measured best on the realistic set (docs/results.md); a head records its own mode."""
 
 BACKBONES = ("hed", "imagenet")
 """Named backbone weight sources; anything else is a path to a ``.weights.h5`` file."""
@@ -95,7 +96,7 @@ def preprocess(stamps, mode=DEFAULT_PREPROCESS):
     stamps : array_like, shape (n, ny, nx)
         Stamps in ADU (any float dtype); a single ``(ny, nx)`` stamp is accepted.
     mode : str
-        One of ``PREPROCESS_MODES``. Default ``"caffe"``.
+        One of ``PREPROCESS_MODES``. Default ``"caffe_clip"``.
 
     Returns
     -------
@@ -274,7 +275,8 @@ def _backbone_fn(backbone):
         return _BACKBONE_FNS[backbone]
     ref = weakref.ref(backbone)  # the cache must not keep the backbone alive
     spec = tf.TensorSpec([None, *backbone.input_shape[1:]], tf.float32)
-    fn = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
+    fn = tf.function(lambda x: ref()(x, training=False), input_signature=[spec],
+                     autograph=False)
     _BACKBONE_FNS[backbone] = fn
     return fn
 
@@ -575,7 +577,7 @@ class Classifier:
             import tensorflow as tf
 
             self._fn = tf.function(
-                lambda x: model(x, training=False), reduce_retracing=True,
+                lambda x: model(x, training=False), reduce_retracing=True, autograph=False,
                 input_signature=[tf.TensorSpec([None, *self.input_shape], tf.float32)])
             self._run = lambda x: self._fn(x).numpy()
         elif precision == "bf16":
@@ -714,7 +716,7 @@ def _openvino_compile(model, head, input_shape, ov_cache_dir=None):
         ov_model = core.read_model(str(xml))
         log.debug("OpenVINO model read from cache %s", xml)
     else:
-        fn = tf.function(lambda x: model(x, training=False),
+        fn = tf.function(lambda x: model(x, training=False), autograph=False,
                          input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)])
         ov_model = ov.convert_model(fn.get_concrete_function())
         cache.mkdir(parents=True, exist_ok=True)

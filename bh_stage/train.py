@@ -339,7 +339,7 @@ def _predict_head(weights, features):
     head = bh_model.build_head(bh_model.FEATURE_SHAPE)
     head.set_weights(weights)
     x = np.asarray(features, np.float32).reshape(-1, *bh_model.FEATURE_SHAPE)
-    fn = tf.function(lambda v: head(v, training=False))
+    fn = tf.function(lambda v: head(v, training=False), autograph=False)
     return np.concatenate([fn(x[i:i + 4096]).numpy().reshape(-1)
                            for i in range(0, len(x), 4096)] or [np.zeros(0, np.float32)])
 
