@@ -144,7 +144,7 @@ def test_train_config_registered_and_checked():
 def test_example_config_loads():
     path = Path(__file__).resolve().parent.parent / "example_config" / "train.yml"
     cfg = load_config(path, TrainConfig)
-    assert cfg.backbone == "hed" and cfg.preprocess == "caffe"
+    assert cfg.backbone == "hed" and cfg.preprocess == "caffe_clip"
 
 
 # --- end to end -------------------------------------------------------------------------
@@ -157,13 +157,13 @@ def test_train_end_to_end(tmp_path, monkeypatch):
     calls = []
     real = bh_model.preprocess
     monkeypatch.setattr(bh_model, "preprocess",
-                        lambda s, mode="caffe": calls.append(mode) or real(s, mode))
+                        lambda s, mode="caffe_clip": calls.append(mode) or real(s, mode))
     cfg = _cfg(datasets=[str(ds)], output_dir=str(tmp_path / "heads"), head_name="tiny",
                cache_dir=str(tmp_path / "cache"), max_epochs=8)
     head_json, hist = bh_train.train(cfg)
-    assert calls and set(calls) == {"caffe"}  # training went through model.preprocess
+    assert calls and set(calls) == {"caffe_clip"}  # training went through model.preprocess
     meta = json.loads(Path(head_json).read_text())
-    assert meta["backbone"] == "hed" and meta["preprocess"] == "caffe"
+    assert meta["backbone"] == "hed" and meta["preprocess"] == "caffe_clip"
     assert meta["backbone_sha256"] == bh_model.backbone_sha256("hed")
     assert meta["datasets"][0]["file"] == "fake.h5" and meta["datasets"][0]["seed"] == 1
     assert meta["noise_sigma_adu"] == 15.0 and meta["size_pix"] == 51 and meta["pad_pix"] == 7
