@@ -23,5 +23,11 @@ bh-stage train example_config/train.yml --set "datasets=[$work/mixed24k.h5]" \
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
     --set max_stamps=null --set output_dir=docs/results --set overwrite=true
 
+# The fainter regime: magnitudes up to 26 (median 25, like the real sample) -> docs/results_faint/.
+bh-stage simulate example_config/simulate.yml --set set_kind=real --set real_half=test \
+    --set n_stamps=2000 --set seed=4 --set magnitude.mag_max=26.0 --set output=$work/realistic_faint2k.h5
+bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic_faint2k.h5 \
+    --set max_stamps=null --set output_dir=docs/results_faint --set overwrite=true
+
 # Padding at inference: noise (what the stage does) vs zeros -> bench/results/padding.json.
 python bench/bench_padding.py --dataset $work/realistic4k.h5 --max-stamps 1500
