@@ -152,27 +152,22 @@ def test_existing_output_needs_overwrite(small_tile, fake_classifier, capsys):
     assert run_cli(small_tile, "--overwrite") == 0
 
 
-def test_interrupted_run_leaves_no_output(small_tile, fake_classifier, monkeypatch):
-    """A run killed while scoring leaves neither the output nor a temporary file."""
-    from conftest import FakeClassifier
-
-    def interrupt(self, stamps):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(FakeClassifier, "predict_proba", interrupt)
-    before = sorted(p.name for p in small_tile.iterdir())
-    with pytest.raises(KeyboardInterrupt):
-        run_stage(cfg(), small_tile / "tile.fits")
-    assert sorted(p.name for p in small_tile.iterdir()) == before
+def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
 
 
-def test_interrupted_write_leaves_no_output(small_tile, fake_classifier, monkeypatch):
+@pytest.mark.parametrize("where", ["scoring", "writing"])
+def test_interrupted_run_leaves_no_output(small_tile, fake_classifier, monkeypatch, where):
+    """A run killed while scoring or while writing leaves neither the output nor a
+    temporary file."""
     from bh_stage import io
 
-    def fail(*args, **kwargs):
-        raise KeyboardInterrupt
+    from conftest import FakeClassifier
 
-    monkeypatch.setattr(io, "_describe", fail)
+    if where == "scoring":
+        monkeypatch.setattr(FakeClassifier, "predict_proba", interrupt)
+    else:
+        monkeypatch.setattr(io, "_describe", interrupt)
     before = sorted(p.name for p in small_tile.iterdir())
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg(), small_tile / "tile.fits")
