@@ -432,7 +432,7 @@ class SimulateConfig:
 
     mode: str = option("stamps", "'stamps': a training/test data set (HDF5); 'tile': a "
                        "CFIS-like tile (see the tile section).", choices=("stamps", "tile"))
-    set_kind: str = option("parametric", "'parametric': COSMOS Sersic/bulge+disc fits; "
+    set_kind: str = option("mixed", "'parametric': COSMOS Sersic/bulge+disc fits; "
                            "'real': HST images of one half of the real sample (real_half); "
                            "'mixed': parametric + real images of the training half.",
                            choices=("parametric", "real", "mixed"))
@@ -449,7 +449,7 @@ class SimulateConfig:
     seed: int = option(0, "Seed; stamp i uses default_rng([seed, i]).", min=0)
     n_workers: int = option(2, "Worker processes (spawn); 1 draws in this process.", min=1)
     chunk_size: int = option(50, "Stamps (or tile galaxies) per worker task.", min=1)
-    output: str = option("simulated/parametric.h5", "Output data set (HDF5), mode 'stamps'.")
+    output: str = option("simulated/mixed.h5", "Output data set (HDF5), mode 'stamps'.")
     overwrite: bool = option(False, "Replace existing outputs.")
     cosmos_dir: str = option("../shared/cosmos", "Folder of the COSMOS samples "
                              "(galsim_download_cosmos layout).")

@@ -52,7 +52,7 @@ PREPROCESS_MODES = ("caffe", "paper", "caffe_clip", "caffe_signed")
 """Modes of ``preprocess``; see its docstring."""
 
 DEFAULT_PREPROCESS = "caffe_clip"
-"""Measured best on the realistic set (docs/results.md); a head records its own mode."""
+"""Measured best on the realistic set (docs/results/results.md); a head records its own mode."""
 
 BACKBONES = ("hed", "imagenet")
 """Named backbone weight sources; anything else is a path to a ``.weights.h5`` file."""

@@ -38,7 +38,8 @@ def cosmos():
 
 def make_cfg(cosmos, **kw):
     """A tiny in-process config."""
-    data = {"n_stamps": 40, "n_workers": 1, "seed": 3, "cosmos_dir": str(cosmos)}
+    data = {"n_stamps": 40, "n_workers": 1, "seed": 3, "cosmos_dir": str(cosmos),
+            "set_kind": "parametric"}
     data.update(kw)
     return config_from_dict(SimulateConfig, data)
 
