@@ -87,19 +87,26 @@ def resolve_paths(cfg, tile_path):
     return tile, fill(cfg.catalogue, "catalogue"), weight, fill(cfg.output, "output")
 
 
-def _check_positions(cat, shape):
-    """Refuse a catalogue with positions off the tile: it belongs to another image."""
+def _check_positions(cat, shape, margin_pix):
+    """Refuse a catalogue with positions far off the tile: it belongs to another image.
+
+    SExtractor's windowed positions of objects cut by the border may fall a little outside
+    the tile; those are scored and flagged ``BH_EDGE``. A position more than ``margin_pix``
+    (half a stamp) outside cannot come from this tile. Returns the finite-position mask.
+    """
     ny, nx = shape
     x, y = cat.x_pix, cat.y_pix
     finite = np.isfinite(x) & np.isfinite(y)
     # A pixel i covers [i - 0.5, i + 0.5) in 0-based coordinates.
-    outside = finite & ((x < -0.5) | (x >= nx - 0.5) | (y < -0.5) | (y >= ny - 0.5))
+    lo, hi_x, hi_y = -0.5 - margin_pix, nx - 0.5 + margin_pix, ny - 0.5 + margin_pix
+    outside = finite & ((x < lo) | (x >= hi_x) | (y < lo) | (y >= hi_y))
     if outside.any():
         first = int(np.flatnonzero(outside)[0])
         raise InputFileError(
             f"{cat.path}: {outside.sum()} of {cat.nrows} positions lie outside the "
-            f"{nx}x{ny} tile (first: row {first + 1}, x={x[first] + io.FITS_ORIGIN:.1f}, "
-            f"y={y[first] + io.FITS_ORIGIN:.1f}, 1-based); is it the catalogue of this tile?")
+            f"{nx}x{ny} tile by more than {margin_pix} px (first: row {first + 1}, "
+            f"x={x[first] + io.FITS_ORIGIN:.1f}, y={y[first] + io.FITS_ORIGIN:.1f}, 1-based); "
+            "is it the catalogue of this tile?")
     return finite
 
 
@@ -211,7 +218,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     cat = io.read_catalogue(cat_path, cfg.x_column, cfg.y_column, cfg.id_column,
                             cfg.catalogue_hdu)
     shape = io.tile_shape(tile)
-    finite = _check_positions(cat, shape)
+    finite = _check_positions(cat, shape, cfg.stamp.size_pix // 2)
     log.info("%s: %d objects from %s (HDU %s)", tile, cat.nrows, cat_path, cat.extname)
 
     image, _ = io.read_tile(tile)

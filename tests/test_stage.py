@@ -67,6 +67,16 @@ def test_edge_masked_and_nan_positions_are_flags(small_tile, fake_classifier):
     assert np.isnan(out["BH_EDGE_FRAC"][2]) and np.isnan(out["BH_MASK_FRAC"][2])
 
 
+def test_position_just_off_the_tile_is_an_edge_flag(small_tile, fake_classifier):
+    """Regression: a windowed position 0.7 px outside the tile (SExtractor gives such for
+    objects cut by the border) is scored and flagged, not refused."""
+    write_ldac(small_tile / "tile.cat", [-0.7, 50.0], [50.0, 100.2])
+    run_stage(cfg(), small_tile / "tile.fits")
+    out = fitsio.read(str(small_tile / "tile_bh.cat"), ext="LDAC_OBJECTS")
+    assert out["BH_FLAGS"].tolist() == [1, 1]
+    assert np.isfinite(out["BLEND_PROB"]).all()
+
+
 def test_new_mode_writes_a_sidecar(small_tile, fake_classifier):
     run_stage(cfg(output_mode="new", output="{dir}/side.fits"), small_tile / "tile.fits")
     out = fitsio.read(str(small_tile / "side.fits"), ext="OBJECTS")
