@@ -14,7 +14,6 @@ learning rate halved after 5); then ``blend_threshold`` (P >= t) and ``hybrid_th
 (SEP says blended or P >= t) are chosen to maximise validation accuracy.
 """
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -28,7 +27,7 @@ from . import io as bh_io
 from . import model as bh_model
 from . import stamps as bh_stamps
 from .config import TrainConfig, config_to_dict
-from .errors import ConfigError, InputFileError, OutputExistsError
+from .errors import ConfigError, OutputExistsError
 
 __all__ = ["train", "run_train", "train_head", "best_threshold", "calibrate_thresholds",
            "augment_stamps", "split_indices", "SPLIT_TRAIN", "SPLIT_VALID", "SPLIT_TEST"]

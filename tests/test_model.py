@@ -177,8 +177,6 @@ def head_file(tmp_path_factory):
 
 
 def test_classifier_reload_identical_and_stream(hed_backbone, head_file):
-    import keras
-
     stamps = blob_stamps(10)
     clf = bh_model.load_classifier(head_file, backbone=hed_backbone, batch_size=4)
     assert clf.blend_threshold == 0.4 and clf.hybrid_threshold == 0.8
