@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import weakref
 from pathlib import Path
 
@@ -357,16 +356,12 @@ REQUIRED_METADATA = ("backbone", "backbone_sha256", "preprocess", "input_shape",
 
 
 def _atomic_write_bytes(path, write):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".inprogress_", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Call ``write(file)`` on a temporary file that replaces ``path`` when complete."""
+    from .io import atomic_output
+
+    with atomic_output(path, overwrite=True, make_parents=True) as tmp:
+        with open(tmp, "wb") as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_head(path_json, weights, metadata, overwrite=True):
