@@ -235,7 +235,10 @@ def _set_override(data, assignment):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: {part} is not a section")
-    node[last] = yaml.safe_load(text)
+    try:
+        node[last] = yaml.safe_load(text)
+    except yaml.YAMLError:
+        node[last] = text  # not YAML, e.g. a path pattern such as {dir}/{stem}.cat
 
 
 def load_config(path, cls, overrides=()):

@@ -39,6 +39,12 @@ def test_file_then_overrides(tmp_path):
     assert config_hash(cfg) != config_hash(RunConfig())
 
 
+def test_override_with_a_path_pattern_is_a_string():
+    """Regression: --set output={dir}/x.cat is not valid YAML and must stay a string."""
+    cfg = load_config(None, RunConfig, ["output={dir}/{stem}_x.cat"])
+    assert cfg.output == "{dir}/{stem}_x.cat"
+
+
 def test_file_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match="nope.yml: cannot read"):
         load_config(tmp_path / "nope.yml", RunConfig)
