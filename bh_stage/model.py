@@ -36,7 +36,7 @@ __all__ = [
     "PREPROCESS_MODES", "BACKBONES", "INPUT_SHAPE", "FEATURE_SHAPE", "HEADS_DIR",
     "preprocess", "build_backbone", "backbone_sha256", "build_head", "extract_features",
     "Head", "save_head", "load_head", "head_path", "Classifier", "load_classifier",
-    "file_sha256",
+    "file_sha256", "openvino_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -692,8 +692,9 @@ def _ov_cache_dir(ov_cache_dir):
     return Path(base) / "bh_stage" / "openvino"
 
 
-def _openvino_compile(model, head, input_shape, ov_cache_dir=None):
-    """Convert the fused model to OpenVINO (cached on disk) and compile it for bf16 on CPU."""
+def openvino_model(model, head, input_shape, ov_cache_dir=None):
+    """Convert the fused model to an OpenVINO model, cached on disk by head, backbone and
+    OpenVINO version; returns ``(core, ov_model)``."""
     try:
         import openvino as ov
     except ImportError as err:
@@ -708,18 +709,23 @@ def _openvino_compile(model, head, input_shape, ov_cache_dir=None):
     xml = cache / f"bh_{key}.xml"
     core = ov.Core()
     if xml.is_file() and xml.with_suffix(".bin").is_file():
-        ov_model = core.read_model(str(xml))
         log.debug("OpenVINO model read from cache %s", xml)
-    else:
-        fn = tf.function(lambda x: model(x, training=False), autograph=False,
-                         input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)])
-        ov_model = ov.convert_model(fn.get_concrete_function())
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".inprogress_{key}_{os.getpid()}.xml"
-        ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-        os.replace(tmp, xml)
-        log.info("OpenVINO model converted and cached in %s", xml)
+        return core, core.read_model(str(xml))
+    fn = tf.function(lambda x: model(x, training=False), autograph=False,
+                     input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)])
+    ov_model = ov.convert_model(fn.get_concrete_function())
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".inprogress_{key}_{os.getpid()}.xml"
+    ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
+    os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+    os.replace(tmp, xml)
+    log.info("OpenVINO model converted and cached in %s", xml)
+    return core, ov_model
+
+
+def _openvino_compile(model, head, input_shape, ov_cache_dir=None):
+    """Compile the fused model with OpenVINO for bf16 on CPU (f32 where the CPU has no bf16)."""
+    core, ov_model = openvino_model(model, head, input_shape, ov_cache_dir)
     compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
     actual = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     if "bf16" not in actual:
