@@ -19,6 +19,14 @@ bh-stage simulate example_config/simulate.yml --set set_kind=real --set real_hal
 bh-stage train example_config/train.yml --set "datasets=[$work/mixed24k.h5]" \
     --set head_name=cfis_sigma15_clip --set cache_dir=$work/cache --set overwrite=true
 
+# The other heads of the sigma grid (the paper's 5..35 ADU), same stamps, noise sigma changed;
+# `head: default` picks the one closest to a tile's rms.
+for s in 5 10 20 25 30 35; do
+  bh-stage train example_config/train.yml --set "datasets=[$work/mixed24k.h5]" \
+      --set noise_sigma_adu=$s --set head_name=cfis_sigma${s}_clip --set cache_dir=$work/cache \
+      --set overwrite=true
+done
+
 # BlendHunter vs SEP vs the hybrid on the realistic set -> docs/results/.
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
     --set max_stamps=null --set output_dir=docs/results --set overwrite=true

@@ -126,6 +126,26 @@ def test_head_path_resolution(tmp_path):
         bh_model.head_path("default", heads_dir=tmp_path / "empty")
 
 
+def test_shipped_heads_are_complete_and_default_picks_by_noise():
+    """Every shipped head loads (weights sha256 checked), was trained on the offline hed
+    backbone with the default preprocessing, and 'default' resolves each training sigma to
+    its own head."""
+    hed_sha = bh_model.backbone_sha256("hed")
+    heads = [bh_model.load_head(p) for p in sorted(bh_model.HEADS_DIR.glob("*.json"))]
+    sigmas = [h.metadata["noise_sigma_adu"] for h in heads]
+    assert 15.0 in sigmas and len(set(sigmas)) == len(sigmas)
+    for head in heads:
+        meta = head.metadata
+        assert (meta["backbone"], meta["backbone_sha256"]) == ("hed", hed_sha)
+        assert meta["preprocess"] == bh_model.DEFAULT_PREPROCESS
+        assert 0 < meta["blend_threshold"] < 1 and 0 < meta["hybrid_threshold"] < 1
+        assert meta["val_accuracy_hybrid"] >= meta["val_accuracy_sep"]
+        assert [w.shape for w in head.weights] == [
+            w.shape for w in bh_model.build_head().get_weights()]
+        assert bh_model.head_path("default", meta["noise_sigma_adu"]) == head.path
+    assert bh_model.head_path("default", 14.5).name == "cfis_sigma15_clip.json"
+
+
 def test_mismatched_head_refused(tmp_path):
     sha = bh_model.backbone_sha256("hed")
     path = bh_model.save_head(tmp_path / "h.json", _random_head_weights(), _meta())
