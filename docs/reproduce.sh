@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The commands that made the shipped head and docs/results/, in order (about 45 min on 2 cores).
+# The commands behind the shipped heads, docs/results*/ and bench/results/{finetune,int8}*,
+# in order (about 4 h on 2 cores).
 # Run from the repository root: bash docs/reproduce.sh [WORKDIR]
 # WORKDIR (default ./simulated) receives the data sets and the feature cache; nothing there is
 # committed. The session that made docs/results/ used WORKDIR=/work/sim.
@@ -39,3 +40,27 @@ bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic_fain
 
 # Padding at inference: noise (what the stage does) vs zeros -> bench/results/padding.json.
 python bench/bench_padding.py --dataset $work/realistic4k.h5 --max-stamps 1500
+
+# The seven heads on the realistic set at four noises -> docs/results_heads/ (Figures 5-6).
+bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
+    --set "heads=[cfis_sigma5_clip,cfis_sigma10_clip,cfis_sigma15_clip,cfis_sigma20_clip,cfis_sigma25_clip,cfis_sigma30_clip,cfis_sigma35_clip]" \
+    --set "noise_sigma_adu=[14.5,5,25,35]" --set max_stamps=1000 --set output_dir=docs/results_heads \
+    --set overwrite=true
+
+# The paper's scale: 80,000 stamps (36,000 training), a third mixed set + the two 24k ones.
+bh-stage simulate example_config/simulate.yml --set set_kind=mixed --set n_stamps=24000 \
+    --set seed=5 --set output=$work/mixed24k_b.h5
+bh-stage simulate example_config/simulate.yml --set set_kind=mixed --set n_stamps=32000 \
+    --set seed=6 --set output=$work/mixed32k_c.h5
+bh-stage train example_config/train.yml \
+    --set "datasets=[$work/mixed24k.h5,$work/mixed24k_b.h5,$work/mixed32k_c.h5]" \
+    --set head_name=cfis_sigma15_clip_80k --set cache_dir=$work/cache --set output_dir=$work/heads
+bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
+    --set "heads=[$work/heads/cfis_sigma15_clip_80k.json]" --set max_stamps=null \
+    --set output_dir=$work/eval_80k
+
+# Fine-tuning block 5 and int8 quantisation, before/after -> bench/results/.
+python bench/bench_finetune.py --dataset $work/mixed24k.h5 --realistic $work/realistic4k.h5 \
+    --cache-dir $work/cache
+pip install nncf && python bench/bench_int8.py --dataset $work/mixed24k.h5 \
+    --realistic $work/realistic4k.h5
