@@ -16,9 +16,11 @@ bh-stage simulate example_config/simulate.yml --set set_kind=mixed --set n_stamp
 bh-stage simulate example_config/simulate.yml --set set_kind=real --set real_half=test \
     --set n_stamps=4000 --set seed=2 --set output=$work/realistic4k.h5
 
-# The shipped head data/heads/cfis_sigma15_clip (sigma 15 ADU, CFIS is 14.5; caffe_clip input).
+# The sigma 15 head of the 24k set ($work/heads/cfis_sigma15_clip; the default until the
+# paper-scale head below replaced it; the README's comparison rows start from it).
 bh-stage train example_config/train.yml --set "datasets=[$work/mixed24k.h5]" \
-    --set head_name=cfis_sigma15_clip --set cache_dir=$work/cache --set overwrite=true
+    --set head_name=cfis_sigma15_clip --set cache_dir=$work/cache --set output_dir=$work/heads \
+    --set overwrite=true
 
 # The other heads of the sigma grid (the paper's 5..35 ADU), same stamps, noise sigma changed;
 # `head: default` picks the one closest to a tile's rms.
@@ -28,7 +30,17 @@ for s in 5 10 20 25 30 35; do
       --set overwrite=true
 done
 
-# BlendHunter vs SEP vs the hybrid on the realistic set -> docs/results/.
+# The default head data/heads/cfis_sigma15_clip_80k, at the paper's scale: 80,000 stamps
+# (36,000 training), a second 24k set and a 32k set beside the first (sigma 15 ADU, CFIS is 14.5).
+bh-stage simulate example_config/simulate.yml --set set_kind=mixed --set n_stamps=24000 \
+    --set seed=5 --set output=$work/mixed24k_b.h5
+bh-stage simulate example_config/simulate.yml --set set_kind=mixed --set n_stamps=32000 \
+    --set seed=6 --set output=$work/mixed32k_c.h5
+bh-stage train example_config/train.yml \
+    --set "datasets=[$work/mixed24k.h5,$work/mixed24k_b.h5,$work/mixed32k_c.h5]" \
+    --set head_name=cfis_sigma15_clip_80k --set cache_dir=$work/cache --set overwrite=true
+
+# BlendHunter vs SEP vs the hybrid on the realistic set, default head -> docs/results/.
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
     --set max_stamps=null --set output_dir=docs/results --set overwrite=true
 
@@ -41,26 +53,18 @@ bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic_fain
 # Padding at inference: noise (what the stage does) vs zeros -> bench/results/padding.json.
 python bench/bench_padding.py --dataset $work/realistic4k.h5 --max-stamps 1500
 
-# The seven heads on the realistic set at four noises -> docs/results_heads/ (Figures 5-6).
+# The sigma-grid heads (24k) on the realistic set at four noises -> docs/results_heads/
+# (Figures 5-6), and the default head on the same stamps.
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
-    --set "heads=[cfis_sigma5_clip,cfis_sigma10_clip,cfis_sigma15_clip,cfis_sigma20_clip,cfis_sigma25_clip,cfis_sigma30_clip,cfis_sigma35_clip]" \
+    --set "heads=[cfis_sigma5_clip,cfis_sigma10_clip,$work/heads/cfis_sigma15_clip.json,cfis_sigma20_clip,cfis_sigma25_clip,cfis_sigma30_clip,cfis_sigma35_clip]" \
     --set "noise_sigma_adu=[14.5,5,25,35]" --set max_stamps=1000 --set output_dir=docs/results_heads \
     --set overwrite=true
-
-# The paper's scale: 80,000 stamps (36,000 training), a third mixed set + the two 24k ones.
-bh-stage simulate example_config/simulate.yml --set set_kind=mixed --set n_stamps=24000 \
-    --set seed=5 --set output=$work/mixed24k_b.h5
-bh-stage simulate example_config/simulate.yml --set set_kind=mixed --set n_stamps=32000 \
-    --set seed=6 --set output=$work/mixed32k_c.h5
-bh-stage train example_config/train.yml \
-    --set "datasets=[$work/mixed24k.h5,$work/mixed24k_b.h5,$work/mixed32k_c.h5]" \
-    --set head_name=cfis_sigma15_clip_80k --set cache_dir=$work/cache --set output_dir=$work/heads
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
-    --set "heads=[$work/heads/cfis_sigma15_clip_80k.json]" --set max_stamps=null \
-    --set output_dir=$work/eval_80k
+    --set "heads=[cfis_sigma15_clip_80k]" --set "noise_sigma_adu=[14.5,5,25,35]" \
+    --set max_stamps=1000 --set output_dir=$work/eval_80k_grid
 
-# Fine-tuning block 5 and int8 quantisation, before/after -> bench/results/.
+# Fine-tuning block 5 and int8 quantisation of the 24k sigma 15 head -> bench/results/.
 python bench/bench_finetune.py --dataset $work/mixed24k.h5 --realistic $work/realistic4k.h5 \
-    --cache-dir $work/cache
+    --cache-dir $work/cache --head $work/heads/cfis_sigma15_clip.json
 pip install nncf && python bench/bench_int8.py --dataset $work/mixed24k.h5 \
-    --realistic $work/realistic4k.h5
+    --realistic $work/realistic4k.h5 --head $work/heads/cfis_sigma15_clip.json

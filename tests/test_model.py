@@ -143,7 +143,7 @@ def test_shipped_heads_are_complete_and_default_picks_by_noise():
         assert [w.shape for w in head.weights] == [
             w.shape for w in bh_model.build_head().get_weights()]
         assert bh_model.head_path("default", meta["noise_sigma_adu"]) == head.path
-    assert bh_model.head_path("default", 14.5).name == "cfis_sigma15_clip.json"
+    assert bh_model.head_path("default", 14.5).name == "cfis_sigma15_clip_80k.json"
 
 
 def test_mismatched_head_refused(tmp_path):
