@@ -66,5 +66,8 @@ bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5
 # Fine-tuning block 5 and int8 quantisation of the 24k sigma 15 head -> bench/results/.
 python bench/bench_finetune.py --dataset $work/mixed24k.h5 --realistic $work/realistic4k.h5 \
     --cache-dir $work/cache --head $work/heads/cfis_sigma15_clip.json
+python bench/bench_finetune.py --dataset $work/mixed24k.h5 --realistic $work/realistic4k.h5 \
+    --cache-dir $work/cache --head $work/heads/cfis_sigma15_clip.json --scheme block5 \
+    --max-epochs 4 --patience 2
 pip install nncf && python bench/bench_int8.py --dataset $work/mixed24k.h5 \
     --realistic $work/realistic4k.h5 --head $work/heads/cfis_sigma15_clip.json
