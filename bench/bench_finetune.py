@@ -29,9 +29,8 @@ import numpy as np
 
 from bh_stage import io, model, train
 from bh_stage.config import SepConfig
-from bh_stage.evaluate import accuracy, roc_auc, true_positions
+from bh_stage.evaluate import accuracy, binary_auc, roc_auc, true_positions
 from bh_stage.sep_flags import classify_stamps
-from bh_stage.stamps import add_noise, dataset_noise_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK5 = ("block5_conv1", "block5_conv2", "block5_conv3")
@@ -55,12 +54,6 @@ def trunk_and_block5(head):
     top = model.build_head(model.FEATURE_SHAPE)
     top.set_weights(head.weights)
     return trunk, keras.Model(inp, top(x))
-
-
-def noisy_stamps(path, rows, sigma_adu):
-    ds = io.read_dataset(path, rows)
-    return add_noise(ds.stamps, sigma_adu,
-                     dataset_noise_seeds(ds.attrs["seed"], sigma_adu, 0, rows))
 
 
 def fit(net, optimizer, x, y, xv, yv, args):
@@ -89,7 +82,7 @@ def realistic_metrics(p, thresholds, label, sep_pix, sep_paper, sep_stage):
     hybrid = sep_stage | (p >= thresholds["hybrid_threshold"])
     close = label & (sep_pix < CLOSE_MAX_PIX)
     sep = sep_paper == 1
-    out = {"auc": roc_auc(p, label), "auc_sep_2pt": roc_auc(sep[ok].astype(float), label[ok])}
+    out = {"auc": roc_auc(p, label), "auc_sep_2pt": binary_auc(sep[ok], label[ok])}
     for name, pred in (("BH", bh), ("hybrid", hybrid), ("SEP", sep)):
         out[name] = {"accuracy": accuracy(pred[ok], label[ok]),
                      "accuracy_close": accuracy(pred[ok & close], label[ok & close]),
@@ -125,8 +118,8 @@ def main():
     trunk_sha = head.metadata["backbone_sha256"] + ":block4_pool"
     sep_cfg = SepConfig()
 
-    truth = io.read_truth(args.dataset)
-    attrs = io.read_dataset(args.dataset, stamps=False).attrs
+    meta = io.read_dataset(args.dataset, stamps=False)
+    truth, attrs = meta.truth, meta.attrs
     rng = np.random.default_rng(0)
     rows_train = np.sort(rng.permutation(train.split_indices(truth, train.SPLIT_TRAIN))
                          [:args.n_train])
@@ -142,14 +135,15 @@ def main():
     y = truth["label"][rows_train].astype(np.float32)
     xv = trunk_features(args.dataset, attrs, rows_valid, args.train_sigma_adu)
     yv = truth["label"][rows_valid].astype(np.float32)
-    noisy_valid = noisy_stamps(args.dataset, rows_valid, args.train_sigma_adu)
+    noisy_valid = train.noisy_stamps(args.dataset, attrs, rows_valid, args.train_sigma_adu)
     sep_valid = classify_stamps(noisy_valid, sep_cfg)["blend"]
 
-    rrows = np.sort(rng.permutation(len(io.read_truth(args.realistic)))[:args.n_realistic])
-    rtruth = io.read_truth(args.realistic)[rrows]
-    rattrs = io.read_dataset(args.realistic, stamps=False).attrs
+    rmeta = io.read_dataset(args.realistic, stamps=False)
+    rattrs = rmeta.attrs
+    rrows = np.sort(rng.permutation(len(rmeta.truth))[:args.n_realistic])
+    rtruth = rmeta.truth[rrows]
     xr = trunk_features(args.realistic, rattrs, rrows, args.test_sigma_adu)
-    noisy_r = noisy_stamps(args.realistic, rrows, args.test_sigma_adu)
+    noisy_r = train.noisy_stamps(args.realistic, rattrs, rrows, args.test_sigma_adu)
     label = rtruth["label"] == 1
     sep_pix = np.hypot(rtruth["x1_pix"] - rtruth["x0_pix"], rtruth["y1_pix"] - rtruth["y0_pix"])
     sep_paper = classify_stamps(noisy_r, sep_cfg,

@@ -19,17 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from bh_stage import io, model, train
-from bh_stage.stamps import add_noise, dataset_noise_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.02
 
 
-def network_input(path, rows, sigma_adu, mode):
-    ds = io.read_dataset(path, rows)
-    noisy = add_noise(ds.stamps, sigma_adu,
-                      dataset_noise_seeds(ds.attrs["seed"], sigma_adu, 0, rows))
-    return model.preprocess(noisy, mode)
+def network_input(path, attrs, rows, sigma_adu, mode):
+    return model.preprocess(train.noisy_stamps(path, attrs, rows, sigma_adu), mode)
 
 
 def scores(compiled, x, batch=256):
@@ -51,16 +47,17 @@ def main():
     import nncf
 
     clf = model.load_classifier(model.head_path(args.head))
-    head = model.load_head(clf.head_path)
-    core, ov_model = model.openvino_model(clf.model, head, clf.input_shape)
+    core, ov_model = model.openvino_model(clf.model, clf.metadata, clf.input_shape)
     mode = clf.preprocess_mode
-    truth = io.read_truth(args.dataset)
-    kind = np.char.strip(np.asarray(truth["kind"]).astype("S"))
-    cal_rows = np.flatnonzero((truth["split"] == train.SPLIT_TRAIN) & (kind == b"real"))
-    cal = network_input(args.dataset, cal_rows[:args.n_calibration], args.train_sigma_adu, mode)
-    rows = np.arange(min(args.n_test, len(io.read_truth(args.realistic))))
-    x = network_input(args.realistic, rows, args.test_sigma_adu, mode)
-    label = io.read_truth(args.realistic)["label"][rows] == 1
+    meta = io.read_dataset(args.dataset, stamps=False)
+    kind = np.char.strip(np.asarray(meta.truth["kind"]).astype("S"))
+    cal_rows = np.flatnonzero((meta.truth["split"] == train.SPLIT_TRAIN) & (kind == b"real"))
+    cal = network_input(args.dataset, meta.attrs, cal_rows[:args.n_calibration],
+                        args.train_sigma_adu, mode)
+    rmeta = io.read_dataset(args.realistic, stamps=False)
+    label = rmeta.truth["label"][:args.n_test] == 1
+    rows = np.arange(len(label))
+    x = network_input(args.realistic, rmeta.attrs, rows, args.test_sigma_adu, mode)
     t0 = time.perf_counter()
     p32 = scores(core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), x)
     out = {"head": str(clf.head_path), "n_calibration": len(cal), "n_test": len(rows),

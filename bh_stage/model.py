@@ -692,9 +692,9 @@ def _ov_cache_dir(ov_cache_dir):
     return Path(base) / "bh_stage" / "openvino"
 
 
-def openvino_model(model, head, input_shape, ov_cache_dir=None):
-    """Convert the fused model to an OpenVINO model, cached on disk by head, backbone and
-    OpenVINO version; returns ``(core, ov_model)``."""
+def openvino_model(model, metadata, input_shape, ov_cache_dir=None):
+    """Convert the fused model to an OpenVINO model, cached on disk by head weights, backbone
+    (from the head's ``metadata``) and OpenVINO version; returns ``(core, ov_model)``."""
     try:
         import openvino as ov
     except ImportError as err:
@@ -702,8 +702,7 @@ def openvino_model(model, head, input_shape, ov_cache_dir=None):
                           "(pip install openvino), or use precision: 'f32'") from err
     import tensorflow as tf
 
-    meta = head.metadata
-    key = hashlib.sha256(f"{meta['weights_sha256']}:{meta['backbone_sha256']}:"
+    key = hashlib.sha256(f"{metadata['weights_sha256']}:{metadata['backbone_sha256']}:"
                          f"{tuple(input_shape)}:{ov.__version__}".encode()).hexdigest()[:20]
     cache = _ov_cache_dir(ov_cache_dir)
     xml = cache / f"bh_{key}.xml"
@@ -725,7 +724,7 @@ def openvino_model(model, head, input_shape, ov_cache_dir=None):
 
 def _openvino_compile(model, head, input_shape, ov_cache_dir=None):
     """Compile the fused model with OpenVINO for bf16 on CPU (f32 where the CPU has no bf16)."""
-    core, ov_model = openvino_model(model, head, input_shape, ov_cache_dir)
+    core, ov_model = openvino_model(model, head.metadata, input_shape, ov_cache_dir)
     compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
     actual = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     if "bf16" not in actual:

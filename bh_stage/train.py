@@ -30,7 +30,7 @@ from .config import TrainConfig, config_to_dict
 from .errors import ConfigError, OutputExistsError
 
 __all__ = ["train", "run_train", "train_head", "best_threshold", "calibrate_thresholds",
-           "augment_stamps", "split_indices", "SPLIT_TRAIN", "SPLIT_VALID", "SPLIT_TEST"]
+           "augment_stamps", "split_indices", "noisy_stamps", "SPLIT_TRAIN", "SPLIT_VALID", "SPLIT_TEST"]
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _subsample(index_lists, cap, rng):
     return out
 
 
-def _noisy_stamps(path, attrs, rows, sigma_adu, realisation, aug, seed):
+def noisy_stamps(path, attrs, rows, sigma_adu, realisation=0, aug=0, seed=0):
     """Read rows of a data set, add their noise and, for ``aug > 0``, augment them."""
     from .io import read_dataset
 
@@ -224,7 +224,7 @@ def dataset_features(path, attrs, rows, sigma_adu, realisation, aug, mode, backb
     parts = []
     for start in range(0, len(rows), READ_CHUNK):
         chunk = rows[start:start + READ_CHUNK]
-        noisy = _noisy_stamps(path, attrs, chunk, sigma_adu, realisation, aug, seed)
+        noisy = noisy_stamps(path, attrs, chunk, sigma_adu, realisation, aug, seed)
         parts.append(bh_model.extract_features(noisy, backbone, mode, batch_size))
         if progress is not None:
             progress(start + len(chunk), len(rows), "features")
@@ -351,7 +351,7 @@ def _sep_verdict(paths, rows_list, attrs_list, sigma_adu, realisation, sep_cfg):
     for path, rows, attrs in zip(paths, rows_list, attrs_list):
         for start in range(0, len(rows), READ_CHUNK):
             chunk = rows[start:start + READ_CHUNK]
-            noisy = _noisy_stamps(path, attrs, chunk, sigma_adu, realisation, 0, 0)
+            noisy = noisy_stamps(path, attrs, chunk, sigma_adu, realisation, 0, 0)
             out.append(np.asarray(classify_stamps(noisy, sep_cfg)["blend"]))
     return np.concatenate(out) if out else np.zeros(0, np.int8)
 
