@@ -1,7 +1,7 @@
 """Can the network run in int8 within |dP| <= 0.02 of f32? Post-training quantisation, measured.
 
 The fused network (backbone + head) is converted to OpenVINO and quantised with NNCF
-(``pip install nncf``; not a bh-stage dependency), calibrated on real-image stamps: the noisy
+(the ``bench`` extra: ``pip install -e ".[bench]"``; not a dependency of the stage), calibrated on real-image stamps: the noisy
 training-split real-image stamps of a training data set. Scored on realistic stamps against
 OpenVINO f32: max and 99th percentile of |dP|, decisions flipped at the head's threshold,
 accuracy, stamps/s. Variants: the whole network quantised, and the head (MatMul) kept in f32.
@@ -13,6 +13,7 @@ Writes bench/results/int8.json.
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -44,7 +45,10 @@ def main():
     parser.add_argument("--test-sigma-adu", type=float, default=14.5)
     args = parser.parse_args()
 
-    import nncf
+    try:
+        import nncf
+    except ImportError:
+        sys.exit('bench_int8.py needs NNCF, an optional extra: pip install -e ".[bench]"')
 
     clf = model.load_classifier(model.head_path(args.head))
     core, ov_model = model.openvino_model(clf.model, clf.metadata, clf.input_shape)

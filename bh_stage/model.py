@@ -63,8 +63,35 @@ IMAGENET_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applicati
                       "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
 IMAGENET_NOTOP_MD5 = "6d6bbae143d832006294945121d1f1fc"
 
-HEADS_DIR = Path(__file__).resolve().parent.parent / "data" / "heads"
-"""Folder of the shipped heads."""
+SHARE_HEADS = Path("share") / "bh-stage" / "heads"
+"""Where an installed package keeps its heads, relative to the install prefix (setup.cfg
+``data_files``)."""
+
+
+def _shipped_heads_dir():
+    """The first folder holding shipped heads: the checkout's ``data/heads`` (editable
+    install, or run from the repository), then the installed distribution's data files
+    (``<prefix>/share/bh-stage/heads``, located through its RECORD so ``--prefix`` and
+    ``--user`` installs work too), then ``sys.prefix``'s."""
+    import importlib.metadata
+    import sys
+
+    candidates = [Path(__file__).resolve().parent.parent / "data" / "heads"]
+    try:
+        files = importlib.metadata.distribution("bh-stage").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    candidates += [Path(f.locate()).resolve().parent for f in files
+                   if tuple(f.parts[-4:-1]) == SHARE_HEADS.parts and f.name.endswith(".json")][:1]
+    candidates.append(Path(sys.prefix) / SHARE_HEADS)
+    for folder in candidates:
+        if any(folder.glob("*.json")):
+            return folder
+    return candidates[-1]
+
+
+HEADS_DIR = _shipped_heads_dir()
+"""Folder of the shipped heads (see ``_shipped_heads_dir``)."""
 
 DEFAULT_HEAD_SIGMA_ADU = 15.0
 """'default' head: the shipped head whose training noise is closest to this (CFIS: 14.5)."""
@@ -471,7 +498,8 @@ def head_path(name_or_path="default", noise_sigma_adu=DEFAULT_HEAD_SIGMA_ADU,
     noise_sigma_adu : float
         Noise of the tile, ADU; used by ``"default"``. Default 15.
     heads_dir : pathlib.Path, optional
-        Folder of shipped heads; default ``HEADS_DIR`` (``<repo>/data/heads``).
+        Folder of shipped heads; default ``HEADS_DIR`` (``<repo>/data/heads`` in a checkout,
+        ``<prefix>/share/bh-stage/heads`` once installed).
 
     Raises
     ------
