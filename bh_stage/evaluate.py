@@ -427,6 +427,18 @@ def _check_targets(rows, head, sigma, subset):
     return out
 
 
+def _shown_path(path):
+    """A path as results.md shows it: as given if relative, relative to the working
+    directory if under it, else the file name alone (never the machine's absolute path)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return path.name
+
+
 def _markdown(cfg, rows, heads, sigmas, n_eval, ds_attrs, elapsed_s, sep_curves):
     from . import __version__
     from .config import config_to_dict
@@ -434,7 +446,7 @@ def _markdown(cfg, rows, heads, sigmas, n_eval, ds_attrs, elapsed_s, sep_curves)
     import yaml
 
     head0, sigma0 = heads[0]["name"], sigmas[0]
-    lines = [f"# bh-stage evaluate: BlendHunter vs SEP on `{cfg.dataset}`", "",
+    lines = [f"# bh-stage evaluate: BlendHunter vs SEP on `{_shown_path(cfg.dataset)}`", "",
              f"{n_eval} stamps (split '{cfg.split}', max_stamps {cfg.max_stamps}), noise "
              f"sigma {', '.join(f'{s:g}' for s in sigmas)} ADU, realisations "
              f"{cfg.realisations}; heads: "
@@ -507,6 +519,10 @@ def _markdown(cfg, rows, heads, sigmas, n_eval, ds_attrs, elapsed_s, sep_curves)
     lines += ["## Figures", ""]
     for name in OUTPUT_NAMES[2:]:
         lines.append(f"- `{name}`")
+    shown_cfg = config_to_dict(cfg)
+    for key in ("dataset", "output_dir"):
+        shown_cfg[key] = _shown_path(shown_cfg[key])
+    shown_cfg["heads"] = [_shown_path(h) for h in shown_cfg["heads"]]
     lines += ["", "## Provenance", "",
               f"bh-stage {__version__}; data set attributes: seed {ds_attrs.get('seed')}, "
               f"set_kind {ds_attrs.get('set_kind')}, "
@@ -514,7 +530,7 @@ def _markdown(cfg, rows, heads, sigmas, n_eval, ds_attrs, elapsed_s, sep_curves)
               f"{ds_attrs.get('median_snr_central_at_realistic_sigma')}; head weights sha256 "
               + ", ".join(f"`{h['name']}`: {h['sha256'][:12]}" for h in heads)
               + f"; run time {elapsed_s:.0f} s.", "", "Resolved config:", "", "```yaml",
-              yaml.safe_dump(config_to_dict(cfg), sort_keys=False).strip(), "```", ""]
+              yaml.safe_dump(shown_cfg, sort_keys=False).strip(), "```", ""]
     return "\n".join(lines)
 
 

@@ -265,6 +265,8 @@ def test_evaluate_end_to_end(tmp_path, two_heads):
     # the snr subset is a subset
     assert value("BH", "n", stamps="snr") <= 36
     md = (out / "results.md").read_text()
+    # regression: results.md carried the absolute paths of the machine that made it
+    assert str(tmp_path) not in md and "on `tiny.h5`" in md and "dataset: tiny.h5" in md
     assert md.count("PASS") + md.count("MISS") >= 2 * len(ev.TARGETS)
     assert "BH - SEP accuracy on close blends" in md
     assert set(result["targets"]) == {"all", "snr"}
@@ -281,6 +283,13 @@ def test_evaluate_end_to_end(tmp_path, two_heads):
         "PASS" if h["BH-SEP:accuracy"] >= -0.01 else "MISS")
     assert f"| BH alone - SEP overall accuracy | >= -1 pts | {100 * h['BH-SEP:accuracy']:+.2f}" \
         in md
+
+
+def test_results_paths_are_relative_or_file_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ev._shown_path("sim/x.h5") == "sim/x.h5"
+    assert ev._shown_path(tmp_path / "sim" / "x.h5") == "sim/x.h5"
+    assert ev._shown_path("/elsewhere/sim/x.h5") == "x.h5"
 
 
 def test_evaluate_refuses_overwrite_then_replaces(tmp_path, two_heads):
