@@ -196,13 +196,31 @@ def noisy_stamps(path, attrs, rows, sigma_adu, realisation=0, aug=0, seed=0):
     return noisy
 
 
+RUN_ATTRS = ("stamps_per_s",)
+"""Data set attributes that measure the simulation run, not its content."""
+
+
+def dataset_key(attrs):
+    """Return the sha256 of a data set's content as its attributes record it: the simulation
+    config, seeds, noise grid, galaxy split, size and version (``RUN_ATTRS`` left out).
+
+    ``train`` adds ``n_stamps``, the number of stamps, to the attributes it reads.
+    """
+    def plain(value):
+        return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+
+    content = {k: plain(v) for k, v in attrs.items() if k not in RUN_ATTRS}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def dataset_features(path, attrs, rows, sigma_adu, realisation, aug, mode, backbone,
                      backbone_sha, cache_dir, seed=0, batch_size=256, progress=None):
     """Bottleneck features of rows of a data set, read from or written to the cache.
 
-    The cache file name holds the data set, noise, realisation, augmented copy,
-    preprocessing, backbone sha256 and a hash of the rows (and of the seed for augmented
-    copies), so any change makes a new file; files are written atomically.
+    The cache file name holds the data set's name, noise, realisation, augmented copy,
+    preprocessing, backbone sha256 and a hash of the data set's content (``dataset_key``),
+    the rows (and the seed for augmented copies), so any change makes a new file; files are
+    written atomically.
 
     Returns
     -------
@@ -210,9 +228,8 @@ def dataset_features(path, attrs, rows, sigma_adu, realisation, aug, mode, backb
     """
     rows = np.asarray(rows, dtype=np.int64)
     key = hashlib.sha256(json.dumps([
-        Path(path).name, int(attrs["seed"]), int(attrs.get("n_stamps", -1)),
-        float(sigma_adu), int(realisation), int(aug), int(seed) if aug else 0, mode,
-        backbone_sha]).encode() + rows.tobytes()).hexdigest()[:16]
+        dataset_key(attrs), float(sigma_adu), int(realisation), int(aug),
+        int(seed) if aug else 0, mode, backbone_sha]).encode() + rows.tobytes()).hexdigest()[:16]
     name = (f"{Path(path).stem}_s{sigma_adu:g}_r{realisation}_a{aug}_{mode}_"
             f"{backbone_sha[:8]}_{key}.npy")
     cache = Path(cache_dir) / name
@@ -410,7 +427,7 @@ def train(cfg, progress=None):
                               f"config asks stamp.size_pix {cfg.stamp.size_pix}, pad_pix "
                               f"{cfg.stamp.pad_pix}; make them equal")
         truths.append(ds.truth)
-        attrs_list.append(dict(ds.attrs))
+        attrs_list.append(dict(ds.attrs, n_stamps=len(ds.truth)))  # for dataset_key
     rng = np.random.default_rng([cfg.seed, 20211016])
     cap = cfg.max_train_stamps
     rows = {}

@@ -147,6 +147,46 @@ def test_example_config_loads():
     assert cfg.backbone == "hed" and cfg.preprocess == "caffe_clip"
 
 
+def test_feature_cache_is_keyed_on_the_data_set_content(tmp_path, monkeypatch):
+    """Regression: the cache key held the file name, the seed and attrs['n_stamps'], which
+    no data set has (always -1), so a data set simulated again under the same name and seed
+    with other settings got the old set's features."""
+    from bh_stage import io
+    from bh_stage import model as bh_model
+
+    monkeypatch.setattr(bh_model, "extract_features",
+                        lambda stamps, *_: stamps.sum(axis=(1, 2), dtype=np.float32)[:, None])
+    path, cache = tmp_path / "set.h5", tmp_path / "cache"
+    stamps, truth = fake_stamps(6, np.random.default_rng(0))
+    attrs = {"seed": 1, "noise_sigma_adu": np.array([15.0]), "size_pix": 51, "pad_pix": 7,
+             "config": "magnitude: {mag_max: 24.5}\n"}
+
+    def features():
+        ds = io.read_dataset(path, stamps=False)
+        return bh_train.dataset_features(path, dict(ds.attrs, n_stamps=len(ds.truth)),
+                                         np.arange(6), 15.0, 0, 0, "caffe_clip", None,
+                                         "0" * 64, cache)
+
+    io.write_dataset(path, stamps, truth, attrs)
+    first = features()
+    io.write_dataset(path, stamps * 0.5, truth, dict(attrs, config="magnitude: {mag_max: 26}\n"),
+                     overwrite=True)
+    second = features()
+    assert not np.allclose(first, second)
+    assert len(list(cache.glob("set_*.npy"))) == 2
+    np.testing.assert_array_equal(features(), second)  # same content: the cache is reused
+    assert len(list(cache.glob("set_*.npy"))) == 2
+
+
+def test_dataset_key_ignores_run_timing_only():
+    attrs = {"seed": 1, "config": "n_stamps: 8\n", "noise_sigma_adu": np.array([5.0, 15.0]),
+             "stamps_per_s": 51.2}
+    assert bh_train.dataset_key(attrs) == bh_train.dataset_key(dict(attrs, stamps_per_s=9.0))
+    assert bh_train.dataset_key(attrs) != bh_train.dataset_key(dict(attrs, n_stamps=8))
+    assert bh_train.dataset_key(attrs) != bh_train.dataset_key(
+        dict(attrs, noise_sigma_adu=np.array([5.0, 20.0])))
+
+
 # --- end to end -------------------------------------------------------------------------
 
 def test_train_end_to_end(tmp_path, monkeypatch):
