@@ -1,15 +1,19 @@
 """Command line: ``bh-stage run|simulate|train|evaluate|show-config``.
 
 Parses arguments, sets up logging and a progress bar, and calls one API function per
-subcommand. A ``BhStageError`` prints one line to stderr and exits with code 2.
+subcommand. A ``BhStageError`` prints one line to stderr and exits with code 2; Ctrl-C prints
+``interrupted`` and exits with code 130 (outputs are written atomically, so none is left).
 """
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import os
+import re
 import sys
+import threading
 
 from . import __version__
 from .errors import BhStageError
@@ -39,6 +43,58 @@ class _ProgressBar:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+class _HideNativeLogLines:
+    """Drop TensorFlow's C++ start-up lines (absl INFO and WARNING) from file descriptor 2.
+
+    ``TF_CPP_MIN_LOG_LEVEL`` does not silence the lines absl prints before
+    ``absl::InitializeLog()`` (oneDNN, CUDA drivers), so stderr goes through a pipe and a
+    thread copies everything else unchanged: errors, warnings, Python's own lines, and the
+    progress bar (its writes start with ``\\r`` and are copied at once; other pieces wait
+    for the end of their line). Child processes inherit the pipe.
+    """
+
+    NATIVE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog\(\)"
+                        rb"|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.end = f"\0bh-stage end of stderr {os.getpid()} {id(self)}\n".encode()
+        self.done = threading.Event()
+        self.saved = os.dup(2)
+        read, self.write = os.pipe()
+        os.dup2(self.write, 2)
+        self.thread = threading.Thread(target=self._copy, args=(read, os.dup(self.saved)),
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def _copy(self, read, stderr):
+        with os.fdopen(stderr, "wb", 0) as out:
+            pending = b""
+            while chunk := os.read(read, 65536):
+                *pieces, pending = re.split(rb"(?<=\n)|(?=\r)", pending + chunk)
+                if pending.startswith(b"\r"):
+                    pieces.append(pending)
+                    pending = b""
+                for piece in pieces:
+                    if piece.endswith(self.end):  # after an unfinished line, if any
+                        out.write(piece[:-len(self.end)])
+                        self.done.set()
+                    elif not self.NATIVE.match(piece):
+                        out.write(piece)
+            out.write(pending)
+        os.close(read)
+        self.done.set()
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.write(self.write, self.end)
+        os.dup2(self.saved, 2)
+        os.close(self.write)
+        os.close(self.saved)
+        self.done.wait(timeout=10)  # the pipe stays open while a child process lives
 
 
 def _cmd_run(args):
@@ -95,9 +151,16 @@ def _cmd_schema(name):
 
 
 def _cmd_show_config(args):
+    """The commented reference of a config, headed by its schema's docstring; for ``run`` it
+    is example_config/config.yml."""
     from . import config
 
-    return config.config_reference(config.SCHEMAS[args.command_name])
+    cls = config.SCHEMAS[args.command_name]
+    doc = inspect.cleandoc(cls.__doc__).replace("``", "")
+    header = [f"# {line}".rstrip() for line in doc.splitlines()]
+    header += ["#", f"# Every key with its default and help: `bh-stage show-config "
+                    f"{args.command_name}`."]
+    return "\n".join(header + [config.config_reference(cls)])
 
 
 def build_parser():
@@ -105,18 +168,20 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="bh-stage", description="BlendHunter blend identification for survey tiles.")
     parser.add_argument("--version", action="version", version=f"bh-stage {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="count", default=0,
-                           help="more log lines (-vv for debug)")
-    verbosity.add_argument("-q", "--quiet", action="store_true",
-                           help="only errors and the summary line; no progress bar")
+    # -v / -q go before or after the subcommand; main() adds the two counts up.
+    for p, prefix in ((parser, ""), (common := argparse.ArgumentParser(add_help=False), "sub_")):
+        p.add_argument("-v", "--verbose", action="count", default=0, dest=prefix + "verbose",
+                       help="more log lines, and TensorFlow's start-up lines (-vv for debug)")
+        p.add_argument("-q", "--quiet", action="store_true", dest=prefix + "quiet",
+                       help="only errors and the summary line; no progress bar")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_set(p):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set sep.minarea_pix=5")
 
-    run = sub.add_parser("run", help="score every detection of one or more tiles")
+    run = sub.add_parser("run", parents=[common],
+                         help="score every detection of one or more tiles")
     run.add_argument("config", help="YAML config (see example_config/config.yml)")
     run.add_argument("tiles", nargs="+", metavar="TILE",
                      help="tile FITS images (.fits or tile-compressed .fits.fz); several tiles "
@@ -140,28 +205,48 @@ def build_parser():
     for name, text in (("simulate", "simulate stamp data sets or a tile with GalSim"),
                        ("train", "train a BlendHunter head on simulated stamps"),
                        ("evaluate", "compare BlendHunter and SEP on a simulated test set")):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("config", help=f"YAML config (see example_config/{name}.yml)")
         add_set(p)
         p.set_defaults(func=_cmd_schema(name))
 
-    show = sub.add_parser("show-config", help="print the commented reference of a config")
+    show = sub.add_parser("show-config", parents=[common],
+                          help="print the commented reference of a config")
     show.add_argument("command_name", choices=("run", "simulate", "train", "evaluate"))
     show.set_defaults(func=_cmd_show_config)
     return parser
 
 
+def parse_args(argv=None):
+    """Parse ``argv``; ``-v`` and ``-q`` count wherever they are, before or after the
+    subcommand."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.verbose += args.sub_verbose
+    args.quiet = args.quiet or args.sub_quiet
+    if args.verbose and args.quiet:
+        parser.error("-q and -v exclude each other")
+    return args
+
+
 def main(argv=None):
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
-        summary = args.func(args)
+        if args.verbose:
+            summary = args.func(args)
+        else:
+            with _HideNativeLogLines():
+                summary = args.func(args)
     except BhStageError as err:
         print(f"bh-stage {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"bh-stage {args.command}: interrupted", file=sys.stderr)
+        return 130
     print(summary)
     return 0
 

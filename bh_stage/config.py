@@ -8,6 +8,7 @@ any pixel is read, and ``config_reference`` prints the commented reference
 (``bh-stage show-config run``). Precedence: defaults < config file < ``--set key=value``.
 """
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -82,6 +83,7 @@ class RunConfig:
 
     Paths may hold ``{dir}`` (the tile's folder) and ``{stem}`` (the tile's name without
     ``.fits``, ``.fits.fz`` or ``.fz``); relative paths are relative to the working directory.
+    The shipped example: bh-stage run example_config/config.yml data/example_tile.fits.fz
     """
 
     catalogue: str = option("{dir}/{stem}.cat", "SExtractor catalogue of the tile "
@@ -91,8 +93,10 @@ class RunConfig:
     x_column: str = option("XWIN_IMAGE", "Column of the 1-based x position, pixels.")
     y_column: str = option("YWIN_IMAGE", "Column of the 1-based y position, pixels.")
     id_column: str = option("NUMBER", "Column copied into the 'new' sidecar to join on.")
-    weight: typing.Optional[str] = option(None, "Weight map of the tile, path or pattern; "
-                                          "pixels of weight 0 count as masked. null: none.")
+    weight: typing.Optional[str] = option(
+        "auto", "Weight map of the tile (pixels of weight 0 count as masked): 'auto' uses "
+        "{stem}.weight.fits or {stem}.weight.fits.fz beside the tile when present, none "
+        "otherwise; a path or pattern must exist; null: none.")
     head: str = option("default", "Trained head: 'default' (the shipped one matching the "
                        "tile's noise), a shipped head's name, or a path to a head's .json.")
     blend_threshold: typing.Optional[float] = option(
@@ -269,13 +273,32 @@ def load_config(path, cls, overrides=()):
             raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from err
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from err
+    file_data = copy.deepcopy(data)
     for assignment in overrides:
         _set_override(data, assignment)
-    where = str(path) + ": " if path is not None else ""
     try:
         return config_from_dict(cls, data)
     except ConfigError as err:
-        raise ConfigError(f"{where}{err}") from err
+        assignment, first_err = _first_bad_override(cls, file_data, overrides)
+        if assignment is not None:
+            raise ConfigError(f"--set {assignment}: {first_err}") from err
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from err
+
+
+def _first_bad_override(cls, file_data, overrides):
+    """Return the first override that makes a valid file's config invalid, with its error;
+    ``(None, None)`` when the file itself is invalid (or no override is to blame)."""
+    try:
+        config_from_dict(cls, copy.deepcopy(file_data))
+    except ConfigError:
+        return None, None
+    for assignment in overrides:
+        _set_override(file_data, assignment)
+        try:
+            config_from_dict(cls, copy.deepcopy(file_data))
+        except ConfigError as err:
+            return assignment, err
+    return None, None
 
 
 def config_reference(cls, indent=0):

@@ -268,7 +268,12 @@ class NewColumn:
 
 
 def check_output(path, overwrite=False, make_parents=False):
-    """Refuse an output that exists (unless ``overwrite``) or whose folder is missing.
+    """Refuse an output that exists (unless ``overwrite``) or that cannot be written.
+
+    Called before any pixel is read: the output must not be a folder, its folder must exist
+    (or be made) and accept a new file (``os.access`` and a probe file created and removed,
+    since permission bits alone do not stop root or reflect read-only mounts), and an
+    existing output to replace must be writable.
 
     Parameters
     ----------
@@ -288,20 +293,37 @@ def check_output(path, overwrite=False, make_parents=False):
     OutputExistsError
         ``path`` exists and ``overwrite`` is False.
     OutputFileError
-        The output folder does not exist (and ``make_parents`` is False) or cannot be made.
+        The output is a folder, is read-only, or its folder does not exist (and
+        ``make_parents`` is False), cannot be made or is not writable.
     """
     path = Path(path)
+    if path.is_dir():
+        raise OutputFileError(f"{path}: the output is a directory; give a file name")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: output exists; pass --overwrite (or set overwrite: "
                                 "true) to replace it")
     folder = path.parent
     if not folder.is_dir():
+        if folder.exists():
+            raise OutputFileError(f"{path}: {folder} is not a directory; choose another output")
         if not make_parents:
             raise OutputFileError(f"{path}: output folder {folder} does not exist")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputFileError(f"{path}: cannot create {folder} ({err.strerror})") from err
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputFileError(f"{path}: the output is read-only; make it writable or choose "
+                              "another output")
+    try:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        fd, probe = tempfile.mkstemp(prefix=f".inprogress_{path.name}.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputFileError(f"{path}: cannot write in {folder} ({err.strerror}); choose "
+                              "another output or make the folder writable") from err
     return folder
 
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = {
     "BLEND_PROB": ("f4", "", "P(blend) by BlendHunter; NaN: not scored"),
     "BH_BLEND_FLAG": ("i2", "", "BLEND_PROB >= the head's blend threshold"),
-    "SEP_NSRC": ("i2", "", "SEP sources in the stamp; -1: SEP error"),
+    "SEP_NSRC": ("i2", "", "SEP sources in the stamp; -1: not run or error"),
     "SEP_BLEND_FLAG": ("i2", "", "SEP: central source merged or NSRC >= 2"),
     "BLEND_FLAG": ("i2", "", "SEP_BLEND_FLAG or BLEND_PROB >= hybrid thr"),
     "BH_FLAGS": ("i2", "", "1 edge, 2 masked, 4 not scored, 8 SEP error"),
@@ -68,11 +68,16 @@ def _stem(tile):
     return tile.stem
 
 
+WEIGHT_AUTO_SUFFIXES = (".weight.fits", ".weight.fits.fz")
+"""``weight: auto`` takes the first ``<stem><suffix>`` beside the tile that exists."""
+
+
 def resolve_paths(cfg, tile_path):
     """Return the tile, catalogue, weight (or None) and output paths for one tile.
 
     Patterns in the config take ``{dir}`` (the tile's folder) and ``{stem}`` (its name
-    without the FITS suffix).
+    without the FITS suffix). ``weight: auto`` gives the first of ``WEIGHT_AUTO_SUFFIXES``
+    beside the tile that is a file, or None.
     """
     tile = Path(tile_path)
     fields = {"dir": str(tile.parent), "stem": _stem(tile)}
@@ -83,7 +88,11 @@ def resolve_paths(cfg, tile_path):
         except (KeyError, IndexError, ValueError) as err:
             raise ConfigError(f"{key}: bad pattern {pattern!r}; use {{dir}} and {{stem}}") from err
 
-    weight = fill(cfg.weight, "weight") if cfg.weight else None
+    if cfg.weight == "auto":
+        weight = next((p for p in (tile.parent / f"{fields['stem']}{suffix}"
+                                   for suffix in WEIGHT_AUTO_SUFFIXES) if p.is_file()), None)
+    else:
+        weight = fill(cfg.weight, "weight") if cfg.weight else None
     return tile, fill(cfg.catalogue, "catalogue"), weight, fill(cfg.output, "output")
 
 
@@ -129,6 +138,10 @@ def _subtract_background(image, bad):
     return float(bkg.globalrms)
 
 
+def _no_progress(done, total, step):
+    """The ``progress`` of a run without a progress bar."""
+
+
 def _score(cfg, clf, image, bad, rms_adu, cat, scorable, progress):
     """Stream the catalogue in batches; return BLEND_PROB, SEP columns and the fractions."""
     n = cat.nrows
@@ -136,8 +149,9 @@ def _score(cfg, clf, image, bad, rms_adu, cat, scorable, progress):
     sep_out = np.zeros(n, dtype=[("nsrc", "i2"), ("blend", "i1"), ("error", "?")])
     edge = np.zeros(n, dtype=np.float32)
     mask = np.zeros(n, dtype=np.float32)
-    x = np.where(scorable, cat.x_pix, 0.0)
+    x = np.where(scorable, cat.x_pix, 0.0)  # a placeholder stamp, never used
     y = np.where(scorable, cat.y_pix, 0.0)
+    progress(0, n, "objects")
     # SEP runs in a thread on batch k while the network scores batch k (SEP releases the GIL).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         for start in range(0, n, cfg.batch_size):
@@ -151,10 +165,11 @@ def _score(cfg, clf, image, bad, rms_adu, cat, scorable, progress):
                 batch_prob = np.full(ok.size, np.nan, dtype=np.float32)
                 batch_prob[ok] = clf.predict_proba(stamps[ok])
                 prob[rows] = batch_prob
-            sep_out[rows] = sep_job.result()
+            batch_sep = sep_job.result()
+            batch_sep[~ok] = (-1, 0, False)  # no pixels of the object, no SEP verdict
+            sep_out[rows] = batch_sep
             log.debug("objects %d-%d scored", rows.start, rows.stop - 1)
-            if progress is not None:
-                progress(rows.stop, n, "objects")
+            progress(rows.stop, n, "objects")
     edge[~scorable] = mask[~scorable] = np.nan  # no position, no stamp
     return prob, sep_out, edge, mask
 
@@ -186,7 +201,9 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     tile_path : str or pathlib.Path
         The tile, plain or tile-compressed FITS.
     progress : callable, optional
-        Called as ``progress(done, total, "objects")`` after each batch.
+        Called as ``progress(done, total, step)``: steps ``"reading tile"`` and
+        ``"loading network"`` (0 then 1 of 1), then ``"objects"`` (0 before the first batch,
+        then after each batch).
     classifier_loader : callable, optional
         ``classifier_loader(head_path, precision=..., batch_size=...)`` returning a classifier;
         default ``model.load_classifier``. ``bh_stage.tiles`` passes a per-process cache so a
@@ -198,8 +215,9 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
 
     The output holds every input row and column unchanged plus, per object:
     ``BLEND_PROB`` (float32, probability; NaN if not scored), ``BH_BLEND_FLAG`` (int16, 0/1),
-    ``SEP_NSRC`` (int16, number of SEP sources; -1 on SEP error), ``SEP_BLEND_FLAG`` (int16,
-    0/1), ``BLEND_FLAG`` (int16, 0/1, the recommended hybrid), ``BH_FLAGS`` (int16, bits of
+    ``SEP_NSRC`` (int16, number of SEP sources; -1 on SEP error or where the object was not
+    scored: no finite position, or no unmasked pixel of its stamp on the tile),
+    ``SEP_BLEND_FLAG`` (int16, 0/1), ``BLEND_FLAG`` (int16, 0/1, the recommended hybrid), ``BH_FLAGS`` (int16, bits of
     ``sep_flags.BH_FLAGS``), ``BH_EDGE_FRAC`` and ``BH_MASK_FRAC`` (float32, fractions).
 
     Raises
@@ -208,12 +226,19 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         Any input, config or output problem, before the output is created.
     """
     t0 = time.perf_counter()
+    if progress is None:
+        progress = _no_progress
     tile, cat_path, weight_path, output = resolve_paths(cfg, tile_path)
     if output.resolve() in (tile.resolve(), cat_path.resolve()):
         raise ConfigError(f"output {output} would overwrite an input; choose another output")
     for path in (tile, cat_path, weight_path):
+        if path is not None and path.is_dir():
+            raise InputFileError(f"{path}: is a directory, not a FITS file")
         if path is not None and not path.is_file():
             raise InputFileError(f"{path}: no such file")
+    if cfg.weight == "auto":
+        tried = " or ".join(_stem(tile) + suffix for suffix in WEIGHT_AUTO_SUFFIXES)
+        log.info("weight: auto: %s", weight_path or f"none ({tried} not beside the tile)")
     io.check_output(output, cfg.overwrite)
     cat = io.read_catalogue(cat_path, cfg.x_column, cfg.y_column, cfg.id_column,
                             cfg.catalogue_hdu)
@@ -221,6 +246,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     finite = _check_positions(cat, shape, cfg.stamp.size_pix // 2)
     log.info("%s: %d objects from %s (HDU %s)", tile, cat.nrows, cat_path, cat.extname)
 
+    progress(0, 1, "reading tile")
     image, _ = io.read_tile(tile)
     weight = None
     if weight_path is not None:
@@ -234,9 +260,12 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     rms_adu = _subtract_background(image, bad)
     log.info("tile rms %.3g ADU, %.2g %% of pixels masked", rms_adu, 100 * bad.mean())
 
+    progress(1, 1, "reading tile")
+    progress(0, 1, "loading network")
     head = model.head_path(cfg.head, noise_sigma_adu=rms_adu)
     loader = model.load_classifier if classifier_loader is None else classifier_loader
     clf = loader(head, precision=cfg.precision, batch_size=cfg.batch_size)
+    progress(1, 1, "loading network")
     meta = clf.metadata
     if (meta["size_pix"], meta["pad_pix"]) != (cfg.stamp.size_pix, cfg.stamp.pad_pix):
         raise ModelShapeError(f"{head}: head trained on {meta['size_pix']}px stamps padded by "

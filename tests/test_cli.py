@@ -1,6 +1,10 @@
+import os
+
 import pytest
 
-from bh_stage.cli import main
+from bh_stage.cli import _HideNativeLogLines, main, parse_args
+
+from conftest import REPO
 
 
 @pytest.mark.parametrize("name, key", [("run", "x_column: XWIN_IMAGE"),
@@ -24,3 +28,61 @@ def test_set_override_is_checked_by_the_schema(tmp_path, capsys):
     cfg.write_text("")
     assert main(["-q", "train", str(cfg), "--set", "batch_size=-3"]) == 2
     assert "batch_size: -3 is out of range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, verbose, quiet", [
+    (["-q", "run", "c.yml", "t.fits"], 0, True),
+    (["run", "-q", "c.yml", "t.fits"], 0, True),
+    (["run", "c.yml", "t.fits", "--quiet"], 0, True),
+    (["-v", "run", "c.yml", "t.fits", "-v"], 2, False),
+    (["train", "c.yml", "-vv"], 2, False),
+    (["show-config", "-q", "run"], 0, True),
+])
+def test_verbosity_before_or_after_the_subcommand(argv, verbose, quiet):
+    """Regression: `bh-stage run -q ...` was refused."""
+    args = parse_args(argv)
+    assert (args.verbose, args.quiet) == (verbose, quiet)
+
+
+def test_quiet_and_verbose_exclude_each_other(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["-q", "run", "-v", "c.yml", "t.fits"])
+    assert exit_.value.code == 2
+    assert "-q and -v exclude each other" in capsys.readouterr().err
+
+
+def test_native_start_up_lines_are_hidden(capfd):
+    """TensorFlow's C++ lines (absl, before InitializeLog; TF_CPP_MIN_LOG_LEVEL does not stop
+    them) are dropped from fd 2; errors, Python's lines and the progress bar pass."""
+    with _HideNativeLogLines():
+        for text in [
+            b"WARNING: All log messages before absl::InitializeLog() is called are written "
+            b"to STDERR\n",
+            b"I0000 00:00:1795599285.163114    6206 port.cc:153] oneDNN custom operations "
+            b"are on.\n",
+            b"W0000 00:00:1795599285.1 6206 cudart_stub.cc:31] Could not find cuda drivers\n",
+            b"\robjects:  50%|#####     | 1/2", b"\robjects: 100%|##########| 2/2\n",
+            b"E0000 00:00:1795599697.040891    9307 cuda_platform.cc:52] failed call\n",
+            b"2026-11-25 bh_stage.stage WARNING: a warning you can act on\n", b"no newline"]:
+            os.write(2, text)
+    err = capfd.readouterr().err
+    assert err == ("\robjects:  50%|#####     | 1/2\robjects: 100%|##########| 2/2\n"
+                   "E0000 00:00:1795599697.040891    9307 cuda_platform.cc:52] failed call\n"
+                   "2026-11-25 bh_stage.stage WARNING: a warning you can act on\nno newline")
+
+
+def test_show_config_run_is_the_example_config(capsys):
+    """README: example_config/config.yml is `bh-stage show-config run`."""
+    assert main(["show-config", "run"]) == 0
+    assert capsys.readouterr().out == (REPO / "example_config" / "config.yml").read_text()
+
+
+def test_set_error_names_set_not_the_file(tmp_path, capsys):
+    """Regression: a bad --set key was blamed on the config file."""
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("batch_size: 8\n")
+    assert main(["-q", "run", str(cfg), str(tmp_path / "t.fits"), "--set", "seed=2",
+                 "--set", "batchsize=10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bh-stage run: error: --set batchsize=10: batchsize: unknown key")
+    assert "c.yml" not in err

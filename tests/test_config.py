@@ -70,6 +70,19 @@ def test_example_configs_load_and_cover_every_key(name):
             assert f"{key}:" in text, f"{example.name} lacks key {key}"
 
 
+def test_override_errors_name_the_override_and_file_errors_the_file(tmp_path):
+    good, bad = tmp_path / "good.yml", tmp_path / "bad.yml"
+    good.write_text("batch_size: 8\n")
+    bad.write_text("batchsize: 8\n")
+    with pytest.raises(ConfigError, match=r"^--set sep.minarea_pix=0: sep.minarea_pix: 0 is"):
+        load_config(good, RunConfig, ["seed=3", "sep.minarea_pix=0", "batch_size=0"])
+    with pytest.raises(ConfigError, match=r"bad.yml: batchsize: unknown key"):
+        load_config(bad, RunConfig, ["seed=3"])
+    # an override may repair the file's value: defaults < file < command line
+    good.write_text("batch_size: 0\n")
+    assert load_config(good, RunConfig, ["batch_size=4"]).batch_size == 4
+
+
 def test_config_hash_ignores_overwrite():
     """Regression: a resumed run (overwrite on) must match the hash of the first run."""
     assert config_hash(RunConfig(overwrite=True)) == config_hash(RunConfig())

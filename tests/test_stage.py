@@ -2,6 +2,8 @@
 preservation of the input, and every bad-input path through the CLI."""
 
 import hashlib
+import logging
+import os
 
 import fitsio
 import numpy as np
@@ -9,13 +11,14 @@ import pytest
 
 from bh_stage.cli import main
 from bh_stage.config import RunConfig, config_from_dict
+from bh_stage.sep_flags import BH_MASKED, BH_NOT_SCORED
 from bh_stage.stage import OUTPUT_COLUMNS, run_stage
 
-from conftest import TILE_SHAPE, write_ldac
+from conftest import REPO, SOURCES_XY, TILE_SHAPE, gaussian_image, write_ldac
 
 
 def sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return "directory" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def cfg(**kwargs):
@@ -65,6 +68,24 @@ def test_edge_masked_and_nan_positions_are_flags(small_tile, fake_classifier):
     assert out["BH_FLAGS"].tolist() == [1, 2, 4]
     assert np.isnan(out["BLEND_PROB"][2]) and out["BLEND_FLAG"][2] == 0
     assert np.isnan(out["BH_EDGE_FRAC"][2]) and np.isnan(out["BH_MASK_FRAC"][2])
+
+
+def test_no_position_gets_no_sep_verdict(small_tile, fake_classifier):
+    """Regression: an object without a finite position got the SEP columns of a stamp cut
+    at the tile corner, (0, 0), here holding two sources, so SEP_NSRC 2 and BLEND_FLAG 1."""
+    fitsio.write(str(small_tile / "tile.fits"),
+                 gaussian_image(TILE_SHAPE, [(20.0, 22.0), (8.0, 6.0), (75.0, 75.0)]),
+                 clobber=True)
+    write_ldac(small_tile / "tile.cat", [20.0, np.nan, 75.0], [22.0, 5.0, np.inf])
+    result = run_stage(cfg(), small_tile / "tile.fits")
+    out = fitsio.read(str(small_tile / "tile_bh.cat"), ext="LDAC_OBJECTS")
+    assert out["SEP_NSRC"][0] == 2 and out["SEP_BLEND_FLAG"][0] == 1  # the corner pair
+    for row in (1, 2):
+        assert out["SEP_NSRC"][row] == -1
+        assert out["SEP_BLEND_FLAG"][row] == 0 and out["BLEND_FLAG"][row] == 0
+        assert out["BH_BLEND_FLAG"][row] == 0 and np.isnan(out["BLEND_PROB"][row])
+        assert out["BH_FLAGS"][row] == BH_NOT_SCORED  # and not BH_SEP_ERROR
+    assert result.n_not_scored == 2 and result.n_blend_sep == 1
 
 
 def test_position_just_off_the_tile_is_an_edge_flag(small_tile, fake_classifier):
@@ -125,6 +146,11 @@ def other_tile_catalogue(path):
     write_ldac(path, [500.0, 10.0], [600.0, 10.0])
 
 
+def make_directory(path):
+    path.unlink()
+    path.mkdir()
+
+
 @pytest.mark.parametrize("damage, target, config, extra, message", [
     (None, None, "weight: missing.fits\n", (), "missing.fits: no such file"),
     (lambda p: p.unlink(), "tile.fits", "", (), "tile.fits: no such file"),
@@ -139,6 +165,11 @@ def other_tile_catalogue(path):
     (None, None, "precision: int4\n", (), "precision: 'int4' is not one of"),
     (None, None, "", ("--output", "/nonexistent/dir/out.cat"), "output folder"),
     (None, None, "", ("--output", "{dir}/tile.cat"), "would overwrite an input"),
+    (make_directory, "tile.fits", "", (), "tile.fits: is a directory, not a FITS file"),
+    (make_directory, "tile.cat", "", (), "tile.cat: is a directory, not a FITS file"),
+    (None, None, "", ("--output", "{dir}"), "the output is a directory"),
+    (None, None, "", ("--output", "{dir}/tile.fits/out.cat"), "tile.fits is not a directory"),
+    (None, None, "", ("--set", "batchsize=10"), "error: --set batchsize=10: batchsize: unknown"),
 ])
 def test_bad_input_is_one_line_exit_2_no_output(small_tile, fake_classifier, capsys, damage,
                                                 target, config, extra, message):
@@ -182,3 +213,122 @@ def test_interrupted_run_leaves_no_output(small_tile, fake_classifier, monkeypat
     with pytest.raises(KeyboardInterrupt):
         run_stage(cfg(), small_tile / "tile.fits")
     assert sorted(p.name for p in small_tile.iterdir()) == before
+
+
+@pytest.fixture
+def no_pixels(monkeypatch):
+    """Fail the test if the stage reads a pixel."""
+    from bh_stage import io
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pixel was read")
+
+    monkeypatch.setattr(io, "read_tile", refuse)
+
+
+def refused_before_pixels(small_tile, capsys, *extra):
+    (small_tile / "config.yml").write_text("")
+    before = {p.name: sha(p) for p in small_tile.iterdir()}
+    assert run_cli(small_tile, *extra) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert {p.name: sha(p) for p in small_tile.iterdir()} == before
+    return err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permission bits do not stop root; "
+                    "test_unwritable_folder_refused_before_pixels covers it")
+def test_read_only_folder_refused_before_pixels(small_tile, fake_classifier, no_pixels,
+                                                capsys):
+    folder = small_tile / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        err = refused_before_pixels(small_tile, capsys, "--output", str(folder / "out.cat"))
+    finally:
+        folder.chmod(0o755)
+    assert "cannot write in" in err and "Permission denied" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permission bits do not stop root")
+def test_read_only_output_refused_before_pixels(small_tile, fake_classifier, no_pixels,
+                                                capsys):
+    (small_tile / "tile_bh.cat").write_bytes(b"old output")
+    (small_tile / "tile_bh.cat").chmod(0o444)
+    err = refused_before_pixels(small_tile, capsys, "--overwrite")
+    assert "tile_bh.cat: the output is read-only" in err
+
+
+def test_unwritable_folder_refused_before_pixels(small_tile, fake_classifier, no_pixels,
+                                                 monkeypatch, capsys):
+    """A folder where no file can be made (read-only mount, permissions; as root the
+    permission bits pass os.access, so the probe file decides) is refused up front."""
+    import tempfile
+
+    def no_file(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_file)
+    err = refused_before_pixels(small_tile, capsys)
+    assert "tile_bh.cat: cannot write in" in err and "Permission denied" in err
+
+
+def test_ctrl_c_is_one_line_exit_130_no_output(small_tile, fake_classifier, monkeypatch,
+                                               capsys):
+    from conftest import FakeClassifier
+
+    monkeypatch.setattr(FakeClassifier, "predict_proba", interrupt)
+    (small_tile / "config.yml").write_text("")
+    before = {p.name: sha(p) for p in small_tile.iterdir()}
+    assert run_cli(small_tile) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "bh-stage run: interrupted\n" and captured.out == ""
+    assert {p.name: sha(p) for p in small_tile.iterdir()} == before
+
+
+def test_progress_steps_start_before_their_work(small_tile, fake_classifier):
+    """The bar shows reading the tile and loading the network as steps, and the objects bar
+    starts at 0 before the first batch, so its rate counts the first batch's time."""
+    calls = []
+    run_stage(cfg(batch_size=2), small_tile / "tile.fits",
+              progress=lambda done, total, step: calls.append((step, done, total,
+                                                                len(fake_classifier))))
+    assert calls == [("reading tile", 0, 1, 0), ("reading tile", 1, 1, 0),
+                     ("loading network", 0, 1, 0), ("loading network", 1, 1, 1),
+                     ("objects", 0, 3, 1), ("objects", 2, 3, 1), ("objects", 3, 3, 1)]
+
+
+@pytest.mark.parametrize("name", ["tile.weight.fits", "tile.weight.fits.fz"])
+def test_weight_auto_takes_the_weight_map_beside_the_tile(small_tile, fake_classifier,
+                                                          caplog, name):
+    weight = np.ones(TILE_SHAPE, dtype=np.float32)
+    weight[48:53, 48:53] = 0
+    (small_tile / "tile.weight.fits").unlink()
+    fitsio.write(str(small_tile / name), weight, clobber=True,
+                 compress="GZIP" if name.endswith(".fz") else None)
+    write_ldac(small_tile / "tile.cat", [50.0], [50.0])
+    assert RunConfig().weight == "auto"
+    with caplog.at_level(logging.INFO, logger="bh_stage"):
+        run_stage(cfg(), small_tile / "tile.fits")
+    out = fitsio.read(str(small_tile / "tile_bh.cat"), ext="LDAC_OBJECTS")
+    assert out["BH_FLAGS"][0] == BH_MASKED
+    assert f"weight: auto: {small_tile / name}" in caplog.text
+
+
+def test_weight_auto_without_a_weight_map_runs_unweighted(small_tile, fake_classifier,
+                                                          caplog):
+    (small_tile / "tile.weight.fits").unlink()
+    with caplog.at_level(logging.INFO, logger="bh_stage"):
+        run_stage(cfg(), small_tile / "tile.fits")
+    assert ("weight: auto: none (tile.weight.fits or tile.weight.fits.fz not beside the "
+            "tile)") in caplog.text
+    assert fitsio.FITS(str(small_tile / "tile_bh.cat"))[2].get_nrows() == 3
+
+
+def test_example_config_runs_a_tile_without_weight_map(small_tile, fake_classifier, capsys):
+    """Regression: the example config asked for {dir}/{stem}.weight.fits.fz, so every tile
+    without exactly that file failed."""
+    (small_tile / "tile.weight.fits").unlink()
+    assert main(["-q", "run", str(REPO / "example_config" / "config.yml"),
+                 str(small_tile / "tile.fits")]) == 0
+    assert "3 objects" in capsys.readouterr().out
