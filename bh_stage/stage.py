@@ -177,6 +177,9 @@ def _score(cfg, clf, image, bad, rms_adu, cat, scorable, progress):
 def _provenance(cfg, clf, rms_adu, blend_thr, hybrid_thr):
     meta = clf.metadata
     return [
+        # the two sha256 values with their comments take CONTINUE cards (FITS standard 4.0
+        # appendix; fitsverify warns when they are not declared)
+        ("LONGSTRN", "OGIP 1.0", "The OGIP Long String Convention may be used."),
         ("BH_VERS", __version__, "bh-stage version"),
         ("BH_HEAD", Path(clf.head_path).name, "BlendHunter head"),
         ("BH_HSHA", meta["weights_sha256"][:64], "sha256 of the head's weights"),

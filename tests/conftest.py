@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic tile with an LDAC catalogue, a fake classifier, and the
-locations of optional external inputs (COSMOS samples, source-extractor)."""
+locations of optional external inputs (COSMOS samples, the real frame, source-extractor,
+psfex, fitsverify)."""
 
 import os
 import shutil
@@ -31,13 +32,41 @@ def cosmos_dir():
     return path
 
 
+def _tool(name):
+    """Path of a Debian tool's command (package of the same name)."""
+    exe = shutil.which(name)
+    if exe is None:
+        _missing(f"{name} not installed (apt-get install {name})")
+    return exe
+
+
 @pytest.fixture(scope="session")
 def sextractor():
     """Path of the source-extractor command."""
-    exe = shutil.which("source-extractor")
-    if exe is None:
-        _missing("source-extractor not installed (apt-get install source-extractor)")
-    return exe
+    return _tool("source-extractor")
+
+
+@pytest.fixture(scope="session")
+def psfex():
+    """Path of the psfex command."""
+    return _tool("psfex")
+
+
+@pytest.fixture(scope="session")
+def fitsverify():
+    """Path of the fitsverify command."""
+    return _tool("fitsverify")
+
+
+@pytest.fixture(scope="session")
+def real_frame():
+    """The real ESO NTT frame of ../shared/realdata (or $BH_STAGE_REALDATA_DIR), read in
+    place: it is never copied into the repository."""
+    folder = Path(os.environ.get("BH_STAGE_REALDATA_DIR", REPO.parent / "shared" / "realdata"))
+    path = folder / "ntt_emmi_r_1992.fits"
+    if not path.is_file():
+        _missing(f"real frame not found: {path}; set BH_STAGE_REALDATA_DIR")
+    return path
 
 
 def gaussian_image(shape, sources_xy, flux_adu=4000.0, sigma_pix=1.8, noise_adu=5.0, seed=0):

@@ -1,7 +1,10 @@
-"""End to end: a simulated CFIS-like tile, its catalogue from the real source-extractor, and
-``bh-stage run`` with the shipped head (TensorFlow, about 20 s)."""
+"""End to end: a simulated CFIS-like tile and a real frame, their catalogues from the real
+source-extractor, ``bh-stage run`` with the shipped heads (TensorFlow, about 20 s each), and
+the real downstream clients of its output: PSFEx, fitsverify, ldactoasc."""
 
+import re
 import subprocess
+import sys
 
 import fitsio
 import numpy as np
@@ -10,16 +13,35 @@ import pytest
 from bh_stage.cli import main
 from bh_stage.config import SCHEMAS, load_config
 
+from bh_stage.sep_flags import BH_NOT_SCORED
+
 from conftest import REPO
 
 pytestmark = pytest.mark.integration
 
 
-def sextract(sextractor, image, weight, catalogue):
-    """Run source-extractor 2.25 with the project's config, as data/make_example.sh does."""
+def sextract(sextractor, image, weight, catalogue, *options):
+    """Run source-extractor 2.25 with the project's config, as data/make_example.sh does;
+    ``weight`` None: no weight map."""
+    weighting = (["-WEIGHT_TYPE", "NONE"] if weight is None else
+                 ["-WEIGHT_TYPE", "MAP_WEIGHT", "-WEIGHT_IMAGE", str(weight)])
     subprocess.run([sextractor, str(image), "-c", "example_config/sextractor/bh.sex",
-                    "-WEIGHT_TYPE", "MAP_WEIGHT", "-WEIGHT_IMAGE", str(weight),
-                    "-CATALOG_NAME", str(catalogue)], cwd=REPO, check=True)
+                    *weighting, "-CATALOG_NAME", str(catalogue), *options], cwd=REPO,
+                   check=True)
+
+
+def verify(fitsverify, path):
+    """Return fitsverify's (warnings, errors) for a FITS file."""
+    out = subprocess.run([fitsverify, "-q", str(path)], capture_output=True, text=True).stdout
+    m = re.search(r"(\d+) warnings? and (\d+) errors?", out)
+    if m is None:
+        assert "verification OK" in out, out
+        return 0, 0
+    return int(m.group(1)), int(m.group(2))
+
+
+BAR = re.compile(r"^(reading tile|loading network|objects): +\d+%\|")
+"""A progress bar line of ``bh-stage run``."""
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +124,93 @@ def test_shipped_example_runs(tmp_path):
     with fitsio.FITS(str(out)) as f, fitsio.FITS(str(REPO / "data" / "example_tile.cat")) as g:
         assert f["LDAC_OBJECTS"].get_nrows() == g["LDAC_OBJECTS"].get_nrows()
         assert f["LDAC_OBJECTS"].read_header()["BH_HEAD"]
+
+
+def test_fitsverify_finds_no_error_and_no_new_warning(tile_run, fitsverify):
+    """The output is valid FITS: no error, and no warning beyond the input's own (SExtractor's
+    LDAC_IMHEAD column name 'Field Header Card' has spaces)."""
+    warnings_in, errors_in = verify(fitsverify, tile_run / "tile.cat")
+    assert verify(fitsverify, tile_run / "tile_bh.cat") == (warnings_in, 0)
+    assert errors_in == 0
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, real_frame, sextractor):
+    """The real NTT frame (sky not subtracted, no weight map): source-extractor with the
+    columns PSFEx needs, then `bh-stage run` as a user runs it, default verbosity."""
+    folder = tmp_path_factory.mktemp("realdata")
+    sextract(sextractor, real_frame, None, folder / "frame.cat",
+             "-PARAMETERS_NAME", "example_config/sextractor/psfex.param")
+    config = folder / "run.yml"
+    config.write_text(f"weight: null\ncatalogue: {folder}/frame.cat\n"
+                      f"output: {folder}/frame_bh.cat\n")
+    run = subprocess.run([sys.executable, "-c", "from bh_stage.cli import run_main; run_main()",
+                          "run", str(config), str(real_frame)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return folder, run
+
+
+def test_real_frame_every_detection_scored_or_flagged(real_run):
+    folder, run = real_run
+    with fitsio.FITS(str(folder / "frame.cat")) as fin, \
+            fitsio.FITS(str(folder / "frame_bh.cat")) as fout:
+        old, new = fin["LDAC_OBJECTS"].read(), fout["LDAC_OBJECTS"].read()
+    assert len(new) == len(old) > 40
+    for name in old.dtype.names:
+        assert new[name].tobytes() == old[name].tobytes(), name
+    scored = np.isfinite(new["BLEND_PROB"])
+    assert (scored | ((new["BH_FLAGS"] & BH_NOT_SCORED) != 0)).all()
+    assert ((new["SEP_NSRC"] >= 0) | (new["BH_FLAGS"] != 0)).all()
+    others = [int(((np.abs(old["XWIN_IMAGE"] - x) <= 25) & (np.abs(old["YWIN_IMAGE"] - y) <= 25))
+                  .sum()) - 1 for x, y in zip(old["XWIN_IMAGE"], old["YWIN_IMAGE"])]
+    print(f"real frame: {len(new)} detections, {int(scored.sum())} scored; BLEND_FLAG "
+          f"{int(new['BLEND_FLAG'].sum())}, SEP {int(new['SEP_BLEND_FLAG'].sum())}, "
+          f"BlendHunter {int(new['BH_BLEND_FLAG'].sum())}; other detections in a 51x51 "
+          f"stamp: mean {np.mean(others):.2f}; {run.stdout.strip()}")
+
+
+def test_real_frame_run_prints_only_the_bar_and_the_summary(real_run):
+    """No warning a user cannot act on: no TensorFlow start-up lines, no astropy warning
+    about the frame's non-standard ESO-LOG cards."""
+    folder, run = real_run
+    assert run.stdout.count("\n") == 1 and run.stdout.startswith(f"{folder}/frame_bh.cat: ")
+    lines = [line for line in re.split(r"[\r\n]+", run.stderr) if line.strip()]
+    assert lines and all(BAR.match(line) for line in lines), lines
+
+
+def test_real_frame_output_is_valid_fits(real_run, fitsverify):
+    folder, _ = real_run
+    warnings_in, errors_in = verify(fitsverify, folder / "frame.cat")
+    assert verify(fitsverify, folder / "frame_bh.cat") == (warnings_in, 0)
+
+
+def test_psfex_models_the_psf_from_the_output(real_run, psfex):
+    """PSFEx, the next client in a weak-lensing pipeline, reads the output catalogue (VIGNET
+    and the other columns it needs are kept) and writes a PSF model."""
+    folder, _ = real_run
+    config = folder / "default.psfex"
+    config.write_text(subprocess.run([psfex, "-dd"], capture_output=True, text=True,
+                                     check=True).stdout)
+    (folder / "psf").mkdir()
+    subprocess.run([psfex, str(folder / "frame_bh.cat"), "-c", str(config),
+                    "-PSF_DIR", str(folder / "psf"), "-CHECKPLOT_TYPE", "NONE",
+                    "-CHECKIMAGE_TYPE", "NONE", "-WRITE_XML", "N", "-NTHREADS", "1",
+                    "-VERBOSE_TYPE", "QUIET"], cwd=folder, check=True)
+    with fitsio.FITS(str(folder / "psf" / "frame_bh.psf")) as f:
+        header, psf = f["PSF_DATA"].read_header(), f["PSF_DATA"].read()["PSF_MASK"][0]
+    assert header["ACCEPTED"] >= 3
+    assert psf.shape[-2:] == (25, 25) and np.isfinite(psf).all()
+    # the constant term is the PSF, sampled every PSF_SAMP pixels, flux 1, centred
+    assert psf[0].sum() * header["PSF_SAMP"] ** 2 == pytest.approx(1.0, abs=0.1)
+    assert np.unravel_index(np.argmax(psf[0]), psf[0].shape) == (12, 12)
+
+
+def test_quiet_run_prints_only_the_summary(tmp_path):
+    """`bh-stage run -q` (option after the subcommand) prints no TensorFlow C++ line."""
+    out = tmp_path / "example_bh.cat"
+    run = subprocess.run([sys.executable, "-c", "from bh_stage.cli import run_main; run_main()",
+                          "run", "-q", str(REPO / "example_config" / "config.yml"),
+                          str(REPO / "data" / "example_tile.fits.fz"), "--output", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and run.stderr == ""
+    assert run.stdout.startswith(f"{out}: 211 objects") and run.stdout.count("\n") == 1
