@@ -155,6 +155,7 @@ def test_real_frame_every_detection_scored_or_flagged(real_run):
     with fitsio.FITS(str(folder / "frame.cat")) as fin, \
             fitsio.FITS(str(folder / "frame_bh.cat")) as fout:
         old, new = fin["LDAC_OBJECTS"].read(), fout["LDAC_OBJECTS"].read()
+        header = fout["LDAC_OBJECTS"].read_header()
     assert len(new) == len(old) > 40
     for name in old.dtype.names:
         assert new[name].tobytes() == old[name].tobytes(), name
@@ -166,7 +167,8 @@ def test_real_frame_every_detection_scored_or_flagged(real_run):
     print(f"real frame: {len(new)} detections, {int(scored.sum())} scored; BLEND_FLAG "
           f"{int(new['BLEND_FLAG'].sum())}, SEP {int(new['SEP_BLEND_FLAG'].sum())}, "
           f"BlendHunter {int(new['BH_BLEND_FLAG'].sum())}; other detections in a 51x51 "
-          f"stamp: mean {np.mean(others):.2f}; {run.stdout.strip()}")
+          f"stamp: mean {np.mean(others):.2f}; tile rms {header['BH_RMS']:.1f} ADU, head "
+          f"{header['BH_HEAD']}; {run.stdout.strip()}")
 
 
 def test_real_frame_run_prints_only_the_bar_and_the_summary(real_run):
