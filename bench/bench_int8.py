@@ -1,8 +1,9 @@
 """Can the network run in int8 within |dP| <= 0.02 of f32? Post-training quantisation, measured.
 
-The fused network (backbone + head) is converted to OpenVINO and quantised with NNCF
-(the ``bench`` extra: ``pip install -e ".[bench]"``; not a dependency of the stage), calibrated on real-image stamps: the noisy
-training-split real-image stamps of a training data set. Scored on realistic stamps against
+The fused network (backbone + head) is converted to OpenVINO and quantised with NNCF (the
+``bench`` extra: ``pip install -e ".[bench]"``; not a dependency of the stage), calibrated on
+real-image stamps: the noisy training-split real-image stamps of a training data set. Scored
+on realistic stamps against
 OpenVINO f32: max and 99th percentile of |dP|, decisions flipped at the head's threshold,
 accuracy, stamps/s. Variants: the whole network quantised, and the head (MatMul) kept in f32.
 Writes bench/results/int8.json.

@@ -220,8 +220,9 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     ``BLEND_PROB`` (float32, probability; NaN if not scored), ``BH_BLEND_FLAG`` (int16, 0/1),
     ``SEP_NSRC`` (int16, number of SEP sources; -1 on SEP error or where the object was not
     scored: no finite position, or no unmasked pixel of its stamp on the tile),
-    ``SEP_BLEND_FLAG`` (int16, 0/1), ``BLEND_FLAG`` (int16, 0/1, the recommended hybrid), ``BH_FLAGS`` (int16, bits of
-    ``sep_flags.BH_FLAGS``), ``BH_EDGE_FRAC`` and ``BH_MASK_FRAC`` (float32, fractions).
+    ``SEP_BLEND_FLAG`` (int16, 0/1), ``BLEND_FLAG`` (int16, 0/1, the recommended hybrid),
+    ``BH_FLAGS`` (int16, bits of ``sep_flags.BH_FLAGS``), ``BH_EDGE_FRAC`` and
+    ``BH_MASK_FRAC`` (float32, fractions).
 
     Raises
     ------
