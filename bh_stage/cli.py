@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 
@@ -36,7 +37,9 @@ class _ProgressBar:
             from tqdm import tqdm
 
             self.close()
-            self.bar = tqdm(total=total, desc=step, file=sys.stderr, dynamic_ncols=True)
+            # stderr may be the pipe of _HideNativeLogLines: take the width of the terminal
+            self.bar = tqdm(total=total, desc=step, file=sys.stderr,
+                            ncols=shutil.get_terminal_size().columns)
             self.step = step
         self.bar.update(done - self.bar.n)
 
