@@ -421,8 +421,16 @@ class TileConfig:
                                             "pixels.", min=0)
     pair_max_separation_pix: float = option(10.0, "Largest separation of an injected pair, "
                                             "pixels.", min=0, min_exclusive=True)
-    galaxy_kind: str = option("parametric", "Galaxy models: 'parametric' or 'real' (the "
-                              "test half of the real sample).", choices=("parametric", "real"))
+    galaxy_kind: str = option("parametric", "Galaxy models: 'parametric'; 'real' (HST "
+                              "images of the real_half of the real sample); 'mixed' (training "
+                              "galaxies: parametric + the training half of the real sample, "
+                              "real_fraction of them real).",
+                              choices=("parametric", "real", "mixed"))
+    star_density_per_arcmin2: float = option(0.0, "Mean number of stars (PSF images) per "
+                                             "arcmin^2, Poisson positions.", min=0)
+    star_mag_min: float = option(18.0, "Brightest star, AB magnitude (uniform in m).",
+                                 min=10, max=35)
+    star_mag_max: float = option(24.0, "Faintest star, AB magnitude.", min=10, max=35)
     noise_sigma_adu: float = option(14.5, "Gaussian noise of the tile, ADU (sky-subtracted, "
                                     "mean 0).", min=0)
     draw_size_pix: int = option(64, "Side of the postage stamp each galaxy is drawn in.",
@@ -440,8 +448,14 @@ class TileConfig:
                         ".fits.fz).")
     weight: str = option("simulated/tile.weight.fits", "Output weight map (1/sigma^2).")
     truth: str = option("simulated/tile_truth.fits", "Output truth table (FITS binary table).")
+    models: typing.Optional[str] = option(None, "Output HDF5 of every object's noise-free "
+                                          "image (draw_size_pix square, odd), for tile-level "
+                                          "truth from segmentation maps; null: not written.")
 
     def validate(self):
+        if self.star_mag_min >= self.star_mag_max:
+            raise ConfigError(f"tile.star_mag_min: {self.star_mag_min} must be < "
+                              f"tile.star_mag_max ({self.star_mag_max})")
         if self.pair_min_separation_pix >= self.pair_max_separation_pix:
             raise ConfigError(f"tile.pair_min_separation_pix: {self.pair_min_separation_pix} "
                               f"must be < tile.pair_max_separation_pix "
@@ -643,3 +657,112 @@ class EvaluateConfig:
 
 SCHEMAS["evaluate"] = EvaluateConfig
 __all__.append("EvaluateConfig")
+
+
+# --- tile-level study (bh-stage train-tile, bh-stage evaluate-tile) ---------------------
+
+
+@dataclasses.dataclass
+class TileSetConfig:
+    """Simulated CFIS-like tiles with per-object truth: training, validation and test roles.
+
+    Training and validation tiles hold training galaxies only (parametric + the training
+    half of the real sample); test tiles hold the test half of the real galaxies only. Tile
+    ``<role><seed>`` lives in ``work_dir/<role><seed>/`` and is simulated and SExtracted
+    when missing.
+    """
+
+    work_dir: str = option("simulated/tiles", "Folder of the tile folders.")
+    train_seeds: typing.List[int] = option([101, 102, 103, 104, 105, 106], "Seeds of the "
+                                           "training tiles (training galaxies).", min=0)
+    valid_seeds: typing.List[int] = option([201, 202], "Seeds of the validation tiles "
+                                           "(training galaxies; thresholds, calibration and "
+                                           "model choice).", min=0)
+    test_seeds: typing.List[int] = option([301, 302], "Seeds of the test tiles (test-half "
+                                          "real galaxies; reporting only).", min=0)
+    size_pix: int = option(4000, "Side of each square tile, pixels.", min=256)
+    density_per_arcmin2: float = option(60.0, "Galaxies per arcmin^2 down to mag_max, "
+                                        "undetected ones included.", min=0,
+                                        min_exclusive=True)
+    mag_max: float = option(26.5, "Faintest galaxy, AB magnitude (counts slope 0.3 dex/mag "
+                            "from 20).", min=21, max=30)
+    star_density_per_arcmin2: float = option(1.0, "Stars per arcmin^2 (18-24 mag).", min=0)
+    close_pair_fraction: float = option(0.15, "Fraction of galaxies in injected close pairs, "
+                                        "validation and test tiles.", min=0, max=1)
+    train_close_pair_fraction: float = option(0.3, "The same for training tiles (more "
+                                              "unrecognised blends to learn from).", min=0,
+                                              max=1)
+    pair_min_separation_pix: float = option(1.5, "Smallest pair separation, pixels.", min=0)
+    pair_max_separation_pix: float = option(12.0, "Largest pair separation, pixels.", min=0,
+                                            min_exclusive=True)
+    noise_sigma_adu: float = option(14.5, "Tile noise, ADU (CFIS r: 14.5).", min=0,
+                                    min_exclusive=True)
+    cosmos_dir: str = option("../shared/cosmos", "Folder of the COSMOS samples.")
+    n_workers: int = option(2, "Simulation worker processes.", min=1)
+    sextractor_config: str = option("example_config/sextractor/bh.sex", "source-extractor "
+                                    "config; bh.param and default.conv sit beside it.")
+
+
+@dataclasses.dataclass
+class TrainTileConfig:
+    """``bh-stage train-tile``: train the tile head, P(unrecognised blend) of a detection.
+
+    Features: the stage's own stamps at the ``source-extractor`` detections of the training
+    tiles, through the backbone (taps ``block4_pool``, ``block5_pool``), plus the detection's
+    catalogue features; labels from the tile truth. Early stopping, calibration (Platt) and
+    the ``BLEND_FLAG`` threshold use the validation tiles, at tile prevalence.
+    """
+
+    tiles: TileSetConfig = option(TileSetConfig, "The simulated tiles.")
+    backbone: str = option("hed", "Backbone weights: 'hed' (offline), 'imagenet' or a path.")
+    preprocess: str = option("caffe_clip", "Stamp preprocessing (see model.preprocess).",
+                             choices=("caffe", "paper", "caffe_clip", "caffe_signed"))
+    taps: typing.List[str] = option(["block4_pool", "block5_pool"], "Backbone layers the "
+                                    "head reads.", choices=("block4_pool", "block5_pool"))
+    catalogue_features: bool = option(True, "Give the head the detection's catalogue "
+                                      "features (cues.FEATURE_NAMES) too.")
+    flag_fraction: float = option(0.1, "BLEND_FLAG threshold: the fraction of validation "
+                                  "detections flagged.", min=0, max=1, min_exclusive=True)
+    max_epochs: int = option(100, "Maximum epochs.", min=1)
+    patience_epochs: int = option(8, "Stop after this many epochs without a lower "
+                                  "validation loss.", min=1)
+    seed: int = option(0, "Seed of weight initialisation, dropout and shuffling.", min=0)
+    output_dir: str = option("data/heads", "Folder of the trained head.")
+    head_name: str = option("tile_unrecognised", "Head name (<name>.json, "
+                            "<name>.weights.npz).")
+    overwrite: bool = option(False, "Replace an existing head of the same name.")
+
+    def validate(self):
+        if not self.taps or len(set(self.taps)) != len(self.taps):
+            raise ConfigError(f"taps: {self.taps} must name at least one layer, no repeats")
+
+
+SCHEMAS["train-tile"] = TrainTileConfig
+
+
+@dataclasses.dataclass
+class EvaluateTileConfig:
+    """``bh-stage evaluate-tile``: what each column is worth on a tile, against the truth.
+
+    Runs ``bh-stage run`` on the test tiles and scores every column and free catalogue cue
+    (and a catalogue-only classifier trained on the training tiles and chosen on the
+    validation tiles) on each truth class of ``tiletruth``: ROC AUC, TPR at fixed FPR,
+    fraction flagged, with intervals from a bootstrap over galaxies.
+    """
+
+    tiles: TileSetConfig = option(TileSetConfig, "The simulated tiles.")
+    run_config: typing.Optional[str] = option(None, "Config of `bh-stage run` on the test "
+                                              "tiles; null: its defaults (weight: auto).")
+    fpr_points: typing.List[float] = option([0.01, 0.05, 0.1], "FPRs at which TPRs are "
+                                            "reported.", min=0, max=1)
+    snr_min: float = option(10.0, "Also report detections whose main object has SNR >= "
+                            "this.", min=0)
+    n_bootstrap: int = option(1000, "Bootstrap resamples of galaxies.", min=10)
+    seed: int = option(0, "Seed of the bootstrap.", min=0)
+    output_dir: str = option("results/evaluate_tile", "Folder of results.md, metrics.csv "
+                             "and figures.")
+    overwrite: bool = option(False, "Replace existing outputs.")
+
+
+SCHEMAS["evaluate-tile"] = EvaluateTileConfig
+__all__ += ["TileSetConfig", "TrainTileConfig", "EvaluateTileConfig"]

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import stamps as bh_stamps
 from .errors import ConfigError
+from .metrics import roc_auc, roc_curve
 
 log = logging.getLogger(__name__)
 
@@ -113,58 +114,6 @@ def confusion_rates(pred, label):
     tpr = float(np.mean(pred[pos])) if pos.any() else float("nan")
     tnr = float(np.mean(~pred[neg])) if neg.any() else float("nan")
     return tpr, tnr
-
-
-def roc_auc(scores, labels):
-    """Return the area under the ROC curve (Mann-Whitney U, ties count one half).
-
-    Parameters
-    ----------
-    scores : array_like of float, shape (n,)
-        Higher means more likely blended (``BLEND_PROB``).
-    labels : array_like of {0, 1}, shape (n,)
-
-    Returns
-    -------
-    float
-        P(score of a random blend > score of a random isolated stamp) + 0.5 P(tie):
-        1 for a perfect classifier, 0 for a reversed one, 0.5 for a constant score; NaN if
-        either class is empty.
-
-    Examples
-    --------
-    >>> roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
-    0.75
-    """
-    from scipy.stats import rankdata
-
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = _as_bool(labels)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)  # average ranks: ties share half the credit
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def roc_curve(scores, labels):
-    """Return the ROC curve (FPR, TPR) of a score, one point per distinct threshold.
-
-    Returns
-    -------
-    fpr, tpr : ndarray
-        From (0, 0) to (1, 1), for thresholds from above the highest score down.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = _as_bool(labels)
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1] if len(s) else np.zeros(0, int)
-    tp = np.cumsum(y)[last]
-    fp = np.cumsum(~y)[last]
-    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
 
 
 def auc_from_points(fpr, tpr):

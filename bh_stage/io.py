@@ -643,3 +643,77 @@ def write_truth(path, table, header_cards=(), overwrite=False):
         hdu.header[key] = (value, comment)
     _write_fits_atomic(path, fits.HDUList([fits.PrimaryHDU(), hdu]), overwrite)
     log.info("wrote truth table of %d rows to %s", len(table), path)
+
+
+# --- tile-level truth (evaluate-tile) ---------------------------------------------------
+
+
+def write_tile_models(path, models, overwrite=False):
+    """Write every object's noise-free image of a simulated tile to one HDF5 file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Output ``.h5``, written atomically.
+    models : list of (x_lo, y_lo, ndarray)
+        Per truth row: 0-based tile pixel of the image's lower-left corner and the square
+        float32 image in ADU (all the same size).
+    overwrite : bool
+        Replace an existing file.
+    """
+    import h5py
+
+    corners = np.array([(x_lo, y_lo) for x_lo, y_lo, _ in models], dtype=np.int64)
+    arrays = np.stack([arr for _, _, arr in models]).astype(np.float32)
+    with atomic_output(path, overwrite, make_parents=True) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("corner_xy_pix", data=corners.reshape(-1, 2))
+            f.create_dataset("images", data=arrays, compression="gzip", compression_opts=1,
+                             shuffle=True, chunks=(1,) + arrays.shape[1:] if len(arrays)
+                             else None)
+    log.info("wrote %d object models to %s", len(models), path)
+
+
+def read_tile_models(path):
+    """Read ``write_tile_models`` output: corners (n, 2) int64 0-based x, y and images."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file; simulate the tile with tile.models set")
+    try:
+        with h5py.File(path, "r") as f:
+            return f["corner_xy_pix"][()], f["images"][()]
+    except (OSError, KeyError) as err:
+        raise InputFileError(f"{path}: not a tile model file ({err})") from err
+
+
+def read_segmentation(path):
+    """Read a SExtractor segmentation map: int32 ``[y, x]`` of NUMBER, 0 for sky."""
+    image, _ = read_tile(path)
+    return np.rint(image).astype(np.int32)
+
+
+def read_columns(path, names, hdu="auto"):
+    """Read catalogue columns (float64, SExtractor's -1e30 as NaN) into a dict by name.
+
+    Raises
+    ------
+    CatalogueColumnError
+        A column is absent; the message lists the missing ones.
+    """
+    path = Path(path)
+    with _open_fits(path) as fits:
+        table = fits[_objects_hdu(fits, path, hdu)]
+        present = {c.upper() for c in table.get_colnames()}
+        missing = [n for n in names if n.upper() not in present]
+        if missing:
+            raise CatalogueColumnError(f"{path}: no column {', '.join(missing)}; add it to "
+                                       "the SExtractor parameter file")
+        out = {}
+        for name in names:
+            values = table.read_column(name).astype(np.float64) if table.get_nrows() else \
+                np.zeros(0)
+            values[~np.isfinite(values) | (values <= SEXTRACTOR_NULL)] = np.nan
+            out[name] = values
+    return out

@@ -303,9 +303,14 @@ def _init_worker(settings):
 
 
 def _galaxy(settings, kind, cat_index, mag, theta_rad):
-    """Return the rotated galaxy at magnitude ``mag`` (flux in ADU) and its flux."""
+    """Return the rotated galaxy (a point source for kind 'star') at magnitude ``mag`` (flux
+    in ADU) and its flux."""
     import galsim
 
+    if kind == "star":
+        zp = magnitude_zeropoint(settings["exptime_s"], settings["area_cm2"])
+        star = galsim.DeltaFunction(flux=10.0 ** (-0.4 * (mag - zp)))
+        return star, float(star.flux)
     real = kind == "real"
     cat = _catalogue(settings["cosmos_dir"],
                      settings["real_catalogue" if real else "parametric_catalogue"], real,
@@ -614,8 +619,19 @@ def _tile_wcs_cards(cfg):
     ]
 
 
-def _plan_tile(cfg, sample):
-    """Plan the galaxies of a tile: positions, pairs, magnitudes, models."""
+def _tile_samples(cfg, samples):
+    """Return the tile's galaxy samples and the probability of drawing from each."""
+    kind = cfg.tile.galaxy_kind
+    if kind == "parametric":
+        return [samples["parametric"]], [1.0]
+    if kind == "real":
+        return [samples[f"real_{cfg.real_half}"]], [1.0]
+    return ([samples["parametric"], samples["real_train"]],
+            [1.0 - cfg.real_fraction, cfg.real_fraction])
+
+
+def _plan_tile(cfg, tile_samples, weights):
+    """Plan the objects of a tile: galaxy positions, pairs, magnitudes, models, then stars."""
     t = cfg.tile
     rng = np.random.default_rng([cfg.seed, 1])
     area_arcmin2 = t.nx_pix * t.ny_pix * (cfg.pixel_scale_arcsec / 60.0) ** 2
@@ -640,23 +656,38 @@ def _plan_tile(cfg, sample):
     mags = draw_magnitudes(rng, n, cfg.magnitude.mag_min, cfg.magnitude.mag_max,
                            cfg.magnitude.slope_dex_per_mag)
     theta = rng.uniform(0, 2 * math.pi, n)
-    cat_index = [sample.choose(rng, m, cfg.magnitude.max_brightening_mag) for m in mags]
+    which = rng.choice(len(tile_samples), size=n, p=weights)
+    cat_index = [tile_samples[w].choose(rng, m, cfg.magnitude.max_brightening_mag)
+                 for w, m in zip(which, mags)]
+    gal_ids = [int(tile_samples[w].gal_ids[np.searchsorted(tile_samples[w].indices, ci)])
+               for w, ci in zip(which, cat_index)]
+    kinds = [tile_samples[w].kind for w in which]
+    n_star = int(rng.poisson(t.star_density_per_arcmin2 * area_arcmin2))
+    x += list(rng.uniform(-0.5, t.nx_pix - 0.5, n_star))
+    y += list(rng.uniform(-0.5, t.ny_pix - 0.5, n_star))
+    mags = np.concatenate([mags, rng.uniform(t.star_mag_min, t.star_mag_max, n_star)])
+    theta = np.concatenate([theta, np.zeros(n_star)])
+    cat_index += [-1] * n_star
+    gal_ids += [-1] * n_star
+    kinds += ["star"] * n_star
+    pair_id += [-1] * n_star
+    sep += [np.nan] * n_star
     g1, g2 = rng.normal(0.0, cfg.psf.atmos_g_sigma, 2)
-    plans = [{"kind": sample.kind, "cat_index": cat_index[i], "mag": float(mags[i]),
-              "theta": float(theta[i]), "x": float(x[i]), "y": float(y[i])} for i in range(n)]
-    truth = np.zeros(n, dtype=TILE_TRUTH_DTYPE)
-    truth["ID"] = np.arange(1, n + 1)
+    plans = [{"kind": kinds[i], "cat_index": cat_index[i], "mag": float(mags[i]),
+              "theta": float(theta[i]), "x": float(x[i]), "y": float(y[i])}
+             for i in range(len(x))]
+    truth = np.zeros(len(x), dtype=TILE_TRUTH_DTYPE)
+    truth["ID"] = np.arange(1, len(x) + 1)
     truth["X_PIX0"], truth["Y_PIX0"] = x, y
     truth["X_IMAGE"], truth["Y_IMAGE"] = truth["X_PIX0"] + 1, truth["Y_PIX0"] + 1
     truth["PAIR_ID"], truth["SEPARATION_PIX"] = pair_id, sep
     truth["MAG"] = mags
-    truth["GAL_ID"] = [int(sample.gal_ids[np.searchsorted(sample.indices, ci)])
-                       for ci in cat_index]
-    truth["KIND"] = sample.kind.encode()
+    truth["GAL_ID"] = gal_ids
+    truth["KIND"] = [k.encode() for k in kinds]
     return plans, truth, (float(g1), float(g2))
 
 
-def simulate_tile(cfg, progress=None):
+def simulate_tile(cfg, progress=None, keep_models=False):
     """Simulate a CFIS-like tile in memory.
 
     Parameters
@@ -666,6 +697,8 @@ def simulate_tile(cfg, progress=None):
         samples, seed and workers by the top level.
     progress : callable, optional
         Called as ``progress(done, total, "stamps")`` after each chunk of galaxies.
+    keep_models : bool
+        Also return every object's noise-free image.
 
     Returns
     -------
@@ -677,6 +710,9 @@ def simulate_tile(cfg, progress=None):
         One row per galaxy; X/Y_PIX0 0-based, X/Y_IMAGE 1-based.
     header_cards : list of (key, value, comment)
         TAN WCS, GAIN, SATURATE, SEEING (arcsec), EXPTIME, MAGZP (AB), provenance.
+    models : list of (x_lo, y_lo, ndarray)
+        Only with ``keep_models``: per truth row, the 0-based tile pixel of the lower-left
+        corner of its noise-free ``draw_size_pix | 1`` square image (float32, ADU).
     """
     from . import __version__
     from .config import config_hash
@@ -684,9 +720,8 @@ def simulate_tile(cfg, progress=None):
     t = cfg.tile
     t0 = time.perf_counter()
     kind = t.galaxy_kind
-    samples, _ = _load_samples(cfg, kind == "parametric", kind == "real")
-    sample = samples["parametric"] if kind == "parametric" else samples["real_test"]
-    plans, truth, (g1, g2) = _plan_tile(cfg, sample)
+    samples, _ = _load_samples(cfg, kind != "real", kind != "parametric")
+    plans, truth, (g1, g2) = _plan_tile(cfg, *_tile_samples(cfg, samples))
     settings = _settings(cfg)
     settings["tile_psf_g1"], settings["tile_psf_g2"] = g1, g2
     chunks = [plans[i:i + cfg.chunk_size] for i in range(0, len(plans), cfg.chunk_size)]
@@ -694,11 +729,13 @@ def simulate_tile(cfg, progress=None):
              t.nx_pix, t.ny_pix, len(plans), int(np.sum(truth["PAIR_ID"] >= 0)),
              cfg.n_workers)
     image = np.zeros((t.ny_pix, t.nx_pix), dtype=np.float32)
-    fluxes, snrs = [], []
+    fluxes, snrs, models = [], [], []
     for drawn, flux, snr in _run_chunks(_draw_tile_chunk, chunks, settings, cfg.n_workers,
                                         progress):
         fluxes.append(flux)
         snrs.append(snr)
+        if keep_models:
+            models += drawn
         for x_lo, y_lo, arr in drawn:
             ny, nx = arr.shape
             ty0, ty1 = max(y_lo, 0), min(y_lo + ny, t.ny_pix)
@@ -744,6 +781,8 @@ def simulate_tile(cfg, progress=None):
         ("BH_NGAL", len(plans), "galaxies drawn"),
     ]
     log.info("tile simulated in %.1f s", time.perf_counter() - t0)
+    if keep_models:
+        return image, weight, truth, cards, models
     return image, weight, truth, cards
 
 
@@ -776,13 +815,17 @@ def run_simulate(cfg, progress=None):
         return (f"simulate: wrote {len(stamps)} {cfg.set_kind} stamps to {cfg.output} in "
                 f"{dt:.1f} s ({len(stamps) / dt:.1f} stamps/s)")
     t = cfg.tile
-    for path in (t.image, t.weight, t.truth):
-        io.check_output(path, cfg.overwrite, make_parents=True)
-    image, weight, truth, cards = simulate_tile(cfg, progress)
+    for path in (t.image, t.weight, t.truth, t.models):
+        if path is not None:
+            io.check_output(path, cfg.overwrite, make_parents=True)
+    image, weight, truth, cards, *models = simulate_tile(cfg, progress,
+                                                          keep_models=t.models is not None)
     io.write_tile(t.image, image, t.weight, weight, cards,
                   compress=str(t.image).endswith(".fz"), overwrite=cfg.overwrite)
     io.write_truth(t.truth, truth, [c for c in cards if c[0] in ("MAGZP", "BH_SEED")],
                    cfg.overwrite)
+    if t.models is not None:
+        io.write_tile_models(t.models, models[0], cfg.overwrite)
     dt = time.perf_counter() - t0
     return (f"simulate: wrote a {t.nx_pix}x{t.ny_pix} tile with {len(truth)} galaxies to "
             f"{t.image} in {dt:.1f} s ({len(truth) / dt:.1f} galaxies/s)")

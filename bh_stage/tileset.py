@@ -1,0 +1,166 @@
+"""Tile sets of the tile-level study: simulate, SExtract, give truth, cut and featurise.
+
+A tile folder holds ``tile.fits``, ``tile.weight.fits``, ``tile_truth.fits``,
+``tile_models.h5`` (noise-free object images), and, from ``source-extractor``, ``tile.cat``
+and ``tile_seg.fits``. ``prepare_tile`` makes what is missing; ``detection_table`` gives each
+detection its truth classes (``tiletruth``) and catalogue features (``cues``);
+``detection_features`` cuts the stage's stamps and runs the backbone once, cached in the
+folder as ``features_<key>.npz``.
+"""
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from . import cues, io, tiletruth
+from .stamps import cut_stamps, zoom_centre
+
+__all__ = ["TILE_FILES", "ROLES", "prepare_tile", "prepare_role", "tile_folders",
+           "simulate_config", "detection_table", "detection_features", "tile_pixels"]
+
+log = logging.getLogger(__name__)
+
+TILE_FILES = {"image": "tile.fits", "weight": "tile.weight.fits", "truth": "tile_truth.fits",
+              "models": "tile_models.h5", "catalogue": "tile.cat",
+              "segmentation": "tile_seg.fits"}
+"""Files of a tile folder, by role."""
+
+
+def prepare_tile(folder, sim_cfg, sextractor_config, progress=None):
+    """Simulate the tile of ``sim_cfg`` into ``folder`` and SExtract it, unless present.
+
+    ``sim_cfg`` is a ``SimulateConfig`` in mode 'tile'; its output paths are replaced by the
+    folder's ``TILE_FILES``.
+    """
+    import dataclasses
+
+    from .sextractor import run_sextractor
+    from .simulate import run_simulate
+
+    folder = Path(folder)
+    files = {k: folder / v for k, v in TILE_FILES.items()}
+    if not all(files[k].is_file() for k in ("image", "weight", "truth", "models")):
+        tile = dataclasses.replace(sim_cfg.tile, image=str(files["image"]),
+                                   weight=str(files["weight"]), truth=str(files["truth"]),
+                                   models=str(files["models"]))
+        run_simulate(dataclasses.replace(sim_cfg, mode="tile", tile=tile, overwrite=True),
+                     progress)
+    if not (files["catalogue"].is_file() and files["segmentation"].is_file()):
+        run_sextractor(files["image"], files["weight"], files["catalogue"], sextractor_config,
+                       files["segmentation"])
+    return files
+
+
+def detection_table(folder, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE"):
+    """Return ``(positions, truth_classes, catalogue_features)`` of a prepared tile folder.
+
+    positions : (x_pix, y_pix) 0-based; truth_classes : ``tiletruth.TRUTH_CLASS_DTYPE``;
+    catalogue_features : ``cues.catalogue_features``.
+    """
+    import fitsio
+
+    folder = Path(folder)
+    f = {k: folder / v for k, v in TILE_FILES.items()}
+    cat = io.read_catalogue(f["catalogue"], x_column, y_column)
+    columns = io.read_columns(f["catalogue"], cues.CATALOGUE_COLUMNS)
+    corners, images = io.read_tile_models(f["models"])
+    truth = fitsio.read(str(f["truth"]), ext="TRUTH")
+    classes = tiletruth.classify_detections(io.read_segmentation(f["segmentation"]),
+                                            np.asarray(cat.ids), truth, corners, images)
+    feats = cues.catalogue_features(columns, cat.x_pix, cat.y_pix)
+    return (cat.x_pix, cat.y_pix), classes, feats
+
+
+def tile_pixels(image_path, weight_path):
+    """Read a tile as the stage does: background-subtracted image, bad-pixel mask, rms."""
+    from .stage import _bad_pixels, _subtract_background
+
+    image, _ = io.read_tile(image_path)
+    weight, _ = io.read_tile(weight_path) if weight_path is not None else (None, None)
+    bad = _bad_pixels(image, weight)
+    rms = _subtract_background(image, bad)
+    return image, bad, rms
+
+
+def detection_features(folder, backbone, backbone_source, mode, size_pix=51, pad_pix=7,
+                       seed=0, batch_size=256, zoom=1):
+    """Backbone taps of every detection's stage stamp, cached in the folder.
+
+    Returns
+    -------
+    dict
+        ``{tap: (n, features) float32}`` plus ``edge_frac`` and ``mask_frac``.
+    """
+    from .tilehead import tapped_features
+
+    folder = Path(folder)
+    key = hashlib.sha256(f"{backbone_source}:{mode}:{size_pix}:{pad_pix}:{seed}:{zoom}:"
+                         f"{(folder / TILE_FILES['catalogue']).stat().st_mtime_ns}"
+                         .encode()).hexdigest()[:12]
+    cache = folder / f"features_{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return {k: z[k].astype(np.float32) for k in z.files}
+    f = {k: folder / v for k, v in TILE_FILES.items()}
+    cat = io.read_catalogue(f["catalogue"], "XWIN_IMAGE", "YWIN_IMAGE")
+    image, bad, rms = tile_pixels(f["image"], f["weight"])
+    x = np.where(np.isfinite(cat.x_pix), cat.x_pix, 0.0)
+    y = np.where(np.isfinite(cat.y_pix), cat.y_pix, 0.0)
+    out = {}
+    for start in range(0, cat.nrows, 1024):
+        rows = slice(start, min(start + 1024, cat.nrows))
+        stamps, edge, mask = cut_stamps(image, x[rows], y[rows], size_pix, pad_pix, bad=bad,
+                                        fill_sigma=rms, seed=seed, first_index=start)
+        if zoom > 1:
+            stamps = zoom_centre(stamps, zoom)
+        taps = tapped_features(stamps, backbone, mode, batch_size)
+        taps.update(edge_frac=edge, mask_frac=mask)
+        for k, v in taps.items():
+            out.setdefault(k, []).append(v)
+        log.info("%s: %d/%d detections featurised", folder, rows.stop, cat.nrows)
+    out = {k: np.concatenate(v) for k, v in out.items()}
+    with io.atomic_output(cache, overwrite=True) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: (v.astype(np.float16) if v.ndim == 2 else v)
+                            for k, v in out.items()})
+    return out
+
+
+ROLES = ("train", "valid", "test")
+"""Tile roles: training and validation tiles hold training galaxies, test tiles test ones."""
+
+
+def tile_folders(tiles, role):
+    """Folders of the tiles of one role: ``work_dir/<role><seed>``."""
+    seeds = getattr(tiles, f"{role}_seeds")
+    return [Path(tiles.work_dir) / f"{role}{seed}" for seed in seeds]
+
+
+def simulate_config(tiles, role, seed):
+    """The ``SimulateConfig`` (mode 'tile') of one tile of the tile set."""
+    from .config import SimulateConfig, config_from_dict
+
+    pairs = tiles.train_close_pair_fraction if role == "train" else tiles.close_pair_fraction
+    return config_from_dict(SimulateConfig, {
+        "mode": "tile", "seed": seed, "cosmos_dir": tiles.cosmos_dir,
+        "n_workers": tiles.n_workers, "real_half": "test",
+        "magnitude": {"mag_max": tiles.mag_max},
+        "tile": {"nx_pix": tiles.size_pix, "ny_pix": tiles.size_pix,
+                 "galaxy_kind": "real" if role == "test" else "mixed",
+                 "density_per_arcmin2": tiles.density_per_arcmin2,
+                 "star_density_per_arcmin2": tiles.star_density_per_arcmin2,
+                 "close_pair_fraction": pairs,
+                 "pair_min_separation_pix": tiles.pair_min_separation_pix,
+                 "pair_max_separation_pix": tiles.pair_max_separation_pix,
+                 "noise_sigma_adu": tiles.noise_sigma_adu}})
+
+
+def prepare_role(tiles, role, progress=None):
+    """Simulate and SExtract the missing tiles of one role; return their folders."""
+    folders = tile_folders(tiles, role)
+    for folder, seed in zip(folders, getattr(tiles, f"{role}_seeds")):
+        prepare_tile(folder, simulate_config(tiles, role, seed), tiles.sextractor_config,
+                     progress)
+    return folders

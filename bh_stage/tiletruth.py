@@ -1,0 +1,177 @@
+"""Tile-level truth: what each SExtractor detection of a simulated tile really holds.
+
+Inputs, all in memory: the segmentation map (each pixel the NUMBER of its detection, 0 for
+sky), the detections' NUMBER, the tile's truth table and every true object's noise-free image
+(``simulate_tile(..., keep_models=True)``). Output: one truth row per detection
+(``TRUTH_CLASS_DTYPE``).
+
+The flux ``F[j, s]`` of true object ``j`` inside segment ``s`` decides everything. The *main*
+object of detection ``s`` is the one with the most flux in it. A second object is *merged*
+into ``s`` when ``F[j, s] >= min_flux_ratio * F[main, s]`` and ``s`` is the detection holding
+most of ``j``'s flux (``j`` has no detection of its own): the detection is then an
+**unrecognised blend**, two objects reported as one, the case the catalogue cannot see.
+The neighbourhood classes use true positions and the *neighbours* of the main object, other
+objects with at least ``min_flux_ratio`` of its total flux: **close companion** (a neighbour
+within ``close_max_pix``), **paper blend** (a neighbour inside the 51x51 stamp, the paper's
+definition), **isolated** (no neighbour within ``isolated_min_pix``). A detection with no
+object flux in its segment is *spurious* (``MAIN_ID`` -1, every class 0).
+
+Positions are 0-based pixels (numpy), as in the truth table's ``X_PIX0, Y_PIX0``.
+"""
+
+import numpy as np
+
+__all__ = ["TRUTH_CLASS_DTYPE", "TRUTH_CLASSES", "segment_fluxes", "classify_detections"]
+
+TRUTH_CLASS_DTYPE = np.dtype([
+    ("NUMBER", "i8"), ("MAIN_ID", "i8"), ("GROUP", "i8"), ("MAIN_KIND", "S10"),
+    ("MAIN_MAG", "f8"), ("MAIN_SNR", "f8"), ("UNRECOGNISED", "i1"), ("N_MERGED", "i2"),
+    ("COMP_FLUX_RATIO", "f8"), ("COMP_SEPARATION_PIX", "f8"), ("NEAREST_TRUE_PIX", "f8"),
+    ("CLOSE_COMPANION", "i1"), ("UNDETECTED_CLOSE", "i1"), ("PAPER_BLEND", "i1"),
+    ("ISOLATED", "i1"),
+])
+"""Per detection: ``GROUP`` is the bootstrap unit (one per distinct COSMOS galaxy; each star
+its own); ``COMP_*`` describe the brightest merged object (NaN if none);
+``NEAREST_TRUE_PIX`` is the distance from the main object to its nearest neighbour;
+``UNDETECTED_CLOSE`` a close neighbour without a detection of its own."""
+
+TRUTH_CLASSES = {
+    "unrecognised": "UNRECOGNISED",
+    "close": "CLOSE_COMPANION",
+    "paper": "PAPER_BLEND",
+    "isolated": "ISOLATED",
+}
+"""Truth class name -> its column in ``TRUTH_CLASS_DTYPE``."""
+
+
+def segment_fluxes(segmentation, corners_xy_pix, images):
+    """Return the flux of every true object in every segment it touches.
+
+    Parameters
+    ----------
+    segmentation : ndarray, int, shape (ny, nx)
+        SExtractor segmentation map, 0-based ``[y, x]``.
+    corners_xy_pix : ndarray, int, shape (n, 2)
+        0-based tile pixel (x, y) of each image's lower-left corner.
+    images : ndarray, float, shape (n, d, d)
+        Noise-free image of each object, ADU.
+
+    Returns
+    -------
+    obj, label : ndarray of int64
+        Object index and segment NUMBER of each (object, segment) pair with positive flux;
+        label 0 is the sky.
+    flux_adu : ndarray of float64
+    """
+    ny, nx = segmentation.shape
+    d = images.shape[1]
+    objs, labels, fluxes = [], [], []
+    for j, (x_lo, y_lo) in enumerate(np.asarray(corners_xy_pix)):
+        y0, y1 = max(y_lo, 0), min(y_lo + d, ny)
+        x0, x1 = max(x_lo, 0), min(x_lo + d, nx)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        seg = segmentation[y0:y1, x0:x1].ravel()
+        img = images[j, y0 - y_lo:y1 - y_lo, x0 - x_lo:x1 - x_lo].ravel().astype(np.float64)
+        uniq, inverse = np.unique(seg, return_inverse=True)
+        sums = np.bincount(inverse, weights=img, minlength=uniq.size)
+        keep = sums > 0
+        objs.append(np.full(keep.sum(), j))
+        labels.append(uniq[keep])
+        fluxes.append(sums[keep])
+    if not objs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return (np.concatenate(objs).astype(np.int64), np.concatenate(labels).astype(np.int64),
+            np.concatenate(fluxes))
+
+
+def _groups(truth):
+    """Bootstrap unit of each true object: its COSMOS galaxy (kind + id); stars alone."""
+    keys = [(k, g) if g >= 0 else ("star", i)
+            for i, (k, g) in enumerate(zip(truth["KIND"], truth["GAL_ID"]))]
+    index = {key: n for n, key in enumerate(dict.fromkeys(keys))}
+    return np.array([index[key] for key in keys], dtype=np.int64)
+
+
+def classify_detections(segmentation, numbers, truth, corners_xy_pix, images,
+                        min_flux_ratio=0.1, close_max_pix=10.0, stamp_half_pix=25,
+                        isolated_min_pix=36.0):
+    """Give every detection its truth classes.
+
+    Parameters
+    ----------
+    segmentation : ndarray, int, shape (ny, nx)
+        SExtractor segmentation map.
+    numbers : ndarray of int, shape (m,)
+        NUMBER of each catalogue row (its segment label).
+    truth : structured ndarray
+        The tile's truth table (``simulate.TILE_TRUTH_DTYPE``), one row per object image.
+    corners_xy_pix, images
+        As ``segment_fluxes``.
+    min_flux_ratio : float
+        Merged objects and neighbours need this fraction of the main object's flux
+        (in the segment, resp. in total). Default 0.1.
+    close_max_pix : float
+        Close companion: a neighbour nearer than this, pixels. Default 10.
+    stamp_half_pix : int
+        Paper blend: a neighbour with ``|dx|, |dy| <= this`` (the 51x51 stamp). Default 25.
+    isolated_min_pix : float
+        Isolated: no neighbour within this, pixels. Default 36.
+
+    Returns
+    -------
+    ndarray, ``TRUTH_CLASS_DTYPE``, shape (m,)
+    """
+    obj, label, flux = segment_fluxes(segmentation, corners_xy_pix, images)
+    n_obj = len(truth)
+    total = images.reshape(n_obj, -1).sum(axis=1).astype(np.float64)
+    # The detection holding most of each object's flux (0: none).
+    home = np.zeros(n_obj, dtype=np.int64)
+    best = np.zeros(n_obj)
+    for j, s, f in zip(obj, label, flux):
+        if s > 0 and f > best[j]:
+            home[j], best[j] = s, f
+    by_label = {}
+    for j, s, f in zip(obj, label, flux):
+        if s > 0:
+            by_label.setdefault(int(s), []).append((f, int(j)))
+    x, y = truth["X_PIX0"], truth["Y_PIX0"]
+    groups = _groups(truth)
+    out = np.zeros(len(numbers), dtype=TRUTH_CLASS_DTYPE)
+    out["NUMBER"] = numbers
+    out["MAIN_ID"] = -1
+    out["GROUP"] = -1
+    for field in ("MAIN_MAG", "MAIN_SNR", "COMP_FLUX_RATIO", "COMP_SEPARATION_PIX",
+                  "NEAREST_TRUE_PIX"):
+        out[field] = np.nan
+    for r, s in enumerate(np.asarray(numbers)):
+        members = sorted(by_label.get(int(s), []), reverse=True)
+        if not members:
+            continue
+        f_main, main = members[0]
+        row = out[r]
+        row["MAIN_ID"], row["GROUP"] = truth["ID"][main], groups[main]
+        row["MAIN_KIND"], row["MAIN_MAG"] = truth["KIND"][main], truth["MAG"][main]
+        row["MAIN_SNR"] = truth["SNR"][main]
+        merged = [(f, j) for f, j in members[1:]
+                  if f >= min_flux_ratio * f_main and home[j] == s]
+        row["N_MERGED"] = len(merged)
+        if merged:
+            f_comp, comp = merged[0]
+            row["UNRECOGNISED"] = 1
+            row["COMP_FLUX_RATIO"] = f_comp / f_main
+            row["COMP_SEPARATION_PIX"] = np.hypot(x[comp] - x[main], y[comp] - y[main])
+        neighbour = total >= min_flux_ratio * total[main]
+        neighbour[main] = False
+        dx, dy = x[neighbour] - x[main], y[neighbour] - y[main]
+        dist = np.hypot(dx, dy)
+        if dist.size:
+            row["NEAREST_TRUE_PIX"] = dist.min()
+        close = dist < close_max_pix
+        row["CLOSE_COMPANION"] = close.any()
+        row["UNDETECTED_CLOSE"] = np.isin(home[neighbour][close], (0, s)).any()
+        row["PAPER_BLEND"] = ((np.abs(dx) <= stamp_half_pix)
+                              & (np.abs(dy) <= stamp_half_pix)).any()
+        row["ISOLATED"] = not (dist < isolated_min_pix).any()
+        out[r] = row
+    return out
