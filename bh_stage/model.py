@@ -750,13 +750,33 @@ def openvino_model(model, metadata, input_shape, ov_cache_dir=None):
     return core, ov_model
 
 
+def _openvino_runs_bf16(compiled):
+    """Return True if an OpenVINO compiled model really computes in bf16.
+
+    Parameters
+    ----------
+    compiled : openvino.CompiledModel
+        Compiled with ``{"INFERENCE_PRECISION_HINT": "bf16"}``; a CPU without bf16 falls back
+        to f32 and reports that in the same property.
+
+    Returns
+    -------
+    bool
+        The compiled model's ``INFERENCE_PRECISION_HINT`` is ``openvino.Type.bf16`` (its
+        ``str`` reads ``<Type: 'bfloat16'>``, so a substring test for "bf16" is always false).
+    """
+    import openvino as ov
+
+    return compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+
+
 def _openvino_compile(model, head, input_shape, ov_cache_dir=None):
     """Compile the fused model with OpenVINO for bf16 on CPU (f32 where the CPU has no bf16)."""
     core, ov_model = openvino_model(model, head.metadata, input_shape, ov_cache_dir)
     compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
-    actual = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    if "bf16" not in actual:
+    if not _openvino_runs_bf16(compiled):
         log.warning("precision bf16: this CPU has no bf16 support (OpenVINO capabilities %s); "
                     "OpenVINO runs in %s, at about f32 speed",
-                    core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"), actual)
+                    core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
+                    compiled.get_property("INFERENCE_PRECISION_HINT"))
     return compiled

@@ -240,30 +240,66 @@ def test_one_preprocess_for_training_and_inference(hed_backbone, head_file, monk
     np.testing.assert_allclose(p, p_feat, rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_close_to_f32(hed_backbone, tmp_path):
+def test_openvino_runs_bf16_reads_the_type():
+    """Regression: the compiled model reports ``<Type: 'bfloat16'>``, so the old check
+    ``"bf16" in str(...)`` said "no bf16" on every CPU and always warned."""
     ov = pytest.importorskip("openvino")
-    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if "BF16" not in capabilities:
-        pytest.skip(f"this CPU has no bf16 (OpenVINO: {', '.join(capabilities)}): "
-                    "precision bf16 runs in f32 there, so comparing it with f32 tests nothing")
-    stamps = blob_stamps(24, seed=2)
-    # a head whose probabilities spread over (0, 1) on these stamps, so |dP| means something
-    w = _random_head_weights()
-    feats = bh_model.extract_features(stamps, hed_backbone, "caffe")
-    hidden = np.maximum((feats @ w[0] + w[1]) @ w[2] + w[3], 0)  # dropout is off at inference
-    z = hidden @ w[4][:, 0]
-    w[4] = w[4] * (2.0 / z.std())
-    w[5] = np.array([-np.median(z) * 2.0 / z.std()], np.float32)
-    head_json = bh_model.save_head(tmp_path / "spread.json", w, _meta())
-    p32 = bh_model.load_classifier(head_json, backbone=hed_backbone).predict_proba(stamps)
-    assert p32.min() < 0.3 and p32.max() > 0.7
-    clf16 = bh_model.load_classifier(head_json, precision="bf16", backbone=hed_backbone,
-                                     ov_cache_dir=tmp_path)
+
+    class Compiled:
+        def __init__(self, precision):
+            self.precision = precision
+
+        def get_property(self, name):
+            assert name == "INFERENCE_PRECISION_HINT"
+            return self.precision
+
+    assert str(ov.Type.bf16) == "<Type: 'bfloat16'>"
+    assert bh_model._openvino_runs_bf16(Compiled(ov.Type.bf16))
+    assert not bh_model._openvino_runs_bf16(Compiled(ov.Type.f32))
+    assert not bh_model._openvino_runs_bf16(Compiled(ov.Type.f16))
+
+
+BF16_P99_ABS_DP = 0.06
+"""bf16 promise, 99th percentile of |P_bf16 - P_f32|. bench/bench_bf16.py, default head on
+14000 synthetic stamps in 4 sets (AMX CPU): p99 0.044-0.047, 99.9th percentile 0.06-0.09; the
+p99 of 200-stamp subsets ranged 0.035-0.053. int8 gives a p99 of 0.17-0.29
+(bench/results/int8.json)."""
+
+BF16_MAX_ABS_DP = 0.15
+"""bf16 bound on every stamp: max |dP| 0.09-0.12 in the same sets, and |logit_bf16 -
+logit_f32| <= 0.53, so |dP| <= 0.53 / 4 = 0.13."""
+
+
+def test_bf16_close_to_f32(hed_backbone, tmp_path, caplog):
+    """The shipped default head in bf16 against f32 on 200 blob stamps: the 99th percentile
+    of |dP|, every |dP|, and the decisions at blend_threshold, which may differ only where f32
+    is within BF16_P99_ABS_DP of the threshold (in the bench 0.25-0.45 % of stamps flip, all
+    within 0.04 of it)."""
+    pytest.importorskip("openvino")
+    stamps = blob_stamps(200, seed=2)
+    with caplog.at_level("WARNING", logger="bh_stage.model"):
+        clf16 = bh_model.load_classifier("default", precision="bf16", backbone=hed_backbone,
+                                         ov_cache_dir=tmp_path)
+    if not bh_model._openvino_runs_bf16(clf16._compiled):
+        pytest.skip("this CPU has no bf16: precision bf16 runs in f32 there, so comparing it "
+                    "with f32 tests nothing")
+    assert "no bf16 support" not in caplog.text  # regression: it warned on bf16 CPUs too
     p16 = clf16.predict_proba(stamps)
-    assert p16.shape == (24,) and p16.dtype == np.float32
-    assert np.max(np.abs(p16 - p32)) <= 0.02
+    clf32 = bh_model.load_classifier("default", backbone=hed_backbone)
+    p32 = clf32.predict_proba(stamps)
+    assert p16.shape == (200,) and p16.dtype == np.float32
+    threshold = clf32.blend_threshold
+    # the stamps test the head near its threshold, not only at 0 and 1
+    assert np.sum(np.abs(p32 - threshold) < 0.3) >= 10
+    assert np.sum(p32 >= threshold) >= 20 and np.sum(p32 < threshold) >= 20
+    dp = np.abs(p16.astype(np.float64) - p32)
+    assert np.percentile(dp, 99) <= BF16_P99_ABS_DP
+    assert dp.max() <= BF16_MAX_ABS_DP
+    flipped = (p16 >= threshold) != (p32 >= threshold)
+    assert flipped.mean() <= 0.02
+    assert np.all(np.abs(p32[flipped] - threshold) <= BF16_P99_ABS_DP)
     assert list(tmp_path.glob("bh_*.xml"))  # converted model cached
     # a second load reads the cache and gives the same numbers
-    p16b = bh_model.load_classifier(head_json, precision="bf16", backbone=hed_backbone,
+    p16b = bh_model.load_classifier("default", precision="bf16", backbone=hed_backbone,
                                     ov_cache_dir=tmp_path).predict_proba(stamps)
     np.testing.assert_allclose(p16b, p16, atol=1e-6)
