@@ -1,0 +1,145 @@
+"""Tests of bh_stage.metrics: ROC numbers on hand-made scores with ties, and the galaxy
+bootstrap against the row bootstrap."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bh_stage import metrics
+
+# --- ROC --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scores, labels, auc", [
+    ([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], 1.0),     # perfect
+    ([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], 0.0),     # reversed
+    ([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1], 0.5),     # constant: every pair a tie
+    ([0.3, 0.5, 0.5, 0.9], [0, 0, 1, 1], 0.875),   # one tied pair of four counts 1/2
+])
+def test_roc_auc_known_answers(scores, labels, auc):
+    assert metrics.roc_auc(scores, labels) == pytest.approx(auc, abs=1e-12)
+
+
+def test_roc_auc_one_class_is_nan():
+    assert np.isnan(metrics.roc_auc([0.1, 0.2], [1, 1]))
+    assert np.isnan(metrics.roc_auc([0.1, 0.2], [0, 0]))
+
+
+def test_roc_curve_steps_over_ties():
+    fpr, tpr = metrics.roc_curve([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0])
+    np.testing.assert_allclose(fpr, [0, 0, 0.5, 1])  # the tie at 0.5 is one point
+    np.testing.assert_allclose(tpr, [0, 0.5, 1, 1])
+
+
+# negatives 0.5, 0.5, 0.5, 0.1; positives 0.5, 0.9
+TIED_SCORES = [0.5, 0.5, 0.5, 0.1, 0.5, 0.9]
+TIED_LABELS = [0, 0, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("fpr, realised, tpr", [
+    (0.0, 0.0, 0.5),    # above every negative: only 0.9
+    (0.5, 0.0, 0.5),    # 3 of 4 negatives tie at 0.5: taking them would give 0.75
+    (0.74, 0.0, 0.5),
+    (0.75, 0.75, 1.0),  # just above 0.1: the three tied negatives and both positives
+    (0.99, 0.75, 1.0),
+    (1.0, 1.0, 1.0),    # every negative allowed: threshold -inf
+])
+def test_threshold_and_tpr_at_fpr_never_split_ties(fpr, realised, tpr):
+    scores, labels = np.array(TIED_SCORES), np.array(TIED_LABELS, bool)
+    t = metrics.threshold_at_fpr(scores, labels, fpr)
+    assert np.mean(scores[~labels] >= t) == pytest.approx(realised, abs=1e-12)
+    assert metrics.tpr_at_fpr(scores, labels, fpr) == pytest.approx(tpr, abs=1e-12)
+
+
+def test_threshold_at_fpr_is_just_above_a_negative():
+    t = metrics.threshold_at_fpr(TIED_SCORES, TIED_LABELS, 0.5)
+    assert t > 0.5 and t == np.nextafter(0.5, 1.0)
+    assert metrics.threshold_at_fpr(TIED_SCORES, TIED_LABELS, 1.0) == -np.inf
+    assert metrics.threshold_at_fpr([0.3], [1], 0.1) == -np.inf  # no negatives
+    assert np.isnan(metrics.tpr_at_fpr([0.3, 0.4], [0, 0], 0.1))  # no positives
+
+
+def test_threshold_at_fpr_reaches_a_decimal_target():
+    scores = np.arange(100.0)
+    t = metrics.threshold_at_fpr(scores, np.zeros(100, bool), 0.29)
+    assert t == np.nextafter(70.0, np.inf)  # 29 negatives (71 ... 99) at or above t
+    assert np.mean(scores >= t) == 0.29
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores=st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5001, 0.9, 1.0]),
+                       min_size=1, max_size=40),
+       data=st.data(), fpr=st.floats(0.0, 1.0))
+def test_threshold_at_fpr_property(scores, data, fpr):
+    """Few distinct scores, so most cases have ties: the realised FPR never exceeds the
+    target, and the next lower negative score as threshold would exceed it."""
+    labels = np.array(data.draw(st.lists(st.booleans(), min_size=len(scores),
+                                         max_size=len(scores))))
+    scores = np.array(scores)
+    neg = scores[~labels]
+    t = metrics.threshold_at_fpr(scores, labels, fpr)
+    if neg.size == 0:
+        assert t == -np.inf
+        return
+    # threshold_at_fpr adds 1e-9 to fpr * n_negatives before flooring, so that a decimal
+    # target such as 0.29 of 100 is reached (0.29 * 100 is 28.999999999999996)
+    assert np.mean(neg >= t) <= fpr + 1e-9 / neg.size
+    below = neg[neg < t]
+    if below.size:  # t is the lowest threshold: one step lower takes too many negatives
+        assert np.mean(neg >= below.max()) > fpr
+    tpr = metrics.tpr_at_fpr(scores, labels, fpr)
+    if labels.any():
+        assert tpr == pytest.approx(np.mean(scores[labels] >= t), abs=1e-12)
+
+
+# --- bootstrap by galaxy ----------------------------------------------------------------
+
+def test_bootstrap_with_one_row_per_group_is_the_row_bootstrap():
+    x = np.random.default_rng(4).normal(5.0, 1.0, 200)
+    boot = metrics.group_bootstrap(np.arange(200), lambda rows: x[rows].mean(), n_boot=4000,
+                                   seed=1)
+    assert boot.shape == (4000,)
+    se = x.std() / np.sqrt(200)  # the bootstrap's standard error of the mean
+    assert boot.mean() == pytest.approx(x.mean(), abs=4 * se / np.sqrt(4000))
+    assert boot.std() == pytest.approx(se, rel=0.05)
+
+
+def test_bootstrap_of_identical_rows_in_groups_is_wider():
+    """20 galaxies, each seen in 10 identical rows: the data hold 20 independent values, so
+    the interval is sqrt(10) times the row bootstrap's, which wrongly counts 200."""
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(20), 10)
+    x = rng.normal(0.0, 1.0, 20)[groups]
+
+    def mean(rows):
+        return x[rows].mean()
+
+    lo_g, hi_g = metrics.interval(metrics.group_bootstrap(groups, mean, 2000, seed=2))
+    lo_r, hi_r = metrics.interval(metrics.group_bootstrap(np.arange(200), mean, 2000, seed=2))
+    assert (hi_g - lo_g) / (hi_r - lo_r) == pytest.approx(np.sqrt(10), rel=0.15)
+    se_g = x[::10].std() / np.sqrt(20)
+    assert hi_g - lo_g == pytest.approx(2 * 1.96 * se_g, rel=0.15)
+    assert lo_g < x.mean() < hi_g
+
+
+def test_bootstrap_draws_whole_groups_and_is_seeded():
+    groups = np.array([7, 3, 3, 3])  # sizes 1 and 3; labels need not be 0..k-1
+    sizes = metrics.group_bootstrap(groups, len, n_boot=300, seed=0)
+    assert set(sizes) == {2.0, 4.0, 6.0}  # two groups drawn: 1+1, 1+3 or 3+3 rows
+    first = metrics.group_bootstrap(groups, lambda r: np.sort(r)[0], n_boot=50, seed=3)
+    again = metrics.group_bootstrap(groups, lambda r: np.sort(r)[0], n_boot=50, seed=3)
+    np.testing.assert_array_equal(first, again)
+    vec = metrics.group_bootstrap(groups, lambda r: np.array([len(r), np.nan]), n_boot=5)
+    assert vec.shape == (5, 2) and np.all(np.isnan(vec[:, 1]))
+
+
+def test_interval_levels():
+    samples = np.arange(1001.0)  # percentiles are exact: the q-th percentile is 10 q
+    assert metrics.interval(samples) == pytest.approx((25.0, 975.0))
+    assert metrics.interval(samples, level=0.68) == pytest.approx((160.0, 840.0))
+    assert metrics.interval(samples, level=0.0) == pytest.approx((500.0, 500.0))
+    with_nan = np.r_[samples, [np.nan] * 50]
+    assert metrics.interval(with_nan, 0.9) == pytest.approx((50.0, 950.0))
+    lo, hi = metrics.interval([np.nan, np.nan])
+    assert np.isnan(lo) and np.isnan(hi)
