@@ -1,7 +1,8 @@
 """bh-stage: BlendHunter blend identification as a weak-lensing pipeline stage.
 
-Reads a tile and its SExtractor catalogue, scores a stamp at every detection with a
-BlendHunter network (Farrens et al. 2021) and with SEP, and writes blend columns.
+Reads a tile and its SExtractor catalogue, scores a stamp at every detection for an
+unrecognised blend (the tile head), for the paper's blend (a BlendHunter network, Farrens et
+al. 2021) and with SEP, and writes blend columns.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

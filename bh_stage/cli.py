@@ -1,4 +1,4 @@
-"""Command line: ``bh-stage run|simulate|train|evaluate|show-config``.
+"""Command line: ``bh-stage run|simulate|train|evaluate|train-tile|evaluate-tile|show-config``.
 
 Parses arguments, sets up logging and a progress bar, and calls one API function per
 subcommand. A ``BhStageError`` prints one line to stderr and exits with code 2; Ctrl-C prints
@@ -138,16 +138,21 @@ def _cmd_run(args):
     return table
 
 
+MODULES = {"simulate": "simulate", "train": "train", "evaluate": "evaluate",
+           "train-tile": "tilehead", "evaluate-tile": "evaluate_tile"}
+"""Module of each config-file subcommand; it defines ``run_<subcommand with _>(cfg)``."""
+
+
 def _cmd_schema(name):
-    """Return the command of subcommand ``name``: load its config, call ``run_<name>``."""
+    """Return the command of subcommand ``name``: load its config, call its ``run_`` function."""
     def command(args):
         from . import config
 
-        module = importlib.import_module(f".{name}", __package__)
+        module = importlib.import_module(f".{MODULES[name]}", __package__)
         cfg = config.load_config(args.config, config.SCHEMAS[name], args.set)
         bar = _ProgressBar(args.quiet)
         try:
-            return getattr(module, f"run_{name}")(cfg, progress=bar)
+            return getattr(module, f"run_{name.replace('-', '_')}")(cfg, progress=bar)
         finally:
             bar.close()
     return command
@@ -207,7 +212,11 @@ def build_parser():
 
     for name, text in (("simulate", "simulate stamp data sets or a tile with GalSim"),
                        ("train", "train a BlendHunter head on simulated stamps"),
-                       ("evaluate", "compare BlendHunter and SEP on a simulated test set")):
+                       ("evaluate", "compare BlendHunter and SEP on a simulated test set"),
+                       ("train-tile", "train the tile head (unrecognised blends) on "
+                        "simulated tiles"),
+                       ("evaluate-tile", "score every column against the truth of simulated "
+                        "test tiles")):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("config", help=f"YAML config (see example_config/{name}.yml)")
         add_set(p)
@@ -215,7 +224,7 @@ def build_parser():
 
     show = sub.add_parser("show-config", parents=[common],
                           help="print the commented reference of a config")
-    show.add_argument("command_name", choices=("run", "simulate", "train", "evaluate"))
+    show.add_argument("command_name", choices=("run",) + tuple(MODULES))
     show.set_defaults(func=_cmd_show_config)
     return parser
 

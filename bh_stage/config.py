@@ -97,17 +97,21 @@ class RunConfig:
         "auto", "Weight map of the tile (pixels of weight 0 count as masked): 'auto' uses "
         "{stem}.weight.fits or {stem}.weight.fits.fz beside the tile when present, none "
         "otherwise; a path or pattern must exist; null: none.")
-    head: str = option("default", "Trained head: 'default' (the shipped one matching the "
-                       "tile's noise), a shipped head's name, or a path to a head's .json.")
+    tile_head: str = option("default", "Tile head giving BLEND_PROB, P(unrecognised "
+                            "blend): 'default' (the shipped tile_unrecognised), a shipped "
+                            "head's name, or a path to a head's .json.")
+    head: str = option("default", "Paper head giving BH_PAPER_PROB: 'default' (the shipped "
+                       "one matching the tile's noise), a shipped head's name, or a path to a "
+                       "head's .json.")
     blend_threshold: typing.Optional[float] = option(
-        None, "BH_BLEND_FLAG is BLEND_PROB >= this; null: the head's calibrated threshold.",
-        min=0, max=1)
+        None, "BLEND_FLAG is BLEND_PROB >= this; null: the tile head's threshold (measured on "
+        "validation tiles).", min=0, max=1)
     hybrid_threshold: typing.Optional[float] = option(
-        None, "BLEND_FLAG is SEP_BLEND_FLAG or BLEND_PROB >= this; null: the head's "
-        "calibrated hybrid threshold.", min=0, max=1)
+        None, "BH_PAPER_FLAG is SEP_BLEND_FLAG or BH_PAPER_PROB >= this; null: the paper "
+        "head's calibrated hybrid threshold.", min=0, max=1)
     batch_size: int = option(256, "Stamps per network batch.", min=1)
     precision: str = option("f32", "Network arithmetic: 'f32' (TensorFlow) or 'bf16' "
-                            "(OpenVINO, about twice as fast, |dP| < 0.02).",
+                            "(OpenVINO, paper head only; |dP| <= 0.05 for 99 % of stamps).",
                             choices=("f32", "bf16"))
     output: str = option("{dir}/{stem}_bh.cat", "Output catalogue, path or pattern.")
     output_mode: str = option("add", "'add': a copy of the input catalogue with the new "
@@ -707,34 +711,24 @@ class TileSetConfig:
 class TrainTileConfig:
     """``bh-stage train-tile``: train the tile head, P(unrecognised blend) of a detection.
 
-    Features: the stage's own stamps at the ``source-extractor`` detections of the training
-    tiles, through the backbone (taps ``block4_pool``, ``block5_pool``), plus the detection's
-    catalogue features; labels from the tile truth. Early stopping, calibration (Platt) and
-    the ``BLEND_FLAG`` threshold use the validation tiles, at tile prevalence.
+    Inputs: the stage's own stamps at the ``source-extractor`` detections of the training
+    tiles and the detections' catalogue features; labels from the tile truth (see
+    ``bh_stage.tilehead``). Early stopping, calibration and the ``BLEND_FLAG`` threshold use
+    the validation tiles, at tile prevalence.
     """
 
     tiles: TileSetConfig = option(TileSetConfig, "The simulated tiles.")
-    backbone: str = option("hed", "Backbone weights: 'hed' (offline), 'imagenet' or a path.")
-    preprocess: str = option("caffe_clip", "Stamp preprocessing (see model.preprocess).",
-                             choices=("caffe", "paper", "caffe_clip", "caffe_signed"))
-    taps: typing.List[str] = option(["block4_pool", "block5_pool"], "Backbone layers the "
-                                    "head reads.", choices=("block4_pool", "block5_pool"))
-    catalogue_features: bool = option(True, "Give the head the detection's catalogue "
-                                      "features (cues.FEATURE_NAMES) too.")
     flag_fraction: float = option(0.1, "BLEND_FLAG threshold: the fraction of validation "
                                   "detections flagged.", min=0, max=1, min_exclusive=True)
-    max_epochs: int = option(100, "Maximum epochs.", min=1)
-    patience_epochs: int = option(8, "Stop after this many epochs without a lower "
-                                  "validation loss.", min=1)
-    seed: int = option(0, "Seed of weight initialisation, dropout and shuffling.", min=0)
+    max_epochs: int = option(80, "Maximum epochs.", min=1)
+    patience_epochs: int = option(6, "Stop after this many epochs without a higher "
+                                  "validation ROC AUC (the best epoch is kept).", min=1)
+    seed: int = option(0, "Seed of weight initialisation, dropout, shuffling and "
+                       "augmentation.", min=0)
     output_dir: str = option("data/heads", "Folder of the trained head.")
     head_name: str = option("tile_unrecognised", "Head name (<name>.json, "
                             "<name>.weights.npz).")
     overwrite: bool = option(False, "Replace an existing head of the same name.")
-
-    def validate(self):
-        if not self.taps or len(set(self.taps)) != len(self.taps):
-            raise ConfigError(f"taps: {self.taps} must name at least one layer, no repeats")
 
 
 SCHEMAS["train-tile"] = TrainTileConfig
@@ -757,7 +751,7 @@ class EvaluateTileConfig:
                                             "reported.", min=0, max=1)
     snr_min: float = option(10.0, "Also report detections whose main object has SNR >= "
                             "this.", min=0)
-    n_bootstrap: int = option(1000, "Bootstrap resamples of galaxies.", min=10)
+    n_bootstrap: int = option(500, "Bootstrap resamples of galaxies.", min=10)
     seed: int = option(0, "Seed of the bootstrap.", min=0)
     output_dir: str = option("results/evaluate_tile", "Folder of results.md, metrics.csv "
                              "and figures.")

@@ -168,8 +168,28 @@ def evaluate_tile(cfg, progress=None):
     rows = _metric_rows(table, cfg)
     info = {"catalogue_classifier": cat_name, "catalogue_valid_auc": cat_valid_auc,
             "n_test_detections": len(table), "seconds": time.perf_counter() - t0,
-            "ties_at_max": _ties_at_max(table["BLEND_PROB"])}
+            "ties_at_max": _ties_at_max(table["BLEND_PROB"]),
+            "prevalence": _prevalence(table, cfg)}
     return rows, table, info
+
+
+def _prevalence(table, cfg):
+    """Fraction of test detections in each truth class, with its 95 % galaxy interval."""
+    from .tiletruth import TRUTH_CLASSES
+
+    groups = _groups(table)
+    out = {}
+    for name, column in TRUTH_CLASSES.items():
+        values = table[column].astype(np.float64)
+        boot = metrics.group_bootstrap(groups, lambda idx: values[idx].mean(),
+                                       cfg.n_bootstrap, cfg.seed)
+        out[name] = (float(values.mean()), metrics.interval(boot, 0.95))
+    unrec = table["UNRECOGNISED"] == 1
+    out["median companion separation, px"] = float(np.nanmedian(
+        table["COMP_SEPARATION_PIX"][unrec])) if unrec.any() else float("nan")
+    out["median companion flux ratio"] = float(np.nanmedian(
+        table["COMP_FLUX_RATIO"][unrec])) if unrec.any() else float("nan")
+    return out
 
 
 def _ties_at_max(prob):
@@ -251,7 +271,17 @@ def _markdown(cfg, rows, info, command):
              + ", ".join(f"{k} {v:.3f}" for k, v in info["catalogue_valid_auc"].items())
              + ").", "",
              f"Scored detections tied at the maximum BLEND_PROB: {info['ties_at_max']:.2%}.",
-             ""]
+             "", "| truth class | fraction of test detections [95 %] |", "|---|---|"]
+    for name, value in info["prevalence"].items():
+        if isinstance(value, tuple):
+            lines.append(f"| {name} | {value[0]:.3f} [{value[1][0]:.3f}, {value[1][1]:.3f}] |")
+        else:
+            lines.append(f"| {name} | {value:.2f} |")
+    lines += ["", "Classes (`bh_stage.tiletruth`): *unrecognised*, a second object with >= 10 % "
+              "of the main object's flux inside the segment and no detection of its own; "
+              "*close companion*, another object with >= 10 % of the main object's flux "
+              "within 10 px; *paper blend*, such an object inside the 51x51 stamp; "
+              "*isolated*, none within 36 px.", ""]
     fpr_keys = [f"tpr_at_fpr_{f:g}" for f in cfg.fpr_points]
     for subset in dict.fromkeys(r["subset"] for r in rows):
         for comparison in COMPARISONS:

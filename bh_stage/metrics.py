@@ -131,6 +131,10 @@ def group_bootstrap(groups, statistic, n_boot=1000, seed=0):
 
 
 def interval(samples, level=0.95):
-    """Central interval of bootstrap samples (NaNs ignored), e.g. ``level=0.68`` or 0.95."""
+    """Central interval of 1-D bootstrap samples (NaNs ignored; all NaN: (NaN, NaN)), e.g.
+    ``level=0.68`` or 0.95."""
     lo = 50 * (1 - level)
+    samples = np.asarray(samples, dtype=np.float64)
+    if not np.isfinite(samples).any():
+        return (float("nan"), float("nan"))
     return tuple(float(v) for v in np.nanpercentile(samples, [lo, 100 - lo], axis=0))

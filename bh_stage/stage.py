@@ -3,9 +3,11 @@
 Input: a tile (optionally with a weight map) and its SExtractor catalogue. Output: the
 catalogue with every input row and column unchanged plus the columns in ``OUTPUT_COLUMNS``.
 This is the only module that joins ``io`` to the science modules. Follow one detection:
-``io.read_catalogue`` gives its 0-based position, ``stamps.cut_stamps`` its 65x65 stamp,
-``model.Classifier.predict_proba`` its ``BLEND_PROB``, ``sep_flags.classify_stamps`` its SEP
-verdict, and ``io.write_catalogue`` appends them to its row.
+``io.read_catalogue`` gives its 0-based position and ``cues`` its catalogue features,
+``stamps.cut_stamps`` its 65x65 stamp, ``tilehead.TileHead.predict_proba`` its
+``BLEND_PROB`` (P(unrecognised blend)), ``model.Classifier.predict_proba`` its
+``BH_PAPER_PROB`` (the paper's question), ``sep_flags.classify_stamps`` its SEP verdict, and
+``io.write_catalogue`` appends them to its row.
 """
 
 import concurrent.futures
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, io, model
+from . import __version__, cues, io, model, tilehead
 from .config import config_hash
 from .errors import ConfigError, InputFileError, ModelShapeError
 from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, classify_stamps,
@@ -29,11 +31,14 @@ __all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "resolve_paths"]
 log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = {
-    "BLEND_PROB": ("f4", "", "P(blend) by BlendHunter; NaN: not scored"),
-    "BH_BLEND_FLAG": ("i2", "", "BLEND_PROB >= the head's blend threshold"),
+    "BLEND_PROB": ("f8", "", "P(unrecognised blend); NaN: not scored"),
+    "BLEND_FLAG": ("i2", "", "recommended cut: BLEND_PROB >= BH_THR"),
+    "BH_PAPER_PROB": ("f4", "", "P(paper blend: another galaxy in the stamp)"),
+    "BH_PAPER_FLAG": ("i2", "", "SEP_BLEND_FLAG or BH_PAPER_PROB >= BH_HTHR"),
     "SEP_NSRC": ("i2", "", "SEP sources in the stamp; -1: not run or error"),
     "SEP_BLEND_FLAG": ("i2", "", "SEP: central source merged or NSRC >= 2"),
-    "BLEND_FLAG": ("i2", "", "SEP_BLEND_FLAG or BLEND_PROB >= hybrid thr"),
+    "BH_NEAREST_PIX": ("f4", "pixel", "distance to the nearest other detection"),
+    "BH_NDET_STAMP": ("i2", "", "other detections in the 51x51 stamp"),
     "BH_FLAGS": ("i2", "", "1 edge, 2 masked, 4 not scored, 8 SEP error"),
     "BH_EDGE_FRAC": ("f4", "", "fraction of the stamp off the tile"),
     "BH_MASK_FRAC": ("f4", "", "fraction of on-tile stamp pixels masked"),
@@ -47,17 +52,18 @@ class StageResult:
 
     output: Path
     n_objects: int
-    n_blend_bh: int
+    n_blend_flag: int
+    n_paper_flag: int
     n_blend_sep: int
-    n_blend_hybrid: int
     n_not_scored: int
     seconds: float
 
     def summary(self):
         rate = self.n_objects / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.output}: {self.n_objects} objects, blended: {self.n_blend_bh} by "
-                f"BlendHunter, {self.n_blend_sep} by SEP, {self.n_blend_hybrid} by BLEND_FLAG; "
-                f"{self.n_not_scored} not scored; {self.seconds:.1f} s ({rate:.1f} stamps/s)")
+        return (f"{self.output}: {self.n_objects} objects; BLEND_FLAG (unrecognised blends) "
+                f"{self.n_blend_flag}; paper blends: {self.n_paper_flag} by BH_PAPER_FLAG, "
+                f"{self.n_blend_sep} by SEP; {self.n_not_scored} not scored; "
+                f"{self.seconds:.1f} s ({rate:.1f} stamps/s)")
 
 
 def _stem(tile):
@@ -142,10 +148,12 @@ def _no_progress(done, total, step):
     """The ``progress`` of a run without a progress bar."""
 
 
-def _score(cfg, clf, image, bad, rms_adu, cat, scorable, progress):
-    """Stream the catalogue in batches; return BLEND_PROB, SEP columns and the fractions."""
+def _score(cfg, clf, tile_head, features, image, bad, rms_adu, cat, scorable, progress):
+    """Stream the catalogue in batches; return BLEND_PROB, BH_PAPER_PROB, SEP columns and the
+    fractions."""
     n = cat.nrows
-    prob = np.full(n, np.nan, dtype=np.float32)
+    prob = np.full(n, np.nan, dtype=np.float64)
+    paper = np.full(n, np.nan, dtype=np.float32)
     sep_out = np.zeros(n, dtype=[("nsrc", "i2"), ("blend", "i1"), ("error", "?")])
     edge = np.zeros(n, dtype=np.float32)
     mask = np.zeros(n, dtype=np.float32)
@@ -162,31 +170,34 @@ def _score(cfg, clf, image, bad, rms_adu, cat, scorable, progress):
             ok = scorable[rows] & (edge[rows] < 1) & (mask[rows] < 1)
             sep_job = pool.submit(classify_stamps, stamps, cfg.sep, None, start)
             if ok.any():
-                batch_prob = np.full(ok.size, np.nan, dtype=np.float32)
-                batch_prob[ok] = clf.predict_proba(stamps[ok])
-                prob[rows] = batch_prob
+                idx = np.arange(rows.start, rows.stop)[ok]
+                paper[idx] = clf.predict_proba(stamps[ok])
+                prob[idx] = tile_head.predict_proba(stamps[ok], rms_adu, features[idx])
             batch_sep = sep_job.result()
             batch_sep[~ok] = (-1, 0, False)  # no pixels of the object, no SEP verdict
             sep_out[rows] = batch_sep
             log.debug("objects %d-%d scored", rows.start, rows.stop - 1)
             progress(rows.stop, n, "objects")
     edge[~scorable] = mask[~scorable] = np.nan  # no position, no stamp
-    return prob, sep_out, edge, mask
+    return prob, paper, sep_out, edge, mask
 
 
-def _provenance(cfg, clf, rms_adu, blend_thr, hybrid_thr):
+def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr):
     meta = clf.metadata
     return [
-        # the two sha256 values with their comments take CONTINUE cards (FITS standard 4.0
+        # the sha256 values with their comments take CONTINUE cards (FITS standard 4.0
         # appendix; fitsverify warns when they are not declared)
         ("LONGSTRN", "OGIP 1.0", "The OGIP Long String Convention may be used."),
         ("BH_VERS", __version__, "bh-stage version"),
-        ("BH_HEAD", Path(clf.head_path).name, "BlendHunter head"),
-        ("BH_HSHA", meta["weights_sha256"][:64], "sha256 of the head's weights"),
-        ("BH_BACKB", meta["backbone"], "backbone of the head"),
-        ("BH_PREC", cfg.precision, "network precision"),
-        ("BH_THR", float(blend_thr), "BH_BLEND_FLAG threshold on BLEND_PROB"),
-        ("BH_HTHR", float(hybrid_thr), "BLEND_FLAG threshold on BLEND_PROB"),
+        ("BH_TARGET", tile_head.metadata["target"], "what BLEND_PROB is the probability of"),
+        ("BH_THEAD", Path(tile_head.path).name, "tile head (BLEND_PROB)"),
+        ("BH_TSHA", tile_head.metadata["weights_sha256"][:64], "sha256 of its weights"),
+        ("BH_THR", float(blend_thr), "BLEND_FLAG threshold on BLEND_PROB"),
+        ("BH_HEAD", Path(clf.head_path).name, "paper head (BH_PAPER_PROB)"),
+        ("BH_HSHA", meta["weights_sha256"][:64], "sha256 of the paper head's weights"),
+        ("BH_BACKB", meta["backbone"], "backbone of the paper head"),
+        ("BH_PREC", cfg.precision, "paper head network precision"),
+        ("BH_HTHR", float(hybrid_thr), "BH_PAPER_FLAG threshold on BH_PAPER_PROB"),
         ("BH_RMS", rms_adu, "[ADU] tile rms used to fill padding"),
         ("BH_CFGSH", config_hash(cfg), "sha256 of the resolved config"),
         ("BH_DATE", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -217,12 +228,16 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     StageResult
 
     The output holds every input row and column unchanged plus, per object:
-    ``BLEND_PROB`` (float32, probability; NaN if not scored), ``BH_BLEND_FLAG`` (int16, 0/1),
-    ``SEP_NSRC`` (int16, number of SEP sources; -1 on SEP error or where the object was not
-    scored: no finite position, or no unmasked pixel of its stamp on the tile),
-    ``SEP_BLEND_FLAG`` (int16, 0/1), ``BLEND_FLAG`` (int16, 0/1, the recommended hybrid),
-    ``BH_FLAGS`` (int16, bits of ``sep_flags.BH_FLAGS``), ``BH_EDGE_FRAC`` and
-    ``BH_MASK_FRAC`` (float32, fractions).
+    ``BLEND_PROB`` (float64, P(unrecognised blend): two or more objects reported as this one
+    detection, from the tile head; NaN if not scored), ``BLEND_FLAG`` (int16, 0/1, the
+    recommended cut ``BLEND_PROB >= blend_threshold``), ``BH_PAPER_PROB`` (float32, P(another
+    galaxy in the 51x51 stamp), the paper's question), ``BH_PAPER_FLAG`` (int16, 0/1, SEP or
+    ``BH_PAPER_PROB >= hybrid_threshold``), ``SEP_NSRC`` (int16, number of SEP sources; -1 on
+    SEP error or where the object was not scored: no finite position, or no unmasked pixel of
+    its stamp on the tile), ``SEP_BLEND_FLAG`` (int16, 0/1), ``BH_NEAREST_PIX`` (float32,
+    pixels to the nearest other detection; NaN without a position), ``BH_NDET_STAMP`` (int16,
+    other detections in the stamp; -1 without a position), ``BH_FLAGS`` (int16, bits of
+    ``sep_flags.BH_FLAGS``), ``BH_EDGE_FRAC`` and ``BH_MASK_FRAC`` (float32, fractions).
 
     Raises
     ------
@@ -249,6 +264,11 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     shape = io.tile_shape(tile)
     finite = _check_positions(cat, shape, cfg.stamp.size_pix // 2)
     log.info("%s: %d objects from %s (HDU %s)", tile, cat.nrows, cat_path, cat.extname)
+    tile_head = tilehead.load_tile_head(tilehead.tile_head_path(cfg.tile_head))
+    columns = io.read_columns(cat_path, tile_head.catalogue_columns, cfg.catalogue_hdu)
+    half_pix = cfg.stamp.size_pix // 2
+    features = (cues.catalogue_features(columns, cat.x_pix, cat.y_pix, half_pix)
+                if columns else np.zeros((cat.nrows, 0), np.float32))
 
     progress(0, 1, "reading tile")
     image, _ = io.read_tile(tile)
@@ -275,32 +295,38 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         raise ModelShapeError(f"{head}: head trained on {meta['size_pix']}px stamps padded by "
                               f"{meta['pad_pix']}, config asks {cfg.stamp.size_pix} and "
                               f"{cfg.stamp.pad_pix}; set stamp.size_pix / stamp.pad_pix")
-    blend_thr = clf.blend_threshold if cfg.blend_threshold is None else cfg.blend_threshold
+    blend_thr = (tile_head.blend_threshold if cfg.blend_threshold is None
+                 else cfg.blend_threshold)
     hybrid_thr = clf.hybrid_threshold if cfg.hybrid_threshold is None else cfg.hybrid_threshold
-    log.info("head %s (trained at sigma %.3g ADU), thresholds %.3f / %.3f", head,
-             meta["noise_sigma_adu"], blend_thr, hybrid_thr)
+    log.info("tile head %s, BLEND_FLAG threshold %.3g; paper head %s (trained at sigma %.3g "
+             "ADU), BH_PAPER_FLAG threshold %.3f", tile_head.path, blend_thr, head,
+             meta["noise_sigma_adu"], hybrid_thr)
 
-    prob, sep_out, edge, mask = _score(cfg, clf, image, bad, rms_adu, cat, finite, progress)
+    prob, paper, sep_out, edge, mask = _score(cfg, clf, tile_head, features, image, bad,
+                                              rms_adu, cat, finite, progress)
     del image, bad
 
     scored = np.isfinite(prob)
-    bh_flag = (scored & (prob >= blend_thr)).astype(np.int16)
+    flag = (scored & (prob >= blend_thr)).astype(np.int16)
     sep_flag = (sep_out["blend"] == 1).astype(np.int16)
-    hybrid = (sep_flag.astype(bool) | (scored & (prob >= hybrid_thr))).astype(np.int16)
+    paper_flag = (sep_flag.astype(bool) | (scored & (paper >= hybrid_thr))).astype(np.int16)
     flags = (np.where(edge > 0, BH_EDGE, 0) | np.where(mask > 0, BH_MASKED, 0)
              | np.where(~scored, BH_NOT_SCORED, 0)
              | np.where(sep_out["error"], BH_SEP_ERROR, 0)).astype(np.int16)
-    values = {"BLEND_PROB": prob, "BH_BLEND_FLAG": bh_flag, "SEP_NSRC": sep_out["nsrc"],
-              "SEP_BLEND_FLAG": sep_flag, "BLEND_FLAG": hybrid, "BH_FLAGS": flags,
-              "BH_EDGE_FRAC": edge, "BH_MASK_FRAC": mask}
+    values = {"BLEND_PROB": prob, "BLEND_FLAG": flag, "BH_PAPER_PROB": paper,
+              "BH_PAPER_FLAG": paper_flag, "SEP_NSRC": sep_out["nsrc"],
+              "SEP_BLEND_FLAG": sep_flag,
+              "BH_NEAREST_PIX": cues.nearest_detection_pix(cat.x_pix, cat.y_pix),
+              "BH_NDET_STAMP": cues.detections_in_stamp(cat.x_pix, cat.y_pix, half_pix),
+              "BH_FLAGS": flags, "BH_EDGE_FRAC": edge, "BH_MASK_FRAC": mask}
     columns = [io.NewColumn(name, np.asarray(values[name], dtype=dtype), unit, text)
                for name, (dtype, unit, text) in OUTPUT_COLUMNS.items()]
-    header = _provenance(cfg, clf, rms_adu, blend_thr, hybrid_thr)
+    header = _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr)
     io.write_catalogue(cat, output, columns, header, cfg.output_mode, cfg.id_column,
                        cfg.overwrite)
     for bit in (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR):
         count = int(((flags & bit) != 0).sum())
         if count:
             log.info("%d objects flagged %s", count, decode_flags(bit)[0])
-    return StageResult(output, cat.nrows, int(bh_flag.sum()), int(sep_flag.sum()),
-                       int(hybrid.sum()), int((~scored).sum()), time.perf_counter() - t0)
+    return StageResult(output, cat.nrows, int(flag.sum()), int(paper_flag.sum()),
+                       int(sep_flag.sum()), int((~scored).sum()), time.perf_counter() - t0)

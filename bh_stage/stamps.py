@@ -14,7 +14,7 @@ Gaussian noise of the tile's rms (``cut_stamps``), so both see noise of the same
 import numpy as np
 
 __all__ = ["nearest_pixel", "cut_stamps", "pad_stamps", "add_noise", "object_rng",
-           "dataset_noise_seeds", "zoom_centre"]
+           "dataset_noise_seeds"]
 
 
 def nearest_pixel(pos_pix):
@@ -141,19 +141,3 @@ def dataset_noise_seeds(seed, sigma_adu, realisation, indices):
     key = int(round(1000 * float(sigma_adu)))
     return [[int(seed), key, int(realisation), int(i)] for i in indices]
 
-
-def zoom_centre(stamps, zoom):
-    """Magnify the centre of square stamps by an integer factor (pixel replication).
-
-    The central ``ceil(side / zoom)`` (made odd) pixels are repeated ``zoom`` times on each
-    axis and the centre ``side`` of the result is kept, so the object's pixel stays at
-    ``side // 2`` (within a pixel of the magnified grid) and the output has the input's shape.
-    """
-    stamps = np.asarray(stamps)
-    side = stamps.shape[-1]
-    m = -(-side // zoom) | 1
-    c = side // 2
-    crop = stamps[..., c - m // 2:c + m // 2 + 1, c - m // 2:c + m // 2 + 1]
-    up = np.repeat(np.repeat(crop, zoom, axis=-2), zoom, axis=-1)
-    start = (up.shape[-1] - side) // 2
-    return np.ascontiguousarray(up[..., start:start + side, start:start + side])

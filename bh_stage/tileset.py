@@ -4,21 +4,19 @@ A tile folder holds ``tile.fits``, ``tile.weight.fits``, ``tile_truth.fits``,
 ``tile_models.h5`` (noise-free object images), and, from ``source-extractor``, ``tile.cat``
 and ``tile_seg.fits``. ``prepare_tile`` makes what is missing; ``detection_table`` gives each
 detection its truth classes (``tiletruth``) and catalogue features (``cues``);
-``detection_features`` cuts the stage's stamps and runs the backbone once, cached in the
-folder as ``features_<key>.npz``.
+``detection_stamps`` cuts the stage's stamps, cached in the folder.
 """
 
-import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from . import cues, io, tiletruth
-from .stamps import cut_stamps, zoom_centre
+from .stamps import cut_stamps
 
 __all__ = ["TILE_FILES", "ROLES", "prepare_tile", "prepare_role", "tile_folders",
-           "simulate_config", "detection_table", "detection_features", "tile_pixels"]
+           "simulate_config", "detection_table", "detection_stamps", "tile_pixels"]
 
 log = logging.getLogger(__name__)
 
@@ -84,48 +82,43 @@ def tile_pixels(image_path, weight_path):
     return image, bad, rms
 
 
-def detection_features(folder, backbone, backbone_source, mode, size_pix=51, pad_pix=7,
-                       seed=0, batch_size=256, zoom=1):
-    """Backbone taps of every detection's stage stamp, cached in the folder.
+def detection_stamps(folder, seed=0, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE"):
+    """The tile head's input of every detection: the central square of the stage's stamp.
+
+    Stamps are cut exactly as ``bh-stage run`` cuts them (51 px + 7 px noise padding, filled
+    with noise where off the tile or masked, seeded per object), then cropped to
+    ``tilehead.STAMP_SIDE_PIX``; cached in the folder as ``stamps_<seed>.npz``.
 
     Returns
     -------
-    dict
-        ``{tap: (n, features) float32}`` plus ``edge_frac`` and ``mask_frac``.
+    stamps : ndarray, float32, shape (n, s, s)
+        ADU, background subtracted.
+    rms_adu : float
+        The tile's rms.
     """
-    from .tilehead import tapped_features
+    from .tilehead import centre_stamps
 
     folder = Path(folder)
-    key = hashlib.sha256(f"{backbone_source}:{mode}:{size_pix}:{pad_pix}:{seed}:{zoom}:"
-                         f"{(folder / TILE_FILES['catalogue']).stat().st_mtime_ns}"
-                         .encode()).hexdigest()[:12]
-    cache = folder / f"features_{key}.npz"
+    cache = folder / f"stamps_{seed}.npz"
     if cache.is_file():
         with np.load(cache) as z:
-            return {k: z[k].astype(np.float32) for k in z.files}
+            return z["stamps"], float(z["rms_adu"])
     f = {k: folder / v for k, v in TILE_FILES.items()}
-    cat = io.read_catalogue(f["catalogue"], "XWIN_IMAGE", "YWIN_IMAGE")
+    cat = io.read_catalogue(f["catalogue"], x_column, y_column)
     image, bad, rms = tile_pixels(f["image"], f["weight"])
     x = np.where(np.isfinite(cat.x_pix), cat.x_pix, 0.0)
     y = np.where(np.isfinite(cat.y_pix), cat.y_pix, 0.0)
-    out = {}
+    parts = []
     for start in range(0, cat.nrows, 1024):
         rows = slice(start, min(start + 1024, cat.nrows))
-        stamps, edge, mask = cut_stamps(image, x[rows], y[rows], size_pix, pad_pix, bad=bad,
-                                        fill_sigma=rms, seed=seed, first_index=start)
-        if zoom > 1:
-            stamps = zoom_centre(stamps, zoom)
-        taps = tapped_features(stamps, backbone, mode, batch_size)
-        taps.update(edge_frac=edge, mask_frac=mask)
-        for k, v in taps.items():
-            out.setdefault(k, []).append(v)
-        log.info("%s: %d/%d detections featurised", folder, rows.stop, cat.nrows)
-    out = {k: np.concatenate(v) for k, v in out.items()}
+        stamps, _, _ = cut_stamps(image, x[rows], y[rows], 51, 7, bad=bad, fill_sigma=rms,
+                                  seed=seed, first_index=start)
+        parts.append(centre_stamps(stamps))
+    stamps = np.concatenate(parts) if parts else np.zeros((0, 33, 33), np.float32)
     with io.atomic_output(cache, overwrite=True) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: (v.astype(np.float16) if v.ndim == 2 else v)
-                            for k, v in out.items()})
-    return out
+            np.savez(fh, stamps=stamps, rms_adu=rms)
+    return stamps, rms
 
 
 ROLES = ("train", "valid", "test")

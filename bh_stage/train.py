@@ -484,6 +484,7 @@ def train(cfg, progress=None):
                 "test_accuracy_sep": float(np.mean(sep_test == y_test.astype(bool)))}
     val_loss = float(history["best_val_loss"])
     metadata = {
+        "target": bh_model.PAPER_TARGET,
         "backbone": str(cfg.backbone), "backbone_sha256": backbone_sha,
         "preprocess": cfg.preprocess, "input_shape": list(bh_model.INPUT_SHAPE),
         "size_pix": cfg.stamp.size_pix, "pad_pix": cfg.stamp.pad_pix,

@@ -71,3 +71,19 @@ python bench/bench_finetune.py --dataset $work/mixed24k.h5 --realistic $work/rea
     --max-epochs 4 --patience 2
 pip install nncf && python bench/bench_int8.py --dataset $work/mixed24k.h5 \
     --realistic $work/realistic4k.h5 --head $work/heads/cfis_sigma15_clip.json
+
+# --- Tile level (README "Which column to cut on"; about 45 min on 2 cores) ---------------
+# Ten 4000x4000 CFIS-like tiles with per-object truth (their noise-free images), each run
+# through source-extractor with a segmentation map: six training and two validation tiles
+# of training galaxies (parametric + the training half of the real sample), two test tiles of
+# test-half real galaxies only. train-tile makes any missing tile, then the shipped tile
+# head data/heads/tile_unrecognised (the session that made it used WORKDIR=/work/tiles via
+# tiles.work_dir, with the same seeds).
+bh-stage train-tile example_config/train-tile.yml --set tiles.work_dir=$work/tiles \
+    --set overwrite=true
+# The tile-level report: bh-stage run on the test tiles, every column and free cue against
+# the truth, galaxy-bootstrap intervals -> docs/results_tile/.
+bh-stage evaluate-tile example_config/evaluate-tile.yml --set tiles.work_dir=$work/tiles \
+    --set output_dir=docs/results_tile --set overwrite=true
+# Heads on frozen VGG16 features on the same validation tiles (why the tile head is not one).
+python bench/bench_tile_heads.py --work-dir $work/tiles --train 101,102,103 --valid 201,202

@@ -86,20 +86,26 @@ def write_ldac(path, x_pix, y_pix):
     import fitsio
 
     n = len(x_pix)
+    photometry = ["FLUX_RADIUS", "A_IMAGE", "B_IMAGE", "FLUX_AUTO", "FLUXERR_AUTO", "MAG_AUTO",
+                  "CLASS_STAR"]  # what the tile head reads, with FLAGS
     objects = np.zeros(n, dtype=[("NUMBER", ">i4"), ("XWIN_IMAGE", ">f8"),
                                  ("YWIN_IMAGE", ">f8"), ("FLAGS", ">i2"),
-                                 ("VIGNET", ">f4", (3, 3))])
+                                 ("VIGNET", ">f4", (3, 3))] + [(c, ">f4") for c in photometry])
     objects["NUMBER"] = np.arange(1, n + 1)
     objects["XWIN_IMAGE"] = np.asarray(x_pix) + 1.0  # SExtractor is 1-based
     objects["YWIN_IMAGE"] = np.asarray(y_pix) + 1.0
     objects["VIGNET"] = np.arange(9, dtype=np.float32).reshape(3, 3)
+    for column, value in zip(photometry, (1.8, 1.9, 1.7, 4000.0, 40.0, 21.0, 0.5)):
+        objects[column] = value
     imhead = np.zeros(1, dtype=[("Field Header Card", "S80", (3,))])
     imhead["Field Header Card"][0] = [b"SIMPLE  =                    T", b"GAIN    = 1.0",
                                       b"END"]
     with fitsio.FITS(str(path), "rw", clobber=True) as fits:
         fits.write(None)
         fits.write(imhead, extname="LDAC_IMHEAD")
-        fits.write(objects, extname="LDAC_OBJECTS", units=["", "pixel", "pixel", "", "count"])
+        fits.write(objects, extname="LDAC_OBJECTS",
+                   units=["", "pixel", "pixel", "", "count", "pixel", "pixel", "pixel", "count",
+                          "count", "mag", ""])
         hdu = fits[-1]
         hdu.write_key("TTYPE2", "XWIN_IMAGE", comment="Windowed position estimate along x")
         hdu.write_key("TDISP2", "F11.4")
@@ -139,11 +145,34 @@ class FakeClassifier:
         return np.clip((stamps > 40).sum(axis=(1, 2)) / 5.0, 0, 1).astype(np.float32)
 
 
+class FakeTileHead:
+    """Stands in for ``tilehead.TileHead`` without TensorFlow and without catalogue columns:
+    P(unrecognised blend) grows with the pixels above 40 ADU outside the central 7x7 box but
+    inside the central 21x21 (a companion within ~10 px)."""
+
+    catalogue_columns = ()
+    blend_threshold = 0.5
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.metadata = {"target": "unrecognised_blend", "weights_sha256": "1" * 64}
+
+    def predict_proba(self, stamps, rms_adu, features):
+        assert features.shape == (len(stamps), 0) and rms_adu > 0
+        c = stamps.shape[-1] // 2
+        inner = np.array(stamps[:, c - 10:c + 11, c - 10:c + 11], dtype=np.float64)
+        inner[:, 7:14, 7:14] = 0
+        return np.clip((inner > 40).sum(axis=(1, 2)) / 5.0, 0.01, 0.99)
+
+
 @pytest.fixture
 def fake_classifier(monkeypatch, tmp_path):
-    """Patch ``bh_stage.model`` so the stage scores with ``FakeClassifier``."""
-    from bh_stage import model
+    """Patch ``bh_stage.model`` and ``bh_stage.tilehead`` so the stage scores with
+    ``FakeClassifier`` (BH_PAPER_PROB) and ``FakeTileHead`` (BLEND_PROB)."""
+    from bh_stage import model, tilehead
 
+    monkeypatch.setattr(tilehead, "tile_head_path", lambda name: tmp_path / "fake_tile.json")
+    monkeypatch.setattr(tilehead, "load_tile_head", FakeTileHead)
     made = []
 
     def load(head, **kwargs):

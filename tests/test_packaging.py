@@ -117,7 +117,7 @@ def test_wheel_ships_every_head(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = {n.split("/data/", 1)[1] for n in z.namelist() if ".data/data/" in n}
     shipped = {f"share/bh-stage/heads/{p.name}" for p in (REPO / "data" / "heads").iterdir()}
-    assert len(shipped) == 14 and names == shipped
+    assert len(shipped) == 16 and names == shipped  # 7 paper heads, 1 tile head
 
 
 def test_installed_package_resolves_default_head(wheel, tmp_path):
@@ -135,11 +135,13 @@ def test_installed_package_resolves_default_head(wheel, tmp_path):
     # this environment's packages after the new one's; its .pth files (the editable
     # install of the checkout) are not run
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    code = ("from bh_stage import model; print(model.__file__); "
-            "print(model.head_path('default', noise_sigma_adu=14.5))")
+    code = ("from bh_stage import model, tilehead; print(model.__file__); "
+            "print(model.head_path('default', noise_sigma_adu=14.5)); "
+            "print(tilehead.tile_head_path('default'))")
     out = subprocess.run([str(python), "-c", code], cwd=tmp_path, check=True, text=True,
                          capture_output=True, env={"PATH": "/usr/bin:/bin"})
-    module, head = out.stdout.split()
+    module, head, tile_head = out.stdout.split()
     assert module.startswith(site)
-    assert head == str((env / "share" / "bh-stage" / "heads"
-                        / "cfis_sigma15_clip_80k.json").resolve())
+    heads = (env / "share" / "bh-stage" / "heads").resolve()
+    assert head == str(heads / "cfis_sigma15_clip_80k.json")
+    assert tile_head == str(heads / "tile_unrecognised.json")

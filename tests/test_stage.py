@@ -41,14 +41,23 @@ def test_columns_added_and_input_preserved(small_tile, fake_classifier):
         hin, hout = fin[2].read_header(), fout[2].read_header()
         for key in ("TTYPE2", "TUNIT2", "TDISP2", "TDIM5"):
             assert hout[key] == hin[key] and hout.get_comment(key) == hin.get_comment(key)
-        assert hout.get_comment("TTYPE6") == OUTPUT_COLUMNS["BLEND_PROB"][2]
+        first_new = f"TTYPE{len(old.dtype.names) + 1}"
+        assert hout[first_new] == "BLEND_PROB"
+        assert hout.get_comment(first_new) == OUTPUT_COLUMNS["BLEND_PROB"][2]
         assert hout["BH_VERS"] and len(hout["BH_CFGSH"]) == 64
-    # Source 1 is isolated; SEP does not split the 3.4 px pair, the fake classifier does.
+    # Source 1 is isolated; SEP does not split the 3.4 px pair, the fake heads do.
     assert new["SEP_NSRC"][0] == 1 and new["SEP_BLEND_FLAG"][0] == 0
     assert new["BH_FLAGS"].tolist() == [1, 1, 1]  # every 51x51 stamp crosses the tile edge
     assert new["BLEND_PROB"][0] < 0.5 and (new["BLEND_PROB"][1:] >= 0.5).all()
-    assert (new["BLEND_FLAG"] >= new["SEP_BLEND_FLAG"]).all()
-    assert (new["BH_BLEND_FLAG"] == (new["BLEND_PROB"] >= 0.5)).all()
+    assert new["BLEND_PROB"].dtype.itemsize == 8  # float64: no saturation at 1
+    assert (new["BLEND_FLAG"] == (new["BLEND_PROB"] >= 0.5)).all()
+    assert new["BH_PAPER_PROB"][0] < 0.5 and (new["BH_PAPER_PROB"][1:] >= 0.5).all()
+    assert (new["BH_PAPER_FLAG"] >= new["SEP_BLEND_FLAG"]).all()
+    # the pair members are 3.35 px apart, the isolated source 76.4 px from them
+    np.testing.assert_allclose(new["BH_NEAREST_PIX"], [np.hypot(55, 53), np.hypot(3, 1.5),
+                                                       np.hypot(3, 1.5)], rtol=1e-6)
+    assert new["BH_NDET_STAMP"].tolist() == [0, 1, 1]
+    assert hout["BH_TARGET"] == "unrecognised_blend" and hout["BH_THR"] == 0.5
 
 
 def test_edge_masked_and_nan_positions_are_flags(small_tile, fake_classifier):
@@ -72,7 +81,7 @@ def test_edge_masked_and_nan_positions_are_flags(small_tile, fake_classifier):
 
 def test_no_position_gets_no_sep_verdict(small_tile, fake_classifier):
     """Regression: an object without a finite position got the SEP columns of a stamp cut
-    at the tile corner, (0, 0), here holding two sources, so SEP_NSRC 2 and BLEND_FLAG 1."""
+    at the tile corner, (0, 0), here holding two sources, so SEP_NSRC 2 and a blend flag."""
     fitsio.write(str(small_tile / "tile.fits"),
                  gaussian_image(TILE_SHAPE, [(20.0, 22.0), (8.0, 6.0), (75.0, 75.0)]),
                  clobber=True)
@@ -83,7 +92,8 @@ def test_no_position_gets_no_sep_verdict(small_tile, fake_classifier):
     for row in (1, 2):
         assert out["SEP_NSRC"][row] == -1
         assert out["SEP_BLEND_FLAG"][row] == 0 and out["BLEND_FLAG"][row] == 0
-        assert out["BH_BLEND_FLAG"][row] == 0 and np.isnan(out["BLEND_PROB"][row])
+        assert out["BH_PAPER_FLAG"][row] == 0 and np.isnan(out["BLEND_PROB"][row])
+        assert np.isnan(out["BH_PAPER_PROB"][row]) and out["BH_NDET_STAMP"][row] == -1
         assert out["BH_FLAGS"][row] == BH_NOT_SCORED  # and not BH_SEP_ERROR
     assert result.n_not_scored == 2 and result.n_blend_sep == 1
 

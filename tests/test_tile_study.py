@@ -1,0 +1,101 @@
+"""The tile-level study end to end on small tiles: simulate with truth, source-extractor with a
+segmentation map, ``bh-stage train-tile``, then ``bh-stage evaluate-tile`` (about a minute);
+and the tile head's pure pieces."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bh_stage import tilehead
+
+
+def test_centre_and_scale_stamps():
+    stamps = np.arange(2 * 65 * 65, dtype=np.float32).reshape(2, 65, 65)
+    centre = tilehead.centre_stamps(stamps, 33)
+    assert centre.shape == (2, 33, 33)
+    assert centre[0, 16, 16] == stamps[0, 32, 32]  # the object pixel stays at the centre
+    x = tilehead.scale_stamps(np.full((1, 3, 3), 30.0), rms_adu=10.0)
+    assert x.shape == (1, 3, 3, 1) and x.dtype == np.float32
+    np.testing.assert_allclose(x, np.arcsinh(1.0), rtol=1e-6)
+
+
+def test_sigmoid_does_not_saturate_or_overflow():
+    p = tilehead.sigmoid(np.array([-800.0, 0.0, 20.0, 30.0, 800.0]))
+    assert p[1] == 0.5 and p[0] >= 0 and p[-1] == 1.0
+    assert p[2] < p[3] < 1.0  # float64 keeps logits 20 and 30 apart (float32 does not)
+
+
+def test_calibration_recovers_a_known_law():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, 20000)
+    labels = rng.random(20000) < tilehead.sigmoid(0.5 * logits - 1.0)
+    a, b = tilehead.calibrate_logits(logits, labels)
+    assert a == pytest.approx(0.5, abs=0.05) and b == pytest.approx(-1.0, abs=0.07)
+
+
+def test_reliability_bins_hold_every_detection():
+    rng = np.random.default_rng(1)
+    p = rng.random(1000)
+    y = rng.random(1000) < p
+    bins = tilehead.reliability(p, y, n_bins=5)
+    assert sum(b["n"] for b in bins) == 1000
+    for b in bins:  # a calibrated score: frequency close to the mean prediction
+        assert abs(b["freq"] - b["p_mean"]) < 0.1
+
+
+@pytest.mark.integration
+def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
+    from bh_stage.cli import main
+
+    tiles = [f"tiles.work_dir={tmp_path / 'tiles'}", f"tiles.cosmos_dir={cosmos_dir}",
+             "tiles.size_pix=600", "tiles.train_seeds=[1,2]", "tiles.valid_seeds=[3]",
+             "tiles.test_seeds=[4]", "tiles.close_pair_fraction=0.4",
+             "tiles.train_close_pair_fraction=0.4", "tiles.n_workers=1"]
+    heads = tmp_path / "heads"
+    assert main(["-q", "train-tile", "example_config/train-tile.yml", *["--set=" + s for s in tiles],
+                 f"--set=output_dir={heads}", "--set=max_epochs=2"]) == 0
+    meta = json.loads((heads / "tile_unrecognised.json").read_text())
+    assert meta["target"] == "unrecognised_blend"
+    assert meta["architecture"] == tilehead.ARCHITECTURE
+    assert 0 < meta["valid"]["prevalence"] < 1 and meta["calibration"]["a"] != 0
+    assert meta["tiles"]["train_seeds"] == [1, 2]
+    run = tmp_path / "run.yml"
+    run.write_text(f"tile_head: {heads / 'tile_unrecognised.json'}\n")
+    out = tmp_path / "report"
+    assert main(["-q", "evaluate-tile", "example_config/evaluate-tile.yml",
+                 *["--set=" + s for s in tiles], f"--set=run_config={run}",
+                 f"--set=output_dir={out}", "--set=n_bootstrap=20"]) == 0
+    text = (out / "results.md").read_text()
+    assert "## unrecognised vs all others (all:" in text and "BLEND_PROB" in text
+    table = np.load(out / "detections.npz")["table"]
+    import fitsio
+
+    n_test = fitsio.FITS(str(tmp_path / "tiles" / "test4" / "tile.cat"))[
+        "LDAC_OBJECTS"].get_nrows()
+    assert len(table) == n_test > 20
+    assert table["UNRECOGNISED"].sum() > 0 and table["ISOLATED"].sum() > 0
+    assert np.isfinite(table["BLEND_PROB"]).mean() > 0.9
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("subset,comparison,score")
+    assert (out / "roc.png").stat().st_size > 10000
+
+
+def test_shipped_tile_head_loads_and_scores():
+    """The shipped tile head: its metadata says what it is, and it scores stage stamps with
+    probabilities strictly inside (0, 1) that follow the calibration of its logits."""
+    from bh_stage import cues
+
+    head = tilehead.load_tile_head(tilehead.tile_head_path("default"))
+    meta = head.metadata
+    assert meta["target"] == "unrecognised_blend" and meta["architecture"] == tilehead.ARCHITECTURE
+    assert head.catalogue_columns == cues.CATALOGUE_COLUMNS
+    assert 0 < head.blend_threshold < 1 and meta["valid"]["roc_auc"] > 0.5
+    rng = np.random.default_rng(0)
+    stamps = rng.normal(0, 14.5, (6, 65, 65)).astype(np.float32)
+    stamps[:3, 32, 32] += 3000.0  # a bright point source in half of them
+    feats = np.tile(np.asarray(meta["feature_mean"], np.float32), (6, 1))
+    p = head.predict_proba(stamps, 14.5, feats)
+    assert p.shape == (6,) and ((p > 0) & (p < 1)).all()
+    a, b = meta["calibration"]["a"], meta["calibration"]["b"]
+    np.testing.assert_allclose(p, tilehead.sigmoid(a * head.logits(stamps, 14.5, feats) + b))
