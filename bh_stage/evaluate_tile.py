@@ -298,8 +298,10 @@ def _markdown(cfg, rows, info, command):
                 flags = ("–" if not np.isfinite(r.get("flag_tpr", np.nan)) else
                          f"{r['flag_tpr']:.3f} / {r['flag_fpr']:.3f} / "
                          f"{r['flag_fraction']:.3f}")
-                lines.append(f"| {r['score']} | {_fmt(r, 'roc_auc')} | "
-                             + " | ".join(_fmt(r, k) for k in fpr_keys) + f" | {flags} |")
+                rates = (["–"] * len(fpr_keys) if r["score"] in BINARY  # one operating point
+                         else [_fmt(r, k) for k in fpr_keys])
+                lines.append(f"| {r['score']} | {_fmt(r, 'roc_auc')} | " + " | ".join(rates)
+                             + f" | {flags} |")
             lines.append("")
     return "\n".join(lines) + "\n"
 
