@@ -6,7 +6,9 @@ detection (``tiletruth``); the free catalogue cues and a catalogue-only classifi
 the training tiles and chosen on the validation tiles; then, for every score and truth
 comparison, ROC AUC, TPR at fixed FPRs and the fraction flagged, each with 68 % and 95 %
 intervals from a bootstrap over galaxies (``metrics.group_bootstrap``). Outputs in
-``output_dir``: ``results.md``, ``metrics.csv``, ``detections.npz`` and figures.
+``output_dir``: ``results.md``, ``metrics.csv``, ``detections.npz`` and figures (ROC
+curves, TPR vs separation and flux ratio, a gallery of caught, missed and false unrecognised
+blends).
 """
 
 import dataclasses
@@ -369,6 +371,39 @@ def _figures(table, cfg, outdir):
     plt.close(fig)
 
 
+def _gallery(table, folders, outdir, n_per_row=8):
+    """Stamps of caught, missed and falsely flagged unrecognised blends (``BLEND_FLAG``),
+    the highest ``BLEND_PROB`` first, each titled with its tile row and truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_output
+
+    stamps = {f.name: tileset.detection_stamps(f)[0] for f in folders}
+    row_in_tile = np.concatenate([np.arange(len(stamps[f.name])) for f in folders])
+    flag, unrec = table["BLEND_FLAG"] > 0, table["UNRECOGNISED"] == 1
+    rows = {"caught": flag & unrec, "missed": ~flag & unrec, "false": flag & ~unrec}
+    fig, axes = plt.subplots(3, n_per_row, figsize=(1.6 * n_per_row, 5.4))
+    for ax_row, (name, keep) in zip(axes, rows.items()):
+        idx = np.flatnonzero(keep)
+        idx = idx[np.argsort(-table["BLEND_PROB"][idx])][:n_per_row]
+        for ax, i in zip(ax_row, list(idx) + [None] * (n_per_row - len(idx))):
+            ax.set_axis_off()
+            if i is None:
+                continue
+            stamp = stamps[table["TILE"][i].decode()][row_in_tile[i]]
+            ax.imshow(np.arcsinh(stamp / 20.0), origin="lower", cmap="gray_r")
+            sep = table["COMP_SEPARATION_PIX"][i]
+            ax.set_title(f"{name} #{row_in_tile[i] + 1}\np={table['BLEND_PROB'][i]:.2f}"
+                         + (f" d={sep:.1f}" if np.isfinite(sep) else ""), fontsize=7)
+    fig.tight_layout()
+    with atomic_output(outdir / "gallery.png", overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def run_evaluate_tile(cfg, progress=None):
     """``bh-stage evaluate-tile CONFIG``: write the report; return one summary line."""
     from .io import atomic_output, check_output
@@ -386,6 +421,7 @@ def run_evaluate_tile(cfg, progress=None):
         with open(tmp, "wb") as fh:
             np.savez(fh, table=table)
     _figures(table, cfg, outdir)
+    _gallery(table, tileset.tile_folders(cfg.tiles, "test"), outdir)
     head = [r for r in rows if r["subset"] == "all" and r["score"] == "BLEND_PROB"
             and r["comparison"] == "unrecognised vs all others"][0]
     return (f"evaluate-tile: {info['n_test_detections']} test detections; BLEND_PROB on "

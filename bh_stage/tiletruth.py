@@ -40,6 +40,7 @@ TRUTH_CLASSES = {
     "close": "CLOSE_COMPANION",
     "paper": "PAPER_BLEND",
     "isolated": "ISOLATED",
+    "undetected close companion": "UNDETECTED_CLOSE",
 }
 """Truth class name -> its column in ``TRUTH_CLASS_DTYPE``."""
 

@@ -166,7 +166,7 @@ def test_real_frame_every_detection_scored_or_flagged(real_run):
                   .sum()) - 1 for x, y in zip(old["XWIN_IMAGE"], old["YWIN_IMAGE"])]
     print(f"real frame: {len(new)} detections, {int(scored.sum())} scored; BLEND_FLAG "
           f"{int(new['BLEND_FLAG'].sum())}, SEP {int(new['SEP_BLEND_FLAG'].sum())}, "
-          f"BlendHunter {int(new['BH_BLEND_FLAG'].sum())}; other detections in a 51x51 "
+          f"paper head {int(new['BH_PAPER_FLAG'].sum())}; other detections in a 51x51 "
           f"stamp: mean {np.mean(others):.2f}; tile rms {header['BH_RMS']:.1f} ADU, head "
           f"{header['BH_HEAD']}; {run.stdout.strip()}")
 
