@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import logging
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, classif
                         decode_flags)
 from .stamps import cut_stamps
 
-__all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "resolve_paths"]
+__all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "output_columns", "resolve_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,15 @@ OUTPUT_COLUMNS = {
 }
 """Columns added by the stage: name -> (dtype, TUNIT, description used as TTYPE comment)."""
 
+PAPER_COLUMNS = ("BH_PAPER_PROB", "BH_PAPER_FLAG")
+"""Columns of the paper head, not written with ``head: none``."""
+
+
+def output_columns(cfg):
+    """The ``OUTPUT_COLUMNS`` a run with config ``cfg`` writes, in order."""
+    return {name: spec for name, spec in OUTPUT_COLUMNS.items()
+            if cfg.head != "none" or name not in PAPER_COLUMNS}
+
 
 @dataclasses.dataclass
 class StageResult:
@@ -53,16 +63,18 @@ class StageResult:
     output: Path
     n_objects: int
     n_blend_flag: int
-    n_paper_flag: int
+    n_paper_flag: typing.Optional[int]
     n_blend_sep: int
     n_not_scored: int
     seconds: float
 
     def summary(self):
         rate = self.n_objects / self.seconds if self.seconds > 0 else 0.0
+        paper = ("" if self.n_paper_flag is None
+                 else f"{self.n_paper_flag} by BH_PAPER_FLAG, ")
         return (f"{self.output}: {self.n_objects} objects; BLEND_FLAG (unrecognised blends) "
-                f"{self.n_blend_flag}; paper blends: {self.n_paper_flag} by BH_PAPER_FLAG, "
-                f"{self.n_blend_sep} by SEP; {self.n_not_scored} not scored; "
+                f"{self.n_blend_flag}; paper blends: {paper}{self.n_blend_sep} by SEP; "
+                f"{self.n_not_scored} not scored; "
                 f"{self.seconds:.1f} s ({rate:.1f} stamps/s)")
 
 
@@ -149,8 +161,8 @@ def _no_progress(done, total, step):
 
 
 def _score(cfg, clf, tile_head, features, image, bad, rms_adu, cat, scorable, progress):
-    """Stream the catalogue in batches; return BLEND_PROB, BH_PAPER_PROB, SEP columns and the
-    fractions."""
+    """Stream the catalogue in batches; return BLEND_PROB, BH_PAPER_PROB (NaN without a paper
+    head, ``clf`` None), SEP columns and the fractions."""
     n = cat.nrows
     prob = np.full(n, np.nan, dtype=np.float64)
     paper = np.full(n, np.nan, dtype=np.float32)
@@ -171,7 +183,8 @@ def _score(cfg, clf, tile_head, features, image, bad, rms_adu, cat, scorable, pr
             sep_job = pool.submit(classify_stamps, stamps, cfg.sep, None, start)
             if ok.any():
                 idx = np.arange(rows.start, rows.stop)[ok]
-                paper[idx] = clf.predict_proba(stamps[ok])
+                if clf is not None:
+                    paper[idx] = clf.predict_proba(stamps[ok])
                 prob[idx] = tile_head.predict_proba(stamps[ok], rms_adu, features[idx])
             batch_sep = sep_job.result()
             batch_sep[~ok] = (-1, 0, False)  # no pixels of the object, no SEP verdict
@@ -183,7 +196,12 @@ def _score(cfg, clf, tile_head, features, image, bad, rms_adu, cat, scorable, pr
 
 
 def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr):
-    meta = clf.metadata
+    paper = [] if clf is None else [
+        ("BH_HSHA", clf.metadata["weights_sha256"][:64], "sha256 of the paper head's weights"),
+        ("BH_BACKB", clf.metadata["backbone"], "backbone of the paper head"),
+        ("BH_PREC", cfg.precision, "paper head network precision"),
+        ("BH_HTHR", float(hybrid_thr), "BH_PAPER_FLAG threshold on BH_PAPER_PROB"),
+    ]
     return [
         # the sha256 values with their comments take CONTINUE cards (FITS standard 4.0
         # appendix; fitsverify warns when they are not declared)
@@ -193,11 +211,9 @@ def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr):
         ("BH_THEAD", Path(tile_head.path).name, "tile head (BLEND_PROB)"),
         ("BH_TSHA", tile_head.metadata["weights_sha256"][:64], "sha256 of its weights"),
         ("BH_THR", float(blend_thr), "BLEND_FLAG threshold on BLEND_PROB"),
-        ("BH_HEAD", Path(clf.head_path).name, "paper head (BH_PAPER_PROB)"),
-        ("BH_HSHA", meta["weights_sha256"][:64], "sha256 of the paper head's weights"),
-        ("BH_BACKB", meta["backbone"], "backbone of the paper head"),
-        ("BH_PREC", cfg.precision, "paper head network precision"),
-        ("BH_HTHR", float(hybrid_thr), "BH_PAPER_FLAG threshold on BH_PAPER_PROB"),
+        ("BH_HEAD", "none" if clf is None else Path(clf.head_path).name,
+         "paper head (BH_PAPER_PROB)"),
+        *paper,
         ("BH_RMS", rms_adu, "[ADU] tile rms used to fill padding"),
         ("BH_CFGSH", config_hash(cfg), "sha256 of the resolved config"),
         ("BH_DATE", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -286,21 +302,27 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
 
     progress(1, 1, "reading tile")
     progress(0, 1, "loading network")
-    head = model.head_path(cfg.head, noise_sigma_adu=rms_adu)
-    loader = model.load_classifier if classifier_loader is None else classifier_loader
-    clf = loader(head, precision=cfg.precision, batch_size=cfg.batch_size)
+    clf = None
+    if cfg.head != "none":
+        head = model.head_path(cfg.head, noise_sigma_adu=rms_adu)
+        loader = model.load_classifier if classifier_loader is None else classifier_loader
+        clf = loader(head, precision=cfg.precision, batch_size=cfg.batch_size)
     progress(1, 1, "loading network")
-    meta = clf.metadata
-    if (meta["size_pix"], meta["pad_pix"]) != (cfg.stamp.size_pix, cfg.stamp.pad_pix):
-        raise ModelShapeError(f"{head}: head trained on {meta['size_pix']}px stamps padded by "
-                              f"{meta['pad_pix']}, config asks {cfg.stamp.size_pix} and "
-                              f"{cfg.stamp.pad_pix}; set stamp.size_pix / stamp.pad_pix")
+    for path, meta in [(tile_head.path, tile_head.metadata)] + (
+            [] if clf is None else [(clf.head_path, clf.metadata)]):
+        if (meta["size_pix"], meta["pad_pix"]) != (cfg.stamp.size_pix, cfg.stamp.pad_pix):
+            raise ModelShapeError(f"{path}: head trained on {meta['size_pix']}px stamps padded by "
+                                  f"{meta['pad_pix']}, config asks {cfg.stamp.size_pix} and "
+                                  f"{cfg.stamp.pad_pix}; set stamp.size_pix / stamp.pad_pix")
     blend_thr = (tile_head.blend_threshold if cfg.blend_threshold is None
                  else cfg.blend_threshold)
-    hybrid_thr = clf.hybrid_threshold if cfg.hybrid_threshold is None else cfg.hybrid_threshold
-    log.info("tile head %s, BLEND_FLAG threshold %.3g; paper head %s (trained at sigma %.3g "
-             "ADU), BH_PAPER_FLAG threshold %.3f", tile_head.path, blend_thr, head,
-             meta["noise_sigma_adu"], hybrid_thr)
+    log.info("tile head %s, BLEND_FLAG threshold %.3g", tile_head.path, blend_thr)
+    hybrid_thr = None
+    if clf is not None:
+        hybrid_thr = (clf.hybrid_threshold if cfg.hybrid_threshold is None
+                      else cfg.hybrid_threshold)
+        log.info("paper head %s (trained at sigma %.3g ADU), BH_PAPER_FLAG threshold %.3f",
+                 head, clf.metadata["noise_sigma_adu"], hybrid_thr)
 
     prob, paper, sep_out, edge, mask = _score(cfg, clf, tile_head, features, image, bad,
                                               rms_adu, cat, finite, progress)
@@ -309,7 +331,8 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     scored = np.isfinite(prob)
     flag = (scored & (prob >= blend_thr)).astype(np.int16)
     sep_flag = (sep_out["blend"] == 1).astype(np.int16)
-    paper_flag = (sep_flag.astype(bool) | (scored & (paper >= hybrid_thr))).astype(np.int16)
+    paper_flag = (None if clf is None else
+                  (sep_flag.astype(bool) | (scored & (paper >= hybrid_thr))).astype(np.int16))
     flags = (np.where(edge > 0, BH_EDGE, 0) | np.where(mask > 0, BH_MASKED, 0)
              | np.where(~scored, BH_NOT_SCORED, 0)
              | np.where(sep_out["error"], BH_SEP_ERROR, 0)).astype(np.int16)
@@ -320,7 +343,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
               "BH_NDET_STAMP": cues.detections_in_stamp(cat.x_pix, cat.y_pix, half_pix),
               "BH_FLAGS": flags, "BH_EDGE_FRAC": edge, "BH_MASK_FRAC": mask}
     columns = [io.NewColumn(name, np.asarray(values[name], dtype=dtype), unit, text)
-               for name, (dtype, unit, text) in OUTPUT_COLUMNS.items()]
+               for name, (dtype, unit, text) in output_columns(cfg).items()]
     header = _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr)
     io.write_catalogue(cat, output, columns, header, cfg.output_mode, cfg.id_column,
                        cfg.overwrite)
@@ -328,5 +351,6 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         count = int(((flags & bit) != 0).sum())
         if count:
             log.info("%d objects flagged %s", count, decode_flags(bit)[0])
-    return StageResult(output, cat.nrows, int(flag.sum()), int(paper_flag.sum()),
+    return StageResult(output, cat.nrows, int(flag.sum()),
+                       None if paper_flag is None else int(paper_flag.sum()),
                        int(sep_flag.sum()), int((~scored).sum()), time.perf_counter() - t0)

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import io, model
 from .config import config_hash
 from .errors import BhStageError, ConfigError, InputFileError
-from .stage import OUTPUT_COLUMNS, resolve_paths, run_stage
+from .stage import output_columns, resolve_paths, run_stage
 
 __all__ = ["run_tiles", "TileResult", "expand_tiles", "format_summary", "output_complete",
            "get_classifier", "clear_classifier_cache"]
@@ -192,7 +192,7 @@ def output_complete(cfg, tile):
     """Check that a tile's output is complete and made with this config.
 
     Complete means: the output opens and its last row reads, its objects table has every
-    column of ``stage.OUTPUT_COLUMNS`` and as many rows as the input catalogue, and its
+    column ``stage.output_columns(cfg)`` names and as many rows as the input catalogue, and its
     ``BH_CFGSH`` header key is ``config_hash(cfg)``.
 
     Parameters
@@ -220,7 +220,7 @@ def output_complete(cfg, tile):
         cat = io.read_table_info(cat_path, cfg.catalogue_hdu)
     except BhStageError as err:
         return False, _one_line(err)
-    missing = [name for name in OUTPUT_COLUMNS if name not in out.columns]
+    missing = [name for name in output_columns(cfg) if name not in out.columns]
     if missing:
         return False, f"no column {missing[0]} in the output"
     if out.nrows != cat.nrows:

@@ -155,7 +155,8 @@ class FakeTileHead:
 
     def __init__(self, path):
         self.path = Path(path)
-        self.metadata = {"target": "unrecognised_blend", "weights_sha256": "1" * 64}
+        self.metadata = {"target": "unrecognised_blend", "weights_sha256": "1" * 64,
+                         "size_pix": 51, "pad_pix": 7}
 
     def predict_proba(self, stamps, rms_adu, features):
         assert features.shape == (len(stamps), 0) and rms_adu > 0

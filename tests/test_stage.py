@@ -60,6 +60,23 @@ def test_columns_added_and_input_preserved(small_tile, fake_classifier):
     assert hout["BH_TARGET"] == "unrecognised_blend" and hout["BH_THR"] == 0.5
 
 
+def test_head_none_skips_the_paper_head(small_tile, fake_classifier):
+    """``head: none``: no network but the tile head is loaded; the paper columns and header
+    keys are absent, every other column equals a run with the paper head."""
+    with_paper = run_stage(cfg(output="{dir}/with.cat"), small_tile / "tile.fits")
+    without = run_stage(cfg(head="none", output="{dir}/without.cat"), small_tile / "tile.fits")
+    assert len(fake_classifier) == 1  # loaded by the first run only
+    assert with_paper.n_paper_flag is not None and without.n_paper_flag is None
+    assert "BH_PAPER_FLAG" not in without.summary() and "by SEP" in without.summary()
+    with fitsio.FITS(str(with_paper.output)) as fa, fitsio.FITS(str(without.output)) as fb:
+        a, b = fa["LDAC_OBJECTS"].read(), fb["LDAC_OBJECTS"].read()
+        header = fb["LDAC_OBJECTS"].read_header()
+    assert set(a.dtype.names) - set(b.dtype.names) == {"BH_PAPER_PROB", "BH_PAPER_FLAG"}
+    for name in b.dtype.names:
+        assert b[name].tobytes() == a[name].tobytes(), name
+    assert header["BH_HEAD"] == "none" and "BH_HTHR" not in header and "BH_HSHA" not in header
+
+
 def test_edge_masked_and_nan_positions_are_flags(small_tile, fake_classifier):
     import fitsio
 
