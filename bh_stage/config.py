@@ -103,7 +103,7 @@ class RunConfig:
     head: str = option("default", "Paper head giving BH_PAPER_PROB: 'default' (the shipped "
                        "one matching the tile's noise), a shipped head's name, a path to a "
                        "head's .json, or 'none' (no VGG16: BH_PAPER_PROB and BH_PAPER_FLAG "
-                       "are not written; the stage runs at source-extractor speed).")
+                       "are not written; the fast survey mode, README 'Speed').")
     blend_threshold: typing.Optional[float] = option(
         None, "BLEND_FLAG is BLEND_PROB >= this; null: the tile head's threshold (measured on "
         "validation tiles).", min=0, max=1)

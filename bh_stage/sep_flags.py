@@ -14,8 +14,13 @@ position: a stamp is blended when its central source is merged or SEP finds >= 2
 Positions are 0-based pixel centres of the padded stamp, as in SEP.
 """
 
+import concurrent.futures
 import dataclasses
 import logging
+import pickle
+import queue
+import subprocess
+import sys
 
 import numpy as np
 
@@ -25,7 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FlagDefinition", "BH_FLAGS", "BH_EDGE", "BH_MASKED", "BH_NOT_SCORED", "BH_SEP_ERROR",
-    "decode_flags", "classify_stamps", "SEP_FAILED",
+    "decode_flags", "classify_stamps", "SepProcesses", "SEP_FAILED",
 ]
 
 
@@ -163,3 +168,77 @@ def classify_stamps(stamps, sep_cfg, true_xy=None, first_index=0):
         out["nsrc"][i] = len(objects)
         out["blend"][i] = _verdict(objects, known, sep_cfg.match_radius_pix, stage_mode)
     return out
+
+
+class SepProcesses:
+    """``classify_stamps`` in ``n_processes`` child processes, so that SEP (which holds the
+    GIL) runs beside the network instead of taking turns with it.
+
+    Plain subprocesses (``python -m bh_stage.sep_flags``) fed pickled batches through pipes,
+    not ``multiprocessing``: they start from any main module (a script without a
+    ``__main__`` guard, stdin, a notebook) and inside daemonic Dask workers. Each runs in its
+    own session, so Ctrl-C reaches only the parent; a child exits when its pipe closes.
+    Use as a context manager; ``submit`` returns a ``concurrent.futures.Future``.
+    """
+
+    def __init__(self, n_processes):
+        self._idle = queue.Queue()
+        self._procs = []
+        for _ in range(n_processes):
+            self._procs.append(subprocess.Popen(
+                [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, start_new_session=True))
+            self._idle.put(self._procs[-1])
+        self._threads = concurrent.futures.ThreadPoolExecutor(n_processes)
+
+    def submit(self, stamps, sep_cfg, first_index=0):
+        """Future of ``classify_stamps(stamps, sep_cfg, None, first_index)``."""
+        return self._threads.submit(self._call, (np.asarray(stamps), sep_cfg, None,
+                                                 first_index))
+
+    def _call(self, args):
+        proc = self._idle.get()
+        try:
+            pickle.dump(args, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            proc.stdin.flush()
+            ok, value = pickle.load(proc.stdout)
+        except (EOFError, BrokenPipeError, pickle.UnpicklingError) as err:
+            raise SepError(f"the SEP worker process stopped (exit code {proc.poll()})") from err
+        finally:
+            self._idle.put(proc)
+        if not ok:
+            raise value
+        return value
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        for proc in self._procs:
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            proc.stdout.close()
+
+
+def _serve():
+    """Child of ``SepProcesses``: answer pickled ``classify_stamps`` calls until EOF."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            args = pickle.load(stdin)
+        except EOFError:
+            return
+        try:
+            answer = (True, classify_stamps(*args))
+        except Exception as err:  # sent back to the parent, raised there
+            answer = (False, err)
+        pickle.dump(answer, stdout, protocol=pickle.HIGHEST_PROTOCOL)
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    _serve()

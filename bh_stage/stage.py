@@ -10,7 +10,7 @@ This is the only module that joins ``io`` to the science modules. Follow one det
 ``io.write_catalogue`` appends them to its row.
 """
 
-import concurrent.futures
+import collections
 import dataclasses
 import datetime
 import logging
@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__, cues, io, model, tilehead
 from .config import config_hash
 from .errors import ConfigError, InputFileError, ModelShapeError
-from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, classify_stamps,
+from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProcesses,
                         decode_flags)
 from .stamps import cut_stamps
 
@@ -160,6 +160,10 @@ def _no_progress(done, total, step):
     """The ``progress`` of a run without a progress bar."""
 
 
+SEP_PROCESSES = 2
+"""SEP child processes of a run (``sep_flags.SepProcesses``)."""
+
+
 def _score(cfg, clf, tile_head, features, image, bad, rms_adu, cat, scorable, progress):
     """Stream the catalogue in batches; return BLEND_PROB, BH_PAPER_PROB (NaN without a paper
     head, ``clf`` None), SEP columns and the fractions."""
@@ -172,25 +176,33 @@ def _score(cfg, clf, tile_head, features, image, bad, rms_adu, cat, scorable, pr
     x = np.where(scorable, cat.x_pix, 0.0)  # a placeholder stamp, never used
     y = np.where(scorable, cat.y_pix, 0.0)
     progress(0, n, "objects")
-    # SEP runs in a thread on batch k while the network scores batch k (SEP releases the GIL).
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    pending = collections.deque()  # (rows, ok, SEP job) of the batches SEP is working on
+
+    def finish_oldest():
+        rows, ok, job = pending.popleft()
+        batch_sep = job.result()
+        batch_sep[~ok] = (-1, 0, False)  # no pixels of the object, no SEP verdict
+        sep_out[rows] = batch_sep
+        log.debug("objects %d-%d scored", rows.start, rows.stop - 1)
+        progress(rows.stop, n, "objects")
+
+    with SepProcesses(SEP_PROCESSES) as sep_workers:
         for start in range(0, n, cfg.batch_size):
             rows = slice(start, min(start + cfg.batch_size, n))
             stamps, edge[rows], mask[rows] = cut_stamps(
                 image, x[rows], y[rows], cfg.stamp.size_pix, cfg.stamp.pad_pix, bad=bad,
                 fill_sigma=rms_adu, seed=cfg.seed, first_index=start)
             ok = scorable[rows] & (edge[rows] < 1) & (mask[rows] < 1)
-            sep_job = pool.submit(classify_stamps, stamps, cfg.sep, None, start)
+            pending.append((rows, ok, sep_workers.submit(stamps, cfg.sep, start)))
             if ok.any():
                 idx = np.arange(rows.start, rows.stop)[ok]
                 if clf is not None:
                     paper[idx] = clf.predict_proba(stamps[ok])
                 prob[idx] = tile_head.predict_proba(stamps[ok], rms_adu, features[idx])
-            batch_sep = sep_job.result()
-            batch_sep[~ok] = (-1, 0, False)  # no pixels of the object, no SEP verdict
-            sep_out[rows] = batch_sep
-            log.debug("objects %d-%d scored", rows.start, rows.stop - 1)
-            progress(rows.stop, n, "objects")
+            while len(pending) > SEP_PROCESSES:
+                finish_oldest()
+        while pending:
+            finish_oldest()
     edge[~scorable] = mask[~scorable] = np.nan  # no position, no stamp
     return prob, paper, sep_out, edge, mask
 

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from bh_stage.config import SepConfig
-from bh_stage.sep_flags import (BH_FLAGS, SEP_FAILED, _verdict, classify_stamps,
-                                decode_flags)
+from bh_stage.errors import SepError
+from bh_stage.sep_flags import (BH_FLAGS, SEP_FAILED, SepProcesses, _verdict,
+                                classify_stamps, decode_flags)
 
 from conftest import gaussian_image
 
@@ -72,3 +73,24 @@ def test_sep_error_is_a_flag_not_an_exception(monkeypatch):
     monkeypatch.setattr(sep_flags, "_extract", fail)
     out = classify_stamps(stamps_with([(C, C)]), SepConfig())
     assert out["error"][0] and out["nsrc"][0] == -1 and out["blend"][0] == 0
+
+
+def test_sep_processes_answer_as_classify_stamps_in_order():
+    stamps = stamps_with([(C, C)], [(C, C), (C + 12, C + 5)], [(C, C), (C + 3, C)],
+                         noise_adu=2.0)
+    with SepProcesses(2) as workers:
+        jobs = [workers.submit(stamps[i:], SepConfig(), i) for i in range(3)]
+        answers = [job.result() for job in jobs]
+    for i, answer in enumerate(answers):
+        assert answer.tobytes() == classify_stamps(stamps[i:], SepConfig()).tobytes()
+    assert answers[0]["nsrc"][1] == 2
+
+
+def test_sep_processes_raise_the_childs_error_and_report_a_dead_child():
+    with SepProcesses(1) as workers:
+        with pytest.raises(IndexError):  # a 0-d "batch": raised in the child, re-raised here
+            workers.submit(np.float64(1.0), SepConfig()).result()
+        workers._procs[0].kill()
+        workers._procs[0].wait()
+        with pytest.raises(SepError, match="SEP worker process stopped"):
+            workers.submit(stamps_with([(C, C)]), SepConfig()).result()
