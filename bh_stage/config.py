@@ -100,10 +100,11 @@ class RunConfig:
     tile_head: str = option("default", "Tile head giving BLEND_PROB, P(unrecognised "
                             "blend): 'default' (the shipped tile_unrecognised), a shipped "
                             "head's name, or a path to a head's .json.")
-    head: str = option("default", "Paper head giving BH_PAPER_PROB: 'default' (the shipped "
-                       "one matching the tile's noise), a shipped head's name, a path to a "
-                       "head's .json, or 'none' (no VGG16: BH_PAPER_PROB and BH_PAPER_FLAG "
-                       "are not written; the fast survey mode, README 'Speed').")
+    head: str = option("none", "Paper head giving BH_PAPER_PROB and BH_PAPER_FLAG (the "
+                       "paper's question, not a cut on tiles: README 'Which column to cut "
+                       "on'): 'none' (not computed, no VGG16: the fast survey mode), 'default' "
+                       "(the shipped one matching the tile's noise), a shipped head's name, or "
+                       "a path to a head's .json.")
     blend_threshold: typing.Optional[float] = option(
         None, "BLEND_FLAG is BLEND_PROB >= this; null: the tile head's threshold (measured on "
         "validation tiles).", min=0, max=1)

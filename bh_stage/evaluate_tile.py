@@ -151,8 +151,11 @@ def evaluate_tile(cfg, progress=None):
     for folder in folders["test"]:
         files = {k: folder / v for k, v in tileset.TILE_FILES.items()}
         out = folder / "tile_bh.cat"
+        # the report compares BH_PAPER_PROB too: the paper head runs even if run_config
+        # leaves it out
         rc = dataclasses.replace(run_cfg, catalogue=str(files["catalogue"]),
                                  weight=str(files["weight"]), output=str(out),
+                                 head="default" if run_cfg.head == "none" else run_cfg.head,
                                  overwrite=True)
         run_stage(rc, files["image"], progress=progress)
         (x, y), classes, feats = tileset.detection_table(folder)

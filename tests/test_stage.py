@@ -12,7 +12,7 @@ import pytest
 from bh_stage.cli import main
 from bh_stage.config import RunConfig, config_from_dict
 from bh_stage.sep_flags import BH_MASKED, BH_NOT_SCORED
-from bh_stage.stage import OUTPUT_COLUMNS, run_stage
+from bh_stage.stage import OUTPUT_COLUMNS, output_columns, run_stage
 
 from conftest import REPO, SOURCES_XY, TILE_SHAPE, gaussian_image, write_ldac
 
@@ -27,7 +27,8 @@ def cfg(**kwargs):
 
 def test_columns_added_and_input_preserved(small_tile, fake_classifier):
     before = sha(small_tile / "tile.cat")
-    result = run_stage(cfg(weight="{dir}/{stem}.weight.fits"), small_tile / "tile.fits")
+    result = run_stage(cfg(weight="{dir}/{stem}.weight.fits", head="default"),
+                       small_tile / "tile.fits")
     assert sha(small_tile / "tile.cat") == before
     out = small_tile / "tile_bh.cat"
     assert result.output == out and result.n_objects == 3
@@ -61,10 +62,11 @@ def test_columns_added_and_input_preserved(small_tile, fake_classifier):
 
 
 def test_head_none_skips_the_paper_head(small_tile, fake_classifier):
-    """``head: none``: no network but the tile head is loaded; the paper columns and header
+    """``head: none`` (the default): no network but the tile head is loaded; the paper columns and header
     keys are absent, every other column equals a run with the paper head."""
-    with_paper = run_stage(cfg(output="{dir}/with.cat"), small_tile / "tile.fits")
-    without = run_stage(cfg(head="none", output="{dir}/without.cat"), small_tile / "tile.fits")
+    with_paper = run_stage(cfg(head="default", output="{dir}/with.cat"),
+                           small_tile / "tile.fits")
+    without = run_stage(cfg(output="{dir}/without.cat"), small_tile / "tile.fits")  # default
     assert len(fake_classifier) == 1  # loaded by the first run only
     assert with_paper.n_paper_flag is not None and without.n_paper_flag is None
     assert "BH_PAPER_FLAG" not in without.summary() and "by SEP" in without.summary()
@@ -103,7 +105,7 @@ def test_no_position_gets_no_sep_verdict(small_tile, fake_classifier):
                  gaussian_image(TILE_SHAPE, [(20.0, 22.0), (8.0, 6.0), (75.0, 75.0)]),
                  clobber=True)
     write_ldac(small_tile / "tile.cat", [20.0, np.nan, 75.0], [22.0, 5.0, np.inf])
-    result = run_stage(cfg(), small_tile / "tile.fits")
+    result = run_stage(cfg(head="default"), small_tile / "tile.fits")
     out = fitsio.read(str(small_tile / "tile_bh.cat"), ext="LDAC_OBJECTS")
     assert out["SEP_NSRC"][0] == 2 and out["SEP_BLEND_FLAG"][0] == 1  # the corner pair
     for row in (1, 2):
@@ -126,9 +128,11 @@ def test_position_just_off_the_tile_is_an_edge_flag(small_tile, fake_classifier)
 
 
 def test_new_mode_writes_a_sidecar(small_tile, fake_classifier):
-    run_stage(cfg(output_mode="new", output="{dir}/side.fits"), small_tile / "tile.fits")
+    c = cfg(output_mode="new", output="{dir}/side.fits")
+    run_stage(c, small_tile / "tile.fits")
     out = fitsio.read(str(small_tile / "side.fits"), ext="OBJECTS")
-    assert list(out.dtype.names) == ["NUMBER"] + list(OUTPUT_COLUMNS)
+    assert list(out.dtype.names) == ["NUMBER"] + list(output_columns(c))
+    assert "BH_PAPER_PROB" not in out.dtype.names  # head: none by default
     assert out["NUMBER"].tolist() == [1, 2, 3]
 
 
@@ -230,10 +234,10 @@ def test_interrupted_run_leaves_no_output(small_tile, fake_classifier, monkeypat
     temporary file."""
     from bh_stage import io
 
-    from conftest import FakeClassifier
+    from conftest import FakeTileHead
 
     if where == "scoring":
-        monkeypatch.setattr(FakeClassifier, "predict_proba", interrupt)
+        monkeypatch.setattr(FakeTileHead, "predict_proba", interrupt)
     else:
         monkeypatch.setattr(io, "_describe", interrupt)
     before = sorted(p.name for p in small_tile.iterdir())
@@ -302,9 +306,9 @@ def test_unwritable_folder_refused_before_pixels(small_tile, fake_classifier, no
 
 def test_ctrl_c_is_one_line_exit_130_no_output(small_tile, fake_classifier, monkeypatch,
                                                capsys):
-    from conftest import FakeClassifier
+    from conftest import FakeTileHead
 
-    monkeypatch.setattr(FakeClassifier, "predict_proba", interrupt)
+    monkeypatch.setattr(FakeTileHead, "predict_proba", interrupt)
     (small_tile / "config.yml").write_text("")
     before = {p.name: sha(p) for p in small_tile.iterdir()}
     assert run_cli(small_tile) == 130
@@ -317,7 +321,7 @@ def test_progress_steps_start_before_their_work(small_tile, fake_classifier):
     """The bar shows reading the tile and loading the network as steps, and the objects bar
     starts at 0 before the first batch, so its rate counts the first batch's time."""
     calls = []
-    run_stage(cfg(batch_size=2), small_tile / "tile.fits",
+    run_stage(cfg(batch_size=2, head="default"), small_tile / "tile.fits",
               progress=lambda done, total, step: calls.append((step, done, total,
                                                                 len(fake_classifier))))
     assert calls == [("reading tile", 0, 1, 0), ("reading tile", 1, 1, 0),

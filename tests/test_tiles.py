@@ -50,7 +50,8 @@ def three_tiles(tmp_path):
 
 
 def cfg(**kwargs):
-    return config_from_dict(RunConfig, kwargs)
+    """With the paper head: these tests follow its per-process cache."""
+    return config_from_dict(RunConfig, {"head": "default", **kwargs})
 
 
 def check_output(tile):
@@ -82,7 +83,7 @@ def thread_cluster():
 def test_cli_on_a_cluster_reports_the_corrupt_tile_and_skips_done_ones(
         three_tiles, fake_classifier, thread_cluster, tmp_path, capsys):
     config = tmp_path / "config.yml"
-    config.write_text("seed: 0\n")
+    config.write_text("seed: 0\nhead: default\n")
     argv = ["-q", "run", str(config), *map(str, three_tiles), "--scheduler",
             thread_cluster.scheduler_address]
     assert main(argv) == 2
@@ -181,7 +182,7 @@ def test_glob_patterns_and_shared_outputs(three_tiles, fake_classifier, tmp_path
         run_tiles(cfg(output=str(tmp_path / "all.cat")), three_tiles[:2], workers=0)
     # A quoted pattern through the CLI, in sequence.
     config = tmp_path / "config.yml"
-    config.write_text("seed: 0\n")
+    config.write_text("seed: 0\nhead: default\n")
     assert main(["-q", "run", str(config), str(folder / "[ab].fits"), "--serial"]) == 0
     check_output(three_tiles[0]), check_output(three_tiles[1])
 
