@@ -1,8 +1,9 @@
 """``python -m bh_stage BlendHunterStage --tile=T --catalogue=C --config=F``: one ceci stage.
 
 ceci's single-stage entry point (the command its pipelines run for each stage; see
-``bh_stage.ceci_stage``). A ``BhStageError`` prints one line to stderr and exits with code 2;
-TensorFlow's C++ start-up lines are dropped from stderr as in ``bh-stage``. The ``bh-stage`` command line is ``bh_stage.cli``.
+``bh_stage.ceci_stage``). A ``BhStageError`` prints one line to stderr and exits with code
+2; TensorFlow's C++ start-up lines are dropped from stderr as in ``bh-stage``. The
+``bh-stage`` command line is ``bh_stage.cli``.
 """
 
 import logging

