@@ -9,6 +9,7 @@ Which class to raise:
 - ``SepError``: SEP failed on a stamp (wraps SEP's bare ``Exception``).
 - ``OutputExistsError``: the output exists and overwrite was not asked for.
 - ``OutputFileError``: the output cannot be written (missing or read-only folder).
+- ``MissingExtraError``: an optional module's extra (e.g. ``ceci``) is not installed.
 
 Every class derives from ``BhStageError`` and from the matching builtin, so ``except
 ValueError`` still works. The CLI prints the message of a ``BhStageError`` on one line and
@@ -17,7 +18,7 @@ exits with code 2.
 
 __all__ = [
     "BhStageError", "ConfigError", "InputFileError", "CatalogueColumnError",
-    "ModelShapeError", "SepError", "OutputExistsError", "OutputFileError",
+    "ModelShapeError", "SepError", "OutputExistsError", "OutputFileError", "MissingExtraError",
 ]
 
 
@@ -55,3 +56,7 @@ class OutputExistsError(BhStageError, FileExistsError):
 
 class OutputFileError(BhStageError, OSError):
     """The output cannot be written: missing or read-only folder."""
+
+
+class MissingExtraError(BhStageError, ImportError):
+    """An optional module needs a package of an extra that is not installed."""

@@ -24,17 +24,18 @@ def _norm(name):
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _names(text):
+    """Normalised distribution names of a setup.cfg requirement list."""
+    return {_norm(m.group(1)) for line in text.splitlines()
+            if (m := re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line))}
+
+
 def _declared():
     """(runtime, test) sets of normalised distribution names from setup.cfg."""
     cp = configparser.ConfigParser()
     cp.read(REPO / "setup.cfg")
-
-    def names(text):
-        return {_norm(m.group(1)) for line in text.splitlines()
-                if (m := re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line))}
-
-    return (names(cp.get("options", "install_requires")),
-            names(cp.get("options.extras_require", "test")))
+    return (_names(cp.get("options", "install_requires")),
+            _names(cp.get("options.extras_require", "test")))
 
 
 def _third_party_imports(folder):
@@ -66,7 +67,8 @@ def test_every_import_is_declared(folder):
     """Regression: scipy was imported by evaluate.py and train.py but declared nowhere, so a
     fresh `pip install -e ".[test]"` failed 13 tests."""
     runtime, test = _declared()
-    allowed = runtime | (test if folder == "tests" else set())
+    # ceci: the extra of bh_stage/ceci_stage.py (which names it when missing) and its test
+    allowed = runtime | _names(_declared_extra("ceci")) | (test if folder == "tests" else set())
     providers = importlib.metadata.packages_distributions()
     missing = []
     for module, where in _third_party_imports(REPO / folder).items():
@@ -93,6 +95,22 @@ def test_optional_bench_tool_names_its_extra(tmp_path):
     assert out.stderr.strip() == ('bench_int8.py needs NNCF, an optional extra: '
                                   'pip install -e ".[bench]"')
     assert "nncf" in _declared_extra("bench")
+
+
+def test_ceci_is_an_optional_extra(tmp_path):
+    """Without ceci, bh_stage and its CLI import, and bh_stage.ceci_stage (or python -m
+    bh_stage) stops with one line naming the extra."""
+    block = "import sys; sys.modules['ceci'] = None; "
+    out = subprocess.run([sys.executable, "-c", block + "import bh_stage.cli, bh_stage.stage"],
+                         cwd=tmp_path, text=True, capture_output=True)
+    assert out.returncode == 0, out.stderr
+    code = block + "from bh_stage.__main__ import main; sys.exit(main())"
+    out = subprocess.run([sys.executable, "-c", code, "BlendHunterStage"], cwd=tmp_path,
+                         text=True, capture_output=True)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ('bh_stage BlendHunterStage: error: bh_stage.ceci_stage needs '
+                                  'ceci, an optional extra: pip install -e ".[ceci]"')
+    assert "ceci" in _names(_declared_extra("ceci"))
 
 
 @pytest.fixture(scope="module")
