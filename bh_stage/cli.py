@@ -223,8 +223,9 @@ def build_parser():
     defaults = RunConfig()
     inspect_ = sub.add_parser("inspect", parents=[common],
                               help="QA gallery, histograms and map of a run's output")
-    inspect_.add_argument("catalogue", help="output catalogue of bh-stage run")
-    inspect_.add_argument("tile", help="the tile that run read")
+    inspect_.add_argument("catalogue", metavar="OUTPUT_CATALOGUE",
+                          help="output catalogue of bh-stage run")
+    inspect_.add_argument("tile", metavar="TILE", help="the tile that run read")
     inspect_.add_argument("-o", "--output-dir", metavar="OUTDIR",
                           help="output folder (default: <catalogue stem>_inspect beside it)")
     inspect_.add_argument("--weight", default="auto",

@@ -89,10 +89,11 @@ def read_stage_output(path, x_column=DEFAULTS.x_column, y_column=DEFAULTS.y_colu
     """
     path = Path(path)
     info = io.read_table_info(path, hdu)
-    missing = ([c for c in REQUIRED_COLUMNS if c not in info.columns]
-               + [k for k in REQUIRED_KEYS if k not in info.header])
+    missing = [f"{what} {', '.join(names)}" for what, names in (
+        ("column", [c for c in REQUIRED_COLUMNS if c not in info.columns]),
+        ("header key", [k for k in REQUIRED_KEYS if k not in info.header])) if names]
     if missing:
-        raise CatalogueColumnError(f"{path}: no {', '.join(missing)}; is it the output of "
+        raise CatalogueColumnError(f"{path}: no {'; no '.join(missing)}; is it the output of "
                                    "'bh-stage run CONFIG TILE'?")
     cat = io.read_catalogue(path, x_column, y_column, hdu=hdu)
     paper = "BH_PAPER_PROB" in info.columns and "BH_HTHR" in info.header
