@@ -167,7 +167,8 @@ def test_bad_input_one_line_exit_2_no_folder(small_tile, fake_classifier, capsys
 
 
 def test_errors_are_the_right_classes(small_tile, fake_classifier):
-    with pytest.raises(CatalogueColumnError, match="no column BLEND_PROB, BLEND_FLAG, SEP_NSRC, BH_FLAGS; no header key BH_THR, BH_RMS;"):
+    with pytest.raises(CatalogueColumnError, match="no column BLEND_PROB, BLEND_FLAG, SEP_NSRC, "
+                       "BH_FLAGS; no header key BH_THR, BH_RMS;"):
         read_stage_output(small_tile / "tile.cat")
     with pytest.raises(InputFileError, match="no such file"):
         read_stage_output(small_tile / "absent.cat")
