@@ -23,6 +23,7 @@ import numpy as np
 from bh_stage import tileset
 from bh_stage.config import TileSetConfig
 from bh_stage.metrics import roc_auc, tpr_at_fpr
+from bh_stage.stage import tile_pixels
 
 TAPS = ("block4_pool", "block5_pool")
 
@@ -61,7 +62,7 @@ def taps_of_tile(folder, backbone, zoom):
             return {t: z[t].astype(np.float32) for t in TAPS}
     f = {k: folder / v for k, v in tileset.TILE_FILES.items()}
     cat = io.read_catalogue(f["catalogue"], "XWIN_IMAGE", "YWIN_IMAGE")
-    image, bad, rms = tileset.tile_pixels(f["image"], f["weight"])
+    image, bad, rms = tile_pixels(f["image"], f["weight"])
     x, y = np.nan_to_num(cat.x_pix), np.nan_to_num(cat.y_pix)
     fn = tf.function(lambda v: backbone(v, training=False), autograph=False)
     out = {t: [] for t in TAPS}

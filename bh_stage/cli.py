@@ -1,4 +1,5 @@
-"""Command line: ``bh-stage run|simulate|train|evaluate|train-tile|evaluate-tile|show-config``.
+"""Command line: ``bh-stage run|inspect|simulate|train|evaluate|train-tile|evaluate-tile|
+show-config``.
 
 Parses arguments, sets up logging and a progress bar, and calls one API function per
 subcommand. A ``BhStageError`` prints one line to stderr and exits with code 2; Ctrl-C prints
@@ -138,6 +139,13 @@ def _cmd_run(args):
     return table
 
 
+def _cmd_inspect(args):
+    from .inspect_output import run_inspect
+
+    return run_inspect(args.catalogue, args.tile, args.output_dir, args.weight, args.x_column,
+                       args.y_column, args.hdu, args.seed, args.overwrite)
+
+
 MODULES = {"simulate": "simulate", "train": "train", "evaluate": "evaluate",
            "train-tile": "tilehead", "evaluate-tile": "evaluate_tile"}
 """Module of each config-file subcommand; it defines ``run_<subcommand with _>(cfg)``."""
@@ -209,6 +217,31 @@ def build_parser():
                        help="run on an existing Dask cluster, e.g. tcp://host:8786")
     add_set(run)
     run.set_defaults(func=_cmd_run)
+
+    from .config import RunConfig
+
+    defaults = RunConfig()
+    inspect_ = sub.add_parser("inspect", parents=[common],
+                              help="QA gallery, histograms and map of a run's output")
+    inspect_.add_argument("catalogue", metavar="OUTPUT_CATALOGUE",
+                          help="output catalogue of bh-stage run")
+    inspect_.add_argument("tile", metavar="TILE", help="the tile that run read")
+    inspect_.add_argument("-o", "--output-dir", metavar="OUTDIR",
+                          help="output folder (default: <catalogue stem>_inspect beside it)")
+    inspect_.add_argument("--weight", default="auto",
+                          help="the run's weight map: auto (as the stage), a path, or none")
+    inspect_.add_argument("--x-column", default=defaults.x_column,
+                          help="1-based x position column (default %(default)s)")
+    inspect_.add_argument("--y-column", default=defaults.y_column,
+                          help="1-based y position column (default %(default)s)")
+    inspect_.add_argument("--hdu", default=defaults.catalogue_hdu,
+                          help="catalogue HDU name or index (default %(default)s)")
+    inspect_.add_argument("--seed", type=int, default=defaults.seed,
+                          help="the run's seed, for the stamps' noise fill (default "
+                          "%(default)s)")
+    inspect_.add_argument("--overwrite", action="store_true",
+                          help="write into a folder that holds files, replacing ours")
+    inspect_.set_defaults(func=_cmd_inspect)
 
     for name, text in (("simulate", "simulate stamp data sets or a tile with GalSim"),
                        ("train", "train a BlendHunter head on simulated stamps"),

@@ -357,6 +357,73 @@ def atomic_output(path, overwrite=False, make_parents=False):
         tmp.unlink(missing_ok=True)
 
 
+def check_output_folder(path, overwrite=False):
+    """Refuse an output folder that is a file, holds files (unless ``overwrite``), or cannot
+    be made.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The folder; absent or empty is accepted. Its parent must exist and be writable.
+    overwrite : bool
+        Accept a folder that holds files (those written again are replaced, others kept).
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` holds files and ``overwrite`` is False.
+    OutputFileError
+        ``path`` is a file, or its parent does not exist or is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputFileError(f"{path}: exists and is not a folder; choose another folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{path}: output folder exists and is not empty; pass "
+                                "--overwrite to replace its files, or choose another folder")
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputFileError(f"{path}: parent folder {parent} does not exist")
+    try:
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        os.rmdir(tempfile.mkdtemp(prefix=f".inprogress_{path.name}.", dir=parent))
+    except OSError as err:
+        raise OutputFileError(f"{path}: cannot write in {parent} ({err.strerror}); choose "
+                              "another folder or make it writable") from err
+    return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path, overwrite=False):
+    """Yield a temporary folder beside ``path``; on success its files become ``path``'s.
+
+    An absent ``path`` is the temporary folder renamed; into an existing one (empty, or
+    with ``overwrite``) each file is renamed, replacing one of the same name. On error the
+    temporary folder is removed and ``path`` is left as it was.
+
+    Raises
+    ------
+    OutputExistsError, OutputFileError
+        As ``check_output_folder``.
+    """
+    path = Path(path)
+    check_output_folder(path, overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".inprogress_{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; outputs get the usual permissions
+    try:
+        yield tmp
+        if path.is_dir():
+            for item in sorted(tmp.iterdir()):
+                os.replace(item, path / item.name)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _describe(hdu, colnum, column):
     """Write TTYPE comment and TUNIT of 1-based column ``colnum``."""
     hdu.write_key(f"TTYPE{colnum}", column.name, comment=column.description[:47])

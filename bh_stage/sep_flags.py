@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FlagDefinition", "BH_FLAGS", "BH_EDGE", "BH_MASKED", "BH_NOT_SCORED", "BH_SEP_ERROR",
-    "decode_flags", "classify_stamps", "SepProcesses", "SEP_FAILED",
+    "decode_flags", "extract_sources", "classify_stamps", "SepProcesses", "SEP_FAILED",
 ]
 
 
@@ -78,8 +78,12 @@ _KERNEL_3X3 = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
 """SExtractor's default.conv / kernel_3x3.conv, as SEP uses by default."""
 
 
-def _extract(stamp, sep_cfg):
-    """Return SEP's sources in one stamp, thresholded at ``thresh_rms`` x its global rms."""
+def extract_sources(stamp, sep_cfg):
+    """Return SEP's sources in one stamp, thresholded at ``thresh_rms`` x its global rms.
+
+    The structured array of ``sep.extract``: ``x``, ``y`` are 0-based positions in the
+    stamp, ``flag`` holds SEP's object flags. SEP's bare ``Exception`` is not caught here.
+    """
     import sep
 
     data = np.ascontiguousarray(stamp, dtype=np.float64)
@@ -160,7 +164,7 @@ def classify_stamps(stamps, sep_cfg, true_xy=None, first_index=0):
             known = true_xy[i][np.isfinite(true_xy[i]).all(axis=1)]
             stage_mode = False
         try:
-            objects = _extract(stamps[i], sep_cfg)
+            objects = extract_sources(stamps[i], sep_cfg)
         except Exception as err:  # SEP raises bare Exception for C-level failures.
             out["nsrc"][i], out["error"][i] = -1, True
             log.debug("obj %d: SEP failed: %s", first_index + i, err)

@@ -27,7 +27,8 @@ from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProc
                         decode_flags)
 from .stamps import cut_stamps
 
-__all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "output_columns", "resolve_paths"]
+__all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "output_columns", "resolve_paths",
+           "auto_weight", "tile_pixels"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,14 @@ WEIGHT_AUTO_SUFFIXES = (".weight.fits", ".weight.fits.fz")
 """``weight: auto`` takes the first ``<stem><suffix>`` beside the tile that exists."""
 
 
+def auto_weight(tile_path):
+    """Return the weight map ``weight: auto`` takes for a tile: the first of
+    ``WEIGHT_AUTO_SUFFIXES`` beside it that is a file, or None."""
+    tile = Path(tile_path)
+    return next((p for p in (tile.parent / f"{_stem(tile)}{suffix}"
+                             for suffix in WEIGHT_AUTO_SUFFIXES) if p.is_file()), None)
+
+
 def resolve_paths(cfg, tile_path):
     """Return the tile, catalogue, weight (or None) and output paths for one tile.
 
@@ -107,8 +116,7 @@ def resolve_paths(cfg, tile_path):
             raise ConfigError(f"{key}: bad pattern {pattern!r}; use {{dir}} and {{stem}}") from err
 
     if cfg.weight == "auto":
-        weight = next((p for p in (tile.parent / f"{fields['stem']}{suffix}"
-                                   for suffix in WEIGHT_AUTO_SUFFIXES) if p.is_file()), None)
+        weight = auto_weight(tile)
     else:
         weight = fill(cfg.weight, "weight") if cfg.weight else None
     return tile, fill(cfg.catalogue, "catalogue"), weight, fill(cfg.output, "output")
@@ -154,6 +162,43 @@ def _subtract_background(image, bad):
     bkg.subfrom(image)
     image[bad] = 0.0
     return float(bkg.globalrms)
+
+
+def tile_pixels(tile_path, weight_path=None):
+    """Read a tile as the stage cuts its stamps: background-subtracted, with its bad pixels.
+
+    Parameters
+    ----------
+    tile_path : str or pathlib.Path
+        The tile, plain or tile-compressed FITS.
+    weight_path : str or pathlib.Path, optional
+        Its weight map; pixels of weight 0 count as bad.
+
+    Returns
+    -------
+    image : ndarray, float32, shape (ny, nx)
+        ADU, SEP's background subtracted, 0 at bad pixels.
+    bad : ndarray of bool, shape (ny, nx)
+        Non-finite, SExtractor's -1e30, or zero weight.
+    rms_adu : float
+        The tile's global rms (SEP), header key ``BH_RMS`` of the output.
+
+    Raises
+    ------
+    InputFileError
+        A file is unreadable, or the weight map's shape differs from the tile's.
+    """
+    image, _ = io.read_tile(tile_path)
+    weight = None
+    if weight_path is not None:
+        weight, _ = io.read_tile(weight_path)
+        if weight.shape != image.shape:
+            raise InputFileError(f"{weight_path}: weight map is {weight.shape[1]}x"
+                                 f"{weight.shape[0]}, the tile {image.shape[1]}x"
+                                 f"{image.shape[0]}")
+    bad = _bad_pixels(image, weight)
+    del weight
+    return image, bad, _subtract_background(image, bad)
 
 
 def _no_progress(done, total, step):
@@ -299,17 +344,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
                 if columns else np.zeros((cat.nrows, 0), np.float32))
 
     progress(0, 1, "reading tile")
-    image, _ = io.read_tile(tile)
-    weight = None
-    if weight_path is not None:
-        weight, _ = io.read_tile(weight_path)
-        if weight.shape != image.shape:
-            raise InputFileError(f"{weight_path}: weight map is {weight.shape[1]}x"
-                                 f"{weight.shape[0]}, the tile {image.shape[1]}x"
-                                 f"{image.shape[0]}")
-    bad = _bad_pixels(image, weight)
-    del weight
-    rms_adu = _subtract_background(image, bad)
+    image, bad, rms_adu = tile_pixels(tile, weight_path)
     log.info("tile rms %.3g ADU, %.2g %% of pixels masked", rms_adu, 100 * bad.mean())
 
     progress(1, 1, "reading tile")

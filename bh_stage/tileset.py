@@ -16,7 +16,7 @@ from . import cues, io, tiletruth
 from .stamps import cut_stamps
 
 __all__ = ["TILE_FILES", "ROLES", "prepare_tile", "prepare_role", "tile_folders",
-           "simulate_config", "detection_table", "detection_stamps", "tile_pixels"]
+           "simulate_config", "detection_table", "detection_stamps"]
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +71,6 @@ def detection_table(folder, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE"):
     return (cat.x_pix, cat.y_pix), classes, feats
 
 
-def tile_pixels(image_path, weight_path):
-    """Read a tile as the stage does: background-subtracted image, bad-pixel mask, rms."""
-    from .stage import _bad_pixels, _subtract_background
-
-    image, _ = io.read_tile(image_path)
-    weight, _ = io.read_tile(weight_path) if weight_path is not None else (None, None)
-    bad = _bad_pixels(image, weight)
-    rms = _subtract_background(image, bad)
-    return image, bad, rms
-
-
 def detection_stamps(folder, seed=0, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE"):
     """The tile head's input of every detection: the central square of the stage's stamp.
 
@@ -96,6 +85,7 @@ def detection_stamps(folder, seed=0, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE
     rms_adu : float
         The tile's rms.
     """
+    from .stage import tile_pixels  # stage imports tilehead, which imports this module
     from .tilehead import centre_stamps
 
     folder = Path(folder)

@@ -70,7 +70,7 @@ def test_sep_error_is_a_flag_not_an_exception(monkeypatch):
     def fail(stamp, cfg):
         raise Exception("internal pixel buffer full")  # what SEP raises, e.g. pixstack
 
-    monkeypatch.setattr(sep_flags, "_extract", fail)
+    monkeypatch.setattr(sep_flags, "extract_sources", fail)
     out = classify_stamps(stamps_with([(C, C)]), SepConfig())
     assert out["error"][0] and out["nsrc"][0] == -1 and out["blend"][0] == 0
 
