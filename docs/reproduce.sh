@@ -86,4 +86,8 @@ bh-stage train-tile example_config/train-tile.yml --set tiles.work_dir=$work/til
 bh-stage evaluate-tile example_config/evaluate-tile.yml --set tiles.work_dir=$work/tiles \
     --set output_dir=docs/results_tile --set overwrite=true
 # Heads on frozen VGG16 features on the same validation tiles (why the tile head is not one).
-python bench/bench_tile_heads.py --work-dir $work/tiles --train 101,102,103 --valid 201,202
+python bench/bench_tile_heads.py --work-dir $work/tiles --train 101 --valid 201
+
+# --- Speed (README "Speed and memory"): a 10k x 10k tile, the stage against source-extractor
+python bench/bench_stage.py --size-pix 10000 --head none
+python bench/bench_stage.py --size-pix 10000 --head default
