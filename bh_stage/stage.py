@@ -216,11 +216,12 @@ tests/test_vignet.py)."""
 def _vignet_stamps(cfg, cat_path, rows, xc, yc, shape, bad, rms_adu):
     """Stamps of catalogue rows ``rows`` from its VIGNET column, as ``cut_stamps`` makes them.
 
-    SExtractor's VIGNET is already background-subtracted (its own background map) and holds
-    -1e30 off the image and, with ``BLANK_FLAG Y``, on the pixels of neighbouring detections;
-    it does not mark pixels of weight 0. So -1e30 off the image (from the stamp's 0-based
-    centre ``xc, yc`` and the image ``shape``) counts as off the tile (``BH_EDGE``), -1e30 on
-    the image and the weight map's bad pixels (``bad``) as masked (``BH_MASKED``).
+    SExtractor's VIGNET (2.25, tests/test_vignet.py) is the tile minus SExtractor's own
+    background map, -1e30 off the image and, with MASK_TYPE CORRECT or BLANK, on the pixels of
+    neighbouring detections; pixels of weight 0 hold SExtractor's interpolation, unmarked.
+    So -1e30 off the image (from the stamp's 0-based centre ``xc, yc`` and the image
+    ``shape``) counts as off the tile (``BH_EDGE``), -1e30 on the image and the weight map's
+    bad pixels (``bad``) as masked (``BH_MASKED``), as ``cut_stamps`` counts them.
     """
     size = cfg.stamp.size_pix
     vignet = io.read_column_rows(cat_path, VIGNET_COLUMN, rows.start, rows.stop,
