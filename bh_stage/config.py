@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = [
-    "SepConfig", "StampConfig", "RunConfig", "load_config", "config_from_dict",
+    "SepConfig", "StampConfig", "RunStampConfig", "RunConfig", "load_config", "config_from_dict",
     "config_to_dict", "config_hash", "config_reference", "SCHEMAS",
 ]
 
@@ -59,6 +59,20 @@ class StampConfig:
                            min=9, odd=True)
     pad_pix: int = option(7, "Padding added on every side before the network (paper: 7).",
                           min=0)
+
+
+@dataclasses.dataclass
+class RunStampConfig(StampConfig):
+    """Stamps of ``bh-stage run``: the geometry, and where the pixels come from."""
+
+    source: str = option("tile", "Where stamps come from: 'tile' (cut from the tile) or "
+                         "'vignet' (the catalogue's VIGNET(size_pix,size_pix) column, which "
+                         "SExtractor centres on X_IMAGE/Y_IMAGE; docs/shapepipe.md).",
+                         choices=("tile", "vignet"))
+    rms_adu: typing.Optional[float] = option(
+        None, "Sky rms (ADU) of the noise filling padding, edges and masked pixels, and given to "
+        "the tile head; null: measured on the tile (which must then exist).", min=0,
+        min_exclusive=True)
 
 
 @dataclasses.dataclass
@@ -122,7 +136,8 @@ class RunConfig:
     overwrite: bool = option(False, "Replace an existing output.")
     seed: int = option(0, "Seed of the noise that fills padding, edges and masked pixels "
                        "(per object: seed + row).", min=0)
-    stamp: StampConfig = option(StampConfig, "Stamp geometry; must match the head.")
+    stamp: RunStampConfig = option(RunStampConfig, "Stamp geometry (must match the head) "
+                                   "and source.")
     sep: SepConfig = option(SepConfig, "SEP parameters (paper's defaults).")
 
 

@@ -193,6 +193,69 @@ def read_catalogue(path, x_column, y_column, id_column="NUMBER", hdu="auto"):
     return Catalogue(path, index, extname, nrows, x - FITS_ORIGIN, y - FITS_ORIGIN, ids)
 
 
+def column_cell_shape(path, column, hdu="auto"):
+    """Return the shape of one cell of a catalogue column, e.g. ``(51, 51)`` for
+    ``VIGNET(51,51)``, without reading its data.
+
+    Raises
+    ------
+    InputFileError
+        Missing or not FITS.
+    CatalogueColumnError
+        No such table or column.
+    """
+    path = Path(path)
+    with _open_fits(path) as fits:
+        table = fits[_objects_hdu(fits, path, hdu)]
+        dtype = table.get_rec_dtype()[0]
+        names = {name.upper(): name for name in dtype.names}
+        if column.upper() not in names:
+            raise CatalogueColumnError(f"{path}: no column {column!r}; add {column}(51,51) to "
+                                       "the SExtractor parameter file")
+        return tuple(dtype[names[column.upper()]].shape)
+
+
+def read_column_rows(path, column, start, stop, hdu="auto"):
+    """Read rows ``start`` to ``stop - 1`` (0-based) of a catalogue column, e.g. one batch of
+    VIGNET stamps, so a large column is never held whole in memory.
+
+    Returns
+    -------
+    ndarray, float32, native byte order, shape (stop - start,) + cell shape
+
+    Raises
+    ------
+    InputFileError
+        Missing, not FITS or truncated.
+    """
+    path = Path(path)
+    with _open_fits(path) as fits:
+        table = fits[_objects_hdu(fits, path, hdu)]
+        try:
+            values = table.read_column(column, rows=range(start, stop))
+        except (OSError, ValueError) as err:
+            raise InputFileError(f"{path}: cannot read rows {start + 1}-{stop} of {column} "
+                                 f"({_fitsio_message(err)}); the file may be truncated") from err
+    return np.asarray(values, dtype=np.float32)
+
+
+def ldac_image_shape(path):
+    """Return ``(ny, nx)`` of the image a FITS_LDAC catalogue was extracted from (NAXIS2 and
+    NAXIS1 of its LDAC_IMHEAD), or None without an LDAC_IMHEAD."""
+    from astropy.io.fits import Header
+
+    path = Path(path)
+    with _open_fits(path) as fits:
+        names = [hdu.get_extname().upper() for hdu in fits]
+        if "LDAC_IMHEAD" not in names:
+            return None
+        cards = fits[names.index("LDAC_IMHEAD")].read()["Field Header Card"][0]
+    header = Header.fromstring("".join(str(card).ljust(80) for card in cards))
+    if "NAXIS1" not in header or "NAXIS2" not in header:
+        raise InputFileError(f"{path}: LDAC_IMHEAD has no NAXIS1/NAXIS2; pass the tile")
+    return int(header["NAXIS2"]), int(header["NAXIS1"])
+
+
 @dataclasses.dataclass
 class TableInfo:
     """Shape and header of a catalogue's objects table, read by ``read_table_info``.

@@ -22,10 +22,10 @@ import numpy as np
 
 from . import __version__, cues, io, model, tilehead
 from .config import config_hash
-from .errors import ConfigError, InputFileError, ModelShapeError
+from .errors import CatalogueColumnError, ConfigError, InputFileError, ModelShapeError
 from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProcesses,
                         decode_flags)
-from .stamps import cut_stamps
+from .stamps import cut_stamps, fill_and_pad, nearest_pixel, off_image, window_pixels
 
 __all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "output_columns", "resolve_paths",
            "auto_weight", "tile_pixels"]
@@ -189,16 +189,54 @@ def tile_pixels(tile_path, weight_path=None):
         A file is unreadable, or the weight map's shape differs from the tile's.
     """
     image, _ = io.read_tile(tile_path)
-    weight = None
-    if weight_path is not None:
-        weight, _ = io.read_tile(weight_path)
-        if weight.shape != image.shape:
-            raise InputFileError(f"{weight_path}: weight map is {weight.shape[1]}x"
-                                 f"{weight.shape[0]}, the tile {image.shape[1]}x"
-                                 f"{image.shape[0]}")
+    weight = None if weight_path is None else _read_weight(weight_path, image.shape)
     bad = _bad_pixels(image, weight)
     del weight
     return image, bad, _subtract_background(image, bad)
+
+
+def _read_weight(weight_path, shape):
+    """Read a weight map, refusing one whose shape ``(ny, nx)`` is not the tile's."""
+    weight, _ = io.read_tile(weight_path)
+    if weight.shape != tuple(shape):
+        raise InputFileError(f"{weight_path}: weight map is {weight.shape[1]}x"
+                             f"{weight.shape[0]}, the tile {shape[1]}x{shape[0]}")
+    return weight
+
+
+VIGNET_COLUMN = "VIGNET"
+"""SExtractor's stamp column, read with ``stamp.source: vignet``."""
+
+VIGNET_CENTRE_COLUMNS = ("X_IMAGE", "Y_IMAGE")
+"""SExtractor centres VIGNET on the pixel nearest its (1-based) isophotal barycentre,
+X_IMAGE/Y_IMAGE, whatever the config's x_column/y_column (checked on source-extractor 2.25 in
+tests/test_vignet.py)."""
+
+
+def _vignet_stamps(cfg, cat_path, rows, xc, yc, shape, bad, rms_adu):
+    """Stamps of catalogue rows ``rows`` from its VIGNET column, as ``cut_stamps`` makes them.
+
+    SExtractor's VIGNET (2.25, tests/test_vignet.py) is the tile minus SExtractor's own
+    background map, -1e30 off the image and, with MASK_TYPE CORRECT or BLANK, on the pixels of
+    neighbouring detections; pixels of weight 0 hold SExtractor's interpolation, unmarked.
+    So -1e30 off the image (from the stamp's 0-based centre ``xc, yc`` and the image
+    ``shape``) counts as off the tile (``BH_EDGE``), -1e30 on the image and the weight map's
+    bad pixels (``bad``) as masked (``BH_MASKED``), as ``cut_stamps`` counts them.
+    """
+    size = cfg.stamp.size_pix
+    vignet = io.read_column_rows(cat_path, VIGNET_COLUMN, rows.start, rows.stop,
+                                 cfg.catalogue_hdu)
+    null = vignet <= io.SEXTRACTOR_NULL
+    off = off_image(shape, xc[rows], yc[rows], size)
+    wrong = np.flatnonzero((off & ~null).any(axis=(1, 2)))
+    if wrong.size:
+        row = rows.start + int(wrong[0])
+        raise InputFileError(f"{cat_path}: row {row + 1}: VIGNET holds pixels off the "
+                             f"{shape[1]}x{shape[0]} image; is X_IMAGE/Y_IMAGE or the image "
+                             "size (LDAC_IMHEAD or the tile) that of this catalogue?")
+    if bad is not None:
+        null |= window_pixels(bad, xc[rows], yc[rows], size, False)
+    return fill_and_pad(vignet, off, null, cfg.stamp.pad_pix, rms_adu, cfg.seed, rows.start)
 
 
 def _no_progress(done, total, step):
@@ -209,17 +247,15 @@ SEP_PROCESSES = 2
 """SEP child processes of a run (``sep_flags.SepProcesses``)."""
 
 
-def _score(cfg, clf, tile_head, features, image, bad, rms_adu, cat, scorable, progress):
-    """Stream the catalogue in batches; return BLEND_PROB, BH_PAPER_PROB (NaN without a paper
-    head, ``clf`` None), SEP columns and the fractions."""
-    n = cat.nrows
+def _score(cfg, clf, tile_head, features, stamps_of, rms_adu, n, scorable, progress):
+    """Stream the catalogue in batches (``stamps_of(rows)`` gives the stamps and fractions of
+    a slice of rows); return BLEND_PROB, BH_PAPER_PROB (NaN without a paper head, ``clf``
+    None), SEP columns and the fractions."""
     prob = np.full(n, np.nan, dtype=np.float64)
     paper = np.full(n, np.nan, dtype=np.float32)
     sep_out = np.zeros(n, dtype=[("nsrc", "i2"), ("blend", "i1"), ("error", "?")])
     edge = np.zeros(n, dtype=np.float32)
     mask = np.zeros(n, dtype=np.float32)
-    x = np.where(scorable, cat.x_pix, 0.0)  # a placeholder stamp, never used
-    y = np.where(scorable, cat.y_pix, 0.0)
     progress(0, n, "objects")
     pending = collections.deque()  # (rows, ok, SEP job) of the batches SEP is working on
 
@@ -234,9 +270,7 @@ def _score(cfg, clf, tile_head, features, image, bad, rms_adu, cat, scorable, pr
     with SepProcesses(SEP_PROCESSES) as sep_workers:
         for start in range(0, n, cfg.batch_size):
             rows = slice(start, min(start + cfg.batch_size, n))
-            stamps, edge[rows], mask[rows] = cut_stamps(
-                image, x[rows], y[rows], cfg.stamp.size_pix, cfg.stamp.pad_pix, bad=bad,
-                fill_sigma=rms_adu, seed=cfg.seed, first_index=start)
+            stamps, edge[rows], mask[rows] = stamps_of(rows)
             ok = scorable[rows] & (edge[rows] < 1) & (mask[rows] < 1)
             pending.append((rows, ok, sep_workers.submit(stamps, cfg.sep, start)))
             if ok.any():
@@ -271,7 +305,8 @@ def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr):
         ("BH_HEAD", "none" if clf is None else Path(clf.head_path).name,
          "paper head (BH_PAPER_PROB)"),
         *paper,
-        ("BH_RMS", rms_adu, "[ADU] tile rms used to fill padding"),
+        ("BH_RMS", rms_adu, "[ADU] sky rms used to fill padding"),
+        ("BH_STSRC", cfg.stamp.source, "stamps: cut from the tile, or VIGNET"),
         ("BH_CFGSH", config_hash(cfg), "sha256 of the resolved config"),
         ("BH_DATE", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
          "UTC date of the run"),
@@ -323,7 +358,13 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     tile, cat_path, weight_path, output = resolve_paths(cfg, tile_path)
     if output.resolve() in (tile.resolve(), cat_path.resolve()):
         raise ConfigError(f"output {output} would overwrite an input; choose another output")
-    for path in (tile, cat_path, weight_path):
+    vignet = cfg.stamp.source == "vignet"
+    if vignet and cfg.stamp.rms_adu is None and not tile.exists():
+        raise ConfigError(f"{tile}: no such tile, and stamp.rms_adu is null; with "
+                          "stamp.source: vignet give the tile or set stamp.rms_adu")
+    read_tile = not vignet or cfg.stamp.rms_adu is None
+    for path in ((tile, cat_path, weight_path) if read_tile or tile.exists()
+                 else (cat_path, weight_path)):
         if path is not None and path.is_dir():
             raise InputFileError(f"{path}: is a directory, not a FITS file")
         if path is not None and not path.is_file():
@@ -334,8 +375,21 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     io.check_output(output, cfg.overwrite)
     cat = io.read_catalogue(cat_path, cfg.x_column, cfg.y_column, cfg.id_column,
                             cfg.catalogue_hdu)
-    shape = io.tile_shape(tile)
+    shape = io.tile_shape(tile) if tile.exists() else io.ldac_image_shape(cat_path)
+    if shape is None:
+        raise InputFileError(f"{cat_path}: no LDAC_IMHEAD giving the image size; give the tile "
+                             "or a FITS_LDAC catalogue")
     finite = _check_positions(cat, shape, cfg.stamp.size_pix // 2)
+    if vignet:
+        cell = io.column_cell_shape(cat_path, VIGNET_COLUMN, cfg.catalogue_hdu)
+        if cell != (cfg.stamp.size_pix,) * 2:
+            raise CatalogueColumnError(
+                f"{cat_path}: {VIGNET_COLUMN} is {'x'.join(map(str, cell))}, stamp.size_pix "
+                f"{cfg.stamp.size_pix}; set {VIGNET_COLUMN}({cfg.stamp.size_pix},"
+                f"{cfg.stamp.size_pix}) in the SExtractor parameter file")
+        centre = io.read_catalogue(cat_path, *VIGNET_CENTRE_COLUMNS, cfg.id_column,
+                                   cfg.catalogue_hdu)
+        finite &= np.isfinite(centre.x_pix) & np.isfinite(centre.y_pix)
     log.info("%s: %d objects from %s (HDU %s)", tile, cat.nrows, cat_path, cat.extname)
     tile_head = tilehead.load_tile_head(tilehead.tile_head_path(cfg.tile_head))
     columns = io.read_columns(cat_path, tile_head.catalogue_columns, cfg.catalogue_hdu)
@@ -344,8 +398,32 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
                 if columns else np.zeros((cat.nrows, 0), np.float32))
 
     progress(0, 1, "reading tile")
-    image, bad, rms_adu = tile_pixels(tile, weight_path)
-    log.info("tile rms %.3g ADU, %.2g %% of pixels masked", rms_adu, 100 * bad.mean())
+    image = bad = None
+    if read_tile:
+        image, bad, rms_adu = tile_pixels(tile, weight_path)
+        log.info("tile rms %.3g ADU, %.2g %% of pixels masked", rms_adu, 100 * bad.mean())
+    elif weight_path is not None:
+        bad = ~(_read_weight(weight_path, shape) > 0)
+    if cfg.stamp.rms_adu is not None:
+        rms_adu = cfg.stamp.rms_adu
+        log.info("sky rms from stamp.rms_adu: %.3g ADU", rms_adu)
+    if vignet:
+        image = None  # VIGNET is already background-subtracted by SExtractor
+        log.info("stamps from %s's %s, centred on %s", cat_path, VIGNET_COLUMN,
+                 "/".join(VIGNET_CENTRE_COLUMNS))
+        xc = nearest_pixel(np.where(finite, centre.x_pix, 0.0))  # 0: placeholder, never used
+        yc = nearest_pixel(np.where(finite, centre.y_pix, 0.0))
+
+        def stamps_of(rows):
+            return _vignet_stamps(cfg, cat_path, rows, xc, yc, shape, bad, rms_adu)
+    else:
+        x = np.where(finite, cat.x_pix, 0.0)  # a placeholder stamp, never used
+        y = np.where(finite, cat.y_pix, 0.0)
+
+        def stamps_of(rows):
+            return cut_stamps(image, x[rows], y[rows], cfg.stamp.size_pix, cfg.stamp.pad_pix,
+                              bad=bad, fill_sigma=rms_adu, seed=cfg.seed,
+                              first_index=rows.start)
 
     progress(1, 1, "reading tile")
     progress(0, 1, "loading network")
@@ -371,9 +449,9 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         log.info("paper head %s (trained at sigma %.3g ADU), BH_PAPER_FLAG threshold %.3f",
                  head, clf.metadata["noise_sigma_adu"], hybrid_thr)
 
-    prob, paper, sep_out, edge, mask = _score(cfg, clf, tile_head, features, image, bad,
-                                              rms_adu, cat, finite, progress)
-    del image, bad
+    prob, paper, sep_out, edge, mask = _score(cfg, clf, tile_head, features, stamps_of,
+                                              rms_adu, cat.nrows, finite, progress)
+    del image, bad, stamps_of
 
     scored = np.isfinite(prob)
     flag = (scored & (prob >= blend_thr)).astype(np.int16)

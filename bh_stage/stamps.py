@@ -13,8 +13,8 @@ Gaussian noise of the tile's rms (``cut_stamps``), so both see noise of the same
 
 import numpy as np
 
-__all__ = ["nearest_pixel", "cut_stamps", "pad_stamps", "add_noise", "object_rng",
-           "dataset_noise_seeds"]
+__all__ = ["nearest_pixel", "cut_stamps", "off_image", "window_pixels", "fill_and_pad",
+           "pad_stamps", "add_noise", "object_rng", "dataset_noise_seeds"]
 
 
 def nearest_pixel(pos_pix):
@@ -68,37 +68,78 @@ def cut_stamps(image, x_pix, y_pix, size_pix, pad_pix=0, bad=None, fill_sigma=0.
     """
     if size_pix % 2 != 1:
         raise ValueError(f"size_pix must be odd, got {size_pix}")
-    ny, nx = image.shape
     xc, yc = nearest_pixel(x_pix), nearest_pixel(y_pix)
-    n = xc.size
-    half, side = size_pix // 2, size_pix + 2 * pad_pix
-    stamps = np.zeros((n, side, side), dtype=np.float32)
-    edge_frac = np.zeros(n, dtype=np.float32)
-    mask_frac = np.zeros(n, dtype=np.float32)
-    area = size_pix * size_pix
-    for i in range(n):
-        x0, y0 = xc[i] - half, yc[i] - half
-        # Overlap of the stamp [y0, y0 + size) x [x0, x0 + size) with the tile.
+    cut = window_pixels(image, xc, yc, size_pix, 0.0)
+    off = off_image(image.shape, xc, yc, size_pix)
+    invalid = None if bad is None else window_pixels(bad, xc, yc, size_pix, False)
+    return fill_and_pad(cut, off, invalid, pad_pix, fill_sigma, seed, first_index)
+
+
+def off_image(shape, xc, yc, size_pix):
+    """Return which pixels of the ``size_pix`` stamps centred on pixels ``(xc, yc)`` lie off an
+    image of ``shape`` ``(ny, nx)``: bool ``(n, size_pix, size_pix)``."""
+    half = size_pix // 2
+    offsets = np.arange(size_pix) - half
+    cols = np.asarray(xc, dtype=np.int64)[:, None] + offsets
+    rows = np.asarray(yc, dtype=np.int64)[:, None] + offsets
+    off_x = (cols < 0) | (cols >= shape[1])
+    off_y = (rows < 0) | (rows >= shape[0])
+    return off_y[:, :, None] | off_x[:, None, :]
+
+
+def window_pixels(image, xc, yc, size_pix, fill):
+    """Return the ``size_pix`` windows of ``image`` centred on pixels ``(xc, yc)``, ``fill``
+    off the image: ``(n, size_pix, size_pix)``, dtype of ``image``."""
+    ny, nx = image.shape
+    half = size_pix // 2
+    out = np.full((len(xc), size_pix, size_pix), fill, dtype=image.dtype)
+    for i, (x, y) in enumerate(zip(xc, yc)):
+        x0, y0 = int(x) - half, int(y) - half
+        # Overlap of the window [y0, y0 + size) x [x0, x0 + size) with the image.
         ty0, ty1 = max(y0, 0), min(y0 + size_pix, ny)
         tx0, tx1 = max(x0, 0), min(x0 + size_pix, nx)
-        fill = np.ones((side, side), dtype=bool)
         if ty1 > ty0 and tx1 > tx0:
-            sy = slice(ty0 - y0 + pad_pix, ty1 - y0 + pad_pix)
-            sx = slice(tx0 - x0 + pad_pix, tx1 - x0 + pad_pix)
-            cut = image[ty0:ty1, tx0:tx1]
-            invalid = ~np.isfinite(cut)
-            if bad is not None:
-                invalid |= bad[ty0:ty1, tx0:tx1]
-            stamps[i, sy, sx] = np.where(invalid, 0.0, cut)
-            fill[sy, sx] = invalid
-            on_tile = (ty1 - ty0) * (tx1 - tx0)
-            mask_frac[i] = invalid.sum() / on_tile
-        else:
-            on_tile = 0
-        edge_frac[i] = 1.0 - on_tile / area
-        if fill_sigma > 0:
+            out[i, ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0] = image[ty0:ty1, tx0:tx1]
+    return out
+
+
+def fill_and_pad(cut, off, bad=None, pad_pix=0, fill_sigma=0.0, seed=0, first_index=0):
+    """Pad stamps and fill what is not valid sky with noise: the end of ``cut_stamps``, and
+    of the stage's stamps read from SExtractor's VIGNET.
+
+    Parameters
+    ----------
+    cut : ndarray, shape (n, size_pix, size_pix)
+        Background-subtracted stamps in ADU; values off the image or bad are ignored.
+    off : ndarray of bool, same shape
+        Pixels off the image.
+    bad : ndarray of bool, same shape, optional
+        Pixels on the image that must not reach the network. Non-finite pixels count as bad.
+    pad_pix, fill_sigma, seed, first_index
+        As ``cut_stamps``.
+
+    Returns
+    -------
+    stamps, edge_frac, mask_frac
+        As ``cut_stamps``.
+    """
+    n, size_pix = cut.shape[0], cut.shape[1]
+    side = size_pix + 2 * pad_pix
+    inner = slice(pad_pix, pad_pix + size_pix)
+    invalid = ~np.isfinite(cut) & ~off
+    if bad is not None:
+        invalid |= bad & ~off
+    fill = np.ones((n, side, side), dtype=bool)
+    fill[:, inner, inner] = invalid | off
+    stamps = np.zeros((n, side, side), dtype=np.float32)
+    stamps[:, inner, inner] = np.where(fill[:, inner, inner], 0.0, cut)
+    on_image = size_pix * size_pix - off.sum(axis=(1, 2))
+    edge_frac = (1.0 - on_image / (size_pix * size_pix)).astype(np.float32)
+    mask_frac = (invalid.sum(axis=(1, 2)) / np.maximum(on_image, 1)).astype(np.float32)
+    if fill_sigma > 0:
+        for i in range(n):
             noise = object_rng(seed, first_index + i).normal(0.0, fill_sigma, (side, side))
-            stamps[i][fill] = noise[fill]
+            stamps[i][fill[i]] = noise[fill[i]]
     return stamps, edge_frac, mask_frac
 
 

@@ -80,32 +80,44 @@ def gaussian_image(shape, sources_xy, flux_adu=4000.0, sigma_pix=1.8, noise_adu=
     return image.astype(np.float32)
 
 
-def write_ldac(path, x_pix, y_pix):
+def write_ldac(path, x_pix, y_pix, vignet=None, image_shape=None):
     """Write a FITS_LDAC catalogue like SExtractor's: LDAC_IMHEAD and LDAC_OBJECTS with
-    1-based XWIN_IMAGE/YWIN_IMAGE, units, comments, TDISP and a VIGNET column with TDIM."""
+    1-based XWIN_IMAGE/YWIN_IMAGE, units, comments, TDISP and a VIGNET column with TDIM.
+
+    ``vignet`` (n, s, s): the VIGNET column, with X_IMAGE/Y_IMAGE equal to XWIN/YWIN added
+    (default: a 3x3 ``arange`` and no X_IMAGE). ``image_shape`` (ny, nx): NAXIS2/NAXIS1
+    cards in LDAC_IMHEAD."""
     import fitsio
 
     n = len(x_pix)
+    cell = (3, 3) if vignet is None else np.shape(vignet)[1:]
+    centre = [] if vignet is None else [("X_IMAGE", ">f8"), ("Y_IMAGE", ">f8")]
     photometry = ["FLUX_RADIUS", "A_IMAGE", "B_IMAGE", "FLUX_AUTO", "FLUXERR_AUTO", "MAG_AUTO",
                   "CLASS_STAR"]  # what the tile head reads, with FLAGS
     objects = np.zeros(n, dtype=[("NUMBER", ">i4"), ("XWIN_IMAGE", ">f8"),
                                  ("YWIN_IMAGE", ">f8"), ("FLAGS", ">i2"),
-                                 ("VIGNET", ">f4", (3, 3))] + [(c, ">f4") for c in photometry])
+                                 ("VIGNET", ">f4", cell)] + [(c, ">f4") for c in photometry]
+                       + centre)
     objects["NUMBER"] = np.arange(1, n + 1)
     objects["XWIN_IMAGE"] = np.asarray(x_pix) + 1.0  # SExtractor is 1-based
     objects["YWIN_IMAGE"] = np.asarray(y_pix) + 1.0
-    objects["VIGNET"] = np.arange(9, dtype=np.float32).reshape(3, 3)
+    objects["VIGNET"] = np.arange(9, dtype=np.float32).reshape(3, 3) if vignet is None \
+        else vignet
+    if vignet is not None:
+        objects["X_IMAGE"], objects["Y_IMAGE"] = objects["XWIN_IMAGE"], objects["YWIN_IMAGE"]
     for column, value in zip(photometry, (1.8, 1.9, 1.7, 4000.0, 40.0, 21.0, 0.5)):
         objects[column] = value
-    imhead = np.zeros(1, dtype=[("Field Header Card", "S80", (3,))])
-    imhead["Field Header Card"][0] = [b"SIMPLE  =                    T", b"GAIN    = 1.0",
-                                      b"END"]
+    cards = [b"SIMPLE  =                    T", b"GAIN    = 1.0"]
+    if image_shape is not None:
+        cards += [b"NAXIS1  = %20d" % image_shape[1], b"NAXIS2  = %20d" % image_shape[0]]
+    imhead = np.zeros(1, dtype=[("Field Header Card", "S80", (len(cards) + 1,))])
+    imhead["Field Header Card"][0] = cards + [b"END"]
     with fitsio.FITS(str(path), "rw", clobber=True) as fits:
         fits.write(None)
         fits.write(imhead, extname="LDAC_IMHEAD")
         fits.write(objects, extname="LDAC_OBJECTS",
                    units=["", "pixel", "pixel", "", "count", "pixel", "pixel", "pixel", "count",
-                          "count", "mag", ""])
+                          "count", "mag", ""] + ["pixel"] * len(centre))
         hdu = fits[-1]
         hdu.write_key("TTYPE2", "XWIN_IMAGE", comment="Windowed position estimate along x")
         hdu.write_key("TDISP2", "F11.4")
