@@ -1,9 +1,9 @@
 """Pure metrics of a score against truth, and intervals by galaxy.
 
 Inputs are arrays: binary verdicts or scores (higher means more likely blended), 0/1
-labels and, for intervals, the group (distinct galaxy) of each row. Stamps and tile detections reuse few
-galaxies, so intervals come from a bootstrap that resamples galaxies, never rows
-(``group_bootstrap``).
+labels and, for intervals, the group (distinct galaxy) of each row. Stamps and tile
+detections reuse few galaxies, so intervals come from a bootstrap that resamples galaxies,
+never rows (``group_bootstrap``).
 """
 
 import numpy as np
