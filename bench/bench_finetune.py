@@ -29,7 +29,8 @@ import numpy as np
 
 from bh_stage import io, model, train
 from bh_stage.config import SepConfig
-from bh_stage.evaluate import accuracy, binary_auc, roc_auc, true_positions
+from bh_stage.evaluate import true_positions
+from bh_stage.metrics import accuracy, binary_auc, roc_auc
 from bh_stage.sep_flags import classify_stamps
 
 REPO = Path(__file__).resolve().parents[1]

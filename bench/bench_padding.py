@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bh_stage import io, model
-from bh_stage.evaluate import accuracy, roc_auc
+from bh_stage.metrics import accuracy, roc_auc
 from bh_stage.stamps import add_noise, dataset_noise_seeds
 
 REPO = Path(__file__).resolve().parents[1]

@@ -615,8 +615,8 @@ class EvaluateConfig:
 
     Reproduces the paper's section 4 (its Figures 3-6) on one data set: every head scores the
     same noisy stamps (noise ``stamps.dataset_noise_seeds``: reproducible per stamp), SEP
-    labels them with the paper's rules using the true positions, and the hybrid flag is the
-    stage's ``SEP_BLEND_FLAG or BLEND_PROB >= hybrid_threshold``.
+    labels them with the paper's rules using the true positions and with the stage's rule, and
+    the hybrid flag is the stage's ``sep_flags.hybrid_flag``.
     """
 
     dataset: str = option("simulated/realistic.h5", "Simulated test data set (.h5 from "
@@ -630,8 +630,8 @@ class EvaluateConfig:
                                                  "accuracy vs noise (Figure 4). CFIS: 14.5.",
                                                  min=0, min_exclusive=True)
     realisations: typing.List[int] = option([0], "Noise realisations per noise level (paper: "
-                                            "10); metrics are averaged over them (mean +- "
-                                            "std).", min=0)
+                                            "10); intervals pool them, figures show their "
+                                            "spread.", min=0)
     split: str = option("test", "Stamps evaluated: 'test' (the data set's test split) or "
                         "'all' (every stamp; right for a set made only of test-half galaxies, "
                         "e.g. set_kind 'real' with real_half 'test').",
@@ -639,7 +639,8 @@ class EvaluateConfig:
     max_stamps: typing.Optional[int] = option(2000, "Evaluate at most this many stamps, "
                                               "drawn at random with `seed` (reduced scale); "
                                               "null: all.", min=2)
-    seed: int = option(0, "Seed of the stamp subsample (max_stamps).", min=0)
+    seed: int = option(0, "Seed of the stamp subsample (max_stamps) and of the galaxy "
+                       "bootstrap.", min=0)
     separation_bins_pix: typing.List[float] = option(
         [0.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0, 25.0, 30.0, 40.0],
         "Edges of the separation bins of accuracy vs separation (Figure 3), pixels; "
@@ -651,8 +652,10 @@ class EvaluateConfig:
                             min=0)
     sep_scan_deblend_cont: typing.List[float] = option(
         [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001, 1e-05],
-        "SEP's ROC: deblend_cont values scanned to trace SEP's ROC curve, whose trapezoid "
-        "area is SEP's AUC; []: SEP's AUC is the 2-point (TPR + TNR) / 2.", min=0, max=1)
+        "SEP's ROC: deblend_cont values scanned to trace SEP's ROC points (paper rule); "
+        "their partial AUC over FPR <= 0.05 is reported; []: no scan.", min=0, max=1)
+    n_bootstrap: int = option(1000, "Resamples of the galaxy bootstrap behind every interval "
+                              "(distinct main galaxies drawn with replacement).", min=10)
     precision: str = option("f32", "Network arithmetic: 'f32' (TensorFlow) or 'bf16' "
                             "(OpenVINO).", choices=("f32", "bf16"))
     batch_size: int = option(256, "Stamps per network batch.", min=1)

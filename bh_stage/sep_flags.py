@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "FlagDefinition", "BH_FLAGS", "BH_EDGE", "BH_MASKED", "BH_NOT_SCORED", "BH_SEP_ERROR",
     "decode_flags", "extract_sources", "classify_stamps", "SepProcesses", "SEP_FAILED",
+    "hybrid_flag",
 ]
 
 
@@ -76,6 +77,36 @@ def decode_flags(value):
 
 _KERNEL_3X3 = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
 """SExtractor's default.conv / kernel_3x3.conv, as SEP uses by default."""
+
+
+def hybrid_flag(sep_blend, p_blend, threshold):
+    """Return the hybrid verdict: SEP says blended, or ``p_blend >= threshold``.
+
+    The one definition of ``BH_PAPER_FLAG`` (stage), of the hybrid of ``bh-stage evaluate``
+    and of the accuracy that ``bh-stage train`` calibrates ``hybrid_threshold`` on.
+
+    Parameters
+    ----------
+    sep_blend : array_like of int, shape (n,)
+        SEP's verdict (``classify_stamps(...)["blend"]`` or ``SEP_BLEND_FLAG``): 1 blended;
+        0 isolated and -1 (SEP failed) count as not blended.
+    p_blend : array_like of float, shape (n,)
+        P(blend); NaN (not scored) is never >= ``threshold``.
+    threshold : float
+        ``hybrid_threshold``.
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+
+    Examples
+    --------
+    >>> hybrid_flag([1, 0, -1, 0], [0.1, 0.95, 0.95, float("nan")], 0.9).tolist()
+    [True, True, True, False]
+    """
+    p_blend = np.asarray(p_blend, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return (np.asarray(sep_blend) == 1) | (p_blend >= threshold)
 
 
 def extract_sources(stamp, sep_cfg):

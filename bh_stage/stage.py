@@ -24,7 +24,7 @@ from . import __version__, cues, io, model, tilehead
 from .config import config_hash
 from .errors import CatalogueColumnError, ConfigError, InputFileError, ModelShapeError
 from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProcesses,
-                        decode_flags)
+                        decode_flags, hybrid_flag)
 from .stamps import cut_stamps, fill_and_pad, nearest_pixel, off_image, window_pixels
 
 __all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "output_columns", "resolve_paths",
@@ -457,7 +457,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     flag = (scored & (prob >= blend_thr)).astype(np.int16)
     sep_flag = (sep_out["blend"] == 1).astype(np.int16)
     paper_flag = (None if clf is None else
-                  (sep_flag.astype(bool) | (scored & (paper >= hybrid_thr))).astype(np.int16))
+                  hybrid_flag(sep_flag, paper, hybrid_thr).astype(np.int16))
     flags = (np.where(edge > 0, BH_EDGE, 0) | np.where(mask > 0, BH_MASKED, 0)
              | np.where(~scored, BH_NOT_SCORED, 0)
              | np.where(sep_out["error"], BH_SEP_ERROR, 0)).astype(np.int16)

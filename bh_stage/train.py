@@ -28,6 +28,7 @@ from . import model as bh_model
 from . import stamps as bh_stamps
 from .config import TrainConfig, config_to_dict
 from .errors import ConfigError, OutputExistsError
+from .sep_flags import hybrid_flag
 
 __all__ = ["train", "run_train", "train_head", "best_threshold", "calibrate_thresholds",
            "augment_stamps", "split_indices", "noisy_stamps", "SPLIT_TRAIN", "SPLIT_VALID", "SPLIT_TEST"]
@@ -48,7 +49,8 @@ READ_CHUNK = 2048
 # --- thresholds -------------------------------------------------------------------------
 
 def best_threshold(p_blend, label, always=None):
-    """Return the threshold t maximising the accuracy of ``always | (p_blend >= t)``.
+    """Return the threshold t maximising the accuracy of ``always | (p_blend >= t)`` (with
+    ``always`` SEP's verdict, the hybrid rule ``sep_flags.hybrid_flag``, counted in closed form).
 
     Candidates are the midpoints between consecutive distinct probabilities, 0 and 1;
     among equally accurate thresholds the one closest to 0.5 is taken.
@@ -86,11 +88,11 @@ def best_threshold(p_blend, label, always=None):
     return float(cand[i]), float(acc[i])
 
 
-def accuracy(p_blend, label, threshold, always=None):
-    """Accuracy of ``always | (p_blend >= threshold)`` against ``label``."""
-    pred = np.asarray(p_blend) >= threshold
-    if always is not None:
-        pred |= np.asarray(always).astype(bool)
+def accuracy(p_blend, label, threshold, sep_blend=None):
+    """Accuracy of ``p_blend >= threshold`` against ``label``; with ``sep_blend`` (SEP's
+    verdict, 1 blended), of the hybrid ``sep_flags.hybrid_flag``."""
+    sep = np.zeros(np.shape(p_blend), np.int8) if sep_blend is None else sep_blend
+    pred = hybrid_flag(sep, p_blend, threshold)
     return float(np.mean(pred == np.asarray(label).astype(bool)))
 
 
@@ -476,12 +478,12 @@ def train(cfg, progress=None):
         y_test = labels(SPLIT_TEST)
         p_test = _predict_head(weights, x_test)
         sep_test = _sep_verdict(cfg.datasets, rows[SPLIT_TEST], attrs_list,
-                                cfg.noise_sigma_adu, r0, cfg.sep) == 1
+                                cfg.noise_sigma_adu, r0, cfg.sep)
         test = {"test_accuracy": accuracy(p_test, y_test, calib["blend_threshold"]),
                 "test_accuracy_at_0.5": accuracy(p_test, y_test, 0.5),
                 "test_accuracy_hybrid": accuracy(p_test, y_test, calib["hybrid_threshold"],
-                                                 always=sep_test),
-                "test_accuracy_sep": float(np.mean(sep_test == y_test.astype(bool)))}
+                                                 sep_test),
+                "test_accuracy_sep": float(np.mean((sep_test == 1) == y_test.astype(bool)))}
     val_loss = float(history["best_val_loss"])
     metadata = {
         "target": bh_model.PAPER_TARGET,

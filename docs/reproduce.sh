@@ -40,9 +40,11 @@ bh-stage train example_config/train.yml \
     --set "datasets=[$work/mixed24k.h5,$work/mixed24k_b.h5,$work/mixed32k_c.h5]" \
     --set head_name=cfis_sigma15_clip_80k --set cache_dir=$work/cache --set overwrite=true
 
-# BlendHunter vs SEP vs the hybrid on the realistic set, default head -> docs/results/.
+# BlendHunter vs both SEP rules vs the hybrid on the realistic set, default head, with
+# galaxy-bootstrap intervals -> docs/results/ (README "Accuracy: BlendHunter vs SEP").
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
-    --set max_stamps=null --set output_dir=docs/results --set overwrite=true
+    --set max_stamps=null --set "heads=[cfis_sigma15_clip_80k]" --set output_dir=docs/results \
+    --set overwrite=true
 
 # The fainter regime: magnitudes up to 26 (median 25, like the real sample) -> docs/results_faint/.
 bh-stage simulate example_config/simulate.yml --set set_kind=real --set real_half=test \

@@ -1,5 +1,6 @@
 """Tests of bh_stage.evaluate: metrics on hand-made cases, evaluate's use of the SEP rules,
-and an end-to-end run on a tiny fake data set with a fake classifier."""
+matched operating points, and an end-to-end run on a tiny fake data set with a fake
+classifier."""
 
 import csv
 
@@ -7,6 +8,8 @@ import numpy as np
 import pytest
 
 from bh_stage import evaluate as ev
+from bh_stage import evaluate_report
+from bh_stage import metrics as mt
 from bh_stage.config import EvaluateConfig, SepConfig, config_from_dict
 from bh_stage.errors import ConfigError, OutputExistsError
 
@@ -16,15 +19,15 @@ from bh_stage.errors import ConfigError, OutputExistsError
 def test_accuracy_and_rates_known_answers():
     pred = np.array([1, 1, 0, 0, 1, 0, 0, 0])
     label = np.array([1, 1, 1, 0, 0, 0, 0, 0])
-    assert ev.accuracy(pred, label) == pytest.approx(6 / 8)
-    tpr, tnr = ev.confusion_rates(pred, label)
+    assert mt.accuracy(pred, label) == pytest.approx(6 / 8)
+    tpr, tnr = mt.confusion_rates(pred, label)
     assert tpr == pytest.approx(2 / 3)
     assert tnr == pytest.approx(4 / 5)
-    assert ev.binary_auc(pred, label) == pytest.approx((2 / 3 + 4 / 5) / 2)
-    assert np.isnan(ev.accuracy([], []))
-    assert np.isnan(ev.confusion_rates([0, 1], [0, 0])[0])
+    assert mt.binary_auc(pred, label) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert np.isnan(mt.accuracy([], []))
+    assert np.isnan(mt.confusion_rates([0, 1], [0, 0])[0])
     with pytest.raises(ValueError, match="equal shapes"):
-        ev.accuracy([1, 0], [1])
+        mt.accuracy([1, 0], [1])
 
 
 @pytest.mark.parametrize("scores, labels, auc", [
@@ -35,47 +38,36 @@ def test_accuracy_and_rates_known_answers():
     ([0.3, 0.5, 0.5, 0.9], [0, 0, 1, 1], 0.875),      # one tied pair counts 1/2
 ])
 def test_roc_auc_known_answers(scores, labels, auc):
-    assert ev.roc_auc(scores, labels) == pytest.approx(auc)
+    assert mt.roc_auc(scores, labels) == pytest.approx(auc)
 
 
 def test_roc_auc_matches_trapezoid_of_roc_curve():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300)
     scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes ties
-    fpr, tpr = ev.roc_curve(scores, labels)
+    fpr, tpr = mt.roc_curve(scores, labels)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
-    assert ev.auc_from_points(fpr, tpr) == pytest.approx(ev.roc_auc(scores, labels))
-    assert np.isnan(ev.roc_auc([0.1, 0.2], [1, 1]))
+    assert mt.auc_from_points(fpr, tpr) == pytest.approx(mt.roc_auc(scores, labels))
+    assert np.isnan(mt.roc_auc([0.1, 0.2], [1, 1]))
 
 
 def test_auc_from_points():
-    assert ev.auc_from_points([0.2], [0.8]) == pytest.approx(0.8)
-    assert ev.auc_from_points([], []) == pytest.approx(0.5)
+    assert mt.auc_from_points([0.2], [0.8]) == pytest.approx(0.8)
+    assert mt.auc_from_points([], []) == pytest.approx(0.5)
     # unsorted points with a NaN: sorted, NaN dropped
     # (0, 0) (0, 0.5) (0.5, 1) (1, 1): 0 + 0.5 * 0.75 + 0.5 * 1
-    assert ev.auc_from_points([0.5, 0.0, np.nan], [1.0, 0.5, 0.3]) == pytest.approx(0.875)
+    assert mt.auc_from_points([0.5, 0.0, np.nan], [1.0, 0.5, 0.3]) == pytest.approx(0.875)
 
 
 def test_accuracy_vs_separation_bins_blends_only():
     pred = np.array([1, 0, 1, 1, 0, 1, 1])
     label = np.array([1, 1, 1, 1, 1, 0, 0])
     sep = np.array([1.0, 3.0, 5.0, 10.0, 19.9, np.nan, np.nan])
-    out = ev.accuracy_vs_separation(pred, label, sep, [0, 5, 10, 20, 40])
+    out = mt.accuracy_vs_separation(pred, label, sep, [0, 5, 10, 20, 40])
     np.testing.assert_array_equal(out["n"], [2, 1, 2, 0])
     np.testing.assert_allclose(out["accuracy"][:3], [0.5, 1.0, 0.5])
     assert np.isnan(out["accuracy"][3])
     np.testing.assert_allclose(out["centres_pix"], [2.5, 7.5, 15, 30])
-
-
-def test_mcnemar_counts_and_exact_p():
-    labels = np.ones(10, int)
-    a = np.array([1] * 9 + [0])
-    b = np.array([0] * 8 + [1, 1])
-    nb, nc, p = ev.mcnemar(a, b, labels)
-    assert (nb, nc) == (8, 1)
-    # exact two-sided binomial: P(X <= 1 or X >= 8), X ~ Bin(9, 1/2)
-    assert p == pytest.approx(2 * (1 + 9) / 2**9)
-    assert ev.mcnemar(a, a, labels) == (0, 0, 1.0)
 
 
 def test_snr_mask_and_true_positions():
@@ -127,6 +119,7 @@ def make_dataset(path, n=40, seed=3):
         truth[name] = np.nan
     truth["gal_id1"] = -1
     truth["index"] = np.arange(n)
+    truth["gal_id0"] = np.arange(n) % 9  # 9 main galaxies, reused
     truth["split"] = SPLIT_TEST
     truth["split"][-4:] = SPLIT_TRAIN  # left out by split 'test'
     truth["kind"] = b"parametric"
@@ -154,28 +147,64 @@ def make_dataset(path, n=40, seed=3):
     return path
 
 
-def test_evaluate_counts_and_excludes_sep_failures(tmp_path):
-    """A stamp with a third (untrue) source is 'SEP failed': excluded from SEP's metrics
-    and counted; BH and the hybrid still use it."""
-    from types import SimpleNamespace
+def test_stamp_metrics_both_sep_rules_and_matched_points():
+    """Known answers on 8 stamps: both SEP rules, the hybrid on the stage rule, BH moved to
+    each rule's operating point."""
+    label = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    sep_pix = np.array([3.0, 5.0, 15.0, 20.0] + [np.nan] * 4)
+    p = np.array([0.9, 0.8, 0.3, 0.7, 0.6, 0.2, 0.1, 0.05])
+    paper = np.array([0, 0, 1, 1, 0, 0, 0, 0], np.int8)      # FPR 0, TPR 0.5
+    stage = np.array([0, 1, 1, 1, 0, 0, 0, 1], np.int8)      # FPR 0.25, TPR 0.75
+    m = ev.stamp_metrics(p, (0.5, 0.85), paper, stage, label, sep_pix, 10.0)
+    assert m["SEP_paper:tpr"] == 0.5 and m["SEP_paper:fpr"] == 0.0
+    assert m["SEP_stage:tpr"] == 0.75 and m["SEP_stage:fpr"] == 0.25
+    assert m["BH:accuracy"] == pytest.approx(6 / 8)          # misses 0.3, false 0.6
+    # hybrid = stage rule or p >= 0.85: catches stamp 0, keeps stage's false positive
+    assert m["hybrid:tpr"] == 1.0 and m["hybrid:fpr"] == 0.25
+    assert m["hybrid-SEP_stage:accuracy"] == pytest.approx(1 / 8)
+    assert m["hybrid-SEP_paper:accuracy"] == pytest.approx(7 / 8 - 6 / 8)
+    # BH at FPR <= 0: threshold above 0.6 -> TPR 3/4; at TPR >= 0.5: t 0.8 -> FPR 0
+    assert m["BH@SEP_paper:tpr_at_fpr"] == 0.75
+    assert m["BH-SEP_paper:tpr_at_fpr"] == pytest.approx(0.25)
+    assert m["BH@SEP_paper:fpr_at_tpr"] == 0.0
+    # at TPR >= 0.75 (stage): t 0.7 -> FPR 0
+    assert m["BH@SEP_stage:fpr_at_tpr"] == 0.0
+    # close blends (3, 5 px): paper TPR 0; BH at FPR <= 0 + 1 pt: both caught, FPR 0
+    assert m["SEP_paper:tpr_close"] == 0.0
+    assert m["BH@SEP_paper:tpr_close_at_fpr"] == 1.0 and m["BH@SEP_paper:fpr_slack"] == 0.0
+    assert m["BH-SEP_paper:tpr_close_at_fpr"] == 1.0
+    assert m["BH:pauc"] == pytest.approx(
+        mt.partial_auc(p, label, ev.MAX_FPR))
+    assert "SEP_paper:pauc_scan" not in m
 
-    label = np.array([True, True, False, False])
-    sep = {"sep_paper": np.array([1, -1, 0, 0], np.int8), "sep_error": np.zeros(4, bool),
-           "sep_stage": np.array([True, True, False, True]),
-           "sep_scan": np.array([[True, True, False, False]])}
-    clf = SimpleNamespace(blend_threshold=0.5, hybrid_threshold=0.9)
-    p = np.array([0.95, 0.2, 0.1, 0.6])
-    cfg = config_from_dict(EvaluateConfig, {"sep_scan_deblend_cont": [0.005]})
-    m = ev._subset_metrics(p, clf, sep, label, np.array([3.0, 15.0, np.nan, np.nan]), cfg)
-    assert m["SEP"]["n_failed"] == 1
-    assert m["SEP"]["n"] == 3 and m["BH"]["n"] == 4
-    assert m["SEP"]["accuracy"] == pytest.approx(1.0)
-    assert m["BH"]["accuracy"] == pytest.approx(0.5)      # misses 1, false positive 3
-    assert m["hybrid"]["accuracy"] == pytest.approx(0.75)  # SEP_stage catches stamp 1
-    assert m["BH-SEP"]["n"] == 3
-    assert m["BH-SEP"]["accuracy"] == pytest.approx(2 / 3 - 1.0)
-    assert m["SEP"]["auc"] == pytest.approx(1.0) and m["SEP"]["auc_2pt"] == pytest.approx(1.0)
-    assert m["hybrid_vs_SEP"]["mcnemar_b"] == 0 and m["hybrid_vs_SEP"]["mcnemar_c"] == 1
+
+def test_galaxy_intervals_paired_zero_and_reused_galaxies():
+    """A difference that is exactly 0 in every stamp has the interval [0, 0]; intervals of
+    a metric on reused galaxies are wider than the stamp bootstrap's."""
+    rng = np.random.default_rng(4)
+    n = 400
+    gal = np.repeat(np.arange(20), 20)            # 20 galaxies, 20 stamps each
+    label = rng.integers(0, 2, n).astype(bool)
+    good = rng.random(20) < 0.5                    # a galaxy is easy or hard for SEP
+    p = np.where(label, 0.9, 0.1)
+    sep = np.where(good[gal], label, ~label).astype(np.int8)
+    data = {"p_blend": p, "sep_paper": sep, "sep_stage": sep, "label": label,
+            "sep_pix": np.where(label, 15.0, np.nan), "gal_id0": gal,
+            "sep_scan": np.zeros((0, n), bool)}
+    # BH says what SEP says: the paired difference is 0 in every resample
+    same = ev.galaxy_intervals(dict(data, p_blend=np.where(sep == 1, 0.9, 0.1)), (0.5, 0.5),
+                               10.0, 300, 0)
+    assert same["BH-SEP_paper:accuracy"] == (0.0, 0.0, 0.0, 0.0, 0.0)
+    by_galaxy = ev.galaxy_intervals(data, (0.5, 0.5), 10.0, 300, 0)
+    v = by_galaxy["BH-SEP_stage:accuracy"]
+    assert v[3] <= v[1] <= v[0] <= v[2] <= v[4]
+    data_stamps = dict(data, gal_id0=np.arange(n))
+    by_stamp = ev.galaxy_intervals(data_stamps, (0.5, 0.5), 10.0, 300, 0)
+    w_gal = v[4] - v[3]
+    w_stamp = by_stamp["BH-SEP_stage:accuracy"][4] - by_stamp["BH-SEP_stage:accuracy"][3]
+    assert w_gal > 2 * w_stamp
+    # BH is perfect in every resample: its accuracy interval is [1, 1]
+    assert by_galaxy["BH:accuracy"][1:] == (1.0, 1.0, 1.0, 1.0)
 
 
 def test_sep_outputs_use_true_positions_in_padded_stamp():
@@ -192,7 +221,7 @@ def test_sep_outputs_use_true_positions_in_padded_stamp():
     t = np.zeros(1, TRUTH_DTYPE)
     t["x0_pix"], t["y0_pix"], t["x1_pix"], t["y1_pix"] = 25, 25, 37, 25
     out = ev._sep_outputs(noisy, ev.true_positions(t, PAD), cfg)
-    assert out["sep_paper"][0] == 1 and out["sep_stage"][0]
+    assert out["sep_paper"][0] == 1 and out["sep_stage"][0] == 1
     assert out["sep_scan"].shape == (2, 1)
     wrong = ev._sep_outputs(noisy, ev.true_positions(t, 0), cfg)
     assert wrong["sep_paper"][0] != 1
@@ -202,7 +231,7 @@ def _cfg(tmp_path, dataset, **kw):
     data = {"dataset": str(dataset), "heads": ["a", "b"], "noise_sigma_adu": [5.0, 10.0],
             "realisations": [0, 1], "split": "test", "max_stamps": None,
             "sep_scan_deblend_cont": [1.0, 0.005, 0.0001],
-            "output_dir": str(tmp_path / "out")}
+            "output_dir": str(tmp_path / "out"), "n_bootstrap": 50}
     data.update(kw)
     return config_from_dict(EvaluateConfig, data)
 
@@ -248,48 +277,44 @@ def test_evaluate_end_to_end(tmp_path, two_heads):
                 r["stamps"] == stamps and r["method"] == method and r["metric"] == metric]
         return v
 
-    # consistency: accuracy = weighted TPR / TNR; differences = paired values
-    for method in ("BH", "hybrid", "SEP"):
-        n, nb, ni = (value(method, k) for k in ("n", "n_close", "n_isolated"))
-        nblend = n - ni
-        acc = (value(method, "tpr") * nblend + value(method, "tnr") * ni) / n
-        assert value(method, "accuracy") == pytest.approx(acc)
-        assert 0 <= value(method, "auc") <= 1
-        assert nb <= nblend
-    assert value("SEP", "n") + value("SEP", "n_failed") == 36
-    assert value("BH-SEP", "n") == value("SEP", "n")
+    # consistency: differences are the paired values
+    for rule in ev.SEP_RULES:
+        assert value(f"hybrid-{rule}", "accuracy") == pytest.approx(
+            value("hybrid", "accuracy") - value(rule, "accuracy"))
+        assert 0 <= value(f"BH@{rule}", "tpr_at_fpr") <= 1
     # SEP does not depend on the head
-    assert value("SEP", "accuracy", head="a") == value("SEP", "accuracy", head="b")
+    assert value("SEP_paper", "accuracy", head="a") == value("SEP_paper", "accuracy", head="b")
     # bright, well-separated Gaussian pairs: SEP gets most far blends
-    assert value("SEP", "accuracy_far") >= 0.7
-    # the snr subset is a subset
-    assert value("BH", "n", stamps="snr") <= 36
+    assert value("SEP_paper", "tpr_far") >= 0.7
+    # pooled rows carry ordered intervals from the galaxy bootstrap
+    pooled = [r for r in result["rows"] if r["realisation"] == "pooled"]
+    assert {r["stamps"] for r in pooled} == {"all", "snr"}
+    for r in pooled:
+        if np.isfinite(r["lo95"]):
+            assert r["lo95"] <= r["lo68"] <= r["hi68"] <= r["hi95"]
+    (acc,) = [r for r in pooled if r["head"] == "a" and r["sigma_adu"] == 5.0 and
+              r["stamps"] == "all" and r["method"] == "BH" and r["metric"] == "accuracy"]
+    assert acc["lo95"] < acc["hi95"]
+    assert result["n_galaxies"] == 9
     md = (out / "results.md").read_text()
     # regression: results.md carried the absolute paths of the machine that made it
     assert str(tmp_path) not in md and "on `tiny.h5`" in md and "dataset: tiny.h5" in md
-    assert md.count("PASS") + md.count("MISS") >= 2 * len(ev.TARGETS)
-    assert "BH - SEP accuracy on close blends" in md
-    assert set(result["targets"]) == {"all", "snr"}
+    assert md.count("PASS") + md.count("MISS") == 2 * len(ev.TARGETS)
+    assert "McNemar" not in md.replace("No McNemar", "")
     h = result["headline"]
-    assert np.isfinite(h["BH:accuracy"])
-    # the headline is the realisation mean for head 'a' at the first sigma
-    assert h["SEP:accuracy"] == pytest.approx(np.mean([value("SEP", "accuracy", real=r)
-                                                       for r in (0, 1)]))
-    # PASS/MISS follows the measured values
     verdict = {t[0]: t[3] for t in result["targets"]["all"]}
-    assert verdict["hybrid BLEND_FLAG - SEP overall accuracy"] == (
-        "PASS" if h["hybrid-SEP:accuracy"] >= 0.01 else "MISS")
-    assert verdict["BH alone - SEP overall accuracy"] == (
-        "PASS" if h["BH-SEP:accuracy"] >= -0.01 else "MISS")
-    assert f"| BH alone - SEP overall accuracy | >= -1 pts | {100 * h['BH-SEP:accuracy']:+.2f}" \
-        in md
+    v = h["hybrid-SEP_stage:accuracy"]
+    assert verdict["hybrid - stage-rule SEP, accuracy"] == (
+        "PASS" if v[0] >= 0.01 and v[3] > 0 else "MISS")
+    assert verdict["BH alone - paper-rule SEP, accuracy"] == (
+        "PASS" if h["BH-SEP_paper:accuracy"][0] >= -0.01 else "MISS")
 
 
 def test_results_paths_are_relative_or_file_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert ev._shown_path("sim/x.h5") == "sim/x.h5"
-    assert ev._shown_path(tmp_path / "sim" / "x.h5") == "sim/x.h5"
-    assert ev._shown_path("/elsewhere/sim/x.h5") == "x.h5"
+    assert evaluate_report.shown_path("sim/x.h5") == "sim/x.h5"
+    assert evaluate_report.shown_path(tmp_path / "sim" / "x.h5") == "sim/x.h5"
+    assert evaluate_report.shown_path("/elsewhere/sim/x.h5") == "x.h5"
 
 
 def test_evaluate_refuses_overwrite_then_replaces(tmp_path, two_heads):
@@ -297,17 +322,15 @@ def test_evaluate_refuses_overwrite_then_replaces(tmp_path, two_heads):
     cfg = _cfg(tmp_path, ds, heads=["a"], noise_sigma_adu=[5.0], realisations=[0],
                split="all", sep_scan_deblend_cont=[])
     line = ev.run_evaluate(cfg)
-    assert line.startswith("evaluated 16 stamps") and "targets" in line
+    assert line.startswith("evaluated 16 stamps of 9 main galaxies") and "targets" in line
     with pytest.raises(OutputExistsError, match="overwrite"):
         ev.evaluate(cfg)
     cfg.overwrite = True
     res = ev.evaluate(cfg)
-    # without a scan, SEP's AUC is the 2-point one
-    (auc,) = [r["value"] for r in res["rows"] if r["method"] == "SEP" and
-              r["metric"] == "auc" and r["stamps"] == "all"]
-    (auc2,) = [r["value"] for r in res["rows"] if r["method"] == "SEP" and
-               r["metric"] == "auc_2pt" and r["stamps"] == "all"]
-    assert auc == auc2
+    # one realisation: no spread is shown, never "± 0"
+    assert "±" not in (tmp_path / "out" / "results.md").read_text()
+    # without a scan, no partial AUC of SEP's scan
+    assert not [r for r in res["rows"] if r["metric"] == "pauc_scan"]
 
 
 def test_evaluate_is_reproducible(tmp_path, two_heads, monkeypatch):

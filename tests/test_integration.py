@@ -103,7 +103,7 @@ def close_pair_labels(catalogue, truth, half_pix=35):
 
 
 def test_blend_prob_separates_close_pairs(tile_run):
-    from bh_stage.evaluate import roc_auc
+    from bh_stage.metrics import roc_auc
 
     out = fitsio.read(str(tile_run / "tile_bh.cat"), ext="LDAC_OBJECTS")
     labels = close_pair_labels(out, fitsio.read(str(tile_run / "truth.fits")))

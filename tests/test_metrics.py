@@ -143,3 +143,54 @@ def test_interval_levels():
     assert metrics.interval(with_nan, 0.9) == pytest.approx((50.0, 950.0))
     lo, hi = metrics.interval([np.nan, np.nan])
     assert np.isnan(lo) and np.isnan(hi)
+
+
+# --- operating points and partial AUC ---------------------------------------------------
+
+
+def test_partial_auc_perfect_random_and_known():
+    labels = np.r_[np.zeros(100, int), np.ones(100, int)]
+    perfect = np.r_[np.zeros(100), np.ones(100)]
+    assert metrics.partial_auc(perfect, labels, 0.05) == pytest.approx(1.0)
+    # a constant score is the random classifier TPR = FPR: area 0.05^2 / 2, over 0.05
+    assert metrics.partial_auc(np.full(200, 0.5), labels, 0.05) == pytest.approx(0.025)
+    # ROC (0, 0) -> (0, 0.5) -> (0.5, 1) -> (1, 1) cut at FPR 0.1: y(0.1) = 0.6
+    assert metrics.auc_from_points([0.0, 0.5], [0.5, 1.0], max_fpr=0.1) == pytest.approx(
+        (0.5 + 0.6) / 2)
+    assert metrics.auc_from_points([0.0, 0.5], [0.5, 1.0]) == pytest.approx(0.875)
+    assert np.isnan(metrics.partial_auc([0.1, 0.2], [1, 1]))
+
+
+def test_tpr_at_fpr_and_fpr_at_tpr_known_answers():
+    # negatives 0.1..0.4 and 0.6, positives 0.5, 0.7, 0.8, 0.9
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.5, 0.7, 0.8, 0.9])
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])
+    assert metrics.tpr_at_fpr(scores, labels, 0.0) == 0.75   # t just above 0.6
+    assert metrics.tpr_at_fpr(scores, labels, 0.2) == 1.0    # one negative allowed
+    assert metrics.fpr_at_tpr(scores, labels, 0.75) == 0.0   # t = 0.7
+    assert metrics.fpr_at_tpr(scores, labels, 1.0) == 0.2    # t = 0.5 lets 0.6 in
+    assert metrics.fpr_at_tpr(scores, labels, 0.0) == 0.0    # at least one positive: 0.9
+
+
+def test_group_bootstrap_of_a_paired_difference():
+    """A paired difference that is 0 in every galaxy has the interval [0, 0]; with whole
+    galaxies right or wrong, the galaxy interval is wider than the stamp interval."""
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(30), 25)
+    a_ok = np.repeat(rng.random(30) < 0.8, 25).astype(float)   # method A per galaxy
+    zero = metrics.group_bootstrap(groups, lambda r: a_ok[r].mean() - a_ok[r].mean(), 200)
+    lo, hi = metrics.interval(zero, 0.95)
+    assert lo <= 0 <= hi and hi - lo == 0
+    b_ok = np.full(a_ok.size, 0.8)
+    diff = metrics.group_bootstrap(groups, lambda r: a_ok[r].mean() - b_ok[r].mean(), 400)
+    rows = metrics.group_bootstrap(np.arange(groups.size),
+                                   lambda r: a_ok[r].mean() - b_ok[r].mean(), 400)
+    w_gal = np.subtract(*metrics.interval(diff, 0.95)[::-1])
+    w_row = np.subtract(*metrics.interval(rows, 0.95)[::-1])
+    assert w_gal > 3 * w_row
+    assert np.subtract(*metrics.interval(diff, 0.68)[::-1]) < w_gal
+
+
+def test_accuracy_and_rates_moved_from_evaluate():
+    assert metrics.accuracy([1, 0, 1, 1], [1, 0, 0, 1]) == 0.75
+    assert metrics.confusion_rates([1, 0, 1, 0], [1, 1, 0, 0]) == (0.5, 0.5)
