@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Remake the shipped example: a 1024x1024 CFIS-like tile (tile-compressed), its weight map,
+# Remake the shipped example: a 1024x1024 CFIS-like tile (tile-compressed) of test-half real
+# HST galaxies (never seen in training) and stars, its weight map,
 # truth table, and its FITS_LDAC catalogue from the real source-extractor 2.25.
 # Run from the repository root: bash data/make_example.sh
 set -euo pipefail
 out=data
 bh-stage simulate example_config/simulate_tile.yml --set overwrite=true \
     --set tile.nx_pix=1024 --set tile.ny_pix=1024 --set seed=11 \
+    --set tile.galaxy_kind=real --set real_half=test --set tile.star_density_per_arcmin2=1.0 \
     --set tile.image=$out/example_tile.fits.fz --set tile.weight=$out/example_tile.weight.fits.fz \
     --set tile.truth=$out/example_tile_truth.fits
 # source-extractor 2.25 cannot read tile-compressed images: give it the decompressed pixels,

@@ -46,11 +46,13 @@ BAR = re.compile(r"^(reading tile|loading network|objects): +\d+%\|")
 
 @pytest.fixture(scope="module")
 def tile_run(tmp_path_factory, cosmos_dir, sextractor):
-    """A 1024x1024 tile with many close pairs, its SExtractor catalogue and the stage output."""
+    """A 1024x1024 tile of test-half real galaxies (never in training) with many close pairs,
+    its SExtractor catalogue and the stage output."""
     folder = tmp_path_factory.mktemp("integration")
     cfg = load_config(REPO / "example_config" / "simulate_tile.yml", SCHEMAS["simulate"], [
         f"cosmos_dir={cosmos_dir}", "seed=5", "tile.nx_pix=1024", "tile.ny_pix=1024",
-        "tile.close_pair_fraction=0.4", f"tile.image={folder}/tile.fits",
+        "tile.close_pair_fraction=0.4", "tile.galaxy_kind=real", "real_half=test",
+        f"tile.image={folder}/tile.fits",
         f"tile.weight={folder}/tile.weight.fits", f"tile.truth={folder}/truth.fits"])
     from bh_stage.simulate import run_simulate
 
@@ -112,7 +114,9 @@ def test_blend_prob_separates_close_pairs(tile_run):
     auc = roc_auc(out["BLEND_PROB"][keep], labels[keep])
     print(f"ROC AUC of BLEND_PROB, close pairs vs isolated: {auc:.3f} "
           f"({(labels == 1).sum()} pairs, {(labels == 0).sum()} isolated)")
-    assert auc > 0.75  # measured 0.826 with the tile head (tile_unrecognised)
+    # measured 0.742 (test-half real galaxies; 0.826 on parametric ones); chance is 0.5. The
+    # tile head targets unrecognised blends, a subset of these pairs.
+    assert auc > 0.65
 
 
 def test_shipped_example_runs(tmp_path):
@@ -215,4 +219,5 @@ def test_quiet_run_prints_only_the_summary(tmp_path):
                           str(REPO / "data" / "example_tile.fits.fz"), "--output", str(out)],
                          capture_output=True, text=True)
     assert run.returncode == 0 and run.stderr == ""
-    assert run.stdout.startswith(f"{out}: 211 objects") and run.stdout.count("\n") == 1
+    n_rows = fitsio.FITS(str(REPO / "data" / "example_tile.cat"))["LDAC_OBJECTS"].get_nrows()
+    assert run.stdout.startswith(f"{out}: {n_rows} objects") and run.stdout.count("\n") == 1
