@@ -347,7 +347,8 @@ def extract_features(stamps, backbone, mode=DEFAULT_PREPROCESS, batch_size=256,
 # --- head -------------------------------------------------------------------------------
 
 def build_head(input_shape=FEATURE_SHAPE):
-    """Build the paper's head: Flatten, Dense(256), Dropout(0.1), Dense(1024, relu), Dense(1, sigmoid).
+    """Build the paper's head: Flatten, Dense(256), Dropout(0.1), Dense(1024, relu),
+    Dense(1, sigmoid).
 
     The output is P(blend) (label 1 = blended).
     """
@@ -566,9 +567,10 @@ def check_head_compatible(head, backbone_source, backbone_sha, preprocess_mode=N
            or (named and meta["backbone"] != str(backbone_source))
            or meta["preprocess"] != mode or tuple(meta["input_shape"]) != shape)
     if bad:
+        trained = _describe(meta["backbone"], meta["backbone_sha256"], meta["preprocess"],
+                            meta["input_shape"])
         raise ModelShapeError(
-            f"head {head.path}: trained with "
-            f"{_describe(meta['backbone'], meta['backbone_sha256'], meta['preprocess'], meta['input_shape'])}"
+            f"head {head.path}: trained with {trained}"
             f"; asked for {_describe(backbone_source, backbone_sha, mode, shape)}. Use the "
             f"backbone and preprocessing recorded in the head, or train a head for them "
             f"with `bh-stage train`")

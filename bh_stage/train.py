@@ -31,7 +31,8 @@ from .errors import ConfigError, OutputExistsError
 from .sep_flags import hybrid_flag
 
 __all__ = ["train", "run_train", "train_head", "best_threshold", "calibrate_thresholds",
-           "augment_stamps", "split_indices", "noisy_stamps", "SPLIT_TRAIN", "SPLIT_VALID", "SPLIT_TEST"]
+           "augment_stamps", "split_indices", "noisy_stamps", "SPLIT_TRAIN", "SPLIT_VALID",
+           "SPLIT_TEST"]
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,8 @@ def train_head(x_train, y_train, x_valid, y_valid, cfg, progress=None):
     seconds = time.perf_counter() - t0
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     history["learning_rate"] = best.lrs
-    history.update(initial_val_loss=initial_val_loss, best_epoch=best.epoch, best_val_loss=best.best, seconds=seconds)
+    history.update(initial_val_loss=initial_val_loss, best_epoch=best.epoch,
+                   best_val_loss=best.best, seconds=seconds)
     log.info("head: %d epochs in %.1f s, best val_loss %.4f at epoch %d",
              len(history["loss"]), seconds, best.best, best.epoch)
     return best.weights, history

@@ -62,8 +62,8 @@ def test_columns_added_and_input_preserved(small_tile, fake_classifier):
 
 
 def test_head_none_skips_the_paper_head(small_tile, fake_classifier):
-    """``head: none`` (the default): no network but the tile head is loaded; the paper columns and header
-    keys are absent, every other column equals a run with the paper head."""
+    """``head: none`` (the default): no network but the tile head is loaded; the paper columns
+    and header keys are absent, every other column equals a run with the paper head."""
     with_paper = run_stage(cfg(head="default", output="{dir}/with.cat"),
                            small_tile / "tile.fits")
     without = run_stage(cfg(output="{dir}/without.cat"), small_tile / "tile.fits")  # default
