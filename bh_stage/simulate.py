@@ -807,10 +807,10 @@ def simulate_tile(cfg, progress=None, keep_models=False):
         ("BH_VERS", __version__, "bh-stage version"),
         ("BH_CONF", config_hash(cfg)[:16], "sha256 of the resolved config (first 16)"),
         ("BH_NGAL", len(plans), "galaxies drawn"),
-        ("BH_PSFG1", g1, "reduced shear g1 of the tile's Kolmogorov PSF"),
-        ("BH_PSFG2", g2, "reduced shear g2 of the tile's Kolmogorov PSF"),
-        ("BH_SHRG1", t.shear_g1, "constant reduced shear g1 applied to the galaxies"),
-        ("BH_SHRG2", t.shear_g2, "constant reduced shear g2 applied to the galaxies"),
+        ("BH_PSFG1", g1, "shear g1 of the Kolmogorov PSF"),
+        ("BH_PSFG2", g2, "shear g2 of the Kolmogorov PSF"),
+        ("BH_SHRG1", t.shear_g1, "constant shear g1 of the galaxies"),
+        ("BH_SHRG2", t.shear_g2, "constant shear g2 of the galaxies"),
     ]
     log.info("tile simulated in %.1f s", time.perf_counter() - t0)
     if keep_models:
