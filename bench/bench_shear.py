@@ -188,15 +188,21 @@ def selections(t):
         s["truth ISOLATED"] = v & (t["ISOLATED" + tag] == 1)
         for name, keep in s.items():
             out.setdefault(name, []).append(keep)
-    # the catalogue classifier at the fraction kept by each BLEND_PROB cut (on the +g image)
-    valid_p = t["VALID_P"]
-    score_p = t["CAT_P"][valid_p]
-    for name in [n for n in out if n.startswith("BLEND_")]:
-        n_keep = int(out[name][0].sum())
-        thr = np.sort(score_p)[n_keep] if n_keep < score_p.size else np.inf
-        out[f"catalogue, as {name}"] = [t["VALID" + tag] & (t["CAT" + tag] < thr)
-                                        for tag in ("_P", "_M")]
+    # BLEND_PROB at the fraction FLAGS&2 keeps, the catalogue classifier at the fraction each
+    # BLEND_PROB cut keeps (thresholds from the +g image, applied to both)
+    for name in [n for n in out if n.startswith("BLEND_") or n == "FLAGS&2 == 0"]:
+        out[f"catalogue, as {name}"] = _at_fraction(t, "CAT", out[name][0])
+    out["BLEND_PROB, as FLAGS&2 == 0"] = _at_fraction(t, "BLEND_PROB", out["FLAGS&2 == 0"][0])
     return {k: tuple(v) for k, v in out.items()}
+
+
+def _at_fraction(t, score, keep_plus):
+    """Keep valid shapes with ``score`` below the threshold that keeps as many as
+    ``keep_plus`` on the +g image; return the masks of both images."""
+    ranked = np.sort(t[score + "_P"][t["VALID_P"]])
+    n_keep = int(keep_plus.sum())
+    thr = ranked[n_keep] if n_keep < ranked.size else np.inf
+    return [t["VALID" + tag] & (t[score + tag] < thr) for tag in ("_P", "_M")]
 
 
 def diagnostics(t):
@@ -304,15 +310,13 @@ def analyse(t, g, n_boot):
         k += 1
     # paired differences at equal fraction kept: |m| of a BLEND_PROB cut minus the catalogue's
     im = QUANTITIES.index("m")
-    result["blend_prob_minus_catalogue_abs_m"] = {}
-    for name in sels:
-        other = f"catalogue, as {name}"
-        if other not in sels:
-            continue
+    result["abs_m_differences"] = {}
+    versus = [(n, f"catalogue, as {n}") for n in sels if f"catalogue, as {n}" in sels]
+    for name, other in versus + [("BLEND_PROB, as FLAGS&2 == 0", "FLAGS&2 == 0")]:
         a, b = slices[name, "separate"], slices[other, "separate"]
         diff = {u: np.abs(boots[u][:, a][:, im]) - np.abs(boots[u][:, b][:, im])
                 for u in boots}
-        result["blend_prob_minus_catalogue_abs_m"][name] = {
+        result["abs_m_differences"][f"|m| {name} - |m| {other}"] = {
             "value": float(abs(point[a][im]) - abs(point[b][im])),
             "95": metrics.interval(diff["sky"], 0.95),
             "95_cosmos": metrics.interval(diff["cosmos"], 0.95)}
@@ -421,6 +425,11 @@ def table(result):
         lines.append(f"| {name} | {s['fraction_kept']:.3f} | {f(s, 'm1')} | {f(s, 'm2')} | "
                      f"{f(s, 'c1')} | {f(s, 'c2')} | {f(c, 'm')} | {d['value']:+.4f} "
                      f"[{d['95'][0]:+.4f}, {d['95'][1]:+.4f}] |")
+    lines += ["", "| paired difference, separate selections | value [95 % sky] | "
+              "[95 % COSMOS] |", "|---|---|---|"]
+    for name, d in result["abs_m_differences"].items():
+        lines.append(f"| {name} | {d['value']:+.4f} [{d['95'][0]:+.4f}, {d['95'][1]:+.4f}] | "
+                     f"[{d['95_cosmos'][0]:+.4f}, {d['95_cosmos'][1]:+.4f}] |")
     lines += ["", "| subset (common selection) | pairs | m | c1 | c2 |", "|---|---|---|---|---|"]
     for name, r in result["diagnostics"].items():
         lines.append(f"| {name} | {r['n']} | {f(r, 'm')} | {f(r, 'c1')} | {f(r, 'c2')} |")

@@ -61,3 +61,33 @@ def test_hsm_shapes_of_a_sheared_round_galaxy_and_a_star():
     assert shapes["E2"][0] == pytest.approx(shear.e2, abs=0.01)
     assert shapes["VALID"][0]
     assert not shapes["VALID"][1]  # a star is not resolved (HSM fails or R2 ~ 0)
+
+
+@pytest.mark.integration
+def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor):
+    """The bench's smoke scale runs end to end and its numbers hang together."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_shear.py"
+    spec = importlib.util.spec_from_file_location("bench_shear", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figure = tmp_path / "m.png"
+    res = bench.main(["--quick", "--work-dir", str(tmp_path), "--cosmos-dir", str(cosmos_dir),
+                      "--figure", str(figure)])
+    assert figure.stat().st_size > 10000
+    assert res["matched_fraction"] > 0.9  # the shear moves no detection by 1 px
+    assert 1.0 < res["responsivity"] < 2.0
+    sel = res["selections"]
+    kept = {name: r["separate"]["fraction_kept"] for name, r in sel.items()}
+    assert 0.1 < kept["all valid shapes"] < 1
+    assert kept["BLEND_PROB < 0.02"] <= kept["BLEND_PROB < 0.1"] <= kept["all valid shapes"]
+    n = res["n_matched_pairs"]
+    for name in ("BLEND_FLAG == 0", "BLEND_PROB < 0.1"):  # compared at equal fraction kept
+        assert sel[f"catalogue, as {name}"]["separate"]["fraction_kept"] == pytest.approx(
+            sel[name]["separate"]["fraction_kept"], abs=2 / n)
+    common = sel["all valid shapes"]["common"]
+    assert abs(common["m"]) < 0.5 and abs(common["c1"]) < 0.1
+    lo, hi = common["m_95"]
+    assert lo < common["m"] < hi
