@@ -27,6 +27,7 @@ and with ``--figure`` the plot of m against the fraction kept.
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import sys
 import time
@@ -312,11 +313,12 @@ def analyse(t, g, n_boot):
     im = QUANTITIES.index("m")
     result["abs_m_differences"] = {}
     versus = [(n, f"catalogue, as {n}") for n in sels if f"catalogue, as {n}" in sels]
-    for name, other in versus + [("BLEND_PROB, as FLAGS&2 == 0", "FLAGS&2 == 0")]:
-        a, b = slices[name, "separate"], slices[other, "separate"]
+    for (name, other), mode in itertools.product(
+            versus + [("BLEND_PROB, as FLAGS&2 == 0", "FLAGS&2 == 0")], ("separate", "common")):
+        a, b = slices[name, mode], slices[other, mode]
         diff = {u: np.abs(boots[u][:, a][:, im]) - np.abs(boots[u][:, b][:, im])
                 for u in boots}
-        result["abs_m_differences"][f"|m| {name} - |m| {other}"] = {
+        result["abs_m_differences"][f"|m| {name} - |m| {other}, {mode}"] = {
             "value": float(abs(point[a][im]) - abs(point[b][im])),
             "95": metrics.interval(diff["sky"], 0.95),
             "95_cosmos": metrics.interval(diff["cosmos"], 0.95)}
@@ -425,7 +427,7 @@ def table(result):
         lines.append(f"| {name} | {s['fraction_kept']:.3f} | {f(s, 'm1')} | {f(s, 'm2')} | "
                      f"{f(s, 'c1')} | {f(s, 'c2')} | {f(c, 'm')} | {d['value']:+.4f} "
                      f"[{d['95'][0]:+.4f}, {d['95'][1]:+.4f}] |")
-    lines += ["", "| paired difference, separate selections | value [95 % sky] | "
+    lines += ["", "| paired difference (selection mode) | value [95 % sky] | "
               "[95 % COSMOS] |", "|---|---|---|"]
     for name, d in result["abs_m_differences"].items():
         lines.append(f"| {name} | {d['value']:+.4f} [{d['95'][0]:+.4f}, {d['95'][1]:+.4f}] | "
