@@ -17,8 +17,8 @@ to both (common). Errors: a paired bootstrap over sky galaxies (the main true ob
 detection: tile seed and truth ID), and for the headline also over COSMOS galaxies (the 51
 test-half HST galaxies each appear many times), see ``docs/shear.md``.
 
-    python bench/bench_shear.py                       # default scale, about 40 min, 2 cores
-    python bench/bench_shear.py --quick               # smoke test, < 2 min, /tmp/bh_shear_quick
+    python bench/bench_shear.py   # 8 seeds, 16 4000-px tiles: 25 min on 2 idle cores, 32 shared
+    python bench/bench_shear.py --quick   # smoke test, about 1 min, in /tmp/bh_shear_quick
 
 Writes ``bench/results/shear_<date>.json`` (``--quick``: ``<work-dir>/shear_quick.json``),
 and with ``--figure`` the plot of m against the fraction kept.
@@ -351,9 +351,13 @@ def figure(result, path):
         ax.errorbar([r["fraction_kept"]], [r["m"]],
                     yerr=[[r["m"] - r["m_95"][0]], [r["m_95"][1] - r["m"]]], fmt=marker,
                     color=colour, capsize=3, ms=8, label=name)
+        r = sel[name]["common"]
+        ax.plot([r["fraction_kept"]], [r["m"]], marker, color=colour, ms=8, mfc="none")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("fraction of detections kept")
     ax.set_ylabel("m = (m1 + m2) / 2  [95 %, sky-galaxy bootstrap]")
+    ax.set_title("filled: selection on each image; dotted, open: common selection",
+                 fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     with io.atomic_output(path, overwrite=True, make_parents=True) as tmp:
