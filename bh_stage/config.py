@@ -465,6 +465,10 @@ class TileConfig:
                                  min=0, min_exclusive=True)
     mask_box_pix: int = option(0, "Side of a square of weight 0 (and image 0) near the "
                                 "corner (1/4, 1/4) of the tile; 0: none.", min=0)
+    shear_g1: float = option(0.0, "Constant reduced shear g1 applied to every galaxy (not "
+                             "stars, not the PSF) before PSF convolution; the random draws do "
+                             "not depend on it.", min=-0.5, max=0.5)
+    shear_g2: float = option(0.0, "Constant reduced shear g2, as shear_g1.", min=-0.5, max=0.5)
     image: str = option("simulated/tile.fits", "Output image (.fits or tile-compressed "
                         ".fits.fz).")
     weight: str = option("simulated/tile.weight.fits", "Output weight map (1/sigma^2).")

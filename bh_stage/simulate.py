@@ -23,6 +23,9 @@ Models (Farrens et al. 2021, section 2):
   from N(0, ``atmos_g_sigma``) per stamp (per tile for tiles). The Kolmogorov FWHM is solved
   by bisection so that the FWHM measured on the unpixelated, unsheared profile equals
   ``fwhm_arcsec`` (default 0.65"; 0.35" Moffat -> about 0.53" Kolmogorov).
+- Tiles: ``tile.shear_g1, tile.shear_g2`` shear every galaxy (after its rotation, before
+  the PSF; not stars, not the PSF, not the positions). No random draw depends on it, so two
+  tiles of one seed differing only in shear have the same objects, PSF and noise.
 - A blend holds a second galaxy, drawn on its own and added; by default at a position uniform
   over the stamp (the paper's definition).
 
@@ -55,7 +58,7 @@ import numpy as np
 
 from .errors import ConfigError, InputFileError
 
-__all__ = ["simulate_stamps", "simulate_tile", "run_simulate", "TRUTH_DTYPE",
+__all__ = ["simulate_stamps", "simulate_tile", "run_simulate", "psf_image", "TRUTH_DTYPE",
            "TILE_TRUTH_DTYPE", "SPLIT_TRAIN", "SPLIT_VALID", "SPLIT_TEST"]
 
 log = logging.getLogger(__name__)
@@ -280,6 +283,27 @@ def _make_psf(psf, g1, g2):
     return galsim.Convolve(optics, atmos)
 
 
+def psf_image(cfg, psf_g1, psf_g2, size_pix):
+    """Draw a tile's PSF as its pixels see it (pixel response included), unit flux.
+
+    Parameters
+    ----------
+    cfg : bh_stage.config.SimulateConfig
+        The tile's config (PSF section and pixel scale).
+    psf_g1, psf_g2 : float
+        Shear of the tile's Kolmogorov, header keys ``BH_PSFG1, BH_PSFG2``.
+    size_pix : int
+        Side of the image; odd, the PSF centre is the pixel ``size_pix // 2``.
+
+    Returns
+    -------
+    ndarray, float64, shape (size_pix, size_pix)
+    """
+    psf = _make_psf(_settings(cfg)["psf"], psf_g1, psf_g2)
+    return psf.drawImage(nx=size_pix, ny=size_pix, scale=cfg.pixel_scale_arcsec,
+                         dtype=np.float64).array
+
+
 def _settings(cfg):
     """Picklable settings a worker needs to draw."""
     psf = dict(vars(cfg.psf))
@@ -362,9 +386,12 @@ def _draw_tile_chunk(plans):
     d = s["draw_size_pix"] | 1  # odd, so the centre is a pixel
     c = d // 2
     psf = _make_psf(s["psf"], s["tile_psf_g1"], s["tile_psf_g2"])
+    g1, g2 = s["shear_g1"], s["shear_g2"]
     out, flux, snr = [], [], []
     for p in plans:
         gal, f = _galaxy(s, p["kind"], p["cat_index"], p["mag"], p["theta"])
+        if p["kind"] != "star" and (g1 or g2):  # lensing: galaxies only, after rotation
+            gal = gal.shear(g1=g1, g2=g2)
         ix, iy = int(math.floor(p["x"] + 0.5)), int(math.floor(p["y"] + 0.5))
         arr = _draw(s, gal, psf, d, p["x"] - ix, p["y"] - iy).astype(np.float32)
         out.append((ix - c, iy - c, arr))
@@ -724,6 +751,7 @@ def simulate_tile(cfg, progress=None, keep_models=False):
     plans, truth, (g1, g2) = _plan_tile(cfg, *_tile_samples(cfg, samples))
     settings = _settings(cfg)
     settings["tile_psf_g1"], settings["tile_psf_g2"] = g1, g2
+    settings["shear_g1"], settings["shear_g2"] = t.shear_g1, t.shear_g2
     chunks = [plans[i:i + cfg.chunk_size] for i in range(0, len(plans), cfg.chunk_size)]
     log.info("simulating a %d x %d tile with %d galaxies (%d in pairs), %d worker(s)",
              t.nx_pix, t.ny_pix, len(plans), int(np.sum(truth["PAIR_ID"] >= 0)),
@@ -779,6 +807,10 @@ def simulate_tile(cfg, progress=None, keep_models=False):
         ("BH_VERS", __version__, "bh-stage version"),
         ("BH_CONF", config_hash(cfg)[:16], "sha256 of the resolved config (first 16)"),
         ("BH_NGAL", len(plans), "galaxies drawn"),
+        ("BH_PSFG1", g1, "shear g1 of the Kolmogorov PSF"),
+        ("BH_PSFG2", g2, "shear g2 of the Kolmogorov PSF"),
+        ("BH_SHRG1", t.shear_g1, "constant shear g1 of the galaxies"),
+        ("BH_SHRG2", t.shear_g2, "constant shear g2 of the galaxies"),
     ]
     log.info("tile simulated in %.1f s", time.perf_counter() - t0)
     if keep_models:

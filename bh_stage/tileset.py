@@ -121,8 +121,9 @@ def tile_folders(tiles, role):
     return [Path(tiles.work_dir) / f"{role}{seed}" for seed in seeds]
 
 
-def simulate_config(tiles, role, seed):
-    """The ``SimulateConfig`` (mode 'tile') of one tile of the tile set."""
+def simulate_config(tiles, role, seed, shear_g1=0.0, shear_g2=0.0):
+    """The ``SimulateConfig`` (mode 'tile') of one tile of the tile set, its galaxies sheared
+    by the constant reduced shear ``(shear_g1, shear_g2)``."""
     from .config import SimulateConfig, config_from_dict
 
     pairs = tiles.train_close_pair_fraction if role == "train" else tiles.close_pair_fraction
@@ -137,7 +138,8 @@ def simulate_config(tiles, role, seed):
                  "close_pair_fraction": pairs,
                  "pair_min_separation_pix": tiles.pair_min_separation_pix,
                  "pair_max_separation_pix": tiles.pair_max_separation_pix,
-                 "noise_sigma_adu": tiles.noise_sigma_adu}})
+                 "noise_sigma_adu": tiles.noise_sigma_adu,
+                 "shear_g1": shear_g1, "shear_g2": shear_g2}})
 
 
 def prepare_role(tiles, role, progress=None):

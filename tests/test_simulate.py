@@ -352,3 +352,42 @@ def test_tile_reproducible(cosmos):
     a = simulate_tile(cfg)
     b = simulate_tile(cfg)
     assert np.array_equal(a[0], b[0]) and a[2].tobytes() == b[2].tobytes()
+
+
+def test_tile_shear_is_the_only_difference(cosmos):
+    """Tiles of one seed sheared by +-0.02: same truth, stars, PSF and noise; sheared galaxies."""
+    from bh_stage.shear import hsm_shapes
+    from bh_stage.simulate import psf_image, simulate_tile
+
+    tile = {"nx_pix": 200, "ny_pix": 200, "draw_size_pix": 32, "star_density_per_arcmin2": 40}
+    out = {}
+    for g in (0.02, -0.02):
+        cfg = make_cfg(cosmos, mode="tile", tile=dict(tile, shear_g1=g))
+        out[g] = simulate_tile(cfg, keep_models=True)
+    (im_p, _, tr_p, cards_p, mod_p), (im_m, _, tr_m, cards_m, mod_m) = out[0.02], out[-0.02]
+    for name in tr_p.dtype.names:  # all but the SNR, which follows the galaxy's shape
+        if name != "SNR":
+            assert tr_p[name].tobytes() == tr_m[name].tobytes(), name
+    hdr_p, hdr_m = ({k: v for k, v, _ in c} for c in (cards_p, cards_m))
+    assert (hdr_p["BH_PSFG1"], hdr_p["BH_PSFG2"]) == (hdr_m["BH_PSFG1"], hdr_m["BH_PSFG2"])
+    assert (hdr_p["BH_SHRG1"], hdr_m["BH_SHRG1"]) == (0.02, -0.02)
+    star = tr_p["KIND"] == b"star"
+    assert star.sum() >= 3
+    near_galaxy = np.zeros(im_p.shape, bool)  # where any galaxy model is non-negligible
+    for k in np.flatnonzero(~star):
+        for x_lo, y_lo, arr in (mod_p[k], mod_m[k]):
+            ys, xs = np.nonzero(np.abs(arr) > 1e-6)
+            ys, xs = ys + y_lo, xs + x_lo
+            ok = (ys >= 0) & (ys < 200) & (xs >= 0) & (xs < 200)
+            near_galaxy[ys[ok], xs[ok]] = True
+    assert (~near_galaxy).sum() > 10000
+    # stars and noise identical: the difference is zero away from galaxies
+    assert np.array_equal(im_p[~near_galaxy], im_m[~near_galaxy])
+    for k in np.flatnonzero(star):
+        assert np.array_equal(mod_p[k][2], mod_m[k][2])
+    # galaxies sheared: the brightest galaxy model's e1 moves by about +2 R g
+    k = np.flatnonzero(~star)[np.argmax(tr_p["FLUX_ADU"][~star])]
+    psf = psf_image(cfg, hdr_p["BH_PSFG1"], hdr_p["BH_PSFG2"], 31)
+    shapes = hsm_shapes(np.stack([mod_p[k][2], mod_m[k][2]]), psf, 1.0)
+    assert 0.02 < shapes["E1"][0] - shapes["E1"][1] < 0.15
+    assert abs(shapes["E2"][0] - shapes["E2"][1]) < 0.02
