@@ -749,6 +749,10 @@ class TrainTileConfig:
                                   "validation ROC AUC (the best epoch is kept).", min=1)
     seed: int = option(0, "Seed of weight initialisation, dropout, shuffling and "
                        "augmentation.", min=0)
+    n_orientations: int = option(4, "Orientations (of the 8 flips and quarter turns, the "
+                                 "4 rotations first) whose logits the head averages when "
+                                 "it scores; calibration and threshold use the same.",
+                                 min=1, max=8)
     output_dir: str = option("data/heads", "Folder of the trained head.")
     head_name: str = option("tile_unrecognised", "Head name (<name>.json, "
                             "<name>.weights.npz).")

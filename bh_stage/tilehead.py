@@ -18,7 +18,10 @@ Training (``train_tile``): detections of training tiles (training galaxies only)
 epoch in a random one of the 8 flips and 90 degree rotations (exact symmetries of the sky),
 positives weighted to balance the classes, early stopping on the validation tiles, whose
 natural prevalence also fixes the calibration (``calibrate_logits``) and the ``BLEND_FLAG``
-threshold.
+threshold. The head scores each stamp in ``n_orientations`` of those orientations (rotations
+by 0, 90, 180, 270 degrees first) and averages the logits (``orientation_logits``); the
+calibration and threshold are fitted on the same average, and old heads without the key
+score one orientation.
 """
 
 import json
@@ -29,7 +32,7 @@ import numpy as np
 from . import cues
 
 __all__ = ["TARGET", "STAMP_SIDE_PIX", "ARCHITECTURE", "centre_stamps", "scale_stamps",
-           "build_compact", "fit_tile_head", "calibrate_logits", "sigmoid", "reliability",
+           "dihedral", "orientation_logits", "build_compact", "fit_tile_head", "calibrate_logits", "sigmoid", "reliability",
            "TileHead", "DEFAULT_TILE_HEAD", "tile_head_path", "load_tile_head", "train_tile",
            "run_train_tile"]
 
@@ -60,6 +63,28 @@ def scale_stamps(stamps, rms_adu):
     """Network input of stamps in ADU: ``asinh(x / (3 rms))``, float32, shape (n, s, s, 1)."""
     x = np.arcsinh(np.asarray(stamps, dtype=np.float32) / (ASINH_SOFTENING_RMS * rms_adu))
     return x[..., None].astype(np.float32)
+
+
+def dihedral(stamps, k):
+    """The k-th (0..7) of the 8 flips and 90 degree rotations of (n, s, s[, 1]) stamps:
+    a rotation by ``k % 4`` quarter turns, then, for k >= 4, a left-right flip."""
+    x = np.rot90(stamps, k % 4, axes=(1, 2))
+    return np.ascontiguousarray(x[:, :, ::-1] if k >= 4 else x)
+
+
+def orientation_logits(predict, stamps, features, n_orientations, batch_size=4096):
+    """Mean logit over the first ``n_orientations`` of the ``dihedral`` transforms.
+
+    ``predict(stamps, features)`` returns one logit per row of a batch; ``stamps`` are the
+    scaled network input (n, s, s, 1). Returns float64, shape (n,).
+    """
+    total = np.zeros(len(stamps), dtype=np.float64)
+    for k in range(n_orientations):
+        turned = dihedral(stamps, k)
+        total += np.concatenate([np.asarray(predict(turned[i:i + batch_size],
+                                                    features[i:i + batch_size])).reshape(-1)
+                                 for i in range(0, len(stamps), batch_size)] or [np.zeros(0)])
+    return total / n_orientations
 
 
 def build_compact(side_pix=STAMP_SIDE_PIX, n_features=len(cues.FEATURE_NAMES)):
@@ -212,14 +237,16 @@ class TileHead:
         self._mean = np.asarray(meta["feature_mean"], dtype=np.float32)
         self._scale = np.asarray(meta["feature_scale"], dtype=np.float32)
         self._a, self._b = meta["calibration"]["a"], meta["calibration"]["b"]
+        self.n_orientations = int(meta.get("n_orientations", 1))
         self._fn = tf.function(lambda x, f: model([x, f], training=False), autograph=False,
                                reduce_retracing=True)
 
     def logits(self, stamps, rms_adu, features):
-        """Uncalibrated logits of padded stage stamps (ADU) and raw catalogue features."""
+        """Uncalibrated logits (mean over the head's orientations) of padded stage stamps
+        (ADU) and raw catalogue features."""
         x = scale_stamps(centre_stamps(stamps, self.metadata["stamp_side_pix"]), rms_adu)
         f = ((np.asarray(features, np.float32) - self._mean) / self._scale).astype(np.float32)
-        return np.asarray(self._fn(x, f)).reshape(-1).astype(np.float64)
+        return orientation_logits(self._fn, x, f, self.n_orientations)
 
     def predict_proba(self, stamps, rms_adu, features):
         """Calibrated P(unrecognised blend), float64 (no saturation below 1 - 1e-16)."""
@@ -314,7 +341,9 @@ def train_tile(cfg, progress=None):
         (tr_img, (tr_cat - mean) / scale, y_tr), (va_img, (va_cat - mean) / scale, y_va),
         seed=cfg.seed, max_epochs=cfg.max_epochs, patience_epochs=cfg.patience_epochs,
         progress=progress)
-    logits = _logits(model, va_img, ((va_cat - mean) / scale).astype(np.float32))
+    logits = orientation_logits(lambda x, f: model.predict_on_batch([x, f]), va_img,
+                                ((va_cat - mean) / scale).astype(np.float32),
+                                cfg.n_orientations)
     a, b = calibrate_logits(logits, y_va)
     prob = sigmoid(a * logits + b)
     threshold = float(np.quantile(prob, 1 - cfg.flag_fraction))
@@ -328,6 +357,7 @@ def train_tile(cfg, progress=None):
              "reliability": reliability(prob, y_va)}
     meta = {
         "target": TARGET, "architecture": ARCHITECTURE, "stamp_side_pix": STAMP_SIDE_PIX,
+        "n_orientations": cfg.n_orientations,
         "backbone": "none", "backbone_sha256": "none", "preprocess": "asinh_rms",
         "input_shape": [STAMP_SIDE_PIX, STAMP_SIDE_PIX, 1], "size_pix": 51, "pad_pix": 7,
         "noise_sigma_adu": cfg.tiles.noise_sigma_adu,

@@ -20,6 +20,31 @@ def test_centre_and_scale_stamps():
     np.testing.assert_allclose(x, np.arcsinh(1.0), rtol=1e-6)
 
 
+def test_dihedral_gives_the_eight_symmetries():
+    stamp = np.arange(9.0).reshape(1, 3, 3, 1)  # no symmetry: every transform is different
+    images = [tilehead.dihedral(stamp, k) for k in range(8)]
+    assert len({im.tobytes() for im in images}) == 8
+    assert (images[0] == stamp).all()
+    assert images[1][0, 0, 0, 0] == stamp[0, 0, 2, 0]  # a quarter turn counter-clockwise
+    assert (images[4] == stamp[:, :, ::-1]).all()  # the left-right flip
+
+
+def test_orientation_logits_average_the_rotations():
+    """With a "network" that returns the top-left pixel, the mean over the 4 rotations is
+    the mean of the four corners, and a rotated input gives the same mean."""
+    stamps = np.random.default_rng(2).normal(size=(5, 7, 7, 1)).astype(np.float32)
+    feats = np.zeros((5, 1), np.float32)
+    corner = lambda x, f: x[:, 0, 0, 0]  # noqa: E731
+    corners = stamps[:, [0, 0, -1, -1], [0, -1, 0, -1], 0].astype(np.float64).mean(axis=1)
+    z = tilehead.orientation_logits(corner, stamps, feats, 4, batch_size=2)
+    np.testing.assert_allclose(z, corners, rtol=1e-6)
+    turned = tilehead.dihedral(stamps, 1)
+    np.testing.assert_allclose(tilehead.orientation_logits(corner, turned, feats, 4), z,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(tilehead.orientation_logits(corner, stamps, feats, 1),
+                                  stamps[:, 0, 0, 0])
+
+
 def test_sigmoid_does_not_saturate_or_overflow():
     p = tilehead.sigmoid(np.array([-800.0, 0.0, 20.0, 30.0, 800.0]))
     assert p[1] == 0.5 and p[0] >= 0 and p[-1] == 1.0
@@ -99,3 +124,7 @@ def test_shipped_tile_head_loads_and_scores():
     assert p.shape == (6,) and ((p > 0) & (p < 1)).all()
     a, b = meta["calibration"]["a"], meta["calibration"]["b"]
     np.testing.assert_allclose(p, tilehead.sigmoid(a * head.logits(stamps, 14.5, feats) + b))
+    # the head averages its rotations: a quarter-turned stamp scores the same
+    assert head.n_orientations == meta["n_orientations"] == 4
+    turned = np.rot90(stamps, 1, axes=(1, 2))
+    np.testing.assert_allclose(head.predict_proba(turned, 14.5, feats), p, rtol=1e-5)
