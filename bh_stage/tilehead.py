@@ -7,12 +7,12 @@ calibrated probability ``sigmoid(a * logit + b)``, computed from the logit so th
 not saturate.
 
 Network (``build_compact``): a compact CNN at the stamp's native resolution (3x3
-convolutions 32-32, pool, 64-64, pool, 64; about 5 MFLOP a stamp) whose flattened map meets
-the catalogue features in a dense layer. Why not the VGG16 base: on the validation tiles its
-frozen ``block5_pool`` / ``block4_pool`` features, with or without a 3x magnified centre,
-ranked unrecognised blends at ROC AUC 0.55-0.62, below the catalogue features alone (0.69);
-the 51x51 stamp squeezed into 2x2 or 4x4 cells loses the 2-6 px structure that tells two
-galaxies from one (``bench/bench_tile_heads.py``).
+convolutions 32-32, pool, 64-64, pool, 64; 27 million multiply-adds, 55 MFLOP, per stamp and
+orientation) whose flattened map meets the catalogue features in a dense layer. Why not the
+VGG16 base: on the validation tiles its frozen ``block5_pool`` / ``block4_pool`` features,
+with or without a 3x magnified centre, ranked unrecognised blends at ROC AUC 0.55-0.62,
+below the catalogue features alone (0.69); the 51x51 stamp squeezed into 2x2 or 4x4 cells
+loses the 2-6 px structure that tells two galaxies from one (``bench/bench_tile_heads.py``).
 
 Training (``train_tile``): detections of training tiles (training galaxies only), every
 epoch in a random one of the 8 flips and 90 degree rotations (exact symmetries of the sky),
@@ -32,9 +32,9 @@ import numpy as np
 from . import cues
 
 __all__ = ["TARGET", "STAMP_SIDE_PIX", "ARCHITECTURE", "centre_stamps", "scale_stamps",
-           "dihedral", "orientation_logits", "build_compact", "fit_tile_head", "calibrate_logits", "sigmoid", "reliability",
-           "TileHead", "DEFAULT_TILE_HEAD", "tile_head_path", "load_tile_head", "train_tile",
-           "run_train_tile"]
+           "dihedral", "orientation_logits", "build_compact", "fit_tile_head",
+           "calibrate_logits", "sigmoid", "reliability", "TileHead", "DEFAULT_TILE_HEAD",
+           "tile_head_path", "load_tile_head", "train_tile", "run_train_tile"]
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def build_compact(side_pix=STAMP_SIDE_PIX, n_features=len(cues.FEATURE_NAMES)):
 
 
 def _dihedral(x, k):
-    """Apply the k-th (0..7) flip/rotation to a batch of (n, s, s, 1) stamps (TensorFlow)."""
+    """``dihedral`` in TensorFlow, for augmentation inside ``tf.data`` (same k order)."""
     import tensorflow as tf
 
     x = tf.image.rot90(x, k % 4)

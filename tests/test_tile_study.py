@@ -27,6 +27,11 @@ def test_dihedral_gives_the_eight_symmetries():
     assert (images[0] == stamp).all()
     assert images[1][0, 0, 0, 0] == stamp[0, 0, 2, 0]  # a quarter turn counter-clockwise
     assert (images[4] == stamp[:, :, ::-1]).all()  # the left-right flip
+    import tensorflow as tf  # training augments with the TensorFlow twin: same order
+
+    for k in range(8):
+        np.testing.assert_array_equal(tilehead._dihedral(tf.constant(stamp), tf.constant(k)),
+                                      images[k])
 
 
 def test_orientation_logits_average_the_rotations():
