@@ -747,6 +747,10 @@ class TrainTileConfig:
     max_epochs: int = option(80, "Maximum epochs.", min=1)
     patience_epochs: int = option(6, "Stop after this many epochs without a higher "
                                   "validation ROC AUC (the best epoch is kept).", min=1)
+    lr_drop_epochs: typing.Optional[int] = option(None, "After this many epochs without a higher "
+                                           "validation ROC AUC, go back to the best epoch "
+                                           "and multiply the learning rate by 0.3; null: "
+                                           "never.", min=1)
     seed: int = option(0, "Seed of weight initialisation, dropout, shuffling and "
                        "augmentation.", min=0)
     n_orientations: int = option(4, "Orientations (of the 8 flips and quarter turns, the "

@@ -16,7 +16,8 @@ loses the 2-6 px structure that tells two galaxies from one (``bench/bench_tile_
 
 Training (``train_tile``): detections of training tiles (training galaxies only), every
 epoch in a random one of the 8 flips and 90 degree rotations (exact symmetries of the sky),
-positives weighted to balance the classes, early stopping on the validation tiles, whose
+positives weighted to balance the classes, early stopping (and, with ``lr_drop_epochs``, a
+lower learning rate from the best epoch) on the validation tiles, whose
 natural prevalence also fixes the calibration (``calibrate_logits``) and the ``BLEND_FLAG``
 threshold. The head scores each stamp in ``n_orientations`` of those orientations (rotations
 by 0, 90, 180, 270 degrees first) and averages the logits (``orientation_logits``); the
@@ -113,9 +114,13 @@ def _dihedral(x, k):
 
 
 def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_epochs=5,
-                  learning_rate=1e-3, progress=None):
+                  learning_rate=1e-3, lr_drop_epochs=None, lr_drop_factor=0.3, progress=None):
     """Train ``build_compact`` on (stamps, features, labels) tuples; keep the epoch with the
     best validation ROC AUC.
+
+    With ``lr_drop_epochs``, every that many epochs without a better validation ROC AUC the
+    training goes back to the best weights and multiplies the learning rate by
+    ``lr_drop_factor``.
 
     Training positives are weighted so both classes weigh the same (training tiles hold more
     pairs than the sky).
@@ -124,7 +129,8 @@ def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_
     -------
     model : keras.Model
     history : dict
-        ``loss`` and ``valid_roc_auc`` per epoch, ``epochs``, ``best_epoch``.
+        ``loss``, ``valid_roc_auc`` and ``learning_rate_after`` (the rate the next epoch
+        uses) per epoch, ``epochs``, ``best_epoch``.
     """
     import keras
     import tensorflow as tf
@@ -143,11 +149,12 @@ def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_
     class _BestAuc(keras.callbacks.Callback):
         """Keep the weights of the epoch with the highest validation ROC AUC (the ranking
         is what calibration cannot fix; the validation loss of a class-balanced network
-        mostly measures its offset) and stop after ``patience_epochs`` without a better one."""
+        mostly measures its offset), lower the learning rate after ``lr_drop_epochs`` and
+        stop after ``patience_epochs`` without a better one."""
 
         def __init__(self):
             super().__init__()
-            self.best, self.weights, self.wait, self.aucs = -np.inf, None, 0, []
+            self.best, self.weights, self.wait, self.aucs, self.rates = -np.inf, None, 0, [], []
 
         def on_epoch_end(self, epoch, logs=None):
             from .metrics import roc_auc
@@ -163,12 +170,20 @@ def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_
             else:
                 self.wait += 1
                 self.model.stop_training = self.wait >= patience_epochs
+                if lr_drop_epochs and self.wait % lr_drop_epochs == 0:
+                    self.model.set_weights(self.weights)
+                    rate = self.model.optimizer.learning_rate
+                    rate.assign(rate * lr_drop_factor)
+                    log.info("tile head: back to epoch %d, learning rate %.2g",
+                             int(np.argmax(self.aucs)) + 1, float(rate.numpy()))
+            self.rates.append(float(self.model.optimizer.learning_rate.numpy()))
 
     best = _BestAuc()
     hist = model.fit(data, epochs=max_epochs, callbacks=[best], shuffle=False, verbose=0)
     model.set_weights(best.weights)
     history = {"loss": [float(v) for v in hist.history["loss"]], "valid_roc_auc": best.aucs,
-               "epochs": len(best.aucs), "best_epoch": int(np.argmax(best.aucs)) + 1}
+               "learning_rate_after": best.rates, "epochs": len(best.aucs),
+               "best_epoch": int(np.argmax(best.aucs)) + 1}
     return model, history
 
 
@@ -340,7 +355,7 @@ def train_tile(cfg, progress=None):
     model, history = fit_tile_head(
         (tr_img, (tr_cat - mean) / scale, y_tr), (va_img, (va_cat - mean) / scale, y_va),
         seed=cfg.seed, max_epochs=cfg.max_epochs, patience_epochs=cfg.patience_epochs,
-        progress=progress)
+        lr_drop_epochs=cfg.lr_drop_epochs, progress=progress)
     logits = orientation_logits(lambda x, f: model.predict_on_batch([x, f]), va_img,
                                 ((va_cat - mean) / scale).astype(np.float32),
                                 cfg.n_orientations)

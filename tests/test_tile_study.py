@@ -50,6 +50,28 @@ def test_orientation_logits_average_the_rotations():
                                   stamps[:, 0, 0, 0])
 
 
+def test_learning_rate_drops_after_epochs_without_a_better_auc():
+    """With lr_drop_epochs=1 every epoch without a new best validation AUC multiplies the
+    rate by 0.3; the others keep it; the weights returned are those of the best epoch."""
+    rng = np.random.default_rng(5)
+    img = rng.normal(size=(96, 9, 9, 1)).astype(np.float32)
+    cat = rng.normal(size=(96, 2)).astype(np.float32)
+    y = (rng.random(96) < 0.3).astype(np.int8)
+    model, hist = tilehead.fit_tile_head((img[:64], cat[:64], y[:64]),
+                                         (img[64:], cat[64:], y[64:]), batch_size=32,
+                                         max_epochs=6, patience_epochs=6, lr_drop_epochs=1)
+    rate, best = 1e-3, -np.inf
+    for auc, after in zip(hist["valid_roc_auc"], hist["learning_rate_after"]):
+        rate = rate if auc > best else rate * 0.3
+        best = max(best, auc)
+        assert after == pytest.approx(rate, rel=1e-5)
+    assert len(set(hist["learning_rate_after"])) > 1  # random labels: some epoch is worse
+    from bh_stage.metrics import roc_auc
+
+    assert roc_auc(tilehead._logits(model, img[64:], cat[64:]), y[64:]) == pytest.approx(
+        max(hist["valid_roc_auc"]))
+
+
 def test_sigmoid_does_not_saturate_or_overflow():
     p = tilehead.sigmoid(np.array([-800.0, 0.0, 20.0, 30.0, 800.0]))
     assert p[1] == 0.5 and p[0] >= 0 and p[-1] == 1.0
