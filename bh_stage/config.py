@@ -701,7 +701,7 @@ class TileSetConfig:
     """
 
     work_dir: str = option("simulated/tiles", "Folder of the tile folders.")
-    train_seeds: typing.List[int] = option([101, 102, 103, 104, 105, 106], "Seeds of the "
+    train_seeds: typing.List[int] = option(list(range(101, 113)), "Seeds of the "
                                            "training tiles (training galaxies).", min=0)
     valid_seeds: typing.List[int] = option([201, 202], "Seeds of the validation tiles "
                                            "(training galaxies; thresholds, calibration and "
@@ -745,9 +745,9 @@ class TrainTileConfig:
     flag_fraction: float = option(0.1, "BLEND_FLAG threshold: the fraction of validation "
                                   "detections flagged.", min=0, max=1, min_exclusive=True)
     max_epochs: int = option(80, "Maximum epochs.", min=1)
-    patience_epochs: int = option(6, "Stop after this many epochs without a higher "
+    patience_epochs: int = option(8, "Stop after this many epochs without a higher "
                                   "validation ROC AUC (the best epoch is kept).", min=1)
-    lr_drop_epochs: typing.Optional[int] = option(None, "After this many epochs without a higher "
+    lr_drop_epochs: typing.Optional[int] = option(3, "After this many epochs without a higher "
                                            "validation ROC AUC, go back to the best epoch "
                                            "and multiply the learning rate by 0.3; null: "
                                            "never.", min=1)

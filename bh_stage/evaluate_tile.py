@@ -20,8 +20,8 @@ import numpy as np
 
 from . import cues, metrics, tileset
 
-__all__ = ["COMPARISONS", "SCORES", "comparison_labels", "score_table", "evaluate_tile",
-           "run_evaluate_tile"]
+__all__ = ["COMPARISONS", "SCORES", "comparison_labels", "galaxy_groups", "score_table",
+           "evaluate_tile", "run_evaluate_tile"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def comparison_labels(classes, comparison):
     return rows, pos[rows].astype(np.int8)
 
 
-def _groups(classes):
+def galaxy_groups(classes):
     """Bootstrap unit per detection: its main object's galaxy; each spurious one alone."""
     groups = classes["GROUP"].astype(np.int64).copy()
     spurious = groups < 0
@@ -182,7 +182,7 @@ def _prevalence(table, cfg):
     """Fraction of test detections in each truth class, with its 95 % galaxy interval."""
     from .tiletruth import TRUTH_CLASSES
 
-    groups = _groups(table)
+    groups = galaxy_groups(table)
     out = {}
     for name, column in TRUTH_CLASSES.items():
         values = table[column].astype(np.float64)
@@ -210,7 +210,7 @@ def _metric_rows(table, cfg):
     out = []
     for subset, keep in subsets.items():
         sub = table[keep]
-        groups = _groups(sub)
+        groups = galaxy_groups(sub)
         for comparison in COMPARISONS:
             rows, labels = comparison_labels(sub, comparison)
             if labels.sum() == 0 or labels.sum() == len(labels):

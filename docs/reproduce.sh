@@ -75,8 +75,8 @@ pip install nncf && python bench/bench_int8.py --dataset $work/mixed24k.h5 \
     --realistic $work/realistic4k.h5 --head $work/heads/cfis_sigma15_clip.json
 
 # --- Tile level (README "Which column to cut on"; about 45 min on 2 cores) ---------------
-# Ten 4000x4000 CFIS-like tiles with per-object truth (their noise-free images), each run
-# through source-extractor with a segmentation map: six training and two validation tiles
+# Sixteen 4000x4000 CFIS-like tiles with per-object truth (their noise-free images), each run
+# through source-extractor with a segmentation map: twelve training and two validation tiles
 # of training galaxies (parametric + the training half of the real sample), two test tiles of
 # test-half real galaxies only. train-tile makes any missing tile, then the shipped tile
 # head data/heads/tile_unrecognised (the session that made it used WORKDIR=/work/tiles via
@@ -87,6 +87,20 @@ bh-stage train-tile example_config/train-tile.yml --set tiles.work_dir=$work/til
 # the truth, galaxy-bootstrap intervals -> docs/results_tile/.
 bh-stage evaluate-tile example_config/evaluate-tile.yml --set tiles.work_dir=$work/tiles \
     --set output_dir=docs/results_tile --set overwrite=true
+# How the shipped tile head was chosen (validation tiles only): the 0.2.0 head (git show
+# ca92e30:data/heads/tile_unrecognised.json and .weights.npz into $work/heads_0.2.0) in 1, 2, 4
+# and 8 orientations, then the 6-tile head in 4 orientations (row 2 of README), the 12-tile one
+# without the learning-rate drop (row 3: train-tile ... --set lr_drop_epochs=null
+# --set max_epochs=40 --set patience_epochs=6 --set output_dir=$work/heads_12tiles) and the
+# shipped one.
+python bench/bench_tile_head_variants.py --work-dir $work/tiles \
+    $work/heads_0.2.0/tile_unrecognised.json --orientations 1,2,4,8 \
+    --out bench/results/tile_head_orientations.json
+python bench/bench_tile_head_variants.py --work-dir $work/tiles \
+    $work/heads_6tiles/tile_unrecognised.json $work/heads_12tiles/tile_unrecognised.json \
+    data/heads/tile_unrecognised.json
+# The catalogue-only classifier with centroid offsets, against BLEND_PROB of docs/results_tile.
+python bench/bench_catalogue_offsets.py --work-dir $work/tiles
 # Heads on frozen VGG16 features on the same validation tiles (why the tile head is not one).
 python bench/bench_tile_heads.py --work-dir $work/tiles --train 101 --valid 201
 
