@@ -105,9 +105,11 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
              "tiles.test_seeds=[4]", "tiles.close_pair_fraction=0.4",
              "tiles.train_close_pair_fraction=0.4", "tiles.n_workers=1"]
     heads = tmp_path / "heads"
-    assert main(["-q", "train-tile", "example_config/train-tile.yml", *["--set=" + s for s in tiles],
-                 f"--set=output_dir={heads}", "--set=max_epochs=2"]) == 0
+    assert main(["-q", "train-tile", "example_config/train-tile.yml",
+                 *["--set=" + s for s in tiles], f"--set=output_dir={heads}",
+                 "--set=max_epochs=2"]) == 0
     meta = json.loads((heads / "tile_unrecognised.json").read_text())
+    assert meta["n_orientations"] == 4 and len(meta["history"]["learning_rate_after"]) == 2
     assert meta["target"] == "unrecognised_blend"
     assert meta["architecture"] == tilehead.ARCHITECTURE
     assert 0 < meta["valid"]["prevalence"] < 1 and meta["calibration"]["a"] != 0
