@@ -44,12 +44,11 @@ def main():
     names, logits = [], []
     for path in args.heads:
         head = tilehead.load_tile_head(path)
-        feats = ((cat - head._mean) / head._scale).astype(np.float32)
         counts = ([int(n) for n in args.orientations.split(",")] if args.orientations
                   else [head.n_orientations])
         for n in counts:
             names.append(f"{path} ({n} orientations)")
-            logits.append(tilehead.orientation_logits(head._fn, img, feats, n))
+            logits.append(head.input_logits(img, cat, n))
     if len(logits) > 1:
         names.append("mean logit of the above")
         logits.append(np.mean(logits, axis=0))

@@ -187,8 +187,10 @@ def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_
     return model, history
 
 
-def _logits(model, x_img, x_cat, batch_size=2048):
-    return model.predict([x_img, x_cat], batch_size=batch_size, verbose=0).reshape(-1)
+def _logits(model, x_img, x_cat, n_orientations=1):
+    """Mean logit of a training-time model over its first ``n_orientations``."""
+    return orientation_logits(lambda x, f: model.predict_on_batch([x, f]), x_img, x_cat,
+                              n_orientations)
 
 
 def calibrate_logits(logits, labels):
@@ -260,8 +262,13 @@ class TileHead:
         """Uncalibrated logits (mean over the head's orientations) of padded stage stamps
         (ADU) and raw catalogue features."""
         x = scale_stamps(centre_stamps(stamps, self.metadata["stamp_side_pix"]), rms_adu)
+        return self.input_logits(x, features)
+
+    def input_logits(self, x, features, n_orientations=None):
+        """Logits of network input ``x`` (``scale_stamps`` of the central square) and raw
+        catalogue features, averaged over ``n_orientations`` (default: the head's)."""
         f = ((np.asarray(features, np.float32) - self._mean) / self._scale).astype(np.float32)
-        return orientation_logits(self._fn, x, f, self.n_orientations)
+        return orientation_logits(self._fn, x, f, n_orientations or self.n_orientations)
 
     def predict_proba(self, stamps, rms_adu, features):
         """Calibrated P(unrecognised blend), float64 (no saturation below 1 - 1e-16)."""
@@ -356,9 +363,8 @@ def train_tile(cfg, progress=None):
         (tr_img, (tr_cat - mean) / scale, y_tr), (va_img, (va_cat - mean) / scale, y_va),
         seed=cfg.seed, max_epochs=cfg.max_epochs, patience_epochs=cfg.patience_epochs,
         lr_drop_epochs=cfg.lr_drop_epochs, progress=progress)
-    logits = orientation_logits(lambda x, f: model.predict_on_batch([x, f]), va_img,
-                                ((va_cat - mean) / scale).astype(np.float32),
-                                cfg.n_orientations)
+    logits = _logits(model, va_img, ((va_cat - mean) / scale).astype(np.float32),
+                     cfg.n_orientations)
     a, b = calibrate_logits(logits, y_va)
     prob = sigmoid(a * logits + b)
     threshold = float(np.quantile(prob, 1 - cfg.flag_fraction))
