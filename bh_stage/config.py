@@ -382,10 +382,17 @@ class MagnitudeConfig:
     mag_max: float = option(24.5, "Faintest AB magnitude drawn; > mag_min.", min=10, max=35)
     slope_dex_per_mag: float = option(0.3, "Slope of the number counts, dlog10(N)/dm "
                                       "(CFIS-like: 0.3; 0: flat in m).", min=-2, max=2)
-    max_brightening_mag: float = option(3.0, "Real HST cut-outs: a galaxy drawn at magnitude "
+    max_brightening_mag: float = option(0.5, "Real HST cut-outs: a galaxy drawn at magnitude "
                                         "m uses a sample galaxy not fainter than m + this, so "
-                                        "its HST noise is brightened by at most this.",
+                                        "its HST noise (about 0.6-0.9 ADU a CFIS pixel at its "
+                                        "own magnitude) is brightened by at most this (the "
+                                        "brightest galaxy where none qualifies). Before 0.3: 3.",
                                         min=0, min_exclusive=True)
+    size_slope_dex_per_mag: float = option(
+        -0.105, "A galaxy moved from its sample magnitude to m is dilated by "
+        "10**(this * (m - m_sample)), keeping the size-magnitude relation of the samples "
+        "(both COSMOS samples: dlog10(FLUX_RADIUS)/dm = -0.105). 0: size kept (before 0.3).",
+        min=-1, max=1)
 
     def validate(self):
         if self.mag_max <= self.mag_min:
@@ -499,10 +506,15 @@ class SimulateConfig:
                        "CFIS-like tile (see the tile section).", choices=("stamps", "tile"))
     set_kind: str = option("mixed", "'parametric': COSMOS Sersic/bulge+disc fits; "
                            "'real': HST images of one half of the real sample (real_half); "
-                           "'mixed': parametric + real images of the training half.",
+                           "'mixed': parametric + real images of mixed_real_half.",
                            choices=("parametric", "real", "mixed"))
-    real_half: str = option("test", "Half of the real sample used by set_kind 'real' "
-                            "('mixed' always uses 'train').", choices=("train", "test"))
+    real_half: str = option("test", "Half of the real sample used by set_kind 'real'.",
+                            choices=("train", "test"))
+    mixed_real_half: str = option("train", "Half of the real sample whose images set_kind "
+                                  "'mixed' uses: 'train'; 'test' only for the second fold of "
+                                  "the 2-fold cross-validation (a head trained on the test "
+                                  "half, tested on the training half).",
+                                  choices=("train", "test"))
     real_fraction: float = option(0.5, "set_kind 'mixed': fraction of stamps drawn from real "
                                   "images.", min=0, max=1)
     n_stamps: int = option(1000, "Number of stamps; each split gets an even count, half "
@@ -714,6 +726,13 @@ class TileSetConfig:
                                         min_exclusive=True)
     mag_max: float = option(26.5, "Faintest galaxy, AB magnitude (counts slope 0.3 dex/mag "
                             "from 20).", min=21, max=30)
+    max_brightening_mag: float = option(3.0, "magnitude.max_brightening_mag of the tiles; "
+                                        "the shipped tile head's tiles use 3 (made before "
+                                        "the stamp default became 0.5).", min=0,
+                                        min_exclusive=True)
+    size_slope_dex_per_mag: float = option(0.0, "magnitude.size_slope_dex_per_mag of the "
+                                           "tiles; 0 for the shipped tile head's tiles (the "
+                                           "stamp default is -0.105).", min=-1, max=1)
     star_density_per_arcmin2: float = option(1.0, "Stars per arcmin^2 (18-24 mag).", min=0)
     close_pair_fraction: float = option(0.15, "Fraction of galaxies in injected close pairs, "
                                         "validation and test tiles.", min=0, max=1)

@@ -16,8 +16,10 @@ Models (Farrens et al. 2021, section 2):
   ``10**(-0.4 (m - m_sample))``, where ``m_sample`` is the sample galaxy's own F814W
   magnitude. **Fluxes are in ADU of a 300 s exposure with gain 1** (1 ADU = 1 photon). A real
   galaxy drawn at ``m`` is chosen at random among the sample galaxies with
-  ``m_sample <= m + max_brightening_mag`` (default 3), so its HST noise is brightened by at
-  most that much; parametric models carry no noise and are chosen uniformly.
+  ``m_sample <= m + max_brightening_mag`` (default 0.5), so its HST noise is brightened by
+  at most that much; parametric models carry no noise and are chosen uniformly. Every galaxy
+  is dilated by ``10**(size_slope_dex_per_mag (m - m_sample))`` (default -0.105, the
+  size-magnitude slope of both samples), so a galaxy dimmed by 3 mag is half as large.
 - PSF: Moffat (beta 4.765, FWHM ``moffat_fwhm_arcsec``, fixed optical shear
   ``optical_g1, optical_g2``) convolved with a Kolmogorov whose shear components are drawn
   from N(0, ``atmos_g_sigma``) per stamp (per tile for tiles). The Kolmogorov FWHM is solved
@@ -312,6 +314,7 @@ def _settings(cfg):
     return {"cosmos_dir": str(cfg.cosmos_dir), "parametric_catalogue": cfg.parametric_catalogue,
             "real_catalogue": cfg.real_catalogue, "exptime_s": cfg.exptime_s,
             "area_cm2": cfg.area_cm2, "pixel_scale_arcsec": cfg.pixel_scale_arcsec,
+            "size_slope_dex_per_mag": cfg.magnitude.size_slope_dex_per_mag,
             "size_pix": cfg.stamp.size_pix, "draw_size_pix": cfg.tile.draw_size_pix,
             "psf": psf}
 
@@ -345,6 +348,8 @@ def _galaxy(settings, kind, cat_index, mag, theta_rad):
         gal = cat.makeGalaxy(int(cat_index), gal_type="parametric")
     m_sample = _sample_mags(cat, real)[int(cat_index)]
     gal = gal.withScaledFlux(10.0 ** (-0.4 * (mag - m_sample)))
+    if settings["size_slope_dex_per_mag"]:
+        gal = gal.dilate(10.0 ** (settings["size_slope_dex_per_mag"] * (mag - m_sample)))
     gal = gal.rotate(theta_rad * galsim.radians)
     return gal, float(gal.flux)
 
@@ -488,7 +493,7 @@ def _plan_stamps(cfg, samples):
         else:
             is_real = rng.random() < cfg.real_fraction
             kind = "real" if is_real else "parametric"
-            sample = samples["real_train"] if is_real else samples["parametric"]
+            sample = samples["real_" + cfg.mixed_real_half] if is_real else samples["parametric"]
         n_gal = 2 if label[i] else 1
         mags = draw_magnitudes(rng, n_gal, mcfg.mag_min, mcfg.mag_max, mcfg.slope_dex_per_mag)
         cat_index = [sample.choose(rng, m, mcfg.max_brightening_mag) for m in mags]
@@ -653,7 +658,7 @@ def _tile_samples(cfg, samples):
         return [samples["parametric"]], [1.0]
     if kind == "real":
         return [samples[f"real_{cfg.real_half}"]], [1.0]
-    return ([samples["parametric"], samples["real_train"]],
+    return ([samples["parametric"], samples["real_" + cfg.mixed_real_half]],
             [1.0 - cfg.real_fraction, cfg.real_fraction])
 
 

@@ -130,7 +130,9 @@ def simulate_config(tiles, role, seed, shear_g1=0.0, shear_g2=0.0):
     return config_from_dict(SimulateConfig, {
         "mode": "tile", "seed": seed, "cosmos_dir": tiles.cosmos_dir,
         "n_workers": tiles.n_workers, "real_half": "test",
-        "magnitude": {"mag_max": tiles.mag_max},
+        "magnitude": {"mag_max": tiles.mag_max,
+                      "max_brightening_mag": tiles.max_brightening_mag,
+                      "size_slope_dex_per_mag": tiles.size_slope_dex_per_mag},
         "tile": {"nx_pix": tiles.size_pix, "ny_pix": tiles.size_pix,
                  "galaxy_kind": "real" if role == "test" else "mixed",
                  "density_per_arcmin2": tiles.density_per_arcmin2,

@@ -9,7 +9,10 @@ bh-stage simulate example_config/simulate_tile.yml --set overwrite=true \
     --set tile.nx_pix=1024 --set tile.ny_pix=1024 --set seed=11 \
     --set tile.galaxy_kind=real --set real_half=test --set tile.star_density_per_arcmin2=1.0 \
     --set tile.image=$out/example_tile.fits.fz --set tile.weight=$out/example_tile.weight.fits.fz \
-    --set tile.truth=$out/example_tile_truth.fits
+    --set tile.truth=$out/example_tile_truth.fits \
+    --set magnitude.max_brightening_mag=3 --set magnitude.size_slope_dex_per_mag=0
+# (the shipped example predates 0.3's realism defaults: HST noise brightened by up to 3 mag,
+# sizes kept when a galaxy is moved to its magnitude)
 # source-extractor 2.25 cannot read tile-compressed images: give it the decompressed pixels,
 # which are exactly what bh-stage reads from the .fz.
 tmp=$(mktemp -d)
