@@ -17,8 +17,10 @@ number gets 68 % and 95 % intervals from a bootstrap over galaxies
 resample draws distinct main galaxies with replacement, each with all its stamps in every
 noise realisation. Differences are computed inside each resample (paired).
 
-Outputs (in ``output_dir``): ``metrics.csv``, ``results.md`` (``evaluate_report``) and
-PNGs that read like the paper's Figures 3-6 plus a ROC figure (``evaluate_plots``).
+Outputs (in ``output_dir``): ``metrics.csv``, ``results.md`` (``evaluate_report``), PNGs
+that read like the paper's Figures 3-6 plus a ROC figure (``evaluate_plots``), and
+``scores.npz``, the first head's stamp scores at the first noise (``io.write_scores``),
+which ``crossval_intervals`` pools over the folds of a cross-validation.
 """
 
 import dataclasses
@@ -37,7 +39,8 @@ from .sep_flags import hybrid_flag
 
 log = logging.getLogger(__name__)
 
-__all__ = ["snr_mask", "true_positions", "stamp_metrics", "galaxy_intervals", "evaluate",
+__all__ = ["snr_mask", "true_positions", "stamp_metrics", "galaxy_intervals",
+           "crossval_intervals", "evaluate",
            "run_evaluate", "TARGETS", "SEP_RULES", "MAX_FPR", "FPR_SLACK"]
 
 SUBSETS = ("all", "snr")
@@ -66,7 +69,7 @@ TARGETS = (
 
 OUTPUT_NAMES = ("metrics.csv", "results.md", "fig3_accuracy_vs_separation.png",
                 "fig4_accuracy_vs_sigma.png", "fig5_relative_accuracy_vs_training_sigma.png",
-                "fig6_confusion_vs_training_sigma.png", "roc.png")
+                "fig6_confusion_vs_training_sigma.png", "roc.png", "scores.npz")
 
 
 def snr_mask(truth, sigma_adu, snr_min):
@@ -181,6 +184,39 @@ def galaxy_intervals(data, thresholds, close_max_pix, n_boot, seed):
         ``'method:metric'`` -> (value, lo68, hi68, lo95, hi95); ``value`` on all stamps,
         the intervals central percentiles of the resamples (NaN where undefined).
     """
+    keys, point, samples = _bootstrap_metrics(data, thresholds, close_max_pix, n_boot, seed)
+    return _summary(keys, point, samples)
+
+
+def crossval_intervals(folds, close_max_pix, n_boot, seed):
+    """Cross-validation: every metric averaged over folds, with galaxy-bootstrap intervals.
+
+    Parameters
+    ----------
+    folds : list of (dict, tuple)
+        Per fold, the stamp arrays of ``galaxy_intervals`` (its test stamps) and the
+        thresholds of the head trained on that fold. The folds' test galaxies are disjoint.
+    close_max_pix, n_boot, seed :
+        As ``galaxy_intervals``; fold ``f`` resamples with ``seed + f``.
+
+    Returns
+    -------
+    dict
+        ``'pooled'``: ``'method:metric'`` -> (value, lo68, hi68, lo95, hi95), the mean over
+        folds, each resample drawing galaxies within every fold (a stratified bootstrap);
+        ``'folds'``: the same per fold.
+    """
+    runs = [_bootstrap_metrics(data, thr, close_max_pix, n_boot, seed + f)
+            for f, (data, thr) in enumerate(folds)]
+    keys = runs[0][0]
+    point = {k: float(np.mean([r[1][k] for r in runs])) for k in keys}
+    samples = np.mean([r[2] for r in runs], axis=0)
+    return {"pooled": _summary(keys, point, samples),
+            "folds": [_summary(*r) for r in runs]}
+
+
+def _bootstrap_metrics(data, thresholds, close_max_pix, n_boot, seed):
+    """``stamp_metrics`` on all stamps and on each galaxy resample: (keys, point, samples)."""
     def stat(rows=slice(None)):
         return stamp_metrics(data["p_blend"][rows], thresholds, data["sep_paper"][rows],
                              data["sep_stage"][rows], data["label"][rows],
@@ -189,11 +225,15 @@ def galaxy_intervals(data, thresholds, close_max_pix, n_boot, seed):
 
     point = stat()
     keys = list(point)
+
     def vector(rows):
         values = stat(rows)
         return [values[k] for k in keys]
 
-    samples = group_bootstrap(data["gal_id0"], vector, n_boot, seed)
+    return keys, point, group_bootstrap(data["gal_id0"], vector, n_boot, seed)
+
+
+def _summary(keys, point, samples):
     return {k: (point[k], *interval(samples[:, i], 0.68), *interval(samples[:, i], 0.95))
             for i, k in enumerate(keys)}
 
@@ -277,7 +317,7 @@ def evaluate(cfg, progress=None):
         The data set's stamps do not match the head's input.
     """
     from . import evaluate_plots, evaluate_report, model
-    from .io import check_output, read_dataset, read_truth
+    from .io import check_output, read_dataset, read_truth, write_scores
 
     t0 = time.perf_counter()
     outdir = Path(cfg.output_dir)
@@ -387,8 +427,12 @@ def evaluate(cfg, progress=None):
     evaluate_report.write_text(outdir / "results.md", md, cfg.overwrite)
     evaluate_report.write_text(outdir / "metrics.csv", evaluate_report.rows_to_csv(rows),
                                cfg.overwrite)
-    outputs += [outdir / "results.md", outdir / "metrics.csv"]
     head0, sigma0 = heads[0]["name"], sigmas[0]
+    parts = pooled[(head0, sigma0, "all")]
+    write_scores(outdir / "scores.npz",
+                 {k: np.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]},
+                 heads[0]["thresholds"], cfg.overwrite)
+    outputs += [outdir / "results.md", outdir / "metrics.csv", outdir / "scores.npz"]
     headline = evaluate_report.pooled_values(rows, head0, sigma0, "all")
     targets = {s: evaluate_report.check_targets(rows, head0, sigma0, s, TARGETS)
                for s in SUBSETS}

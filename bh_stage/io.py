@@ -847,3 +847,20 @@ def read_columns(path, names, hdu="auto"):
             values[~np.isfinite(values) | (values <= SEXTRACTOR_NULL)] = np.nan
             out[name] = values
     return out
+
+
+def write_scores(path, data, thresholds, overwrite):
+    """Write the stamp arrays of one head at one noise (``evaluate.galaxy_intervals``'
+    ``data``) and its ``(blend_threshold, hybrid_threshold)`` to an ``.npz``, atomically."""
+    with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, thresholds=np.asarray(thresholds, dtype=np.float64), **data)
+
+
+def read_scores(path):
+    """Read ``write_scores``' file: (data dict, thresholds tuple)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file (made by bh-stage evaluate)")
+    with np.load(path) as f:
+        data = {k: f[k] for k in f.files if k != "thresholds"}
+        return data, tuple(float(v) for v in f["thresholds"])

@@ -207,6 +207,31 @@ def test_galaxy_intervals_paired_zero_and_reused_galaxies():
     assert by_galaxy["BH:accuracy"][1:] == (1.0, 1.0, 1.0, 1.0)
 
 
+def test_crossval_intervals_mean_of_folds_and_stratified():
+    """The pooled value is the mean of the folds; identical folds pool to the same value with
+    a narrower interval (twice the galaxies); fold intervals equal galaxy_intervals'."""
+    rng = np.random.default_rng(5)
+    n = 400
+    gal = np.repeat(np.arange(20), 20)
+    label = rng.integers(0, 2, n).astype(bool)
+    p = np.clip(np.where(label, 0.7, 0.3) + rng.normal(0, 0.3, 20)[gal], 0, 1)
+    sep = label.astype(np.int8)
+    data = {"p_blend": p, "sep_paper": sep, "sep_stage": sep, "label": label,
+            "sep_pix": np.where(label, 15.0, np.nan), "gal_id0": gal,
+            "sep_scan": np.zeros((0, n), bool)}
+    worse = dict(data, p_blend=np.clip(p + rng.normal(0, 0.3, n), 0, 1))
+    one = ev.galaxy_intervals(data, (0.5, 0.5), 10.0, 300, 0)
+    cv = ev.crossval_intervals([(data, (0.5, 0.5)), (worse, (0.4, 0.5))], 10.0, 300, 0)
+    np.testing.assert_equal(cv["folds"][0], one)  # NaN where undefined (no close blends)
+    other = ev.galaxy_intervals(worse, (0.4, 0.5), 10.0, 300, 1)
+    np.testing.assert_equal(cv["folds"][1], other)
+    for key in ("BH:accuracy", "BH:auc", "hybrid-SEP_stage:accuracy"):
+        assert cv["pooled"][key][0] == pytest.approx((one[key][0] + other[key][0]) / 2)
+    same = ev.crossval_intervals([(data, (0.5, 0.5)), (data, (0.5, 0.5))], 10.0, 300, 0)
+    v, w = same["pooled"]["BH:accuracy"], one["BH:accuracy"]
+    assert v[0] == w[0] and v[4] - v[3] < 0.85 * (w[4] - w[3])
+
+
 def test_sep_outputs_use_true_positions_in_padded_stamp():
     """Two separated blobs at the true positions: SEP labels the stamp blended; true
     positions shifted by pad_pix matter (unshifted, the pair does not match)."""
@@ -296,6 +321,17 @@ def test_evaluate_end_to_end(tmp_path, two_heads):
               r["stamps"] == "all" and r["method"] == "BH" and r["metric"] == "accuracy"]
     assert acc["lo95"] < acc["hi95"]
     assert result["n_galaxies"] == 9
+    # scores.npz holds head a's stamps at the first sigma: its galaxy intervals are the
+    # pooled rows (same stamps, thresholds, resamples and seed)
+    from bh_stage.io import read_scores
+
+    data, thresholds = read_scores(out / "scores.npz")
+    assert len(thresholds) == 2 and all(0 < t < 1 for t in thresholds)
+    assert 0 < len(data["label"]) == len(data["p_blend"]) <= 36 * len(cfg.realisations)
+    again = ev.galaxy_intervals(data, thresholds, cfg.close_max_pix, cfg.n_bootstrap,
+                                cfg.seed)
+    assert again["BH:accuracy"] == pytest.approx(
+        (acc["value"], acc["lo68"], acc["hi68"], acc["lo95"], acc["hi95"]))
     md = (out / "results.md").read_text()
     # regression: results.md carried the absolute paths of the machine that made it
     assert str(tmp_path) not in md and "on `tiny.h5`" in md and "dataset: tiny.h5" in md
