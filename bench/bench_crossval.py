@@ -43,10 +43,15 @@ def main():
     ap.add_argument("--close-max-pix", type=float, default=10.0)
     ap.add_argument("--n-bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--snr", action="store_true",
+                    help="only the stamps whose galaxies all reach evaluate's snr_min")
     ap.add_argument("--output", type=Path, default=Path("bench/results/crossval.json"))
     args = ap.parse_args()
 
     folds = [read_scores(d / "scores.npz") for d in args.fold]
+    if args.snr:
+        folds = [({k: (v[:, d["snr_ok"]] if k == "sep_scan" else v[d["snr_ok"]])
+                   for k, v in d.items()}, t) for d, t in folds]
     out = crossval_intervals(folds, args.close_max_pix, args.n_bootstrap, args.seed)
     for key in HEADLINE:
         cells = [fmt(f[key]) for f in out["folds"]] + [fmt(out["pooled"][key])]
@@ -62,7 +67,8 @@ def main():
     n_stamps = [int(len(d["label"])) for d, _ in folds]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
-        "folds": [str(d) for d in args.fold], "n_stamps": n_stamps, "n_galaxies": n_gal,
+        "folds": [str(d) for d in args.fold], "snr_subset": args.snr,
+        "n_stamps": n_stamps, "n_galaxies": n_gal,
         "thresholds": [t for _, t in folds], "n_bootstrap": args.n_bootstrap,
         "interval": "value, 68 % (lo, hi), 95 % (lo, hi); pooled = mean of the folds",
         "pooled": out["pooled"], "per_fold": out["folds"], "targets": targets},

@@ -172,7 +172,8 @@ def galaxy_intervals(data, thresholds, close_max_pix, n_boot, seed):
     ----------
     data : dict of ndarray
         ``p_blend``, ``sep_paper``, ``sep_stage``, ``label``, ``sep_pix``, ``gal_id0``
-        (shape (n,)) and ``sep_scan`` (shape (k, n)) of the stamps, pooled over realisations.
+        (shape (n,)) and ``sep_scan`` (shape (k, n)) of the stamps, pooled over realisations;
+        other keys (``snr_ok``: the stamp is in the SNR >= snr_min subset) are ignored.
     thresholds, close_max_pix :
         As ``stamp_metrics``.
     n_boot, seed : int
@@ -387,7 +388,8 @@ def evaluate(cfg, progress=None):
                 p_blend = np.asarray(h["clf"].predict_proba(noisy), dtype=np.float64)
                 data = {"p_blend": p_blend, "sep_paper": sep["sep_paper"],
                         "sep_stage": sep["sep_stage"], "label": label, "sep_pix": sep_pix,
-                        "gal_id0": gal_id0, "sep_scan": sep["sep_scan"]}
+                        "gal_id0": gal_id0, "sep_scan": sep["sep_scan"],
+                        "snr_ok": subsets["snr"]}
                 for subset, mask in subsets.items():
                     m = mask & valid
                     add_rows(h, sigma, int(real), subset, stamp_metrics(

@@ -328,6 +328,11 @@ def test_evaluate_end_to_end(tmp_path, two_heads):
     data, thresholds = read_scores(out / "scores.npz")
     assert len(thresholds) == 2 and all(0 < t < 1 for t in thresholds)
     assert 0 < len(data["label"]) == len(data["p_blend"]) <= 36 * len(cfg.realisations)
+    (snr_acc,) = [r for r in pooled if r["head"] == "a" and r["sigma_adu"] == 5.0 and
+                  r["stamps"] == "snr" and r["method"] == "BH" and r["metric"] == "accuracy"]
+    ok = data["snr_ok"]
+    assert ok.dtype == bool and snr_acc["value"] == pytest.approx(
+        np.mean((data["p_blend"][ok] >= thresholds[0]) == data["label"][ok]))
     again = ev.galaxy_intervals(data, thresholds, cfg.close_max_pix, cfg.n_bootstrap,
                                 cfg.seed)
     assert again["BH:accuracy"] == pytest.approx(
