@@ -114,9 +114,16 @@ def _dihedral(x, k):
 
 
 def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_epochs=5,
-                  learning_rate=1e-3, lr_drop_epochs=None, lr_drop_factor=0.3, progress=None):
+                  learning_rate=1e-3, lr_drop_epochs=None, lr_drop_factor=0.3, progress=None,
+                  noise_sigma_adu=None, teacher_prob=None, distill_weight=0.5):
     """Train ``build_compact`` on (stamps, features, labels) tuples; keep the epoch with the
     best validation ROC AUC.
+
+    With ``noise_sigma_adu``, the training stamps are noise-free, in ADU, and every epoch
+    draws new Gaussian noise of that sigma before ``scale_stamps`` (noise on the fly); the
+    validation stamps are always given scaled. With ``teacher_prob`` (one probability per
+    training row, e.g. the VGG16 model's), the target is ``(1 - distill_weight) * label +
+    distill_weight * teacher_prob`` (distillation).
 
     With ``lr_drop_epochs``, every that many epochs without a better validation ROC AUC the
     training goes back to the best weights and multiplies the learning rate by
@@ -139,10 +146,22 @@ def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_
     (x_img, x_cat, y), (v_img, v_cat, v_y) = train, valid
     pos = max(float(np.mean(y)), 1e-6)
     w = np.where(y == 1, 0.5 / pos, 0.5 / (1 - pos)).astype(np.float32)
-    data = tf.data.Dataset.from_tensor_slices(((x_img, x_cat), y.astype(np.float32), w))
+    target = y.astype(np.float32)
+    if teacher_prob is not None:
+        target = ((1 - distill_weight) * target +
+                  distill_weight * np.asarray(teacher_prob, np.float32)).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices(((x_img, x_cat), target, w))
     data = data.shuffle(len(y), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    data = data.map(lambda x, yy, ww: ((_dihedral(x[0], tf.random.uniform(
-        [], 0, 8, dtype=tf.int32, seed=seed)), x[1]), yy, ww)).prefetch(2)
+
+    def augment(x, yy, ww):
+        img = x[0]
+        if noise_sigma_adu is not None:
+            noisy = img + tf.random.normal(tf.shape(img), stddev=noise_sigma_adu, seed=seed)
+            img = tf.math.asinh(noisy / (ASINH_SOFTENING_RMS * noise_sigma_adu))
+        k = tf.random.uniform([], 0, 8, dtype=tf.int32, seed=seed)
+        return (_dihedral(img, k), x[1]), yy, ww
+
+    data = data.map(augment).prefetch(2)
     model = build_compact(x_img.shape[1], x_cat.shape[1])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True))

@@ -6,14 +6,17 @@
 # committed. The session that made docs/results/ used WORKDIR=/work/sim.
 set -euo pipefail
 work=${1:-simulated}
+# The shipped stamp heads (0.2) were trained on the simulation before 0.3's realism fixes:
+# HST noise brightened by up to 3 mag, sizes kept. $old remakes their data exactly.
+old="--set magnitude.max_brightening_mag=3 --set magnitude.size_slope_dex_per_mag=0"
 
 # Training set: 24,000 stamps, parametric models + real HST images of the training half of the
 # real galaxies, magnitudes from dN/dm ~ 10^(0.3 m) with 20 < m < 24.5, the paper's uniform
 # companion placement (12 % of blends closer than 10 px).
-bh-stage simulate example_config/simulate.yml --set set_kind=mixed --set n_stamps=24000 \
+bh-stage simulate example_config/simulate.yml $old --set set_kind=mixed --set n_stamps=24000 \
     --set seed=1 --set output=$work/mixed24k.h5
 # Realistic test set: 4,000 stamps of real HST images of the other half of the real galaxies.
-bh-stage simulate example_config/simulate.yml --set set_kind=real --set real_half=test \
+bh-stage simulate example_config/simulate.yml $old --set set_kind=real --set real_half=test \
     --set n_stamps=4000 --set seed=2 --set output=$work/realistic4k.h5
 
 # The sigma 15 head of the 24k set ($work/heads/cfis_sigma15_clip; the default until the
@@ -32,9 +35,9 @@ done
 
 # The default head data/heads/cfis_sigma15_clip_80k, at the paper's scale: 80,000 stamps
 # (36,000 training), a second 24k set and a 32k set beside the first (sigma 15 ADU, CFIS is 14.5).
-bh-stage simulate example_config/simulate.yml --set set_kind=mixed --set n_stamps=24000 \
+bh-stage simulate example_config/simulate.yml $old --set set_kind=mixed --set n_stamps=24000 \
     --set seed=5 --set output=$work/mixed24k_b.h5
-bh-stage simulate example_config/simulate.yml --set set_kind=mixed --set n_stamps=32000 \
+bh-stage simulate example_config/simulate.yml $old --set set_kind=mixed --set n_stamps=32000 \
     --set seed=6 --set output=$work/mixed32k_c.h5
 bh-stage train example_config/train.yml \
     --set "datasets=[$work/mixed24k.h5,$work/mixed24k_b.h5,$work/mixed32k_c.h5]" \
@@ -47,7 +50,7 @@ bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5
     --set overwrite=true
 
 # The fainter regime: magnitudes up to 26 (median 25, like the real sample) -> docs/results_faint/.
-bh-stage simulate example_config/simulate.yml --set set_kind=real --set real_half=test \
+bh-stage simulate example_config/simulate.yml $old --set set_kind=real --set real_half=test \
     --set n_stamps=2000 --set seed=4 --set magnitude.mag_max=26.0 --set output=$work/realistic_faint2k.h5
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic_faint2k.h5 \
     --set max_stamps=null --set output_dir=docs/results_faint --set overwrite=true
@@ -73,6 +76,73 @@ python bench/bench_finetune.py --dataset $work/mixed24k.h5 --realistic $work/rea
     --max-epochs 4 --patience 2
 pip install nncf && python bench/bench_int8.py --dataset $work/mixed24k.h5 \
     --realistic $work/realistic4k.h5 --head $work/heads/cfis_sigma15_clip.json
+
+# --- Stamp level under the held-out protocol (issue 12; README "Accuracy"; about 1.5 h) ----
+# 0.3 simulation defaults (HST noise brightened by <= 0.5 mag, sizes on the size-magnitude
+# relation). Two folds over the 100 real galaxies: fold A trains on parametric + the training
+# half and is tested on the test half; fold B trains on parametric + the test half and is
+# tested on the training half. Choices are made on fold A's validation stamps (realistic
+# stamps of training-half galaxies); each fold's test stamps are read once, at the end.
+p=$work/protocol
+S="bh-stage simulate example_config/simulate.yml"
+T="bh-stage train example_config/train.yml --set cache_dir=$p/cache --set output_dir=$p/heads"
+E="bh-stage evaluate example_config/evaluate.yml --set max_stamps=null --set split=all"
+$S --set set_kind=mixed --set mixed_real_half=train --set n_stamps=24000 --set seed=1 \
+    --set output=$p/foldA_mixed24k.h5
+$S --set set_kind=mixed --set mixed_real_half=test --set n_stamps=24000 --set seed=1 \
+    --set output=$p/foldB_mixed24k.h5
+$S --set set_kind=real --set real_half=test --set n_stamps=4000 --set seed=2 \
+    --set output=$p/real_test4k.h5
+$S --set set_kind=real --set real_half=train --set n_stamps=4000 --set seed=3 \
+    --set output=$p/real_train4k.h5
+# Choice of the preprocessing on validation (rule fixed beforehand: highest BH partial AUC)
+for pre in caffe_clip caffe paper; do
+  $T --set "datasets=[$p/foldA_mixed24k.h5]" --set preprocess=$pre --set head_name=foldA_$pre
+  $E --set dataset=$p/real_train4k.h5 --set "heads=[$p/heads/foldA_$pre.json]" \
+      --set output_dir=$p/eval/valA_$pre
+done
+$E --set dataset=$p/real_train4k.h5 --set "heads=[cfis_sigma15_clip_80k]" \
+    --set output_dir=$p/eval/valA_shipped80k
+pre=$(python bench/bench_stamp_choice.py --candidate caffe_clip=$p/eval/valA_caffe_clip \
+    --candidate caffe=$p/eval/valA_caffe --candidate paper=$p/eval/valA_paper \
+    --reference shipped_80k=$p/eval/valA_shipped80k | tail -1)
+# Fold B with the chosen preprocessing, then each fold's test stamps, two noise realisations
+$T --set "datasets=[$p/foldB_mixed24k.h5]" --set preprocess=$pre --set head_name=foldB_$pre
+$E --set dataset=$p/real_test4k.h5 --set "heads=[$p/heads/foldA_$pre.json]" \
+    --set "realisations=[0,1]" --set output_dir=docs/results_cv/foldA
+$E --set dataset=$p/real_train4k.h5 --set "heads=[$p/heads/foldB_$pre.json]" \
+    --set "realisations=[0,1]" --set output_dir=docs/results_cv/foldB
+python bench/bench_crossval.py --fold docs/results_cv/foldA --fold docs/results_cv/foldB \
+    --output bench/results/crossval.json
+python bench/bench_crossval.py --fold docs/results_cv/foldA --fold docs/results_cv/foldB \
+    --snr --output bench/results/crossval_snr10.json
+# The faint regime (to 26 mag, the sample's own), both folds
+$S --set set_kind=real --set real_half=test --set n_stamps=2000 --set seed=4 \
+    --set magnitude.mag_max=26.0 --set output=$p/real_test_faint2k.h5
+$S --set set_kind=real --set real_half=train --set n_stamps=2000 --set seed=5 \
+    --set magnitude.mag_max=26.0 --set output=$p/real_train_faint2k.h5
+$E --set dataset=$p/real_test_faint2k.h5 --set "heads=[$p/heads/foldA_$pre.json]" \
+    --set output_dir=$p/eval/faintA
+$E --set dataset=$p/real_train_faint2k.h5 --set "heads=[$p/heads/foldB_$pre.json]" \
+    --set output_dir=$p/eval/faintB
+python bench/bench_crossval.py --fold $p/eval/faintA --fold $p/eval/faintB \
+    --output bench/results/crossval_faint.json
+# How much each realism fix moves the shipped head's numbers: the same test-half stamps
+# (seed 2) simulated as before 0.3, with the noise fix only, and with both fixes
+$S --set set_kind=real --set real_half=test --set n_stamps=4000 --set seed=2 $old \
+    --set output=$p/real_test4k_old.h5
+$S --set set_kind=real --set real_half=test --set n_stamps=4000 --set seed=2 \
+    --set magnitude.size_slope_dex_per_mag=0 --set output=$p/real_test4k_noisefix.h5
+for s in old noisefix; do
+  $E --set dataset=$p/real_test4k_$s.h5 --set "heads=[cfis_sigma15_clip_80k]" \
+      --set output_dir=$p/eval/realism_$s
+done
+$E --set dataset=$p/real_test4k.h5 --set "heads=[cfis_sigma15_clip_80k]" \
+    --set output_dir=$p/eval/realism_new
+# The shipped sigma grid on validation stamps, four test noises -> docs/results_heads/
+$E --set dataset=$p/real_train4k.h5 --set max_stamps=1000 \
+    --set "heads=[cfis_sigma15_clip_80k,cfis_sigma5_clip,cfis_sigma10_clip,cfis_sigma20_clip,cfis_sigma25_clip,cfis_sigma30_clip,cfis_sigma35_clip]" \
+    --set "noise_sigma_adu=[14.5,5,25,35]" --set output_dir=docs/results_heads
 
 # --- Tile level (README "Which column to cut on"; about 45 min on 2 cores) ---------------
 # Sixteen 4000x4000 CFIS-like tiles with per-object truth (their noise-free images), each run
