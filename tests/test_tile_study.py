@@ -72,6 +72,30 @@ def test_learning_rate_drops_after_epochs_without_a_better_auc():
         max(hist["valid_roc_auc"]))
 
 
+def _blob_stamps(rng, n, side=15):
+    """Noise-free stamps (ADU): a faint off-centre blob in the positives only."""
+    y = (np.arange(n) % 2).astype(np.int8)
+    img = np.zeros((n, side, side, 1), np.float32)
+    img[y == 1, 3:6, 9:12, 0] = 12.0
+    return img, np.zeros((n, 0), np.float32), y
+
+
+def test_noise_on_the_fly_and_distillation_targets():
+    """With noise_sigma_adu the noise-free training stamps get noise each epoch and are
+    scaled like scale_stamps; with teacher_prob (distill_weight 1) the network learns the
+    teacher's targets, here the labels inverted."""
+    rng = np.random.default_rng(6)
+    img, cat, y = _blob_stamps(rng, 256)
+    v_img, v_cat, v_y = _blob_stamps(rng, 128)
+    v_scaled = tilehead.scale_stamps(v_img[..., 0] + rng.normal(0, 5.0, v_img.shape[:3]), 5.0)
+    kw = dict(batch_size=32, max_epochs=4, patience_epochs=4, noise_sigma_adu=5.0)
+    _, hist = tilehead.fit_tile_head((img, cat, y), (v_scaled, v_cat, v_y), **kw)
+    assert max(hist["valid_roc_auc"]) > 0.9
+    _, inverted = tilehead.fit_tile_head((img, cat, y), (v_scaled, v_cat, v_y),
+                                         teacher_prob=1.0 - y, distill_weight=1.0, **kw)
+    assert min(inverted["valid_roc_auc"]) < 0.1
+
+
 def test_sigmoid_does_not_saturate_or_overflow():
     p = tilehead.sigmoid(np.array([-800.0, 0.0, 20.0, 30.0, 800.0]))
     assert p[1] == 0.5 and p[0] >= 0 and p[-1] == 1.0
