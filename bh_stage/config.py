@@ -384,9 +384,10 @@ class MagnitudeConfig:
                                       "(CFIS-like: 0.3; 0: flat in m).", min=-2, max=2)
     max_brightening_mag: float = option(0.5, "Real HST cut-outs: a galaxy drawn at magnitude "
                                         "m uses a sample galaxy not fainter than m + this, so "
-                                        "its HST noise (about 0.6-0.9 ADU a CFIS pixel at its "
-                                        "own magnitude) is brightened by at most this (the "
-                                        "brightest galaxy where none qualifies). Before 0.3: 3.",
+                                        "its HST noise (median 1.2 ADU a CFIS pixel at its "
+                                        "own magnitude, bench/bench_hst_noise.py) is "
+                                        "brightened by at most this (the brightest galaxy "
+                                        "where none qualifies). Before 0.3: 3.",
                                         min=0, min_exclusive=True)
     size_slope_dex_per_mag: float = option(
         -0.105, "A galaxy moved from its sample magnitude to m is dilated by "
