@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bh_stage.cli import main
-from bh_stage.config import SCHEMAS, load_config
+from bh_stage.config import SCHEMAS, TileSetConfig, load_config
 
 from bh_stage.sep_flags import BH_NOT_SCORED
 
@@ -47,11 +47,15 @@ BAR = re.compile(r"^(reading tile|loading network|objects): +\d+%\|")
 @pytest.fixture(scope="module")
 def tile_run(tmp_path_factory, cosmos_dir, sextractor):
     """A 1024x1024 tile of test-half real galaxies (never in training) with many close pairs,
-    its SExtractor catalogue and the stage output."""
+    its SExtractor catalogue and the stage output. Simulated like the tile set the shipped
+    tile head was trained and tested on (its magnitude settings, ``TileSetConfig``)."""
     folder = tmp_path_factory.mktemp("integration")
+    tiles = TileSetConfig()
     cfg = load_config(REPO / "example_config" / "simulate_tile.yml", SCHEMAS["simulate"], [
         f"cosmos_dir={cosmos_dir}", "seed=5", "tile.nx_pix=1024", "tile.ny_pix=1024",
         "tile.close_pair_fraction=0.4", "tile.galaxy_kind=real", "real_half=test",
+        f"magnitude.max_brightening_mag={tiles.max_brightening_mag}",
+        f"magnitude.size_slope_dex_per_mag={tiles.size_slope_dex_per_mag}",
         f"tile.image={folder}/tile.fits",
         f"tile.weight={folder}/tile.weight.fits", f"tile.truth={folder}/truth.fits"])
     from bh_stage.simulate import run_simulate
