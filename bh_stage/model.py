@@ -51,7 +51,8 @@ PREPROCESS_MODES = ("caffe", "paper", "caffe_clip", "caffe_signed")
 """Modes of ``preprocess``; see its docstring."""
 
 DEFAULT_PREPROCESS = "caffe_clip"
-"""Measured best on the realistic set (docs/results/results.md); a head records its own mode."""
+"""Chosen on validation stamps of training galaxies (bench/results/stamp_choice.json); a head
+records its own mode."""
 
 BACKBONES = ("hed", "imagenet")
 """Named backbone weight sources; anything else is a path to a ``.weights.h5`` file."""

@@ -3,7 +3,8 @@
 # in order (about 4 h on 2 cores).
 # Run from the repository root: bash docs/reproduce.sh [WORKDIR]
 # WORKDIR (default ./simulated) receives the data sets and the feature cache; nothing there is
-# committed. The session that made docs/results/ used WORKDIR=/work/sim.
+# committed. The session that made docs/history/results_0.2/ used WORKDIR=/work/sim; the one
+# that made the held-out protocol part used WORKDIR=/work/sim3 (its files named WORKDIR/protocol).
 set -euo pipefail
 work=${1:-simulated}
 # The shipped stamp heads (0.2) were trained on the simulation before 0.3's realism fixes:
@@ -44,25 +45,26 @@ bh-stage train example_config/train.yml \
     --set head_name=cfis_sigma15_clip_80k --set cache_dir=$work/cache --set overwrite=true
 
 # BlendHunter vs both SEP rules vs the hybrid on the realistic set, default head, with
-# galaxy-bootstrap intervals -> docs/results/ (README "Accuracy: BlendHunter vs SEP").
+# galaxy-bootstrap intervals -> docs/history/results_0.2/ (0.2's report: the test set that also
+# chose the recipe; superseded by the held-out protocol below).
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
-    --set max_stamps=null --set "heads=[cfis_sigma15_clip_80k]" --set output_dir=docs/results \
+    --set max_stamps=null --set "heads=[cfis_sigma15_clip_80k]" --set output_dir=docs/history/results_0.2 \
     --set overwrite=true
 
-# The fainter regime: magnitudes up to 26 (median 25, like the real sample) -> docs/results_faint/.
+# The fainter regime: magnitudes up to 26 (median 25) -> docs/history/results_faint_0.2/.
 bh-stage simulate example_config/simulate.yml $old --set set_kind=real --set real_half=test \
     --set n_stamps=2000 --set seed=4 --set magnitude.mag_max=26.0 --set output=$work/realistic_faint2k.h5
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic_faint2k.h5 \
-    --set max_stamps=null --set output_dir=docs/results_faint --set overwrite=true
+    --set max_stamps=null --set output_dir=docs/history/results_faint_0.2 --set overwrite=true
 
 # Padding at inference: noise (what the stage does) vs zeros -> bench/results/padding.json.
 python bench/bench_padding.py --dataset $work/realistic4k.h5 --max-stamps 1500
 
-# The sigma-grid heads (24k) on the realistic set at four noises -> docs/results_heads/
+# The sigma-grid heads (24k) on the realistic set at four noises -> docs/history/results_heads_0.2/
 # (Figures 5-6), and the default head on the same stamps.
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
     --set "heads=[cfis_sigma5_clip,cfis_sigma10_clip,$work/heads/cfis_sigma15_clip.json,cfis_sigma20_clip,cfis_sigma25_clip,cfis_sigma30_clip,cfis_sigma35_clip]" \
-    --set "noise_sigma_adu=[14.5,5,25,35]" --set max_stamps=1000 --set output_dir=docs/results_heads \
+    --set "noise_sigma_adu=[14.5,5,25,35]" --set max_stamps=1000 --set output_dir=docs/history/results_heads_0.2 \
     --set overwrite=true
 bh-stage evaluate example_config/evaluate.yml --set dataset=$work/realistic4k.h5 \
     --set "heads=[cfis_sigma15_clip_80k]" --set "noise_sigma_adu=[14.5,5,25,35]" \
