@@ -9,10 +9,13 @@ on the training stamps (noise realisation 0). Then scores, beside that VGG16 hea
 validation stamps ``--validation`` (realistic stamps of training galaxies) at sigma 14.5:
 ROC AUC of all blends, close blends (< 10 px) and far blends against isolated stamps, with
 paired differences and 95 % intervals from a bootstrap over galaxies; and the network-only
-stamps/s of both. Writes a JSON. The test galaxies are not read.
+stamps/s of both. Writes a JSON. The test galaxies are read only with ``--test``, once the
+variant is fixed from a validation run (``--variants``): the same comparison on them.
 
     python bench/bench_compact_paper.py --dataset WORKDIR/foldA_mixed24k.h5 \
         --validation WORKDIR/real_train4k.h5 --teacher WORKDIR/heads/foldA_caffe_clip.json
+    python bench/bench_compact_paper.py ... --variants compact_distilled \
+        --test WORKDIR/real_test4k.h5 --output bench/results/compact_paper_test.json
 """
 
 import argparse
@@ -52,6 +55,50 @@ def rate(fn, x, repeat=2):
     return len(x) / best
 
 
+def compare(path, teacher, nets, args):
+    """ROC AUC by truth class of the VGG16 head and each compact network on one stamp set,
+    with paired differences (95 %, galaxy bootstrap), and the networks' stamps/s."""
+    ds = read_dataset(path)
+    label = ds.truth["label"] == 1
+    sep_pix = np.asarray(ds.truth["separation_pix"], np.float64)
+    gal = np.asarray(ds.truth["gal_id0"])
+    stamps_adu = noisy(ds, np.asarray(ds.truth["index"]), args.valid_sigma)
+    scores = {"vgg16": np.asarray(teacher.predict_proba(stamps_adu), np.float64)}
+    x = tilehead.scale_stamps(stamps_adu, args.valid_sigma)
+    none = np.zeros((len(label), 0), np.float32)
+    out = {"path": str(path), "n_stamps": int(len(label)),
+           "galaxies": int(len(set(gal.tolist()))), "stamps_per_s": {}, "auc": {}}
+    for name, net in nets.items():
+        def predict(img, f, net=net):
+            return net.predict_on_batch([img, f])
+
+        scores[name] = tilehead.orientation_logits(predict, x, none, args.n_orientations)
+        out["stamps_per_s"][name] = rate(lambda img: tilehead.orientation_logits(
+            predict, img, none[:len(img)], args.n_orientations), x[:2048])
+
+    def vector(rows):
+        values = []
+        for name in scores:
+            a = class_aucs(scores[name][rows], label[rows], sep_pix[rows])
+            values += [a["all"], a["close"], a["far"]]
+        return values
+
+    point = vector(np.arange(len(label)))
+    boot = metrics.group_bootstrap(gal, vector, args.n_bootstrap, 0)
+    for i, name in enumerate(scores):
+        out["auc"][name] = {}
+        for j, cls in enumerate(("all", "close", "far")):
+            k = 3 * i + j
+            d = boot[:, k] - boot[:, j]
+            out["auc"][name][cls] = {
+                "value": point[k], "ci95": metrics.interval(boot[:, k], 0.95),
+                "minus_vgg16": point[k] - point[j],
+                "minus_vgg16_ci95": metrics.interval(d, 0.95)}
+            print(f"{path.name} {name:18s} {cls:5s} AUC {point[k]:.4f} "
+                  f"- VGG16 {point[k] - point[j]:+.4f} {metrics.interval(d, 0.95)}")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", type=Path, required=True)
@@ -63,6 +110,10 @@ def main():
     ap.add_argument("--patience", type=int, default=6)
     ap.add_argument("--n-orientations", type=int, default=4)
     ap.add_argument("--n-bootstrap", type=int, default=1000)
+    ap.add_argument("--variants", default="compact_labels,compact_distilled",
+                    help="comma-separated: compact_labels (labels only), compact_distilled")
+    ap.add_argument("--test", type=Path, help="realistic stamps of test galaxies, read last")
+    ap.add_argument("--save-dir", type=Path, help="write each network's <name>.weights.h5")
     ap.add_argument("--output", type=Path, default=Path("bench/results/compact_paper.json"))
     args = ap.parse_args()
 
@@ -80,21 +131,15 @@ def main():
     x_free = train.stamps.astype(np.float32)[..., None]
     cat, v_cat = np.zeros((len(y), 0), np.float32), np.zeros((len(v_y), 0), np.float32)
 
-    val = read_dataset(args.validation)
-    label = val.truth["label"] == 1
-    sep_pix = np.asarray(val.truth["separation_pix"], np.float64)
-    gal = np.asarray(val.truth["gal_id0"])
-    val_noisy = noisy(val, np.asarray(val.truth["index"]), args.valid_sigma)
-    scores = {"vgg16": np.asarray(teacher.predict_proba(val_noisy), np.float64)}
     res = {"dataset": str(args.dataset), "validation": str(args.validation),
            "teacher": str(args.teacher), "sigma_train_adu": args.sigma,
            "sigma_valid_adu": args.valid_sigma, "n_train": int(len(y)),
-           "n_valid_split": int(len(v_y)), "n_validation": int(len(label)),
-           "validation_galaxies": int(len(set(gal.tolist()))),
-           "vgg16_stamps_per_s": len(y) / teacher_s, "variants": {}}
-    val_img = tilehead.scale_stamps(val_noisy, args.valid_sigma)
-    val_cat = np.zeros((len(label), 0), np.float32)
-    for name, soft in (("compact_labels", None), ("compact_distilled", teacher_p)):
+           "n_valid_split": int(len(v_y)), "vgg16_stamps_per_s": len(y) / teacher_s,
+           "variants": {}}
+    nets = {}
+    soft_of = {"compact_labels": None, "compact_distilled": teacher_p}
+    for name in args.variants.split(","):
+        soft = soft_of[name]
         t0 = time.perf_counter()
         net, hist = tilehead.fit_tile_head((x_free, cat, y), (v_img, v_cat, v_y),
                                            max_epochs=args.max_epochs,
@@ -102,42 +147,19 @@ def main():
                                            lr_drop_epochs=3, noise_sigma_adu=args.sigma,
                                            teacher_prob=soft)
         fit_s = time.perf_counter() - t0
-
-        def predict(x, f, net=net):
-            return net.predict_on_batch([x, f])
-
-        scores[name] = tilehead.orientation_logits(predict, val_img, val_cat,
-                                                   args.n_orientations)
+        nets[name] = net
+        if args.save_dir:
+            args.save_dir.mkdir(parents=True, exist_ok=True)
+            net.save_weights(args.save_dir / f"{name}.weights.h5")
         res["variants"][name] = {
             "epochs": hist["epochs"], "best_epoch": hist["best_epoch"], "fit_s": fit_s,
             "valid_split_auc": hist["valid_roc_auc"][hist["best_epoch"] - 1],
-            "stamps_per_s": rate(lambda x: tilehead.orientation_logits(
-                predict, x, val_cat[:len(x)], args.n_orientations), val_img[:2048]),
             "params": int(net.count_params())}
         print(name, res["variants"][name])
 
-    def vector(rows_):
-        out = []
-        for name in scores:
-            a = class_aucs(scores[name][rows_], label[rows_], sep_pix[rows_])
-            out += [a["all"], a["close"], a["far"]]
-        return out
-
-    point = vector(np.arange(len(label)))
-    boot = metrics.group_bootstrap(gal, vector, args.n_bootstrap, 0)
-    names = list(scores)
-    res["auc"] = {}
-    for i, name in enumerate(names):
-        res["auc"][name] = {}
-        for j, cls in enumerate(("all", "close", "far")):
-            k = 3 * i + j
-            d = boot[:, k] - boot[:, j]
-            res["auc"][name][cls] = {
-                "value": point[k], "ci95": metrics.interval(boot[:, k], 0.95),
-                "minus_vgg16": point[k] - point[j], "minus_vgg16_ci95":
-                    metrics.interval(d, 0.95)}
-            print(f"{name:18s} {cls:5s} AUC {point[k]:.4f} {res['auc'][name][cls]['ci95']}"
-                  f"  - VGG16 {point[k] - point[j]:+.4f} {metrics.interval(d, 0.95)}")
+    sets = [("validation", args.validation)] + ([("test", args.test)] if args.test else [])
+    for role, path in sets:
+        res[role] = compare(path, teacher, nets, args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(f"wrote {args.output}")

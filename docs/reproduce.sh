@@ -142,6 +142,14 @@ for s in old noisefix; do
 done
 $E --set dataset=$p/real_test4k.h5 --set "heads=[cfis_sigma15_clip_80k]" \
     --set output_dir=$p/eval/realism_new
+# A compact CNN for the paper's question against the VGG16 head (issue 15): both variants on
+# validation, then the one chosen there (distilled: higher validation AUC) on the test half
+python bench/bench_compact_paper.py --dataset $p/foldA_mixed24k.h5 \
+    --validation $p/real_train4k.h5 --teacher $p/heads/foldA_caffe_clip.json
+python bench/bench_compact_paper.py --dataset $p/foldA_mixed24k.h5 \
+    --validation $p/real_train4k.h5 --teacher $p/heads/foldA_caffe_clip.json \
+    --variants compact_distilled --test $p/real_test4k.h5 --save-dir $p/compact \
+    --output bench/results/compact_paper_test.json
 # The shipped sigma grid on validation stamps, four test noises -> docs/results_heads/
 $E --set dataset=$p/real_train4k.h5 --set max_stamps=1000 \
     --set "heads=[cfis_sigma15_clip_80k,cfis_sigma5_clip,cfis_sigma10_clip,cfis_sigma20_clip,cfis_sigma25_clip,cfis_sigma30_clip,cfis_sigma35_clip]" \
@@ -180,3 +188,4 @@ python bench/bench_tile_heads.py --work-dir $work/tiles --train 101 --valid 201
 # --- Speed (README "Speed and memory"): a 10k x 10k tile, the stage against source-extractor
 python bench/bench_stage.py --size-pix 10000 --head none
 python bench/bench_stage.py --size-pix 10000 --head default
+python bench/bench_tile_head_runtime.py
