@@ -29,14 +29,13 @@ from . import stamps as bh_stamps
 from .config import TrainConfig, config_to_dict
 from .errors import ConfigError, OutputExistsError
 from .sep_flags import hybrid_flag
+from .simulate import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
 
 __all__ = ["train", "run_train", "train_head", "best_threshold", "calibrate_thresholds",
            "augment_stamps", "split_indices", "noisy_stamps", "SPLIT_TRAIN", "SPLIT_VALID",
            "SPLIT_TEST"]
 
 log = logging.getLogger(__name__)
-
-SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = 0, 1, 2
 
 AUGMENT_SHEAR_DEG = 0.2
 """Keras ``ImageDataGenerator(shear_range=0.2)``: shear angle drawn in +-0.2 *degrees*."""
