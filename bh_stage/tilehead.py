@@ -32,7 +32,8 @@ import numpy as np
 
 from . import cues
 
-__all__ = ["TARGET", "STAMP_SIDE_PIX", "ARCHITECTURE", "centre_stamps", "scale_stamps",
+__all__ = ["TARGET", "STAMP_SIDE_PIX", "ARCHITECTURE", "centre_stamps", "asinh_scale",
+           "scale_stamps",
            "dihedral", "orientation_logits", "build_compact", "fit_tile_head",
            "calibrate_logits", "sigmoid", "reliability", "TileHead", "DEFAULT_TILE_HEAD",
            "tile_head_path", "load_tile_head", "train_tile", "run_train_tile"]
@@ -60,9 +61,15 @@ def centre_stamps(stamps, side_pix=STAMP_SIDE_PIX):
     return stamps[..., c - h:c + h + 1, c - h:c + h + 1]
 
 
+def asinh_scale(x, rms_adu, asinh=np.arcsinh):
+    """``asinh(x / (3 rms))``: the tile head's input scaling, for numpy (default) or, with
+    ``asinh=tf.math.asinh``, inside TensorFlow (noise drawn on the fly in training)."""
+    return asinh(x / (ASINH_SOFTENING_RMS * rms_adu))
+
+
 def scale_stamps(stamps, rms_adu):
-    """Network input of stamps in ADU: ``asinh(x / (3 rms))``, float32, shape (n, s, s, 1)."""
-    x = np.arcsinh(np.asarray(stamps, dtype=np.float32) / (ASINH_SOFTENING_RMS * rms_adu))
+    """Network input of stamps in ADU: ``asinh_scale``, float32, shape (n, s, s, 1)."""
+    x = asinh_scale(np.asarray(stamps, dtype=np.float32), rms_adu)
     return x[..., None].astype(np.float32)
 
 
@@ -157,7 +164,7 @@ def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_
         img = x[0]
         if noise_sigma_adu is not None:
             noisy = img + tf.random.normal(tf.shape(img), stddev=noise_sigma_adu, seed=seed)
-            img = tf.math.asinh(noisy / (ASINH_SOFTENING_RMS * noise_sigma_adu))
+            img = asinh_scale(noisy, noise_sigma_adu, tf.math.asinh)
         k = tf.random.uniform([], 0, 8, dtype=tf.int32, seed=seed)
         return (_dihedral(img, k), x[1]), yy, ww
 
