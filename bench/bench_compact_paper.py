@@ -25,14 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bh_stage import metrics, model, stamps, tilehead
+from bh_stage import metrics, model, tilehead
 from bh_stage.io import read_dataset
 from bh_stage.simulate import SPLIT_TRAIN, SPLIT_VALID
-
-
-def noisy(ds, rows, sigma, realisation=0):
-    seeds = stamps.dataset_noise_seeds(ds.attrs["seed"], sigma, realisation, rows)
-    return stamps.add_noise(ds.stamps, sigma, seeds)
+from bh_stage.train import noisy_stamps
 
 
 def class_aucs(score, label, sep_pix, close_max_pix=10.0):
@@ -58,11 +54,11 @@ def rate(fn, x, repeat=2):
 def compare(path, teacher, nets, args):
     """ROC AUC by truth class of the VGG16 head and each compact network on one stamp set,
     with paired differences (95 %, galaxy bootstrap), and the networks' stamps/s."""
-    ds = read_dataset(path)
+    ds = read_dataset(path, stamps=False)
     label = ds.truth["label"] == 1
     sep_pix = np.asarray(ds.truth["separation_pix"], np.float64)
     gal = np.asarray(ds.truth["gal_id0"])
-    stamps_adu = noisy(ds, np.asarray(ds.truth["index"]), args.valid_sigma)
+    stamps_adu = noisy_stamps(path, ds.attrs, np.arange(len(label)), args.valid_sigma)
     scores = {"vgg16": np.asarray(teacher.predict_proba(stamps_adu), np.float64)}
     x = tilehead.scale_stamps(stamps_adu, args.valid_sigma)
     none = np.zeros((len(label), 0), np.float32)
@@ -117,17 +113,20 @@ def main():
     ap.add_argument("--output", type=Path, default=Path("bench/results/compact_paper.json"))
     args = ap.parse_args()
 
-    truth = read_dataset(args.dataset, stamps=False).truth
+    meta = read_dataset(args.dataset, stamps=False)
+    truth, attrs = meta.truth, meta.attrs
     rows = {s: np.flatnonzero(truth["split"] == s) for s in (SPLIT_TRAIN, SPLIT_VALID)}
     train = read_dataset(args.dataset, rows[SPLIT_TRAIN])
-    valid = read_dataset(args.dataset, rows[SPLIT_VALID])
     y = (train.truth["label"] == 1).astype(np.int8)
-    v_y = (valid.truth["label"] == 1).astype(np.int8)
-    v_img = tilehead.scale_stamps(noisy(valid, rows[SPLIT_VALID], args.sigma), args.sigma)
+    v_y = (truth["label"][rows[SPLIT_VALID]] == 1).astype(np.int8)
+    v_img = tilehead.scale_stamps(
+        noisy_stamps(args.dataset, attrs, rows[SPLIT_VALID], args.sigma), args.sigma)
     teacher = model.load_classifier(args.teacher)
+    train_noisy = noisy_stamps(args.dataset, attrs, rows[SPLIT_TRAIN], args.sigma)
     t0 = time.perf_counter()
-    teacher_p = np.asarray(teacher.predict_proba(noisy(train, rows[SPLIT_TRAIN], args.sigma)))
+    teacher_p = np.asarray(teacher.predict_proba(train_noisy))
     teacher_s = time.perf_counter() - t0
+    del train_noisy
     x_free = train.stamps.astype(np.float32)[..., None]
     cat, v_cat = np.zeros((len(y), 0), np.float32), np.zeros((len(v_y), 0), np.float32)
 
