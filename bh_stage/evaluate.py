@@ -415,6 +415,7 @@ def evaluate(cfg, progress=None):
             for subset in SUBSETS:
                 parts = pooled[(h["name"], sigma, subset)]
                 data = {k: np.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]}
+                pooled[(h["name"], sigma, subset)] = data
                 add_rows(h, sigma, "pooled", subset, galaxy_intervals(
                     data, h["thresholds"], cfg.close_max_pix, cfg.n_bootstrap, cfg.seed))
     log.info("galaxy bootstrap (%d resamples) in %.1f s", cfg.n_bootstrap,
@@ -430,9 +431,7 @@ def evaluate(cfg, progress=None):
     evaluate_report.write_text(outdir / "metrics.csv", evaluate_report.rows_to_csv(rows),
                                cfg.overwrite)
     head0, sigma0 = heads[0]["name"], sigmas[0]
-    parts = pooled[(head0, sigma0, "all")]
-    write_scores(outdir / "scores.npz",
-                 {k: np.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]},
+    write_scores(outdir / "scores.npz", pooled[(head0, sigma0, "all")],
                  heads[0]["thresholds"], cfg.overwrite)
     outputs += [outdir / "results.md", outdir / "metrics.csv", outdir / "scores.npz"]
     headline = evaluate_report.pooled_values(rows, head0, sigma0, "all")
