@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from bh_stage.evaluate import TARGETS, crossval_intervals
+from bh_stage.evaluate_report import target_verdicts
 from bh_stage.io import read_scores
 
 HEADLINE = [
@@ -57,12 +58,12 @@ def main():
         cells = [fmt(f[key]) for f in out["folds"]] + [fmt(out["pooled"][key])]
         print(f"{key:32s} " + " | ".join(cells))
     targets = []
-    for desc, key, op, thr, needs_interval in TARGETS:
+    for (desc, key, _, thr, _), (_, text, _, verdict) in zip(
+            TARGETS, target_verdicts(out["pooled"], TARGETS)):
         v = out["pooled"][key]
-        ok = (v[0] >= thr if op == ">=" else v[0] <= thr) and (not needs_interval or v[3] > 0)
         targets.append({"target": desc, "key": key, "threshold": thr, "measured": v,
-                        "reached": bool(ok)})
-        print(f"target {desc}: {fmt(v)} {'PASS' if ok else 'MISS'}")
+                        "reached": verdict == "PASS"})
+        print(f"target {desc} ({text}): {fmt(v)} {verdict}")
     n_gal = [int(len(set(d["gal_id0"].tolist()))) for d, _ in folds]
     n_stamps = [int(len(d["label"])) for d, _ in folds]
     args.output.parent.mkdir(parents=True, exist_ok=True)

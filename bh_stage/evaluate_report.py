@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["lookup", "mean_std", "pooled_values", "check_targets", "rows_to_csv",
-           "markdown", "write_text"]
+__all__ = ["lookup", "mean_std", "pooled_values", "check_targets", "target_verdicts",
+           "rows_to_csv", "markdown", "write_text"]
 
 CSV_FIELDS = ["head", "train_sigma_adu", "sigma_adu", "realisation", "stamps", "method",
               "metric", "value", "lo68", "hi68", "lo95", "hi95"]
@@ -68,9 +68,14 @@ def _fmt(v, points=False, digits=None):
 
 
 def check_targets(rows, head, sigma, subset, targets):
-    """Return [(description, target text, measured, PASS/MISS)] for one subset; a target
-    with ``needs_interval`` passes only if its 95 % interval also excludes 0."""
-    values = pooled_values(rows, head, sigma, subset)
+    """``target_verdicts`` of the pooled values of one head, noise and subset."""
+    return target_verdicts(pooled_values(rows, head, sigma, subset), targets)
+
+
+def target_verdicts(values, targets):
+    """Return [(description, target text, measured, PASS/MISS)] for ``values``
+    ({'method:metric': (value, lo68, hi68, lo95, hi95)}); a target with ``needs_interval``
+    passes only if its 95 % interval also excludes 0."""
     out = []
     for desc, key, op, thr, needs_interval in targets:
         v = values[key]
