@@ -400,3 +400,12 @@ def test_evaluate_is_reproducible(tmp_path, two_heads, monkeypatch):
 def test_sep_config_is_reused():
     cfg = config_from_dict(EvaluateConfig, {"sep": {"deblend_cont": 0.01}})
     assert isinstance(cfg.sep, SepConfig) and cfg.sep.deblend_cont == 0.01
+
+
+def test_read_scores_names_a_missing_file(tmp_path):
+    from bh_stage.errors import InputFileError
+    from bh_stage.io import read_scores
+
+    missing = tmp_path / "fold" / "scores.npz"
+    with pytest.raises(InputFileError, match=r"fold/scores.npz: no such file"):
+        read_scores(missing)
