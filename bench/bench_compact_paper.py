@@ -1,21 +1,20 @@
-"""A compact CNN for the paper's question (issue 15): is a second galaxy anywhere in the
-stamp? Trained like the VGG16 model, compared with it on validation stamps.
+"""Compact paper heads against the VGG16 head on the paper's question (issue 15).
 
-Trains ``tilehead.build_compact`` (no catalogue features) on the whole 65x65 stamp of a
-training set's training split (noise-free stamps, Gaussian noise of ``--sigma`` drawn anew
-every epoch, the 8 flips and quarter turns), early stopping on the set's validation split at
-one fixed noise, once from the labels and once distilled from the VGG16 head's probabilities
-on the training stamps (noise realisation 0). Then scores, beside that VGG16 head, the
-validation stamps ``--validation`` (realistic stamps of training galaxies) at sigma 14.5:
-ROC AUC of all blends, close blends (< 10 px) and far blends against isolated stamps, with
-paired differences and 95 % intervals from a bootstrap over galaxies; and the network-only
-stamps/s of both. Writes a JSON. The test galaxies are read only with ``--test``, once the
-variant is fixed from a validation run (``--variants``): the same comparison on them.
+Scores realistic stamps (``--stamps``, a set of `bh-stage simulate`, noise ``--sigma``) and,
+with ``--tiles-dir``, every detection of the tile set's ``--tile-role`` tiles (cut as the
+stage cuts them, ``tileset.detection_stamps``) with the VGG16 head ``--vgg16`` and each
+``--head NAME=JSON`` (heads made by ``bh-stage train --set architecture=...``). Reports the
+ROC AUC of each truth class, the paired difference from the VGG16 head with a 95 % interval
+from a bootstrap over galaxies, and the network-only stamps/s of every head (``predict_proba``
+on 65x65 stamps, f32, batches of 256, after a warm-up). Stamp classes: all, close (< 10 px)
+and far blends, each against isolated stamps. Tile classes: those of ``bh-stage
+evaluate-tile`` (``evaluate_tile.COMPARISONS``). Choose on validation (training-half stamps,
+``valid`` tiles); read the test half (``test`` tiles) once, for what ships.
 
-    python bench/bench_compact_paper.py --dataset WORKDIR/foldA_mixed24k.h5 \
-        --validation WORKDIR/real_train4k.h5 --teacher WORKDIR/heads/foldA_caffe_clip.json
-    python bench/bench_compact_paper.py ... --variants compact_distilled \
-        --test WORKDIR/real_test4k.h5 --output bench/results/compact_paper_test.json
+    python bench/bench_compact_paper.py --vgg16 cfis_sigma15_clip_80k \
+        --head labels=WORKDIR/heads/compact_labels.json \
+        --stamps WORKDIR/real_train4k.h5 --tiles-dir WORKDIR/tiles --tile-role valid \
+        --output bench/results/compact_paper_valid.json
 """
 
 import argparse
@@ -25,140 +24,156 @@ from pathlib import Path
 
 import numpy as np
 
-from bh_stage import metrics, model, tilehead
+from bh_stage import metrics, model
+from bh_stage.evaluate_tile import COMPARISONS, comparison_labels, galaxy_groups
 from bh_stage.io import read_dataset
-from bh_stage.simulate import SPLIT_TRAIN, SPLIT_VALID
 from bh_stage.train import noisy_stamps
 
+STAMP_CLASSES = ("all", "close", "far")
+CLOSE_MAX_PIX = 10.0
 
-def class_aucs(score, label, sep_pix, close_max_pix=10.0):
+
+def stamp_comparisons(label, sep_pix):
+    """``{class: (rows, labels)}`` of each blend class against the isolated stamps."""
     iso = ~label
     out = {}
-    for name, pos in (("all", label), ("close", label & (sep_pix < close_max_pix)),
-                      ("far", label & (sep_pix >= close_max_pix))):
-        keep = pos | iso
-        out[name] = metrics.roc_auc(score[keep], pos[keep])
+    for name, pos in (("all", label), ("close", label & (sep_pix < CLOSE_MAX_PIX)),
+                      ("far", label & (sep_pix >= CLOSE_MAX_PIX))):
+        rows = np.flatnonzero(pos | iso)
+        out[name] = (rows, pos[rows].astype(np.int8))
     return out
 
 
-def rate(fn, x, repeat=2):
-    fn(x[:64])
+def paired_aucs(scores, comparisons, groups, n_bootstrap, seed=0):
+    """AUC of each score in each comparison and its difference from ``scores['vgg16']``,
+    95 % intervals from one bootstrap over ``groups`` (resampled rows, every comparison and
+    score on the same resample)."""
+    names, classes = list(scores), list(comparisons)
+    member = {c: np.zeros(len(groups), bool) for c in classes}
+    for c, (rows, _) in comparisons.items():
+        member[c][rows] = True
+    truth = {c: np.zeros(len(groups), np.int8) for c in classes}
+    for c, (rows, lab) in comparisons.items():
+        truth[c][rows] = lab
+
+    def vector(idx):
+        return [metrics.roc_auc(scores[n][idx][member[c][idx]], truth[c][idx][member[c][idx]])
+                for n in names for c in classes]
+
+    point = vector(np.arange(len(groups)))
+    boot = metrics.group_bootstrap(groups, vector, n_bootstrap, seed)
+    out = {}
+    for i, n in enumerate(names):
+        out[n] = {}
+        for j, c in enumerate(classes):
+            k, ref = i * len(classes) + j, names.index("vgg16") * len(classes) + j
+            out[n][c] = {"auc": point[k], "ci95": metrics.interval(boot[:, k], 0.95),
+                         "minus_vgg16": point[k] - point[ref],
+                         "minus_vgg16_ci95": metrics.interval(boot[:, k] - boot[:, ref], 0.95),
+                         "n_positive": int(comparisons[c][1].sum()),
+                         "n": int(len(comparisons[c][0]))}
+    return out
+
+
+def network_rate(clf, stamps, rms_adu):
+    """Stamps/s of ``clf.predict_proba`` on ``stamps`` (best of two, after a warm-up)."""
+    clf.predict_proba(stamps[:256], rms_adu)
     best = np.inf
-    for _ in range(repeat):
+    for _ in range(2):
         t0 = time.perf_counter()
-        fn(x)
+        clf.predict_proba(stamps, rms_adu)
         best = min(best, time.perf_counter() - t0)
-    return len(x) / best
+    return len(stamps) / best
 
 
-def compare(path, teacher, nets, args):
-    """ROC AUC by truth class of the VGG16 head and each compact network on one stamp set,
-    with paired differences (95 %, galaxy bootstrap), and the networks' stamps/s."""
+def stamp_set(path, sigma_adu):
+    """Noisy stamps of a whole data set (realisation 0), its comparisons and galaxy groups."""
     ds = read_dataset(path, stamps=False)
     label = ds.truth["label"] == 1
     sep_pix = np.asarray(ds.truth["separation_pix"], np.float64)
-    gal = np.asarray(ds.truth["gal_id0"])
-    stamps_adu = noisy_stamps(path, ds.attrs, np.arange(len(label)), args.valid_sigma)
-    scores = {"vgg16": np.asarray(teacher.predict_proba(stamps_adu), np.float64)}
-    x = tilehead.scale_stamps(stamps_adu, args.valid_sigma)
-    none = np.zeros((len(label), 0), np.float32)
-    out = {"path": str(path), "n_stamps": int(len(label)),
-           "galaxies": int(len(set(gal.tolist()))), "stamps_per_s": {}, "auc": {}}
-    for name, net in nets.items():
-        def predict(img, f, net=net):
-            return net.predict_on_batch([img, f])
+    stamps = noisy_stamps(path, ds.attrs, np.arange(len(label)), sigma_adu)
+    return stamps, stamp_comparisons(label, sep_pix), np.asarray(ds.truth["gal_id0"])
 
-        scores[name] = tilehead.orientation_logits(predict, x, none, args.n_orientations)
-        out["stamps_per_s"][name] = rate(lambda img: tilehead.orientation_logits(
-            predict, img, none[:len(img)], args.n_orientations), x[:2048])
 
-    def vector(rows):
-        values = []
-        for name in scores:
-            a = class_aucs(scores[name][rows], label[rows], sep_pix[rows])
-            values += [a["all"], a["close"], a["far"]]
-        return values
+def tile_set(tiles_dir, role):
+    """Stage stamps (65x65) of every detection of a tile role, the tile rms of each, the
+    ``COMPARISONS`` and the galaxy groups (galaxies numbered apart per tile)."""
+    from bh_stage import tileset
+    from bh_stage.config import EvaluateTileConfig, config_from_dict
 
-    point = vector(np.arange(len(label)))
-    boot = metrics.group_bootstrap(gal, vector, args.n_bootstrap, 0)
-    for i, name in enumerate(scores):
-        out["auc"][name] = {}
-        for j, cls in enumerate(("all", "close", "far")):
-            k = 3 * i + j
-            d = boot[:, k] - boot[:, j]
-            out["auc"][name][cls] = {
-                "value": point[k], "ci95": metrics.interval(boot[:, k], 0.95),
-                "minus_vgg16": point[k] - point[j],
-                "minus_vgg16_ci95": metrics.interval(d, 0.95)}
-            print(f"{path.name} {name:18s} {cls:5s} AUC {point[k]:.4f} "
-                  f"- VGG16 {point[k] - point[j]:+.4f} {metrics.interval(d, 0.95)}")
+    cfg = config_from_dict(EvaluateTileConfig, {"tiles": {"work_dir": str(tiles_dir)}})
+    stamps, rms, classes, groups = [], [], [], []
+    offset = 0
+    for folder in tileset.prepare_role(cfg.tiles, role):
+        _, cls, _ = tileset.detection_table(folder)
+        st, rms_adu = tileset.detection_stamps(folder, side_pix=65)
+        g = galaxy_groups(cls)
+        stamps.append(st)
+        rms.append(np.full(len(st), rms_adu))
+        classes.append(cls)
+        groups.append(g + offset)
+        offset += int(g.max(initial=0)) + 1
+    classes = np.concatenate(classes)
+    comparisons = {c: comparison_labels(classes, c) for c in COMPARISONS}
+    return np.concatenate(stamps), np.concatenate(rms), comparisons, np.concatenate(groups)
+
+
+def score_all(heads, stamps, rms_adu):
+    """``{name: P(blend)}`` of every head; ``rms_adu`` one value or one per stamp."""
+    rms = np.broadcast_to(np.asarray(rms_adu, np.float64), (len(stamps),))
+    out = {}
+    for name, clf in heads.items():
+        out[name] = np.empty(len(stamps), np.float64)
+        for value in np.unique(rms):
+            rows = np.flatnonzero(rms == value)
+            out[name][rows] = clf.predict_proba(stamps[rows], float(value))
     return out
+
+
+def report(title, table):
+    for name, classes in table.items():
+        for c, v in classes.items():
+            lo, hi = v["minus_vgg16_ci95"]
+            print(f"{title:10s} {name:12s} {c:30s} AUC {v['auc']:.4f}  - VGG16 "
+                  f"{v['minus_vgg16']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", type=Path, required=True)
-    ap.add_argument("--validation", type=Path, required=True)
-    ap.add_argument("--teacher", type=Path, required=True, help="VGG16 head JSON")
-    ap.add_argument("--sigma", type=float, default=15.0, help="training noise, ADU")
-    ap.add_argument("--valid-sigma", type=float, default=14.5)
-    ap.add_argument("--max-epochs", type=int, default=40)
-    ap.add_argument("--patience", type=int, default=6)
-    ap.add_argument("--n-orientations", type=int, default=4)
+    ap.add_argument("--vgg16", default="cfis_sigma15_clip_80k", help="VGG16 paper head")
+    ap.add_argument("--head", action="append", default=[], metavar="NAME=JSON",
+                    help="a compact head (repeat)")
+    ap.add_argument("--stamps", type=Path, help="realistic stamp set (.h5)")
+    ap.add_argument("--sigma", type=float, default=14.5, help="noise of the stamps, ADU")
+    ap.add_argument("--tiles-dir", type=Path, help="tile set folder (bh-stage evaluate-tile)")
+    ap.add_argument("--tile-role", default="valid", choices=("valid", "test"))
     ap.add_argument("--n-bootstrap", type=int, default=1000)
-    ap.add_argument("--variants", default="compact_labels,compact_distilled",
-                    help="comma-separated: compact_labels (labels only), compact_distilled")
-    ap.add_argument("--test", type=Path, help="realistic stamps of test galaxies, read last")
-    ap.add_argument("--save-dir", type=Path, help="write each network's <name>.weights.h5")
-    ap.add_argument("--output", type=Path, default=Path("bench/results/compact_paper.json"))
+    ap.add_argument("--output", type=Path, required=True)
     args = ap.parse_args()
 
-    meta = read_dataset(args.dataset, stamps=False)
-    truth, attrs = meta.truth, meta.attrs
-    rows = {s: np.flatnonzero(truth["split"] == s) for s in (SPLIT_TRAIN, SPLIT_VALID)}
-    train = read_dataset(args.dataset, rows[SPLIT_TRAIN])
-    y = (train.truth["label"] == 1).astype(np.int8)
-    v_y = (truth["label"][rows[SPLIT_VALID]] == 1).astype(np.int8)
-    v_img = tilehead.scale_stamps(
-        noisy_stamps(args.dataset, attrs, rows[SPLIT_VALID], args.sigma), args.sigma)
-    teacher = model.load_classifier(args.teacher)
-    train_noisy = noisy_stamps(args.dataset, attrs, rows[SPLIT_TRAIN], args.sigma)
-    t0 = time.perf_counter()
-    teacher_p = np.asarray(teacher.predict_proba(train_noisy))
-    teacher_s = time.perf_counter() - t0
-    del train_noisy
-    x_free = train.stamps.astype(np.float32)[..., None]
-    cat, v_cat = np.zeros((len(y), 0), np.float32), np.zeros((len(v_y), 0), np.float32)
-
-    res = {"dataset": str(args.dataset), "validation": str(args.validation),
-           "teacher": str(args.teacher), "sigma_train_adu": args.sigma,
-           "sigma_valid_adu": args.valid_sigma, "n_train": int(len(y)),
-           "n_valid_split": int(len(v_y)), "vgg16_stamps_per_s": len(y) / teacher_s,
-           "variants": {}}
-    nets = {}
-    soft_of = {"compact_labels": None, "compact_distilled": teacher_p}
-    for name in args.variants.split(","):
-        soft = soft_of[name]
-        t0 = time.perf_counter()
-        net, hist = tilehead.fit_tile_head((x_free, cat, y), (v_img, v_cat, v_y),
-                                           max_epochs=args.max_epochs,
-                                           patience_epochs=args.patience,
-                                           lr_drop_epochs=3, noise_sigma_adu=args.sigma,
-                                           teacher_prob=soft)
-        fit_s = time.perf_counter() - t0
-        nets[name] = net
-        if args.save_dir:
-            args.save_dir.mkdir(parents=True, exist_ok=True)
-            net.save_weights(args.save_dir / f"{name}.weights.h5")
-        res["variants"][name] = {
-            "epochs": hist["epochs"], "best_epoch": hist["best_epoch"], "fit_s": fit_s,
-            "valid_split_auc": hist["valid_roc_auc"][hist["best_epoch"] - 1],
-            "params": int(net.count_params())}
-        print(name, res["variants"][name])
-
-    sets = [("validation", args.validation)] + ([("test", args.test)] if args.test else [])
-    for role, path in sets:
-        res[role] = compare(path, teacher, nets, args)
+    heads = {"vgg16": model.load_classifier(args.vgg16)}
+    for item in args.head:
+        name, _, path = item.partition("=")
+        heads[name] = model.load_classifier(path)
+    res = {"heads": {n: str(Path(c.head_path).name) for n, c in heads.items()},
+           "sigma_adu": args.sigma, "n_bootstrap": args.n_bootstrap}
+    if args.stamps:
+        stamps, comparisons, groups = stamp_set(args.stamps, args.sigma)
+        res["stamps"] = {"path": args.stamps.name, "n": int(len(stamps)),
+                         "galaxies": int(len(np.unique(groups))),
+                         "auc": paired_aucs(score_all(heads, stamps, args.sigma), comparisons,
+                                            groups, args.n_bootstrap)}
+        report("stamps", res["stamps"]["auc"])
+        sample = stamps[:2048]
+        res["stamps_per_s"] = {n: network_rate(c, sample, args.sigma) for n, c in heads.items()}
+        print("network-only stamps/s:", {n: round(v) for n, v in res["stamps_per_s"].items()})
+    if args.tiles_dir:
+        stamps, rms, comparisons, groups = tile_set(args.tiles_dir, args.tile_role)
+        res["tiles"] = {"role": args.tile_role, "n_detections": int(len(stamps)),
+                        "galaxies": int(len(np.unique(groups))),
+                        "auc": paired_aucs(score_all(heads, stamps, rms), comparisons, groups,
+                                           args.n_bootstrap)}
+        report("tiles", res["tiles"]["auc"])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(f"wrote {args.output}")

@@ -566,9 +566,24 @@ SCHEMAS["simulate"] = SimulateConfig
 class TrainConfig:
     """``bh-stage train``: train a head on simulated data sets and calibrate its thresholds.
 
-    Bottleneck features are computed once per (data set, noise, realisation, preprocessing,
-    backbone, augmented copy) and cached in ``cache_dir``, so a rerun resumes.
+    ``architecture: vgg16``: the paper's head on the frozen VGG16 base; bottleneck features are
+    computed once per (data set, noise, realisation, preprocessing, backbone, augmented copy)
+    and cached in ``cache_dir``, so a rerun resumes. A compact architecture trains a small CNN
+    on the stamps themselves, noise drawn anew every epoch (``train.train_compact``).
     """
+
+    architecture: str = option("vgg16", "'vgg16': the paper's network (frozen VGG16 base + "
+                               "head); 'compact_cnn_paper_v1': a compact CNN on the 51x51 "
+                               "stamp, 19 million multiply-adds an orientation (issue 15).",
+                               choices=("vgg16", "compact_cnn_paper_v1"))
+    teacher: typing.Optional[str] = option(None, "Compact architectures: a VGG16 head (name "
+                                           "or .json) to distil from, its probability on "
+                                           "the training stamps mixed into the target; "
+                                           "null: labels only.")
+    distill_weight: float = option(0.5, "Compact architectures with a teacher: target = "
+                                   "(1 - w) label + w teacher probability.", min=0, max=1)
+    n_orientations: int = option(4, "Compact architectures: flips and quarter turns whose "
+                                 "logits are averaged when scoring (1-8).", min=1, max=8)
 
     datasets: typing.List[str] = option([], "Simulated data sets (.h5 from `bh-stage "
                                         "simulate`); their train/valid/test splits are used.")

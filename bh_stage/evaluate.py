@@ -385,7 +385,7 @@ def evaluate(cfg, progress=None):
                      sigma, real, n_failed[(sigma, real)], int(sep["sep_error"].sum()),
                      time.perf_counter() - t1)
             for h in heads:
-                p_blend = np.asarray(h["clf"].predict_proba(noisy), dtype=np.float64)
+                p_blend = np.asarray(h["clf"].predict_proba(noisy, sigma), dtype=np.float64)
                 data = {"p_blend": p_blend, "sep_paper": sep["sep_paper"],
                         "sep_stage": sep["sep_stage"], "label": label, "sep_pix": sep_pix,
                         "gal_id0": gal_id0, "sep_scan": sep["sep_scan"],

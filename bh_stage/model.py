@@ -12,7 +12,8 @@ small fully connected *head* trained by ``bh_stage.train``.
   backbone weights and the head weights); ``save_head`` / ``load_head``.
 - ``load_classifier`` fuses backbone and head and scores batches (``predict_proba``) or an
   iterator of batches (``predict_proba_stream``), in f32 (TensorFlow ``tf.function``) or bf16
-  (OpenVINO).
+  (OpenVINO). A head whose ``architecture`` is one of ``tilehead.COMPACT_LAYERS`` is a compact
+  network without backbone (``CompactClassifier``, same interface, f32).
 
 TensorFlow and OpenVINO are imported inside the functions that need them, so importing this
 module is cheap.
@@ -35,8 +36,8 @@ from .errors import ConfigError, InputFileError, ModelShapeError
 __all__ = [
     "PREPROCESS_MODES", "BACKBONES", "INPUT_SHAPE", "FEATURE_SHAPE", "HEADS_DIR",
     "preprocess", "build_backbone", "backbone_sha256", "build_head", "extract_features",
-    "Head", "save_head", "load_head", "head_path", "Classifier", "load_classifier",
-    "file_sha256", "openvino_model",
+    "Head", "save_head", "load_head", "head_path", "Classifier", "CompactClassifier",
+    "load_classifier", "is_compact", "file_sha256", "openvino_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -498,9 +499,9 @@ def head_path(name_or_path="default", noise_sigma_adu=DEFAULT_HEAD_SIGMA_ADU,
     Parameters
     ----------
     name_or_path : str or pathlib.Path
-        ``"default"``: the shipped head whose training ``noise_sigma_adu`` is closest to
-        ``noise_sigma_adu``; a shipped head's name (``<heads_dir>/<name>.json``); or a path to
-        a head's ``.json``.
+        ``"default"``: the shipped paper head whose training ``noise_sigma_adu`` is closest
+        to ``noise_sigma_adu``, a compact one (``is_compact``) where two are as close; a
+        shipped head's name (``<heads_dir>/<name>.json``); or a path to a head's ``.json``.
     noise_sigma_adu : float
         Noise of the tile, ADU; used by ``"default"``. Default 15.
     heads_dir : pathlib.Path, optional
@@ -521,7 +522,7 @@ def head_path(name_or_path="default", noise_sigma_adu=DEFAULT_HEAD_SIGMA_ADU,
         return candidate
     shipped = sorted(heads_dir.glob("*.json"))
     if text == "default":
-        best, best_d = None, np.inf
+        best, best_key = None, (np.inf, True)
         for p in shipped:
             try:
                 meta = json.loads(p.read_text())
@@ -529,9 +530,10 @@ def head_path(name_or_path="default", noise_sigma_adu=DEFAULT_HEAD_SIGMA_ADU,
                 continue
             if meta.get("target", PAPER_TARGET) != PAPER_TARGET:
                 continue  # a tile head (bh_stage.tilehead), not a paper head
-            sigma = float(meta.get("noise_sigma_adu", np.nan))
-            if abs(sigma - noise_sigma_adu) < best_d:
-                best, best_d = p, abs(sigma - noise_sigma_adu)
+            key = (abs(float(meta.get("noise_sigma_adu", np.nan)) - noise_sigma_adu),
+                   not is_compact(meta))
+            if key < best_key:
+                best, best_key = p, key
         if best is None:
             raise InputFileError(f"head 'default': no shipped head in {heads_dir}; train one "
                                  f"with `bh-stage train` and set head to its .json path")
@@ -630,13 +632,16 @@ class Classifier:
                 f"{stamps.shape}; set stamp.size_pix/pad_pix to the head's")
         return stamps
 
-    def predict_proba(self, stamps):
+    def predict_proba(self, stamps, rms_adu=None):
         """Return P(blend) of each stamp.
 
         Parameters
         ----------
         stamps : array_like, shape (n, 65, 65)
             Padded stamps in ADU; processed ``batch_size`` at a time.
+        rms_adu : float, optional
+            Sky rms of the stamps; unused here (the VGG16 preprocessing is fixed in ADU; a
+            head is chosen by its training noise instead), used by ``CompactClassifier``.
 
         Returns
         -------
@@ -668,6 +673,79 @@ class Classifier:
             yield self.predict_proba(batch)
 
 
+class CompactClassifier(Classifier):
+    """A compact network for the paper's question (``tilehead.COMPACT_LAYERS``, no backbone),
+    with ``Classifier``'s interface, f32 only.
+
+    It reads the central ``stamp_side_pix`` square of each padded stamp, scaled by
+    ``tilehead.scale_stamps`` with the sky rms, and returns the sigmoid of its mean logit over
+    ``n_orientations`` flips and quarter turns (``tilehead.orientation_logits``), as trained.
+    Build it with ``load_classifier``.
+    """
+
+    def __init__(self, net, head, batch_size=256):
+        import tensorflow as tf
+
+        meta = head.metadata
+        self.model, self.metadata, self.head_path = net, meta, head.path
+        self.blend_threshold = float(meta["blend_threshold"])
+        self.hybrid_threshold = float(meta["hybrid_threshold"])
+        self.preprocess_mode = meta["preprocess"]
+        self.input_shape = tuple(meta["input_shape"])
+        self.precision, self.batch_size = "f32", int(batch_size)
+        self.side_pix = int(meta["stamp_side_pix"])
+        self.n_orientations = int(meta["n_orientations"])
+        self._fn = tf.function(lambda x, f: net([x, f], training=False), autograph=False,
+                               reduce_retracing=True)
+
+    def predict_proba(self, stamps, rms_adu=None):
+        """Return P(blend) of each stamp, float32.
+
+        Parameters
+        ----------
+        stamps : array_like, shape (n, 65, 65)
+            Padded stamps in ADU.
+        rms_adu : float, optional
+            Sky rms of the stamps, ADU; default the head's training ``noise_sigma_adu``.
+        """
+        from . import tilehead
+
+        stamps = self._check_stamps(stamps)
+        rms = float(self.metadata["noise_sigma_adu"] if rms_adu is None else rms_adu)
+        x = tilehead.scale_stamps(tilehead.centre_stamps(stamps, self.side_pix), rms)
+        logits = tilehead.orientation_logits(self._fn, x, np.zeros((len(x), 0), np.float32),
+                                             self.n_orientations, self.batch_size)
+        return tilehead.sigmoid(logits).astype(np.float32)
+
+
+def is_compact(metadata):
+    """Whether a head's metadata names a compact network (``tilehead.COMPACT_LAYERS``)."""
+    from .tilehead import COMPACT_LAYERS
+
+    return metadata.get("architecture") in COMPACT_LAYERS
+
+
+def _load_compact(head, precision, batch_size):
+    """``CompactClassifier`` of a compact paper head (see ``load_classifier``)."""
+    from .tilehead import build_compact
+
+    meta = head.metadata
+    if meta.get("target", PAPER_TARGET) != PAPER_TARGET:
+        raise ModelShapeError(f"head {head.path}: a {meta.get('target')!r} head, not a paper "
+                              f"head; give it as tile_head, or a paper head as head")
+    if precision != "f32":
+        raise ConfigError(f"head {head.path}: a compact head runs in f32 only, precision "
+                          f"{precision!r} asked; set precision: f32")
+    net = build_compact(int(meta["stamp_side_pix"]), 0, meta["architecture"])
+    try:
+        net.set_weights(head.weights)
+    except ValueError as err:
+        raise ModelShapeError(f"head {head.path}: weights do not fit "
+                              f"{meta['architecture']} ({err})") from err
+    log.info("loaded compact head %s (%s)", head.path, meta["architecture"])
+    return CompactClassifier(net, head, batch_size)
+
+
 def fuse(backbone, head_model):
     """Return one Keras model: stamps after ``preprocess`` -> backbone -> head."""
     import keras
@@ -678,7 +756,9 @@ def fuse(backbone, head_model):
 
 def load_classifier(head_json, precision="f32", backbone_source=None, batch_size=256,
                     ov_cache_dir=None, backbone=None):
-    """Load a head onto its backbone and return a ``Classifier``.
+    """Load a head onto its backbone and return a ``Classifier`` (a ``CompactClassifier`` for
+    a compact head, which has no backbone: ``backbone_source``, ``backbone`` and
+    ``ov_cache_dir`` are then unused).
 
     Parameters
     ----------
@@ -705,6 +785,8 @@ def load_classifier(head_json, precision="f32", backbone_source=None, batch_size
         The head or backbone weights are missing or corrupt.
     """
     head = load_head(head_path(head_json))
+    if is_compact(head.metadata):
+        return _load_compact(head, precision, batch_size)
     source = head.metadata["backbone"] if backbone_source is None else backbone_source
     sha = head.metadata["backbone_sha256"] if source is None else backbone_sha256(source)
     check_head_compatible(head, source, sha)

@@ -276,7 +276,7 @@ def _score(cfg, clf, tile_head, features, stamps_of, rms_adu, n, scorable, progr
             if ok.any():
                 idx = np.arange(rows.start, rows.stop)[ok]
                 if clf is not None:
-                    paper[idx] = clf.predict_proba(stamps[ok])
+                    paper[idx] = clf.predict_proba(stamps[ok], rms_adu)
                 prob[idx] = tile_head.predict_proba(stamps[ok], rms_adu, features[idx])
             while len(pending) > SEP_PROCESSES:
                 finish_oldest()
@@ -290,6 +290,7 @@ def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr):
     paper = [] if clf is None else [
         ("BH_HSHA", clf.metadata["weights_sha256"][:64], "sha256 of the paper head's weights"),
         ("BH_BACKB", clf.metadata["backbone"], "backbone of the paper head"),
+        ("BH_HARCH", clf.metadata.get("architecture", "vgg16"), "paper head network"),
         ("BH_PREC", cfg.precision, "paper head network precision"),
         ("BH_HTHR", float(hybrid_thr), "BH_PAPER_FLAG threshold on BH_PAPER_PROB"),
     ]

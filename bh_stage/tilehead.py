@@ -8,7 +8,9 @@ not saturate.
 
 Network (``build_compact``): a compact CNN at the stamp's native resolution (3x3
 convolutions 32-32, pool, 64-64, pool, 64; 27 million multiply-adds, 55 MFLOP, per stamp and
-orientation) whose flattened map meets the catalogue features in a dense layer. Why not the
+orientation) whose flattened map meets the catalogue features in a dense layer. The same
+builder, with ``COMPACT_LAYERS["compact_cnn_paper_v1"]`` and no catalogue features, is the
+compact network for the paper's question (``model.CompactClassifier``). Why not the
 VGG16 base: on the validation tiles its frozen ``block5_pool`` / ``block4_pool`` features,
 with or without a 3x magnified centre, ranked unrecognised blends at ROC AUC 0.55-0.62,
 below the catalogue features alone (0.69); the 51x51 stamp squeezed into 2x2 or 4x4 cells
@@ -32,8 +34,8 @@ import numpy as np
 
 from . import cues
 
-__all__ = ["TARGET", "STAMP_SIDE_PIX", "ARCHITECTURE", "centre_stamps", "asinh_scale",
-           "scale_stamps",
+__all__ = ["TARGET", "STAMP_SIDE_PIX", "ARCHITECTURE", "COMPACT_LAYERS", "centre_stamps",
+           "asinh_scale", "scale_stamps",
            "dihedral", "orientation_logits", "build_compact", "fit_tile_head",
            "calibrate_logits", "sigmoid", "reliability", "TileHead", "DEFAULT_TILE_HEAD",
            "tile_head_path", "load_tile_head", "train_tile", "run_train_tile"]
@@ -50,7 +52,15 @@ ASINH_SOFTENING_RMS = 3.0
 """Stamps enter as ``asinh(x / (this * rms))``: linear up to a few sigma, compressed above."""
 
 ARCHITECTURE = "compact_cnn_catalogue_v1"
-"""Name of ``build_compact``'s network, recorded in a head's ``architecture``."""
+"""Name of the tile head's network, recorded in a head's ``architecture``."""
+
+COMPACT_LAYERS = {
+    ARCHITECTURE: ((32, False), (32, True), (64, False), (64, True), (64, False)),
+    # the paper's question on the 51x51 stamp: 19 million multiply-adds an orientation
+    "compact_cnn_paper_v1": ((16, False), (16, True), (32, False), (32, True), (64, True),
+                             (64, False)),
+}
+"""``build_compact``'s architectures: (filters, 2x2 max-pool after) of each 3x3 convolution."""
 
 
 def centre_stamps(stamps, side_pix=STAMP_SIDE_PIX):
@@ -95,14 +105,16 @@ def orientation_logits(predict, stamps, features, n_orientations, batch_size=409
     return total / n_orientations
 
 
-def build_compact(side_pix=STAMP_SIDE_PIX, n_features=len(cues.FEATURE_NAMES)):
-    """The tile head's network: ``[stamp (s, s, 1), features (k,)] -> logit``."""
+def build_compact(side_pix=STAMP_SIDE_PIX, n_features=len(cues.FEATURE_NAMES),
+                  architecture=ARCHITECTURE):
+    """A compact network of ``COMPACT_LAYERS``: ``[stamp (s, s, 1), features (k,)] -> logit``
+    (k = 0: the stamp alone)."""
     import keras
 
     img = keras.Input((side_pix, side_pix, 1), name="stamp")
     feats = keras.Input((n_features,), name="catalogue")
     x = img
-    for filters, pool in ((32, False), (32, True), (64, False), (64, True), (64, False)):
+    for filters, pool in COMPACT_LAYERS[architecture]:
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         if pool:
             x = keras.layers.MaxPooling2D()(x)
@@ -122,9 +134,10 @@ def _dihedral(x, k):
 
 def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_epochs=5,
                   learning_rate=1e-3, lr_drop_epochs=None, lr_drop_factor=0.3, progress=None,
-                  noise_sigma_adu=None, teacher_prob=None, distill_weight=0.5):
-    """Train ``build_compact`` on (stamps, features, labels) tuples; keep the epoch with the
-    best validation ROC AUC.
+                  noise_sigma_adu=None, teacher_prob=None, distill_weight=0.5,
+                  architecture=ARCHITECTURE):
+    """Train ``build_compact(..., architecture)`` on (stamps, features, labels) tuples; keep
+    the epoch with the best validation ROC AUC.
 
     With ``noise_sigma_adu``, the training stamps are noise-free, in ADU, and every epoch
     draws new Gaussian noise of that sigma before ``scale_stamps`` (noise on the fly); the
@@ -169,7 +182,7 @@ def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_
         return (_dihedral(img, k), x[1]), yy, ww
 
     data = data.map(augment).prefetch(2)
-    model = build_compact(x_img.shape[1], x_cat.shape[1])
+    model = build_compact(x_img.shape[1], x_cat.shape[1], architecture)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True))
     class _BestAuc(keras.callbacks.Callback):

@@ -71,12 +71,15 @@ def detection_table(folder, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE"):
     return (cat.x_pix, cat.y_pix), classes, feats
 
 
-def detection_stamps(folder, seed=0, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE"):
+def detection_stamps(folder, seed=0, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE",
+                     side_pix=None):
     """The tile head's input of every detection: the central square of the stage's stamp.
 
     Stamps are cut exactly as ``bh-stage run`` cuts them (51 px + 7 px noise padding, filled
-    with noise where off the tile or masked, seeded per object), then cropped to
-    ``tilehead.STAMP_SIDE_PIX``; cached in the folder as ``stamps_<seed>.npz``.
+    with noise where off the tile or masked, seeded per object), then cropped to ``side_pix``
+    (default ``tilehead.STAMP_SIDE_PIX``; 65 keeps the paper heads' whole padded stamp);
+    cached in the folder as ``stamps_<seed>.npz`` (``stamps_<seed>_<side>px.npz`` for
+    another side).
 
     Returns
     -------
@@ -86,10 +89,12 @@ def detection_stamps(folder, seed=0, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE
         The tile's rms.
     """
     from .stage import tile_pixels  # stage imports tilehead, which imports this module
-    from .tilehead import centre_stamps
+    from .tilehead import STAMP_SIDE_PIX, centre_stamps
 
+    side_pix = STAMP_SIDE_PIX if side_pix is None else side_pix
     folder = Path(folder)
-    cache = folder / f"stamps_{seed}.npz"
+    cache = folder / (f"stamps_{seed}.npz" if side_pix == STAMP_SIDE_PIX
+                      else f"stamps_{seed}_{side_pix}px.npz")
     if cache.is_file():
         with np.load(cache) as z:
             return z["stamps"], float(z["rms_adu"])
@@ -103,8 +108,9 @@ def detection_stamps(folder, seed=0, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE
         rows = slice(start, min(start + 1024, cat.nrows))
         stamps, _, _ = cut_stamps(image, x[rows], y[rows], 51, 7, bad=bad, fill_sigma=rms,
                                   seed=seed, first_index=start)
-        parts.append(centre_stamps(stamps))
-    stamps = np.concatenate(parts) if parts else np.zeros((0, 33, 33), np.float32)
+        parts.append(centre_stamps(stamps, side_pix))
+    stamps = (np.concatenate(parts) if parts
+              else np.zeros((0, side_pix, side_pix), np.float32))
     with io.atomic_output(cache, overwrite=True) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, stamps=stamps, rms_adu=rms)

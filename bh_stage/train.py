@@ -443,6 +443,8 @@ def train(cfg, progress=None):
         if sum(len(r) for r in rows[split]) == 0:
             raise ConfigError(f"datasets: no {label} stamps for recipe {cfg.recipe!r} in "
                               f"{', '.join(cfg.datasets)}")
+    if cfg.architecture != "vgg16":
+        return train_compact(cfg, head_json, attrs_list, truths, rows, progress)
     backbone_sha = bh_model.backbone_sha256(cfg.backbone)
     backbone = bh_model.build_backbone(cfg.backbone)
     t0 = time.perf_counter()
@@ -493,11 +495,7 @@ def train(cfg, progress=None):
         "size_pix": cfg.stamp.size_pix, "pad_pix": cfg.stamp.pad_pix,
         "noise_sigma_adu": cfg.noise_sigma_adu, "realisations": list(cfg.realisations),
         "recipe": cfg.recipe, "n_augment": cfg.n_augment, "seed": cfg.seed,
-        "datasets": [{"file": Path(p).name, "seed": int(a["seed"]),
-                      "set_kind": str(a.get("set_kind", "")),
-                      "n_train": len(rows[SPLIT_TRAIN][i]), "n_valid": len(rows[SPLIT_VALID][i]),
-                      "n_test": len(rows[SPLIT_TEST][i])}
-                     for i, (p, a) in enumerate(zip(cfg.datasets, attrs_list))],
+        "datasets": _datasets_metadata(cfg, attrs_list, rows),
         "n_train_features": int(len(x_train)),
         "val_loss": val_loss, "best_epoch": int(history["best_epoch"]),
         "epochs": len(history["loss"]), "train_seconds": round(history["seconds"], 2),
@@ -509,6 +507,92 @@ def train(cfg, progress=None):
         metadata["paper_threshold"] = 0.5
     bh_model.save_head(head_json, weights, metadata, overwrite=cfg.overwrite)
     history.update(calibration=calib, test=test, feature_seconds=feature_seconds)
+    return head_json, history
+
+
+def _datasets_metadata(cfg, attrs_list, rows):
+    """A head's ``datasets``: file, seed, kind and split sizes of each training data set."""
+    return [{"file": Path(p).name, "seed": int(a["seed"]), "set_kind": str(a.get("set_kind", "")),
+             "n_train": len(rows[SPLIT_TRAIN][i]), "n_valid": len(rows[SPLIT_VALID][i]),
+             "n_test": len(rows[SPLIT_TEST][i])}
+            for i, (p, a) in enumerate(zip(cfg.datasets, attrs_list))]
+
+
+def train_compact(cfg, head_json, attrs_list, truths, rows, progress=None):
+    """Train a compact network for the paper's question (``cfg.architecture``, see
+    ``tilehead.COMPACT_LAYERS``) and save it as a paper head (``model.CompactClassifier``).
+
+    The network reads the central ``stamp.size_pix`` square. Training stamps are noise-free,
+    with ``n_augment`` sheared and zoomed copies (``augment_stamps``); every epoch draws new
+    noise of ``noise_sigma_adu`` and one of the 8 flips and quarter turns
+    (``tilehead.fit_tile_head``). With ``teacher``, the target mixes the labels with the
+    teacher's probabilities on the training stamps (noise realisation ``realisations[0]``).
+    Early stopping on the validation split's ROC AUC (``realisations[0]``); the thresholds
+    are calibrated there as for the VGG16 heads (``calibrate_thresholds``).
+    """
+    from . import tilehead
+    from .io import read_dataset
+
+    t0 = time.perf_counter()
+    sigma, r0, side = cfg.noise_sigma_adu, cfg.realisations[0], cfg.stamp.size_pix
+
+    def stamps(split, noisy):
+        parts = [noisy_stamps(path, attrs, r, sigma, r0) if noisy
+                 else read_dataset(path, r).stamps
+                 for path, attrs, r in zip(cfg.datasets, attrs_list, rows[split])]
+        return np.concatenate(parts).astype(np.float32)
+
+    def labels(split):
+        return np.concatenate([t["label"][r] for t, r in zip(truths, rows[split])])
+
+    free = stamps(SPLIT_TRAIN, False)
+    y_train = labels(SPLIT_TRAIN).astype(np.int8)
+    teacher, teacher_prob = None, None
+    if cfg.teacher is not None:
+        teacher = bh_model.load_classifier(cfg.teacher)
+        if bh_model.is_compact(teacher.metadata):
+            raise ConfigError(f"teacher: {teacher.head_path} is a compact head; distil from a "
+                              f"VGG16 head")
+        teacher_prob = teacher.predict_proba(stamps(SPLIT_TRAIN, True))
+    rng = np.random.default_rng([cfg.seed, 15])
+    copies = [free] + [augment_stamps(free, rng) for _ in range(cfg.n_augment)]
+    x_train = tilehead.centre_stamps(np.concatenate(copies), side)[..., None]
+    n_copies = cfg.n_augment + 1
+    y_all = np.tile(y_train, n_copies)
+    soft = None if teacher_prob is None else np.tile(teacher_prob, n_copies)
+    noisy_valid = stamps(SPLIT_VALID, True)
+    y_valid = labels(SPLIT_VALID).astype(np.int8)
+    x_valid = tilehead.scale_stamps(tilehead.centre_stamps(noisy_valid, side), sigma)
+    net, history = tilehead.fit_tile_head(
+        (x_train, np.zeros((len(y_all), 0), np.float32), y_all),
+        (x_valid, np.zeros((len(y_valid), 0), np.float32), y_valid), seed=cfg.seed,
+        batch_size=cfg.batch_size, max_epochs=cfg.max_epochs,
+        patience_epochs=cfg.patience_epochs, learning_rate=cfg.learning_rate,
+        lr_drop_epochs=cfg.lr_patience_epochs, progress=progress, noise_sigma_adu=sigma,
+        teacher_prob=soft, distill_weight=cfg.distill_weight, architecture=cfg.architecture)
+    del x_train
+    metadata = {
+        "target": bh_model.PAPER_TARGET, "architecture": cfg.architecture,
+        "backbone": "none", "backbone_sha256": "none", "preprocess": "asinh_rms",
+        "input_shape": [side + 2 * cfg.stamp.pad_pix] * 2 + [1], "stamp_side_pix": side,
+        "n_orientations": cfg.n_orientations, "size_pix": side, "pad_pix": cfg.stamp.pad_pix,
+        "noise_sigma_adu": sigma, "realisations": list(cfg.realisations),
+        "recipe": cfg.recipe, "n_augment": cfg.n_augment, "seed": cfg.seed,
+        "datasets": _datasets_metadata(cfg, attrs_list, rows),
+        "teacher": None if teacher is None else {
+            "head": teacher.head_path.name, "weights_sha256": teacher.metadata["weights_sha256"],
+            "distill_weight": cfg.distill_weight},
+        "history": history, "best_epoch": history["best_epoch"], "epochs": history["epochs"],
+        "train_config": config_to_dict(cfg),
+    }
+    head = bh_model.Head(net.get_weights(), dict(metadata, blend_threshold=0.5,
+                                                 hybrid_threshold=0.5), head_json)
+    p_valid = bh_model.CompactClassifier(net, head).predict_proba(noisy_valid, sigma)
+    sep_valid = _sep_verdict(cfg.datasets, rows[SPLIT_VALID], attrs_list, sigma, r0, cfg.sep)
+    calib = calibrate_thresholds(p_valid, y_valid, sep_valid)
+    metadata.update(calib, train_seconds=round(time.perf_counter() - t0, 2))
+    bh_model.save_head(head_json, net.get_weights(), metadata, overwrite=cfg.overwrite)
+    history.update(calibration=calib, test={}, feature_seconds=0.0)
     return head_json, history
 
 

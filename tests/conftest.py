@@ -149,7 +149,8 @@ class FakeClassifier:
         self.hybrid_threshold = 0.9
         self.calls = 0
 
-    def predict_proba(self, stamps):
+    def predict_proba(self, stamps, rms_adu=None):
+        assert rms_adu is None or rms_adu > 0
         self.calls += 1
         stamps = np.array(stamps, dtype=np.float32)
         c = stamps.shape[-1] // 2

@@ -124,6 +124,11 @@ def test_head_path_resolution(tmp_path):
         bh_model.head_path("zz", heads_dir=tmp_path)
     with pytest.raises(InputFileError, match="no shipped head"):
         bh_model.head_path("default", heads_dir=tmp_path / "empty")
+    # a compact head trained at the same noise as a VGG16 one wins the tie, not others
+    bh_model.save_head(tmp_path / "d.json", _random_head_weights(),
+                       _meta(noise_sigma_adu=14.0, architecture="compact_cnn_paper_v1"))
+    assert bh_model.head_path("default", 14.5, heads_dir=tmp_path).name == "d.json"
+    assert bh_model.head_path("default", 25.0, heads_dir=tmp_path).name == "c.json"
 
 
 def test_shipped_heads_are_complete_and_default_picks_by_noise():

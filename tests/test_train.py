@@ -224,3 +224,44 @@ def test_train_end_to_end(tmp_path, monkeypatch):
     np.testing.assert_allclose(hist2["val_loss"], hist["val_loss"], rtol=1e-5)
     summary = bh_train.run_train(cfg2)
     assert "val accuracy" in summary and "tiny.json" in summary
+
+
+def test_train_compact_end_to_end(tmp_path):
+    """``architecture: compact_cnn_paper_v1`` writes a paper head that ``load_classifier``
+    turns into a ``CompactClassifier``: it separates the fake pairs from single blobs, its
+    probability does not change under a quarter turn (the orientations it averages are the
+    same set), and it is refused in bf16 and as a teacher."""
+    from bh_stage import model as bh_model
+    from bh_stage import tilehead
+
+    ds = write_fake_dataset(tmp_path / "fake.h5", 400, valid_frac=0.3)
+    cfg = _cfg(datasets=[str(ds)], output_dir=str(tmp_path / "heads"), head_name="tinyc",
+               architecture="compact_cnn_paper_v1", max_epochs=6, patience_epochs=6)
+    head_json, hist = bh_train.train(cfg)
+    meta = json.loads(Path(head_json).read_text())
+    assert meta["architecture"] == "compact_cnn_paper_v1" and "compact" in meta["architecture"]
+    assert meta["target"] == bh_model.PAPER_TARGET and meta["backbone"] == "none"
+    assert meta["stamp_side_pix"] == 51 and meta["input_shape"] == [65, 65, 1]
+    assert meta["n_orientations"] == 4 and meta["teacher"] is None
+    assert 0 < meta["blend_threshold"] < 1 and "val_accuracy_hybrid" in meta
+    clf = bh_model.load_classifier(head_json)
+    assert isinstance(clf, bh_model.CompactClassifier)
+    stamps, truth = fake_stamps(200, np.random.default_rng(7))
+    noisy = stamps + np.random.default_rng(8).normal(0, 15.0, stamps.shape).astype(np.float32)
+    p = clf.predict_proba(noisy, 15.0)
+    assert p.dtype == np.float32 and p.shape == (200,)
+    from bh_stage.metrics import roc_auc
+    assert roc_auc(p, truth["label"]) > 0.9
+    np.testing.assert_allclose(clf.predict_proba(np.rot90(noisy, 1, axes=(1, 2)), 15.0), p,
+                               atol=1e-5)
+    # the rms scales the input: the default is the head's training noise
+    np.testing.assert_allclose(clf.predict_proba(noisy), p, atol=1e-6)
+    assert not np.allclose(clf.predict_proba(noisy, 60.0), p, atol=1e-3)
+    assert tilehead.build_compact(51, 0, "compact_cnn_paper_v1").count_params() == len(
+        np.concatenate([w.ravel() for w in bh_model.load_head(head_json).weights]))
+    with pytest.raises(ConfigError, match="f32 only"):
+        bh_model.load_classifier(head_json, precision="bf16")
+    cfg_t = _cfg(datasets=[str(ds)], output_dir=str(tmp_path / "heads"), head_name="t2",
+                 architecture="compact_cnn_paper_v1", teacher=str(head_json), max_epochs=1)
+    with pytest.raises(ConfigError, match="compact head; distil from a VGG16 head"):
+        bh_train.train(cfg_t)
