@@ -1,8 +1,8 @@
 """How far is precision bf16 (OpenVINO) from f32 (TensorFlow), and how much faster is it?
 
 Run on a CPU where OpenVINO really computes in bf16 (AVX512-bf16 or AMX; the script stops
-otherwise). The shipped default head (``load_classifier('default')``) on synthetic stamps: one
-or two Gaussian blobs of 200-2000 ADU peak plus Gaussian noise of 15 ADU, 65x65 padded, as
+otherwise). The shipped VGG16 sigma 15 head (``cfis_sigma15_clip_80k``) on synthetic stamps:
+one or two Gaussian blobs of 200-2000 ADU peak plus Gaussian noise of 15 ADU, 65x65 padded, as
 ``tests/test_model.py::blob_stamps``; ``--n`` stamps from ``--seed``, and the 200 stamps of
 ``test_bf16_close_to_f32`` (seed 2).
 
@@ -94,8 +94,8 @@ def main(argv=None):
            "seed": args.seed, "batch": args.batch}
     with tempfile.TemporaryDirectory() as tmp:
         kw = {"backbone": backbone, "batch_size": args.batch}
-        f32 = bh_model.load_classifier("default", precision="f32", **kw)
-        bf16 = bh_model.load_classifier("default", precision="bf16", ov_cache_dir=tmp, **kw)
+        f32 = bh_model.load_classifier("cfis_sigma15_clip_80k", precision="f32", **kw)
+        bf16 = bh_model.load_classifier("cfis_sigma15_clip_80k", precision="bf16", ov_cache_dir=tmp, **kw)
         hint = bf16._compiled.get_property("INFERENCE_PRECISION_HINT")
         if not bh_model._openvino_runs_bf16(bf16._compiled):
             raise SystemExit(f"OpenVINO runs in {hint} here, not bf16: nothing to measure")

@@ -8,7 +8,8 @@ ROC AUC of each truth class, the paired difference from the VGG16 head with a 95
 from a bootstrap over galaxies, and the network-only stamps/s of every head (``predict_proba``
 on 65x65 stamps, f32, batches of 256, after a warm-up). Stamp classes: all, close (< 10 px)
 and far blends, each against isolated stamps. Tile classes: those of ``bh-stage
-evaluate-tile`` (``evaluate_tile.COMPARISONS``). Choose on validation (training-half stamps,
+evaluate-tile`` (``evaluate_tile.COMPARISONS``), where the stage's free catalogue cues of
+recognised neighbours are scored beside the heads. Choose on validation (training-half stamps,
 ``valid`` tiles); read the test half (``test`` tiles) once, for what ships.
 
     python bench/bench_compact_paper.py --vgg16 cfis_sigma15_clip_80k \
@@ -18,6 +19,7 @@ evaluate-tile`` (``evaluate_tile.COMPARISONS``). Choose on validation (training-
 """
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -97,25 +99,30 @@ def stamp_set(path, sigma_adu):
 
 def tile_set(tiles_dir, role):
     """Stage stamps (65x65) of every detection of a tile role, the tile rms of each, the
+    free catalogue cues of the stage (``BH_NEAREST_PIX`` negated, ``BH_NDET_STAMP``), the
     ``COMPARISONS`` and the galaxy groups (galaxies numbered apart per tile)."""
-    from bh_stage import tileset
+    from bh_stage import cues, tileset
     from bh_stage.config import EvaluateTileConfig, config_from_dict
 
     cfg = config_from_dict(EvaluateTileConfig, {"tiles": {"work_dir": str(tiles_dir)}})
-    stamps, rms, classes, groups = [], [], [], []
+    stamps, rms, classes, groups, free = [], [], [], [], []
     offset = 0
     for folder in tileset.prepare_role(cfg.tiles, role):
-        _, cls, _ = tileset.detection_table(folder)
+        (x_pix, y_pix), cls, _ = tileset.detection_table(folder)
         st, rms_adu = tileset.detection_stamps(folder, side_pix=65)
         g = galaxy_groups(cls)
         stamps.append(st)
         rms.append(np.full(len(st), rms_adu))
         classes.append(cls)
         groups.append(g + offset)
+        free.append(np.c_[-cues.nearest_detection_pix(x_pix, y_pix),
+                          cues.detections_in_stamp(x_pix, y_pix)])
         offset += int(g.max(initial=0)) + 1
-    classes = np.concatenate(classes)
+    classes, free = np.concatenate(classes), np.concatenate(free).astype(np.float64)
     comparisons = {c: comparison_labels(classes, c) for c in COMPARISONS}
-    return np.concatenate(stamps), np.concatenate(rms), comparisons, np.concatenate(groups)
+    cue_scores = {"-BH_NEAREST_PIX": free[:, 0], "BH_NDET_STAMP": free[:, 1]}
+    return (np.concatenate(stamps), np.concatenate(rms), cue_scores, comparisons,
+            np.concatenate(groups))
 
 
 def score_all(heads, stamps, rms_adu):
@@ -147,6 +154,9 @@ def main():
     ap.add_argument("--sigma", type=float, default=14.5, help="noise of the stamps, ADU")
     ap.add_argument("--tiles-dir", type=Path, help="tile set folder (bh-stage evaluate-tile)")
     ap.add_argument("--tile-role", default="valid", choices=("valid", "test"))
+    ap.add_argument("--orientations", default="",
+                    help="comma-separated orientation counts to score each compact head in "
+                         "as well (NAME@k), beside its own")
     ap.add_argument("--n-bootstrap", type=int, default=1000)
     ap.add_argument("--output", type=Path, required=True)
     args = ap.parse_args()
@@ -155,6 +165,9 @@ def main():
     for item in args.head:
         name, _, path = item.partition("=")
         heads[name] = model.load_classifier(path)
+        for k in filter(None, args.orientations.split(",")):
+            heads[f"{name}@{k}"] = copy.copy(heads[name])
+            heads[f"{name}@{k}"].n_orientations = int(k)
     res = {"heads": {n: str(Path(c.head_path).name) for n, c in heads.items()},
            "sigma_adu": args.sigma, "n_bootstrap": args.n_bootstrap}
     if args.stamps:
@@ -168,11 +181,11 @@ def main():
         res["stamps_per_s"] = {n: network_rate(c, sample, args.sigma) for n, c in heads.items()}
         print("network-only stamps/s:", {n: round(v) for n, v in res["stamps_per_s"].items()})
     if args.tiles_dir:
-        stamps, rms, comparisons, groups = tile_set(args.tiles_dir, args.tile_role)
+        stamps, rms, cue_scores, comparisons, groups = tile_set(args.tiles_dir, args.tile_role)
+        scores = {**score_all(heads, stamps, rms), **cue_scores}
         res["tiles"] = {"role": args.tile_role, "n_detections": int(len(stamps)),
                         "galaxies": int(len(np.unique(groups))),
-                        "auc": paired_aucs(score_all(heads, stamps, rms), comparisons, groups,
-                                           args.n_bootstrap)}
+                        "auc": paired_aucs(scores, comparisons, groups, args.n_bootstrap)}
         report("tiles", res["tiles"]["auc"])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(res, indent=1, default=float) + "\n")

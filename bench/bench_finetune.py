@@ -95,7 +95,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="training data set (.h5)")
     parser.add_argument("--realistic", required=True, help="realistic test set (.h5)")
-    parser.add_argument("--head", default="default")
+    parser.add_argument("--head", default="cfis_sigma15_clip_80k")
     parser.add_argument("--cache-dir", required=True)
     parser.add_argument("--train-sigma-adu", type=float, default=15.0)
     parser.add_argument("--test-sigma-adu", type=float, default=14.5)

@@ -39,7 +39,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="training data set (.h5)")
     parser.add_argument("--realistic", required=True, help="realistic test set (.h5)")
-    parser.add_argument("--head", default="default")
+    parser.add_argument("--head", default="cfis_sigma15_clip_80k")
     parser.add_argument("--n-calibration", type=int, default=300)
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--train-sigma-adu", type=float, default=15.0)

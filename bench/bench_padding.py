@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--head", default="default")
+    parser.add_argument("--head", default="cfis_sigma15_clip_80k")
     parser.add_argument("--sigma-adu", type=float, default=14.5)
     parser.add_argument("--max-stamps", type=int, default=2000)
     args = parser.parse_args()

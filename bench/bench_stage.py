@@ -1,12 +1,14 @@
 """Benchmark of ``bh-stage run`` on a simulated CFIS-like tile (default 10k x 10k).
 
 Simulates the tile once (cached in --workdir), then in one run: times ``source-extractor``
-on the tile, times the stage end to end (``--head default``: with the VGG16 paper head;
-``--head none``: tile head and SEP only), times each network alone on the same number of
+on the tile, times the stage end to end (``--head default``: with the compact paper head;
+``--head cfis_sigma15_clip_80k``: with the VGG16 one; ``--head none``: tile head and SEP
+only), times each network alone on the same number of
 stamps (same runtime and precision), and reads the peak RSS. Prints the ratios and writes
-bench/results/stage_<head>_<precision>_<size>.json.
+bench/results/stage_<head name or none>_<precision>_<size>.json.
 
     python bench/bench_stage.py --size-pix 10000 --head none
+    python bench/bench_stage.py --size-pix 10000 --head default
 """
 
 import argparse
@@ -58,7 +60,8 @@ def network_rate(predict, n_stamps, batch_size):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-pix", type=int, default=10000)
-    parser.add_argument("--head", default="default", help="paper head: default or none")
+    parser.add_argument("--head", default="default",
+                        help="paper head: default (the compact one at sigma 15), a name, or none")
     parser.add_argument("--precision", default="f32", choices=("f32", "bf16"))
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bh_bench_stage"))
@@ -84,14 +87,15 @@ def main():
                         np.float32)
     rates = {"tile_head": network_rate(lambda s: tile_head.predict_proba(s, 14.5, features),
                                        result.n_objects, args.batch_size)}
+    head = "none" if args.head == "none" else model.head_path(args.head, 14.5).stem
     if args.head != "none":
-        clf = model.load_classifier(model.head_path(args.head), precision=args.precision,
+        clf = model.load_classifier(model.head_path(args.head, 14.5), precision=args.precision,
                                     batch_size=args.batch_size)
         rates["paper_head"] = network_rate(clf.predict_proba, result.n_objects,
                                            args.batch_size)
     net_rate = 1 / sum(1 / rate for rate in rates.values())
 
-    out = {"size_pix": args.size_pix, "head": args.head, "precision": args.precision,
+    out = {"size_pix": args.size_pix, "head": head, "precision": args.precision,
            "objects": result.n_objects, "sextractor_seconds": sex_seconds,
            "stage_seconds": result.seconds, "stage_over_sextractor": result.seconds / sex_seconds,
            "stage_stamps_per_s": stage_rate,
@@ -103,7 +107,7 @@ def main():
           f"{result.seconds / sex_seconds:.1f}x (issue 15 target <= 3); end-to-end "
           f"{stage_rate:.1f} stamps/s / networks alone {net_rate:.1f} = "
           f"{stage_rate / net_rate:.2f}; peak RSS {rss_gb:.2f} GB (target <= 2.5)")
-    name = f"stage_{args.head}_{args.precision}_{args.size_pix}.json"
+    name = f"stage_{head}_{args.precision}_{args.size_pix}.json"
     (REPO / "bench" / "results" / name).write_text(json.dumps(out, indent=1) + "\n")
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Tile head inference: TensorFlow (what the stage runs) against OpenVINO f32 (issue 15).
+"""Compact network inference: TensorFlow (what the stage runs) against OpenVINO f32 (issue 15).
 
-Times the shipped tile head's network, one orientation, on random input in batches of
-1024, both runtimes interleaved, best of ``--repeat``; prints network-only stamps/s, their
-ratio and the largest logit difference; writes a JSON.
+Times the shipped tile head's network (or, with ``--paper-head``, a compact paper head's),
+one orientation, on random input in batches of 1024, both runtimes interleaved, best of
+``--repeat``; prints network-only stamps/s, their ratio and the largest logit difference;
+writes a JSON.
 
     python bench/bench_tile_head_runtime.py
+    python bench/bench_tile_head_runtime.py --paper-head compact_paper_sigma15 \
+        --output bench/results/compact_paper_runtime.json
 """
 
 import argparse
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bh_stage import tilehead
+from bh_stage import model, tilehead
 
 
 def best_rate(fn, n, repeat):
@@ -31,25 +34,31 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--paper-head", help="a compact paper head (name or .json) instead")
     ap.add_argument("--output", type=Path,
                     default=Path("bench/results/tile_head_runtime.json"))
     args = ap.parse_args()
     import openvino as ov
     import tensorflow as tf
 
-    head = tilehead.load_tile_head(tilehead.tile_head_path("default"))
-    side, k = head.metadata["stamp_side_pix"], len(head.catalogue_columns)
+    if args.paper_head:
+        head = model.load_classifier(args.paper_head)
+        k = n_features = 0
+    else:
+        head = tilehead.load_tile_head(tilehead.tile_head_path("default"))
+        k, n_features = len(head.catalogue_columns), len(head._mean)
+    side = head.metadata["stamp_side_pix"]
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (args.n, side, side, 1)).astype(np.float32)
-    f = rng.normal(0, 1, (args.n, len(head._mean))).astype(np.float32)
+    f = rng.normal(0, 1, (args.n, n_features)).astype(np.float32)
     spec = [tf.TensorSpec([None, side, side, 1], tf.float32),
             tf.TensorSpec([None, f.shape[1]], tf.float32)]
     concrete = tf.function(head._fn, autograph=False, input_signature=spec)
     compiled = ov.Core().compile_model(ov.convert_model(concrete.get_concrete_function()),
                                        "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     batches = range(0, args.n, 1024)
-    res = {"n": args.n, "catalogue_columns": k, "openvino": ov.__version__,
-           "tensorflow": tf.__version__}
+    res = {"n": args.n, "head": str(head.metadata["architecture"]), "catalogue_columns": k,
+           "openvino": ov.__version__, "tensorflow": tf.__version__}
     rates = {"tensorflow": [], "openvino": []}
     outs = {}
     for _ in range(2):  # interleaved, so both see the same machine load

@@ -675,7 +675,7 @@ class Classifier:
 
 class CompactClassifier(Classifier):
     """A compact network for the paper's question (``tilehead.COMPACT_LAYERS``, no backbone),
-    with ``Classifier``'s interface, f32 only.
+    with ``Classifier``'s interface, f32 only (another ``precision`` is logged and ignored).
 
     It reads the central ``stamp_side_pix`` square of each padded stamp, scaled by
     ``tilehead.scale_stamps`` with the sky rms, and returns the sigmoid of its mean logit over
@@ -734,8 +734,8 @@ def _load_compact(head, precision, batch_size):
         raise ModelShapeError(f"head {head.path}: a {meta.get('target')!r} head, not a paper "
                               f"head; give it as tile_head, or a paper head as head")
     if precision != "f32":
-        raise ConfigError(f"head {head.path}: a compact head runs in f32 only, precision "
-                          f"{precision!r} asked; set precision: f32")
+        log.warning("head %s: a compact head runs in f32 only; precision %s ignored",
+                    head.path, precision)
     net = build_compact(int(meta["stamp_side_pix"]), 0, meta["architecture"])
     try:
         net.set_weights(head.weights)

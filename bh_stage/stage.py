@@ -291,7 +291,7 @@ def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr):
         ("BH_HSHA", clf.metadata["weights_sha256"][:64], "sha256 of the paper head's weights"),
         ("BH_BACKB", clf.metadata["backbone"], "backbone of the paper head"),
         ("BH_HARCH", clf.metadata.get("architecture", "vgg16"), "paper head network"),
-        ("BH_PREC", cfg.precision, "paper head network precision"),
+        ("BH_PREC", clf.precision, "paper head network precision"),
         ("BH_HTHR", float(hybrid_thr), "BH_PAPER_FLAG threshold on BH_PAPER_PROB"),
     ]
     return [

@@ -142,7 +142,7 @@ class FakeClassifier:
     of pixels above 40 ADU (8 sigma) outside the central 7x7 box."""
 
     def __init__(self, head, precision="f32", batch_size=256, **_):
-        self.head_path = Path(head)
+        self.head_path, self.precision = Path(head), precision
         self.metadata = {"size_pix": 51, "pad_pix": 7, "noise_sigma_adu": 5.0,
                          "weights_sha256": "0" * 64, "backbone": "fake"}
         self.blend_threshold = 0.5

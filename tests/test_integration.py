@@ -123,6 +123,33 @@ def test_blend_prob_separates_close_pairs(tile_run):
     assert auc > 0.65
 
 
+def test_compact_paper_head_in_the_stage(tile_run):
+    """``head:`` naming the shipped compact paper head: ``BH_PAPER_PROB`` comes from it (the
+    header says which network), it ranks close pairs above isolated detections, and every
+    other column equals the run without a paper head."""
+    from bh_stage.metrics import roc_auc
+
+    (tile_run / "compact.yml").write_text("weight: '{dir}/{stem}.weight.fits'\n"
+                                          "head: compact_paper_sigma15\n"
+                                          "output: '{dir}/{stem}_compact.cat'\n")
+    assert main(["-q", "run", str(tile_run / "compact.yml"), str(tile_run / "tile.fits")]) == 0
+    with fitsio.FITS(str(tile_run / "tile_compact.cat")) as f:
+        out, header = f["LDAC_OBJECTS"].read(), f["LDAC_OBJECTS"].read_header()
+    assert header["BH_HEAD"] == "compact_paper_sigma15.json"
+    assert header["BH_HARCH"] == "compact_cnn_paper_v1" and header["BH_BACKB"] == "none"
+    prob = out["BH_PAPER_PROB"]
+    assert np.isfinite(prob).all() and ((prob >= 0) & (prob <= 1)).all()
+    assert (out["BH_PAPER_FLAG"] == (out["SEP_BLEND_FLAG"] | (prob >= header["BH_HTHR"]))).all()
+    labels = close_pair_labels(out, fitsio.read(str(tile_run / "truth.fits")))
+    keep = labels >= 0
+    auc = roc_auc(prob[keep], labels[keep])
+    print(f"ROC AUC of the compact BH_PAPER_PROB, close pairs vs isolated: {auc:.3f}")
+    assert auc > 0.8  # every close pair is a paper blend; measured 0.97
+    base = fitsio.read(str(tile_run / "tile_bh.cat"), ext="LDAC_OBJECTS")
+    for name in base.dtype.names:
+        assert out[name].tobytes() == base[name].tobytes(), name
+
+
 def test_shipped_example_runs(tmp_path):
     """The README's main command on data/, written to a temporary folder."""
     out = tmp_path / "example_bh.cat"

@@ -132,14 +132,29 @@ def test_head_path_resolution(tmp_path):
 
 
 def test_shipped_heads_are_complete_and_default_picks_by_noise():
-    """Every shipped paper head loads (weights sha256 checked), was trained on the offline hed
-    backbone with the default preprocessing, and 'default' resolves each training sigma to
-    its own head; the tile head is never a 'default' paper head."""
+    """Every shipped paper head loads (weights sha256 checked); the VGG16 ones were trained on
+    the offline hed backbone with the default preprocessing, the compact one names its
+    architecture and has its network's weights; 'default' resolves each training sigma to
+    its own head, the compact one at sigma 15 (and so at CFIS's 14.5); the tile head is never
+    a 'default' paper head."""
+    from bh_stage.tilehead import build_compact
+
     hed_sha = bh_model.backbone_sha256("hed")
     heads = [bh_model.load_head(p) for p in sorted(bh_model.HEADS_DIR.glob("*.json"))]
     tile = [h for h in heads if h.metadata.get("target") == "unrecognised_blend"]
     assert [h.path.name for h in tile] == ["tile_unrecognised.json"]
-    heads = [h for h in heads if h not in tile]
+    compact = [h for h in heads if bh_model.is_compact(h.metadata)]
+    assert [h.path.name for h in compact] == ["compact_paper_sigma15.json"]
+    meta = compact[0].metadata
+    assert "compact" in meta["architecture"] and meta["backbone"] == "none"
+    assert meta["target"] == bh_model.PAPER_TARGET and meta["noise_sigma_adu"] == 15.0
+    assert 0 < meta["blend_threshold"] < 1 and 0 < meta["hybrid_threshold"] < 1
+    assert meta["val_accuracy_hybrid"] >= meta["val_accuracy_sep"]
+    assert [w.shape for w in compact[0].weights] == [w.shape for w in build_compact(
+        meta["stamp_side_pix"], 0, meta["architecture"]).get_weights()]
+    assert bh_model.head_path("default", 15.0) == compact[0].path
+    assert bh_model.head_path("default", 14.5) == compact[0].path
+    heads = [h for h in heads if h not in tile + compact]
     sigmas = [h.metadata["noise_sigma_adu"] for h in heads]
     assert 15.0 in sigmas and len(set(sigmas)) == len(sigmas)
     for head in heads:
@@ -150,8 +165,8 @@ def test_shipped_heads_are_complete_and_default_picks_by_noise():
         assert meta["val_accuracy_hybrid"] >= meta["val_accuracy_sep"]
         assert [w.shape for w in head.weights] == [
             w.shape for w in bh_model.build_head().get_weights()]
-        assert bh_model.head_path("default", meta["noise_sigma_adu"]) == head.path
-    assert bh_model.head_path("default", 14.5).name == "cfis_sigma15_clip_80k.json"
+        if meta["noise_sigma_adu"] != 15.0:
+            assert bh_model.head_path("default", meta["noise_sigma_adu"]) == head.path
 
 
 def test_mismatched_head_refused(tmp_path):
@@ -273,27 +288,30 @@ BF16_P99_ABS_DP = 0.06
 p99 of 200-stamp subsets ranged 0.035-0.053. int8 gives a p99 of 0.17-0.29
 (bench/results/int8.json)."""
 
+VGG16_HEAD = "cfis_sigma15_clip_80k"
+"""The shipped VGG16 paper head at sigma 15 (``default`` is the compact one there)."""
+
 BF16_MAX_ABS_DP = 0.15
 """bf16 bound on every stamp: max |dP| 0.09-0.12 in the same sets, and |logit_bf16 -
 logit_f32| <= 0.53, so |dP| <= 0.53 / 4 = 0.13."""
 
 
 def test_bf16_close_to_f32(hed_backbone, tmp_path, caplog):
-    """The shipped default head in bf16 against f32 on 200 blob stamps: the 99th percentile
+    """The shipped VGG16 sigma 15 head in bf16 against f32 on 200 blob stamps: the 99th percentile
     of |dP|, every |dP|, and the decisions at blend_threshold, which may differ only where f32
     is within BF16_P99_ABS_DP of the threshold (in the bench 0.25-0.45 % of stamps flip, all
     within 0.04 of it)."""
     pytest.importorskip("openvino")
     stamps = blob_stamps(200, seed=2)
     with caplog.at_level("WARNING", logger="bh_stage.model"):
-        clf16 = bh_model.load_classifier("default", precision="bf16", backbone=hed_backbone,
+        clf16 = bh_model.load_classifier(VGG16_HEAD, precision="bf16", backbone=hed_backbone,
                                          ov_cache_dir=tmp_path)
     if not bh_model._openvino_runs_bf16(clf16._compiled):
         pytest.skip("this CPU has no bf16: precision bf16 runs in f32 there, so comparing it "
                     "with f32 tests nothing")
     assert "no bf16 support" not in caplog.text  # regression: it warned on bf16 CPUs too
     p16 = clf16.predict_proba(stamps)
-    clf32 = bh_model.load_classifier("default", backbone=hed_backbone)
+    clf32 = bh_model.load_classifier(VGG16_HEAD, backbone=hed_backbone)
     p32 = clf32.predict_proba(stamps)
     assert p16.shape == (200,) and p16.dtype == np.float32
     threshold = clf32.blend_threshold
@@ -308,6 +326,6 @@ def test_bf16_close_to_f32(hed_backbone, tmp_path, caplog):
     assert np.all(np.abs(p32[flipped] - threshold) <= BF16_P99_ABS_DP)
     assert list(tmp_path.glob("bh_*.xml"))  # converted model cached
     # a second load reads the cache and gives the same numbers
-    p16b = bh_model.load_classifier("default", precision="bf16", backbone=hed_backbone,
+    p16b = bh_model.load_classifier(VGG16_HEAD, precision="bf16", backbone=hed_backbone,
                                     ov_cache_dir=tmp_path).predict_proba(stamps)
     np.testing.assert_allclose(p16b, p16, atol=1e-6)

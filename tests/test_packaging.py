@@ -161,5 +161,5 @@ def test_installed_package_resolves_default_head(wheel, tmp_path):
     module, head, tile_head = out.stdout.split()
     assert module.startswith(site)
     heads = (env / "share" / "bh-stage" / "heads").resolve()
-    assert head == str(heads / "cfis_sigma15_clip_80k.json")
+    assert head == str(heads / "compact_paper_sigma15.json")
     assert tile_head == str(heads / "tile_unrecognised.json")

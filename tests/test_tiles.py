@@ -153,11 +153,11 @@ def test_killed_run_restarts_with_correct_outputs(three_tiles, fake_classifier, 
     calls = []
     original = FakeClassifier.predict_proba
 
-    def killed_on_second_tile(self, stamps):
+    def killed_on_second_tile(self, stamps, rms_adu=None):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # Ctrl-C, or the batch system killing the job
-        return original(self, stamps)
+        return original(self, stamps, rms_adu)
 
     monkeypatch.setattr(FakeClassifier, "predict_proba", killed_on_second_tile)
     with pytest.raises(KeyboardInterrupt):

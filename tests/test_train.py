@@ -230,7 +230,7 @@ def test_train_compact_end_to_end(tmp_path):
     """``architecture: compact_cnn_paper_v1`` writes a paper head that ``load_classifier``
     turns into a ``CompactClassifier``: it separates the fake pairs from single blobs, its
     probability does not change under a quarter turn (the orientations it averages are the
-    same set), and it is refused in bf16 and as a teacher."""
+    same set), it runs f32 whatever the precision asked, and it is refused as a teacher."""
     from bh_stage import model as bh_model
     from bh_stage import tilehead
 
@@ -259,9 +259,17 @@ def test_train_compact_end_to_end(tmp_path):
     assert not np.allclose(clf.predict_proba(noisy, 60.0), p, atol=1e-3)
     assert tilehead.build_compact(51, 0, "compact_cnn_paper_v1").count_params() == len(
         np.concatenate([w.ravel() for w in bh_model.load_head(head_json).weights]))
-    with pytest.raises(ConfigError, match="f32 only"):
-        bh_model.load_classifier(head_json, precision="bf16")
+    assert bh_model.load_classifier(head_json, precision="bf16").precision == "f32"
     cfg_t = _cfg(datasets=[str(ds)], output_dir=str(tmp_path / "heads"), head_name="t2",
                  architecture="compact_cnn_paper_v1", teacher=str(head_json), max_epochs=1)
     with pytest.raises(ConfigError, match="compact head; distil from a VGG16 head"):
         bh_train.train(cfg_t)
+    # distilled from the shipped VGG16 head: the head records its teacher
+    cfg_d = _cfg(datasets=[str(ds)], output_dir=str(tmp_path / "heads"), head_name="t3",
+                 architecture="compact_cnn_paper_v1", teacher="cfis_sigma15_clip_80k",
+                 distill_weight=0.3, n_orientations=1, max_epochs=1)
+    meta_d = json.loads(Path(bh_train.train(cfg_d)[0]).read_text())
+    assert meta_d["teacher"]["head"] == "cfis_sigma15_clip_80k.json"
+    assert meta_d["teacher"]["distill_weight"] == 0.3 and meta_d["n_orientations"] == 1
+    assert meta_d["teacher"]["weights_sha256"] == bh_model.load_head(
+        bh_model.head_path("cfis_sigma15_clip_80k")).metadata["weights_sha256"]
