@@ -100,29 +100,26 @@ def stamp_set(path, sigma_adu):
 def tile_set(tiles_dir, role):
     """Stage stamps (65x65) of every detection of a tile role, the tile rms of each, the
     free catalogue cues of the stage (``BH_NEAREST_PIX`` negated, ``BH_NDET_STAMP``), the
-    ``COMPARISONS`` and the galaxy groups (galaxies numbered apart per tile)."""
+    ``COMPARISONS`` and the galaxy groups (as ``bh-stage evaluate-tile``: a galaxy drawn on
+    both tiles is one group)."""
     from bh_stage import cues, tileset
     from bh_stage.config import EvaluateTileConfig, config_from_dict
 
     cfg = config_from_dict(EvaluateTileConfig, {"tiles": {"work_dir": str(tiles_dir)}})
-    stamps, rms, classes, groups, free = [], [], [], [], []
-    offset = 0
+    stamps, rms, classes, free = [], [], [], []
     for folder in tileset.prepare_role(cfg.tiles, role):
         (x_pix, y_pix), cls, _ = tileset.detection_table(folder)
         st, rms_adu = tileset.detection_stamps(folder, side_pix=65)
-        g = galaxy_groups(cls)
         stamps.append(st)
         rms.append(np.full(len(st), rms_adu))
         classes.append(cls)
-        groups.append(g + offset)
         free.append(np.c_[-cues.nearest_detection_pix(x_pix, y_pix),
                           cues.detections_in_stamp(x_pix, y_pix)])
-        offset += int(g.max(initial=0)) + 1
     classes, free = np.concatenate(classes), np.concatenate(free).astype(np.float64)
     comparisons = {c: comparison_labels(classes, c) for c in COMPARISONS}
     cue_scores = {"-BH_NEAREST_PIX": free[:, 0], "BH_NDET_STAMP": free[:, 1]}
     return (np.concatenate(stamps), np.concatenate(rms), cue_scores, comparisons,
-            np.concatenate(groups))
+            galaxy_groups(classes))
 
 
 def score_all(heads, stamps, rms_adu):

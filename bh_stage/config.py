@@ -116,9 +116,11 @@ class RunConfig:
                             "head's name, or a path to a head's .json.")
     head: str = option("none", "Paper head giving BH_PAPER_PROB and BH_PAPER_FLAG (the "
                        "paper's question, not a cut on tiles: README 'Which column to cut "
-                       "on'): 'none' (not computed, no VGG16: the fast survey mode), 'default' "
-                       "(the shipped one matching the tile's noise), a shipped head's name, or "
-                       "a path to a head's .json.")
+                       "on'): 'none' (not computed: the fast survey mode), 'default' (the "
+                       "shipped one matching the tile's noise: the compact "
+                       "compact_paper_sigma15 at CFIS noise), a shipped head's name "
+                       "(cfis_sigma15_clip_80k: the paper's VGG16 network), or a path to a "
+                       "head's .json.")
     blend_threshold: typing.Optional[float] = option(
         None, "BLEND_FLAG is BLEND_PROB >= this; null: the tile head's threshold (measured on "
         "validation tiles).", min=0, max=1)

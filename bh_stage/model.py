@@ -599,15 +599,7 @@ class Classifier:
     """
 
     def __init__(self, model, head, precision="f32", batch_size=256, ov_cache_dir=None):
-        self.model = model
-        self.metadata = head.metadata
-        self.head_path = head.path
-        self.blend_threshold = float(head.metadata["blend_threshold"])
-        self.hybrid_threshold = float(head.metadata["hybrid_threshold"])
-        self.preprocess_mode = head.metadata["preprocess"]
-        self.input_shape = tuple(head.metadata["input_shape"])
-        self.precision = precision
-        self.batch_size = int(batch_size)
+        self._set_head(model, head, precision, batch_size)
         if precision == "f32":
             import tensorflow as tf
 
@@ -621,6 +613,16 @@ class Classifier:
             self._run = lambda x: compiled(x)[0]
         else:
             raise ConfigError(f"precision: {precision!r} is not one of ['f32', 'bf16']")
+
+    def _set_head(self, model, head, precision, batch_size):
+        """The attributes every classifier takes from its head."""
+        meta = head.metadata
+        self.model, self.metadata, self.head_path = model, meta, head.path
+        self.blend_threshold = float(meta["blend_threshold"])
+        self.hybrid_threshold = float(meta["hybrid_threshold"])
+        self.preprocess_mode = meta["preprocess"]
+        self.input_shape = tuple(meta["input_shape"])
+        self.precision, self.batch_size = precision, int(batch_size)
 
     def _check_stamps(self, stamps):
         stamps = np.asarray(stamps, dtype=np.float32)
@@ -686,15 +688,9 @@ class CompactClassifier(Classifier):
     def __init__(self, net, head, batch_size=256):
         import tensorflow as tf
 
-        meta = head.metadata
-        self.model, self.metadata, self.head_path = net, meta, head.path
-        self.blend_threshold = float(meta["blend_threshold"])
-        self.hybrid_threshold = float(meta["hybrid_threshold"])
-        self.preprocess_mode = meta["preprocess"]
-        self.input_shape = tuple(meta["input_shape"])
-        self.precision, self.batch_size = "f32", int(batch_size)
-        self.side_pix = int(meta["stamp_side_pix"])
-        self.n_orientations = int(meta["n_orientations"])
+        self._set_head(net, head, "f32", batch_size)
+        self.side_pix = int(head.metadata["stamp_side_pix"])
+        self.n_orientations = int(head.metadata["n_orientations"])
         self._fn = tf.function(lambda x, f: net([x, f], training=False), autograph=False,
                                reduce_retracing=True)
 

@@ -144,7 +144,7 @@ def test_compact_paper_head_in_the_stage(tile_run):
     keep = labels >= 0
     auc = roc_auc(prob[keep], labels[keep])
     print(f"ROC AUC of the compact BH_PAPER_PROB, close pairs vs isolated: {auc:.3f}")
-    assert auc > 0.8  # every close pair is a paper blend; measured 0.97
+    assert auc > 0.9  # every close pair is a paper blend; measured 0.985 (47 pairs, 67 isolated)
     base = fitsio.read(str(tile_run / "tile_bh.cat"), ext="LDAC_OBJECTS")
     for name in base.dtype.names:
         assert out[name].tobytes() == base[name].tobytes(), name
