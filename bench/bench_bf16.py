@@ -94,8 +94,9 @@ def main(argv=None):
            "seed": args.seed, "batch": args.batch}
     with tempfile.TemporaryDirectory() as tmp:
         kw = {"backbone": backbone, "batch_size": args.batch}
-        f32 = bh_model.load_classifier("cfis_sigma15_clip_80k", precision="f32", **kw)
-        bf16 = bh_model.load_classifier("cfis_sigma15_clip_80k", precision="bf16", ov_cache_dir=tmp, **kw)
+        head = "cfis_sigma15_clip_80k"
+        f32 = bh_model.load_classifier(head, precision="f32", **kw)
+        bf16 = bh_model.load_classifier(head, precision="bf16", ov_cache_dir=tmp, **kw)
         hint = bf16._compiled.get_property("INFERENCE_PRECISION_HINT")
         if not bh_model._openvino_runs_bf16(bf16._compiled):
             raise SystemExit(f"OpenVINO runs in {hint} here, not bf16: nothing to measure")
