@@ -11,7 +11,8 @@ Steps: Gaussian noise of ``noise_sigma_adu`` is added to each stamp from its own
 disk once per (data set, noise, realisation, preprocessing, backbone, copy, rows); the head is
 fitted as in the paper (BCE, Adam 1e-3, batch 250, best validation loss, early stopping 10,
 learning rate halved after 5); then ``blend_threshold`` (P >= t) and ``hybrid_threshold``
-(SEP says blended or P >= t) are chosen to maximise validation accuracy.
+(SEP says blended or P >= t) are chosen to maximise validation accuracy. A compact
+``architecture`` skips the backbone and trains a small CNN on the stamps (``train_compact``).
 """
 
 import hashlib
@@ -31,9 +32,9 @@ from .errors import ConfigError, OutputExistsError
 from .sep_flags import hybrid_flag
 from .simulate import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
 
-__all__ = ["train", "run_train", "train_head", "best_threshold", "calibrate_thresholds",
-           "augment_stamps", "split_indices", "noisy_stamps", "SPLIT_TRAIN", "SPLIT_VALID",
-           "SPLIT_TEST"]
+__all__ = ["train", "run_train", "train_head", "train_compact", "best_threshold",
+           "calibrate_thresholds", "augment_stamps", "split_indices", "noisy_stamps",
+           "SPLIT_TRAIN", "SPLIT_VALID", "SPLIT_TEST"]
 
 log = logging.getLogger(__name__)
 
@@ -528,7 +529,8 @@ def train_compact(cfg, head_json, attrs_list, truths, rows, progress=None):
     (``tilehead.fit_tile_head``). With ``teacher``, the target mixes the labels with the
     teacher's probabilities on the training stamps (noise realisation ``realisations[0]``).
     Early stopping on the validation split's ROC AUC (``realisations[0]``); the thresholds
-    are calibrated there as for the VGG16 heads (``calibrate_thresholds``).
+    are calibrated there as for the VGG16 heads (``calibrate_thresholds``). ``backbone``,
+    ``preprocess``, ``cache_dir`` and further ``realisations`` do not apply.
     """
     from . import tilehead
     from .io import read_dataset
