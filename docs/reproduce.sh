@@ -205,6 +205,10 @@ python bench/bench_compact_paper.py --head compact=compact_paper_sigma15 \
     --output bench/results/compact_paper_test.json
 python bench/bench_tile_head_runtime.py --paper-head compact_paper_sigma15 \
     --output bench/results/compact_paper_runtime.json
+# The shipped tile head in 1, 2 and 4 orientations on the validation tiles (what a faster
+# stage would cost; README "Speed and memory")
+python bench/bench_tile_head_variants.py --work-dir $work/tiles data/heads/tile_unrecognised.json \
+    --orientations 1,2,4 --out bench/results/tile_head_orientations_shipped.json
 
 # --- Speed (README "Speed and memory"): a 10k x 10k tile, the stage against source-extractor
 python bench/bench_stage.py --size-pix 10000 --head none
