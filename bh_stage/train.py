@@ -457,17 +457,14 @@ def train(cfg, progress=None):
                              cfg.seed, cfg.feature_batch_size, progress)
             for path, attrs, r in zip(cfg.datasets, attrs_list, rows[split])])
 
-    def labels(split):
-        return np.concatenate([t["label"][r] for t, r in zip(truths, rows[split])])
-
     x_train, y_train = [], []
     for realisation in cfg.realisations:
         for aug in range(cfg.n_augment + 1):
             x_train.append(features(SPLIT_TRAIN, realisation, aug))
-            y_train.append(labels(SPLIT_TRAIN))
+            y_train.append(_split_labels(truths, rows[SPLIT_TRAIN]))
     x_train, y_train = np.concatenate(x_train), np.concatenate(y_train)
     r0 = cfg.realisations[0]
-    x_valid, y_valid = features(SPLIT_VALID, r0, 0), labels(SPLIT_VALID)
+    x_valid, y_valid = features(SPLIT_VALID, r0, 0), _split_labels(truths, rows[SPLIT_VALID])
     n_test = sum(len(r) for r in rows[SPLIT_TEST])
     x_test = features(SPLIT_TEST, r0, 0) if n_test else None
     feature_seconds = time.perf_counter() - t0
@@ -479,7 +476,7 @@ def train(cfg, progress=None):
     calib = calibrate_thresholds(p_valid, y_valid, sep_valid)
     test = {}
     if n_test:
-        y_test = labels(SPLIT_TEST)
+        y_test = _split_labels(truths, rows[SPLIT_TEST])
         p_test = _predict_head(weights, x_test)
         sep_test = _sep_verdict(cfg.datasets, rows[SPLIT_TEST], attrs_list,
                                 cfg.noise_sigma_adu, r0, cfg.sep)
@@ -509,6 +506,11 @@ def train(cfg, progress=None):
     bh_model.save_head(head_json, weights, metadata, overwrite=cfg.overwrite)
     history.update(calibration=calib, test=test, feature_seconds=feature_seconds)
     return head_json, history
+
+
+def _split_labels(truths, split_rows):
+    """Labels of one split's rows of every data set, concatenated."""
+    return np.concatenate([t["label"][r] for t, r in zip(truths, split_rows)])
 
 
 def _datasets_metadata(cfg, attrs_list, rows):
@@ -544,11 +546,8 @@ def train_compact(cfg, head_json, attrs_list, truths, rows, progress=None):
                  for path, attrs, r in zip(cfg.datasets, attrs_list, rows[split])]
         return np.concatenate(parts).astype(np.float32)
 
-    def labels(split):
-        return np.concatenate([t["label"][r] for t, r in zip(truths, rows[split])])
-
     free = stamps(SPLIT_TRAIN, False)
-    y_train = labels(SPLIT_TRAIN).astype(np.int8)
+    y_train = _split_labels(truths, rows[SPLIT_TRAIN]).astype(np.int8)
     teacher, teacher_prob = None, None
     if cfg.teacher is not None:
         teacher = bh_model.load_classifier(cfg.teacher)
@@ -563,7 +562,7 @@ def train_compact(cfg, head_json, attrs_list, truths, rows, progress=None):
     y_all = np.tile(y_train, n_copies)
     soft = None if teacher_prob is None else np.tile(teacher_prob, n_copies)
     noisy_valid = stamps(SPLIT_VALID, True)
-    y_valid = labels(SPLIT_VALID).astype(np.int8)
+    y_valid = _split_labels(truths, rows[SPLIT_VALID]).astype(np.int8)
     x_valid = tilehead.scale_stamps(tilehead.centre_stamps(noisy_valid, side), sigma)
     net, history = tilehead.fit_tile_head(
         (x_train, np.zeros((len(y_all), 0), np.float32), y_all),

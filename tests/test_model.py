@@ -329,3 +329,11 @@ def test_bf16_close_to_f32(hed_backbone, tmp_path, caplog):
     p16b = bh_model.load_classifier(VGG16_HEAD, precision="bf16", backbone=hed_backbone,
                                     ov_cache_dir=tmp_path).predict_proba(stamps)
     np.testing.assert_allclose(p16b, p16, atol=1e-6)
+
+
+def test_tile_head_given_as_paper_head_is_refused():
+    """``head:`` naming the tile head: one clear error, not a paper head built from it."""
+    from bh_stage.tilehead import tile_head_path
+
+    with pytest.raises(ModelShapeError, match="not a paper head; give it as tile_head"):
+        bh_model.load_classifier(tile_head_path("default"))
