@@ -87,9 +87,10 @@ def main():
                         np.float32)
     rates = {"tile_head": network_rate(lambda s: tile_head.predict_proba(s, 14.5, features),
                                        result.n_objects, args.batch_size)}
-    head = "none" if args.head == "none" else model.head_path(args.head, 14.5).stem
-    if args.head != "none":
-        clf = model.load_classifier(model.head_path(args.head, 14.5), precision=args.precision,
+    head_json = None if args.head == "none" else model.head_path(args.head, 14.5)
+    head = "none" if head_json is None else head_json.stem
+    if head_json is not None:
+        clf = model.load_classifier(head_json, precision=args.precision,
                                     batch_size=args.batch_size)
         rates["paper_head"] = network_rate(clf.predict_proba, result.n_objects,
                                            args.batch_size)
