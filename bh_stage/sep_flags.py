@@ -15,6 +15,7 @@ Positions are 0-based pixel centres of the padded stamp, as in SEP.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import pickle
@@ -188,21 +189,43 @@ def classify_stamps(stamps, sep_cfg, true_xy=None, first_index=0):
     n, side = stamps.shape[0], stamps.shape[-1]
     out = np.zeros(n, dtype=[("nsrc", "i2"), ("blend", "i1"), ("error", "?")])
     centre = np.array([[side // 2, side // 2]], dtype=np.float64)
-    for i in range(n):
-        if true_xy is None:
-            known, stage_mode = centre, True
-        else:
-            known = true_xy[i][np.isfinite(true_xy[i]).all(axis=1)]
-            stage_mode = False
-        try:
-            objects = extract_sources(stamps[i], sep_cfg)
-        except Exception as err:  # SEP raises bare Exception for C-level failures.
-            out["nsrc"][i], out["error"][i] = -1, True
-            log.debug("obj %d: SEP failed: %s", first_index + i, err)
-            continue
-        out["nsrc"][i] = len(objects)
-        out["blend"][i] = _verdict(objects, known, sep_cfg.match_radius_pix, stage_mode)
+    with _pixel_stack(stamps.shape[-2] * side):
+        for i in range(n):
+            if true_xy is None:
+                known, stage_mode = centre, True
+            else:
+                known = true_xy[i][np.isfinite(true_xy[i]).all(axis=1)]
+                stage_mode = False
+            try:
+                objects = extract_sources(stamps[i], sep_cfg)
+            except Exception as err:  # SEP raises bare Exception for C-level failures.
+                out["nsrc"][i], out["error"][i] = -1, True
+                log.debug("obj %d: SEP failed: %s", first_index + i, err)
+                continue
+            out["nsrc"][i] = len(objects)
+            out["blend"][i] = _verdict(objects, known, sep_cfg.match_radius_pix, stage_mode)
     return out
+
+
+@contextlib.contextmanager
+def _pixel_stack(n_pixels):
+    """Set SEP's pixel stack (``sep.set_extract_pixstack``) to twice ``n_pixels``, then
+    restore it.
+
+    The stack holds the above-threshold pixels of the objects being extracted, at most every
+    pixel of the stamp, and SEP overflows only when it is full, so twice the stamp cannot
+    overflow. SEP's default stack (300,000 pixels) is initialised on every ``sep.extract``
+    call: on a 65x65 stamp that was three quarters of the call (0.66 against 0.17 ms with
+    sep 1.4.1), for the same sources.
+    """
+    import sep
+
+    previous = sep.get_extract_pixstack()
+    sep.set_extract_pixstack(2 * n_pixels)
+    try:
+        yield
+    finally:
+        sep.set_extract_pixstack(previous)
 
 
 class SepProcesses:

@@ -39,6 +39,24 @@ def test_true_positions_rules():
     assert out["blend"].tolist() == [1, 0, 0]
 
 
+def test_stamp_filled_by_one_object_fits_the_pixel_stack():
+    # every pixel above threshold: one object of all 65x65 pixels, the most the pixel stack
+    # classify_stamps sets must hold; SEP's own setting is restored afterwards
+    import sep
+
+    before = sep.get_extract_pixstack()
+    stamp = 1000.0 + np.random.default_rng(0).normal(0.0, 1.0, (1, 65, 65))
+    out = classify_stamps(stamp, SepConfig())
+    assert out["nsrc"].tolist() == [1] and not out["error"].any()
+    assert sep.get_extract_pixstack() == before
+    sep.set_extract_pixstack(65 * 65)  # one pixel short: SEP overflows, as the bound says
+    try:
+        with pytest.raises(Exception, match="(?i)pixel stack|internal"):
+            sep.extract(stamp[0], 1.5, err=1.0, minarea=5)
+    finally:
+        sep.set_extract_pixstack(before)
+
+
 def objects(xy, merged):
     rec = np.zeros(len(xy), dtype=[("x", "f8"), ("y", "f8"), ("flag", "i2")])
     rec["x"], rec["y"] = np.array(xy, dtype=float).T if len(xy) else ([], [])
