@@ -794,6 +794,12 @@ class TrainTileConfig:
                                  "4 rotations first) whose logits the head averages when "
                                  "it scores; calibration and threshold use the same.",
                                  min=1, max=8)
+    weights_from: typing.Optional[str] = option(None, "A tile head (shipped name or .json) "
+                                                "whose network is kept instead of trained: "
+                                                "only the calibration, threshold and "
+                                                "validation metrics are refitted, in "
+                                                "n_orientations; the training tiles are not "
+                                                "read. null: train.")
     output_dir: str = option("data/heads", "Folder of the trained head.")
     head_name: str = option("tile_unrecognised", "Head name (<name>.json, "
                             "<name>.weights.npz).")

@@ -24,7 +24,8 @@ natural prevalence also fixes the calibration (``calibrate_logits``) and the ``B
 threshold. The head scores each stamp in ``n_orientations`` of those orientations (rotations
 by 0, 90, 180, 270 degrees first) and averages the logits (``orientation_logits``); the
 calibration and threshold are fitted on the same average, and old heads without the key
-score one orientation.
+score one orientation. ``weights_from`` refits only the calibration and threshold of a
+trained network, e.g. in fewer orientations (``DEFAULT_TILE_HEAD``).
 """
 
 import json
@@ -276,6 +277,8 @@ class TileHead:
     ----------
     metadata : dict
         The head's JSON (architecture, calibration, thresholds, training provenance).
+    model : keras.Model
+        Its network (``build_compact``), for ``train-tile --set weights_from=...``.
     path : pathlib.Path
     blend_threshold : float
         ``BLEND_FLAG`` is ``BLEND_PROB >= blend_threshold``.
@@ -287,7 +290,7 @@ class TileHead:
         import tensorflow as tf
 
         meta = head.metadata
-        self.metadata, self.path = meta, head.path
+        self.metadata, self.path, self.model = meta, head.path, model
         self.blend_threshold = float(meta["blend_threshold"])
         self.catalogue_columns = tuple(meta["catalogue_columns"])
         self._mean = np.asarray(meta["feature_mean"], dtype=np.float32)
@@ -315,7 +318,11 @@ class TileHead:
 
 
 DEFAULT_TILE_HEAD = "tile_unrecognised"
-"""Shipped tile head used by ``tile_head: default``."""
+"""Shipped tile head used by ``tile_head: default`` (4 orientations). ``tile_unrecognised_o2``
+is its network in 2 orientations, calibrated again on the validation tiles
+(``train-tile --set weights_from=tile_unrecognised``): a faster stage for 0.002 of validation
+AUC (README, "Speed and memory")."""
+
 
 _LOADED = {}
 """Per-process cache of loaded tile heads, by (path, modification time)."""
@@ -371,7 +378,8 @@ def _role_arrays(folders, seed):
 
 
 def train_tile(cfg, progress=None):
-    """Train, calibrate and save a tile head (``bh-stage train-tile``).
+    """Train, calibrate and save a tile head (``bh-stage train-tile``); with
+    ``cfg.weights_from``, calibrate an existing head's network without training it.
 
     Returns
     -------
@@ -383,60 +391,81 @@ def train_tile(cfg, progress=None):
 
     from . import tileset
     from .io import check_output
-    from .metrics import roc_auc, tpr_at_fpr
     from .model import save_head
 
     out = Path(cfg.output_dir) / f"{cfg.head_name}.json"
     check_output(out, cfg.overwrite, make_parents=True)
     t0 = time.perf_counter()
-    folders = {role: tileset.prepare_role(cfg.tiles, role, progress)
-               for role in ("train", "valid")}
-    tr_img, tr_cat, tr_cls = _role_arrays(folders["train"], cfg.seed)
+    roles = ("valid",) if cfg.weights_from else ("train", "valid")
+    folders = {role: tileset.prepare_role(cfg.tiles, role, progress) for role in roles}
     va_img, va_cat, va_cls = _role_arrays(folders["valid"], cfg.seed)
-    t_data = time.perf_counter() - t0
-    mean, scale = tr_cat.mean(axis=0), tr_cat.std(axis=0) + 1e-6
-    y_tr, y_va = tr_cls["UNRECOGNISED"], va_cls["UNRECOGNISED"]
-    log.info("tile head: %d training detections (%.1f %% unrecognised blends), %d validation "
-             "(%.1f %%)", len(y_tr), 100 * y_tr.mean(), len(y_va), 100 * y_va.mean())
-    model, history = fit_tile_head(
-        (tr_img, (tr_cat - mean) / scale, y_tr), (va_img, (va_cat - mean) / scale, y_va),
-        seed=cfg.seed, max_epochs=cfg.max_epochs, patience_epochs=cfg.patience_epochs,
-        lr_drop_epochs=cfg.lr_drop_epochs, progress=progress)
+    y_va = va_cls["UNRECOGNISED"]
+    if cfg.weights_from:
+        source = load_tile_head(tile_head_path(cfg.weights_from))
+        meta, model = dict(source.metadata), source.model
+        mean, scale = (np.asarray(meta[k], np.float32) for k in ("feature_mean", "feature_scale"))
+        meta["calibrated_from"] = {"head": Path(source.path).name,
+                                   "n_orientations": meta.get("n_orientations", 1),
+                                   "weights_sha256": meta["weights_sha256"]}
+        log.info("tile head: the network of %s, calibrated on %d validation detections",
+                 source.path, len(y_va))
+    else:
+        tr_img, tr_cat, tr_cls = _role_arrays(folders["train"], cfg.seed)
+        t_data = time.perf_counter() - t0
+        mean, scale = tr_cat.mean(axis=0), tr_cat.std(axis=0) + 1e-6
+        y_tr = tr_cls["UNRECOGNISED"]
+        log.info("tile head: %d training detections (%.1f %% unrecognised blends), %d "
+                 "validation (%.1f %%)", len(y_tr), 100 * y_tr.mean(), len(y_va),
+                 100 * y_va.mean())
+        model, history = fit_tile_head(
+            (tr_img, (tr_cat - mean) / scale, y_tr), (va_img, (va_cat - mean) / scale, y_va),
+            seed=cfg.seed, max_epochs=cfg.max_epochs, patience_epochs=cfg.patience_epochs,
+            lr_drop_epochs=cfg.lr_drop_epochs, progress=progress)
+        meta = {
+            "target": TARGET, "architecture": ARCHITECTURE, "stamp_side_pix": STAMP_SIDE_PIX,
+            "backbone": "none", "backbone_sha256": "none", "preprocess": "asinh_rms",
+            "input_shape": [STAMP_SIDE_PIX, STAMP_SIDE_PIX, 1], "size_pix": 51, "pad_pix": 7,
+            "noise_sigma_adu": cfg.tiles.noise_sigma_adu,
+            "catalogue_features": list(cues.FEATURE_NAMES),
+            "catalogue_columns": list(cues.CATALOGUE_COLUMNS),
+            "feature_mean": mean, "feature_scale": scale, "history": history,
+            "tiles": {"train_seeds": cfg.tiles.train_seeds,
+                      "valid_seeds": cfg.tiles.valid_seeds,
+                      "size_pix": cfg.tiles.size_pix, "mag_max": cfg.tiles.mag_max,
+                      "density_per_arcmin2": cfg.tiles.density_per_arcmin2,
+                      "train_close_pair_fraction": cfg.tiles.train_close_pair_fraction,
+                      "close_pair_fraction": cfg.tiles.close_pair_fraction},
+            "data_seconds": t_data, "train_seconds": time.perf_counter() - t0 - t_data,
+            "seed": cfg.seed,
+        }
     logits = _logits(model, va_img, ((va_cat - mean) / scale).astype(np.float32),
                      cfg.n_orientations)
-    a, b = calibrate_logits(logits, y_va)
-    prob = sigmoid(a * logits + b)
-    threshold = float(np.quantile(prob, 1 - cfg.flag_fraction))
-    valid = {"n_detections": int(len(y_va)), "prevalence": float(y_va.mean()),
-             "roc_auc": roc_auc(logits, y_va),
-             "tpr_at_fpr_0.05": tpr_at_fpr(logits, y_va, 0.05),
-             "brier": float(np.mean((prob - y_va) ** 2)),
-             "brier_prevalence_only": float(np.mean((y_va.mean() - y_va) ** 2)),
-             "flagged_fraction": float(np.mean(prob >= threshold)),
-             "tpr_at_flag": float(np.mean(prob[y_va == 1] >= threshold)),
-             "reliability": reliability(prob, y_va)}
-    meta = {
-        "target": TARGET, "architecture": ARCHITECTURE, "stamp_side_pix": STAMP_SIDE_PIX,
-        "n_orientations": cfg.n_orientations,
-        "backbone": "none", "backbone_sha256": "none", "preprocess": "asinh_rms",
-        "input_shape": [STAMP_SIDE_PIX, STAMP_SIDE_PIX, 1], "size_pix": 51, "pad_pix": 7,
-        "noise_sigma_adu": cfg.tiles.noise_sigma_adu,
-        "catalogue_features": list(cues.FEATURE_NAMES),
-        "catalogue_columns": list(cues.CATALOGUE_COLUMNS),
-        "feature_mean": mean, "feature_scale": scale,
-        "calibration": {"a": a, "b": b, "rule": "p = sigmoid(a * logit + b), fitted on "
-                        "the validation tiles"},
-        "blend_threshold": threshold, "hybrid_threshold": None,
-        "flag_fraction": cfg.flag_fraction, "valid": valid, "history": history,
-        "tiles": {"train_seeds": cfg.tiles.train_seeds, "valid_seeds": cfg.tiles.valid_seeds,
-                  "size_pix": cfg.tiles.size_pix, "mag_max": cfg.tiles.mag_max,
-                  "density_per_arcmin2": cfg.tiles.density_per_arcmin2,
-                  "train_close_pair_fraction": cfg.tiles.train_close_pair_fraction,
-                  "close_pair_fraction": cfg.tiles.close_pair_fraction},
-        "data_seconds": t_data, "train_seconds": time.perf_counter() - t0 - t_data,
-        "seed": cfg.seed,
-    }
+    calibration, threshold, valid = _calibrate(logits, y_va, cfg.flag_fraction)
+    meta.update({"n_orientations": cfg.n_orientations, "calibration": calibration,
+                 "blend_threshold": threshold, "hybrid_threshold": None,
+                 "flag_fraction": cfg.flag_fraction, "valid": valid})
     return save_head(out, model.get_weights(), meta, overwrite=cfg.overwrite), valid
+
+
+def _calibrate(logits, labels, flag_fraction):
+    """Calibration, ``BLEND_FLAG`` threshold (flagging ``flag_fraction`` of the detections)
+    and metrics of a tile head's validation logits against its 0/1 labels."""
+    from .metrics import roc_auc, tpr_at_fpr
+
+    a, b = calibrate_logits(logits, labels)
+    prob = sigmoid(a * logits + b)
+    threshold = float(np.quantile(prob, 1 - flag_fraction))
+    valid = {"n_detections": int(len(labels)), "prevalence": float(labels.mean()),
+             "roc_auc": roc_auc(logits, labels),
+             "tpr_at_fpr_0.05": tpr_at_fpr(logits, labels, 0.05),
+             "brier": float(np.mean((prob - labels) ** 2)),
+             "brier_prevalence_only": float(np.mean((labels.mean() - labels) ** 2)),
+             "flagged_fraction": float(np.mean(prob >= threshold)),
+             "tpr_at_flag": float(np.mean(prob[labels == 1] >= threshold)),
+             "reliability": reliability(prob, labels)}
+    calibration = {"a": a, "b": b,
+                   "rule": "p = sigmoid(a * logit + b), fitted on the validation tiles"}
+    return calibration, threshold, valid
 
 
 def run_train_tile(cfg, progress=None):

@@ -135,7 +135,7 @@ def test_wheel_ships_every_head(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = {n.split("/data/", 1)[1] for n in z.namelist() if ".data/data/" in n}
     shipped = {f"share/bh-stage/heads/{p.name}" for p in (REPO / "data" / "heads").iterdir()}
-    assert len(shipped) == 18 and names == shipped  # 7 VGG16, 1 compact and 1 tile head
+    assert len(shipped) == 20 and names == shipped  # 7 VGG16, 1 compact, 2 tile heads
 
 
 def test_installed_package_resolves_default_head(wheel, tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bh_stage import tilehead
+from bh_stage.model import load_head
 
 
 def test_centre_and_scale_stamps():
@@ -138,6 +139,24 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     assert meta["architecture"] == tilehead.ARCHITECTURE
     assert 0 < meta["valid"]["prevalence"] < 1 and meta["calibration"]["a"] != 0
     assert meta["tiles"]["train_seeds"] == [1, 2]
+    # weights_from: the same network calibrated again; in the head's own orientations that
+    # gives back its calibration and threshold, in 2 orientations new ones
+    for name, n in (("again", 4), ("o2", 2)):
+        assert main(["-q", "train-tile", "example_config/train-tile.yml",
+                     *["--set=" + s for s in tiles], f"--set=output_dir={heads}",
+                     f"--set=weights_from={heads / 'tile_unrecognised.json'}",
+                     f"--set=n_orientations={n}", f"--set=head_name={name}"]) == 0
+    again, o2 = (json.loads((heads / f"{name}.json").read_text()) for name in ("again", "o2"))
+    for key in ("a", "b"):
+        assert again["calibration"][key] == pytest.approx(meta["calibration"][key], rel=1e-9)
+    assert again["blend_threshold"] == pytest.approx(meta["blend_threshold"], rel=1e-9)
+    assert o2["n_orientations"] == 2 and o2["calibration"]["a"] != meta["calibration"]["a"]
+    assert o2["calibrated_from"] == {"head": "tile_unrecognised.json", "n_orientations": 4,
+                                     "weights_sha256": meta["weights_sha256"]}
+    assert o2["history"] == meta["history"] and o2["tiles"] == meta["tiles"]
+    for x, y in zip(load_head(heads / "o2.json").weights,
+                    load_head(heads / "tile_unrecognised.json").weights):
+        np.testing.assert_array_equal(x, y)
     run = tmp_path / "run.yml"
     run.write_text(f"tile_head: {heads / 'tile_unrecognised.json'}\n")
     out = tmp_path / "report"
@@ -177,7 +196,15 @@ def test_shipped_tile_head_loads_and_scores():
     assert p.shape == (6,) and ((p > 0) & (p < 1)).all()
     a, b = meta["calibration"]["a"], meta["calibration"]["b"]
     np.testing.assert_allclose(p, tilehead.sigmoid(a * head.logits(stamps, 14.5, feats) + b))
-    # the head averages its rotations: a quarter-turned stamp scores the same
+    # the default averages its 4 rotations: a quarter-turned stamp scores the same
     assert head.n_orientations == meta["n_orientations"] == 4
     turned = np.rot90(stamps, 1, axes=(1, 2))
     np.testing.assert_allclose(head.predict_proba(turned, 14.5, feats), p, rtol=1e-5)
+    # the faster head is the same network in 2 orientations, the stamp and its quarter turn
+    two = tilehead.load_tile_head(tilehead.tile_head_path("tile_unrecognised_o2"))
+    assert two.n_orientations == 2 and two.metadata["calibrated_from"] == {
+        "head": head.path.name, "n_orientations": 4, "weights_sha256": meta["weights_sha256"]}
+    x = tilehead.scale_stamps(tilehead.centre_stamps(stamps), 14.5)
+    turns = [head.input_logits(tilehead.dihedral(x, k), feats, 1) for k in (0, 1)]
+    np.testing.assert_allclose(two.logits(stamps, 14.5, feats), np.mean(turns, axis=0),
+                               rtol=1e-5)
