@@ -25,7 +25,7 @@ threshold. The head scores each stamp in ``n_orientations`` of those orientation
 by 0, 90, 180, 270 degrees first) and averages the logits (``orientation_logits``); the
 calibration and threshold are fitted on the same average, and old heads without the key
 score one orientation. ``weights_from`` refits only the calibration and threshold of a
-trained network, e.g. in fewer orientations (``DEFAULT_TILE_HEAD``).
+trained network, e.g. in fewer orientations (the shipped ``tile_unrecognised_o2``).
 """
 
 import json
