@@ -177,6 +177,14 @@ python bench/bench_catalogue_offsets.py --work-dir $work/tiles
 # Heads on frozen VGG16 features on the same validation tiles (why the tile head is not one).
 python bench/bench_tile_heads.py --work-dir $work/tiles --train 101 --valid 201
 
+# Training-seed spread of the tile head (validation tiles only; about 1.5 h)
+for s in 1 2; do
+  bh-stage train-tile example_config/train-tile.yml --set tiles.work_dir=$work/tiles \
+      --set seed=$s --set output_dir=$work/heads --set head_name=tile_seed$s
+done
+python bench/bench_tile_head_variants.py --work-dir $work/tiles data/heads/tile_unrecognised.json \
+    $work/heads/tile_seed1.json $work/heads/tile_seed2.json --out bench/results/tile_head_seeds.json
+
 # --- Compact paper head (issue 15; README "A compact network for the paper's question";
 # about 1 h on 2 cores). Needs fold A's stamp sets ($p, above) and the tile set ($work/tiles).
 # Three variants trained on fold A's training split, chosen on validation stamps and tiles;
