@@ -355,8 +355,8 @@ def load_tile_head(path_json):
     meta = head.metadata
     if meta.get("target") != TARGET or meta.get("architecture") != ARCHITECTURE:
         raise ModelShapeError(f"{path_json}: not a tile head (target {meta.get('target')!r}, "
-                              f"architecture {meta.get('architecture')!r}); tile_head takes "
-                              f"a head made by `bh-stage train-tile`")
+                              f"architecture {meta.get('architecture')!r}); tile_head and "
+                              f"weights_from take a head made by `bh-stage train-tile`")
     model = build_compact(meta["stamp_side_pix"], len(meta["catalogue_features"]))
     model.set_weights(head.weights)
     _LOADED[key] = TileHead(model, head)
@@ -393,15 +393,16 @@ def train_tile(cfg, progress=None):
     from .io import check_output
     from .model import save_head
 
+    # a bad weights_from is refused before the output folder is made or a tile is read
+    source = load_tile_head(tile_head_path(cfg.weights_from)) if cfg.weights_from else None
     out = Path(cfg.output_dir) / f"{cfg.head_name}.json"
     check_output(out, cfg.overwrite, make_parents=True)
     t0 = time.perf_counter()
-    roles = ("valid",) if cfg.weights_from else ("train", "valid")
+    roles = ("valid",) if source else ("train", "valid")
     folders = {role: tileset.prepare_role(cfg.tiles, role, progress) for role in roles}
     va_img, va_cat, va_cls = _role_arrays(folders["valid"], cfg.seed)
     y_va = va_cls["UNRECOGNISED"]
-    if cfg.weights_from:
-        source = load_tile_head(tile_head_path(cfg.weights_from))
+    if source:
         meta, model = dict(source.metadata), source.model
         mean, scale = (np.asarray(meta[k], np.float32) for k in ("feature_mean", "feature_scale"))
         meta["calibrated_from"] = {"head": Path(source.path).name,

@@ -121,6 +121,21 @@ def test_reliability_bins_hold_every_detection():
         assert abs(b["freq"] - b["p_mean"]) < 0.1
 
 
+def test_weights_from_a_paper_head_is_refused_before_any_tile(tmp_path, capsys):
+    """train-tile --set weights_from=<not a tile head>: one line naming the file and the key,
+    exit code 2, no output folder made and no tile simulated."""
+    from bh_stage.cli import main
+
+    code = main(["-q", "train-tile", "example_config/train-tile.yml",
+                 f"--set=tiles.work_dir={tmp_path / 'tiles'}",
+                 f"--set=output_dir={tmp_path / 'heads'}",
+                 "--set=weights_from=compact_paper_sigma15", "--set=n_orientations=2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "compact_paper_sigma15.json: not a tile head" in err[0] and "weights_from" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.integration
 def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     from bh_stage.cli import main
