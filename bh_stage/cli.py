@@ -146,16 +146,19 @@ def _cmd_inspect(args):
                        args.y_column, args.hdu, args.seed, args.overwrite)
 
 
-MODULES = {"simulate": "simulate", "train": "train", "evaluate": "evaluate",
-           "train-tile": "tilehead", "evaluate-tile": "evaluate_tile"}
-"""Module of each config-file subcommand; it defines ``run_<subcommand with _>(cfg)``."""
+MODULES = {"simulate": "study.simulate", "train": "study.train", "evaluate": "study.evaluate",
+           "train-tile": "study.train_tile", "evaluate-tile": "study.evaluate_tile"}
+"""Module of each config-file subcommand (all in the study, extra [study]); it defines
+``run_<subcommand with _>(cfg)``."""
 
 
 def _cmd_schema(name):
     """Return the command of subcommand ``name``: load its config, call its ``run_`` function."""
     def command(args):
         from . import config
+        from .extras import check_extra
 
+        check_extra("study")
         module = importlib.import_module(f".{MODULES[name]}", __package__)
         cfg = config.load_config(args.config, config.SCHEMAS[name], args.set)
         bar = _ProgressBar(args.quiet)

@@ -601,7 +601,7 @@ class TrainConfig:
                            "or a path to a Keras VGG16 conv-base .weights.h5.")
     preprocess: str = option("caffe_clip", "Stamp preprocessing saved with the head: "
                              "'caffe_clip' (best on the realistic set), 'caffe', 'paper' or "
-                             "'caffe_signed' (see model.preprocess).",
+                             "'caffe_signed' (see nets.vgg.preprocess).",
                              choices=("caffe", "paper", "caffe_clip", "caffe_signed"))
     output_dir: str = option("data/heads", "Folder of the trained head.")
     head_name: typing.Optional[str] = option(None, "Head name (<name>.json and "

@@ -11,7 +11,7 @@ columns, header keys ``BH_THR`` and ``BH_RMS``) and its tile. Output: a folder w
   with ``BH_HTHR`` when the run had a paper head;
 - ``tile_map.png``: every detection, ``BLEND_FLAG == 1`` in colour.
 
-Stamps are cut as ``run_stage`` cuts them (``stage.tile_pixels``, ``stamps.cut_stamps`` with
+Stamps are cut as ``run_stage`` cuts them (``pixels.tile_pixels``, ``stamps.cut_stamps`` with
 the run's seed and the row's noise), so the gallery shows the networks' input.
 """
 
@@ -26,9 +26,10 @@ from . import io
 from .config import RunConfig
 from .errors import CatalogueColumnError, InputFileError
 from .sep_flags import decode_flags, extract_sources
-from .stage import auto_weight, tile_pixels
+from .pixels import tile_pixels
+from .stage import auto_weight
 from .stamps import cut_stamps, nearest_pixel
-from .tilehead import STAMP_SIDE_PIX
+from .nets.compact import STAMP_SIDE_PIX
 
 __all__ = ["N_STAMPS", "StageOutput", "read_stage_output", "pick_rows", "gallery_stamps",
            "stamp_sources", "neighbours_in_stamps", "run_inspect"]
@@ -142,7 +143,7 @@ def gallery_stamps(image, bad, rms_adu, x_pix, y_pix, rows, size_pix=DEFAULTS.st
     Parameters
     ----------
     image, bad, rms_adu
-        The tile as ``stage.tile_pixels`` returns it.
+        The tile as ``pixels.tile_pixels`` returns it.
     x_pix, y_pix : ndarray, shape (m,)
         0-based positions of every catalogue row.
     rows : array_like of int

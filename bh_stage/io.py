@@ -1,12 +1,15 @@
 """The only module that opens files.
 
 Tiles and weight maps (plain or tile-compressed FITS), SExtractor catalogues (FITS_LDAC and
-FITS_1.0), output catalogues, simulated data sets (HDF5) and simulated tiles. SExtractor and
+FITS_1.0), output catalogues, simulated data sets (HDF5), simulated tiles, and the bytes and sha256 of
+head files (``heads`` gives them their format). SExtractor and
 FITS positions are 1-based; everything this module returns is 0-based (``FITS_ORIGIN``).
 """
 
 import contextlib
 import dataclasses
+import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -864,3 +867,31 @@ def read_scores(path):
     with np.load(path) as f:
         data = {k: f[k] for k in f.files if k != "thresholds"}
         return data, tuple(float(v) for v in f["thresholds"])
+
+
+# --- hashes and raw bytes (heads) ------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path, mtime_ns, size):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path):
+    """Return the hex sha256 of a file (cached on path, size and modification time)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise InputFileError(f"{path}: cannot read ({err.strerror})") from err
+    return _sha256_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def atomic_write_bytes(path, write):
+    """Call ``write(file)`` on a temporary binary file that replaces ``path`` when complete."""
+    with atomic_output(path, overwrite=True, make_parents=True) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)

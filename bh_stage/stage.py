@@ -20,15 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, cues, io, model, tilehead
+from . import __version__, cues, heads, io, model, tilehead
 from .config import config_hash
 from .errors import CatalogueColumnError, ConfigError, InputFileError, ModelShapeError
 from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProcesses,
                         decode_flags, hybrid_flag)
+from .pixels import read_weight, tile_pixels
 from .stamps import cut_stamps, fill_and_pad, nearest_pixel, off_image, window_pixels
 
 __all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "output_columns", "resolve_paths",
-           "auto_weight", "tile_pixels"]
+           "auto_weight"]
 
 log = logging.getLogger(__name__)
 
@@ -143,65 +144,6 @@ def _check_positions(cat, shape, margin_pix):
             f"x={x[first] + io.FITS_ORIGIN:.1f}, y={y[first] + io.FITS_ORIGIN:.1f}, 1-based); "
             "is it the catalogue of this tile?")
     return finite
-
-
-def _bad_pixels(image, weight):
-    """Pixels that must not reach the network: non-finite, SExtractor nulls, zero weight."""
-    bad = ~np.isfinite(image) | (image <= io.SEXTRACTOR_NULL)
-    if weight is not None:
-        bad |= ~(weight > 0)
-    return bad
-
-
-def _subtract_background(image, bad):
-    """Subtract SEP's background in place and return the tile's global rms, in ADU."""
-    import sep
-
-    image[bad] = 0.0
-    bkg = sep.Background(image, mask=bad)
-    bkg.subfrom(image)
-    image[bad] = 0.0
-    return float(bkg.globalrms)
-
-
-def tile_pixels(tile_path, weight_path=None):
-    """Read a tile as the stage cuts its stamps: background-subtracted, with its bad pixels.
-
-    Parameters
-    ----------
-    tile_path : str or pathlib.Path
-        The tile, plain or tile-compressed FITS.
-    weight_path : str or pathlib.Path, optional
-        Its weight map; pixels of weight 0 count as bad.
-
-    Returns
-    -------
-    image : ndarray, float32, shape (ny, nx)
-        ADU, SEP's background subtracted, 0 at bad pixels.
-    bad : ndarray of bool, shape (ny, nx)
-        Non-finite, SExtractor's -1e30, or zero weight.
-    rms_adu : float
-        The tile's global rms (SEP), header key ``BH_RMS`` of the output.
-
-    Raises
-    ------
-    InputFileError
-        A file is unreadable, or the weight map's shape differs from the tile's.
-    """
-    image, _ = io.read_tile(tile_path)
-    weight = None if weight_path is None else _read_weight(weight_path, image.shape)
-    bad = _bad_pixels(image, weight)
-    del weight
-    return image, bad, _subtract_background(image, bad)
-
-
-def _read_weight(weight_path, shape):
-    """Read a weight map, refusing one whose shape ``(ny, nx)`` is not the tile's."""
-    weight, _ = io.read_tile(weight_path)
-    if weight.shape != tuple(shape):
-        raise InputFileError(f"{weight_path}: weight map is {weight.shape[1]}x"
-                             f"{weight.shape[0]}, the tile {shape[1]}x{shape[0]}")
-    return weight
 
 
 VIGNET_COLUMN = "VIGNET"
@@ -404,7 +346,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         image, bad, rms_adu = tile_pixels(tile, weight_path)
         log.info("tile rms %.3g ADU, %.2g %% of pixels masked", rms_adu, 100 * bad.mean())
     elif weight_path is not None:
-        bad = ~(_read_weight(weight_path, shape) > 0)
+        bad = ~(read_weight(weight_path, shape) > 0)
     if cfg.stamp.rms_adu is not None:
         rms_adu = cfg.stamp.rms_adu
         log.info("sky rms from stamp.rms_adu: %.3g ADU", rms_adu)
@@ -430,7 +372,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     progress(0, 1, "loading network")
     clf = None
     if cfg.head != "none":
-        head = model.head_path(cfg.head, noise_sigma_adu=rms_adu)
+        head = heads.head_path(cfg.head, noise_sigma_adu=rms_adu)
         loader = model.load_classifier if classifier_loader is None else classifier_loader
         clf = loader(head, precision=cfg.precision, batch_size=cfg.batch_size)
     progress(1, 1, "loading network")

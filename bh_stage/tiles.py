@@ -22,6 +22,7 @@ from pathlib import Path
 from . import io, model
 from .config import config_hash
 from .errors import BhStageError, ConfigError, InputFileError
+from .extras import require
 from .stage import output_columns, resolve_paths, run_stage
 
 __all__ = ["run_tiles", "TileResult", "expand_tiles", "format_summary", "output_complete",
@@ -50,7 +51,7 @@ def get_classifier(head, precision="f32", batch_size=256):
     Parameters
     ----------
     head : str or pathlib.Path
-        Head ``.json``, as returned by ``model.head_path``.
+        Head ``.json``, as returned by ``heads.head_path``.
     precision : str
         ``"f32"`` or ``"bf16"``.
     batch_size : int
@@ -130,9 +131,7 @@ def _one_line(err):
 
 def _where():
     try:
-        from distributed import get_worker
-
-        return get_worker().address
+        return require("distributed", "dask").get_worker().address
     except (ImportError, ValueError):
         return "local"
 
@@ -266,7 +265,8 @@ def _plan(cfg, tiles):
 
 def _cluster_client(workers, scheduler):
     """Return (client, cluster or None): connect to ``scheduler`` or start a local cluster."""
-    from distributed import Client, LocalCluster
+    distributed = require("distributed", "dask")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
 
     if scheduler is not None:
         log.info("connecting to the Dask scheduler at %s", scheduler)
@@ -286,7 +286,7 @@ def _cluster_client(workers, scheduler):
 
 
 def _run_on_client(client, todo, results, progress, done_count, total):
-    from distributed import as_completed
+    as_completed = require("distributed", "dask").as_completed
 
     futures = {client.submit(_run_one, tile_cfg, tile, pure=False,
                              key=f"bh-stage-tile-{i}-{Path(tile).name}"): i

@@ -183,7 +183,7 @@ class FakeTileHead:
 def fake_classifier(monkeypatch, tmp_path):
     """Patch ``bh_stage.model`` and ``bh_stage.tilehead`` so the stage scores with
     ``FakeClassifier`` (BH_PAPER_PROB) and ``FakeTileHead`` (BLEND_PROB)."""
-    from bh_stage import model, tilehead
+    from bh_stage import heads, model, tilehead
 
     monkeypatch.setattr(tilehead, "tile_head_path", lambda name: tmp_path / "fake_tile.json")
     monkeypatch.setattr(tilehead, "load_tile_head", FakeTileHead)
@@ -193,6 +193,6 @@ def fake_classifier(monkeypatch, tmp_path):
         made.append(FakeClassifier(head, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(model, "head_path", lambda name, **_: tmp_path / "fake_head.json")
+    monkeypatch.setattr(heads, "head_path", lambda name, **_: tmp_path / "fake_head.json")
     monkeypatch.setattr(model, "load_classifier", load)
     return made

@@ -1,4 +1,4 @@
-"""Tests of bh_stage.evaluate: metrics on hand-made cases, evaluate's use of the SEP rules,
+"""Tests of bh_stage.study.evaluate: metrics on hand-made cases, evaluate's use of the SEP rules,
 matched operating points, and an end-to-end run on a tiny fake data set with a fake
 classifier."""
 
@@ -7,9 +7,9 @@ import csv
 import numpy as np
 import pytest
 
-from bh_stage import evaluate as ev
-from bh_stage import evaluate_report
-from bh_stage import metrics as mt
+from bh_stage.study import evaluate as ev
+from bh_stage.study import evaluate_report
+from bh_stage.study import metrics as mt
 from bh_stage.config import EvaluateConfig, SepConfig, config_from_dict
 from bh_stage.errors import ConfigError, OutputExistsError
 
@@ -71,7 +71,7 @@ def test_accuracy_vs_separation_bins_blends_only():
 
 
 def test_snr_mask_and_true_positions():
-    from bh_stage.simulate import TRUTH_DTYPE
+    from bh_stage.study.simulate import TRUTH_DTYPE
 
     t = np.zeros(3, TRUTH_DTYPE)
     t["label"] = [0, 1, 1]
@@ -107,7 +107,7 @@ def _blob(xx, yy, x, y, flux, sigma=1.8):
 def make_dataset(path, n=40, seed=3):
     """n noise-free padded stamps: half isolated, half pairs at 2-25 px; test split."""
     from bh_stage.io import write_dataset
-    from bh_stage.simulate import SPLIT_TEST, SPLIT_TRAIN, TRUTH_DTYPE
+    from bh_stage.study.simulate import SPLIT_TEST, SPLIT_TRAIN, TRUTH_DTYPE
 
     rng = np.random.default_rng(seed)
     side = 51 + 2 * PAD
@@ -241,7 +241,7 @@ def test_sep_outputs_use_true_positions_in_padded_stamp():
     noisy = (img + np.random.default_rng(0).normal(0, 5.0, img.shape))[None].astype(
         np.float32)
     cfg = config_from_dict(EvaluateConfig, {"sep_scan_deblend_cont": [1.0, 0.005]})
-    from bh_stage.simulate import TRUTH_DTYPE
+    from bh_stage.study.simulate import TRUTH_DTYPE
 
     t = np.zeros(1, TRUTH_DTYPE)
     t["x0_pix"], t["y0_pix"], t["x1_pix"], t["y1_pix"] = 25, 25, 37, 25

@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from bh_stage import sep_flags, train
+from bh_stage import sep_flags
+
+from bh_stage.study import train
 
 
 def test_hybrid_flag_truth_table():

@@ -12,7 +12,8 @@ from bh_stage.config import RunConfig, config_from_dict
 from bh_stage.errors import CatalogueColumnError, InputFileError, OutputExistsError
 from bh_stage.inspect_output import (gallery_stamps, neighbours_in_stamps, pick_rows,
                                      read_stage_output, run_inspect, stamp_sources)
-from bh_stage.stage import run_stage, tile_pixels
+from bh_stage.pixels import tile_pixels
+from bh_stage.stage import run_stage
 
 from conftest import SOURCES_XY, TILE_SHAPE, FakeTileHead, gaussian_image
 

@@ -58,7 +58,7 @@ def tile_run(tmp_path_factory, cosmos_dir, sextractor):
         f"magnitude.size_slope_dex_per_mag={tiles.size_slope_dex_per_mag}",
         f"tile.image={folder}/tile.fits",
         f"tile.weight={folder}/tile.weight.fits", f"tile.truth={folder}/truth.fits"])
-    from bh_stage.simulate import run_simulate
+    from bh_stage.study.simulate import run_simulate
 
     run_simulate(cfg)
     sextract(sextractor, folder / "tile.fits", folder / "tile.weight.fits", folder / "tile.cat")
@@ -109,7 +109,7 @@ def close_pair_labels(catalogue, truth, half_pix=35):
 
 
 def test_blend_prob_separates_close_pairs(tile_run):
-    from bh_stage.metrics import roc_auc
+    from bh_stage.study.metrics import roc_auc
 
     out = fitsio.read(str(tile_run / "tile_bh.cat"), ext="LDAC_OBJECTS")
     labels = close_pair_labels(out, fitsio.read(str(tile_run / "truth.fits")))
@@ -127,7 +127,7 @@ def test_compact_paper_head_in_the_stage(tile_run):
     """``head:`` naming the shipped compact paper head: ``BH_PAPER_PROB`` comes from it (the
     header says which network), it ranks close pairs above isolated detections, and every
     other column equals the run without a paper head."""
-    from bh_stage.metrics import roc_auc
+    from bh_stage.study.metrics import roc_auc
 
     (tile_run / "compact.yml").write_text("weight: '{dir}/{stem}.weight.fits'\n"
                                           "head: compact_paper_sigma15\n"

@@ -1,4 +1,4 @@
-"""Tests of bh_stage.metrics: ROC numbers on hand-made scores with ties, and the galaxy
+"""Tests of bh_stage.study.metrics: ROC numbers on hand-made scores with ties, and the galaxy
 bootstrap against the row bootstrap."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bh_stage import metrics
+from bh_stage.study import metrics
 
 # --- ROC --------------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+from bh_stage import heads, io
 from bh_stage import model as bh_model
+from bh_stage.nets import openvino, vgg
 from bh_stage.errors import ConfigError, InputFileError, ModelShapeError
 
 MEANS = np.array([103.939, 116.779, 123.68], np.float32)
@@ -38,19 +40,19 @@ def test_import_does_not_load_tensorflow():
 def test_preprocess_known_values():
     s = np.zeros((1, 3, 3), np.float32)
     s[0, 0, 0], s[0, 1, 1], s[0, 2, 2] = 10.0, -5.0, 2.0
-    paper = bh_model.preprocess(s, "paper")
+    paper = vgg.preprocess(s, "paper")
     assert paper.shape == (1, 3, 3, 3) and paper.dtype == np.float32
     # |x| * 255 / 10 rounded: 255, 127.5 -> 128 (floor(v + 0.5)), 51
     np.testing.assert_allclose(paper[0, :, :, 0].diagonal(), [1.0, 128 / 255, 51 / 255],
                                rtol=1e-6)
     assert np.all(paper[..., 0] == paper[..., 2])
-    caffe = bh_model.preprocess(s, "caffe")
+    caffe = vgg.preprocess(s, "caffe")
     np.testing.assert_allclose(caffe[0, 0, 0], 255 - MEANS, rtol=1e-6)
     np.testing.assert_allclose(caffe[0, 1, 1], 128 - MEANS, rtol=1e-6)
     np.testing.assert_allclose(caffe[0, 0, 1], -MEANS, rtol=1e-6)
-    clip = bh_model.preprocess(s, "caffe_clip")
+    clip = vgg.preprocess(s, "caffe_clip")
     np.testing.assert_allclose(clip[0, 1, 1], -MEANS, rtol=1e-6)  # negative -> 0
-    signed = bh_model.preprocess(s, "caffe_signed")
+    signed = vgg.preprocess(s, "caffe_signed")
     np.testing.assert_allclose(signed[0, 0, 1], 128 - MEANS, rtol=1e-6)  # 0 -> mid-grey
     np.testing.assert_allclose(signed[0, 1, 1], np.floor(0.5 * 127.5 + 0.5) - MEANS)
 
@@ -60,31 +62,31 @@ def test_preprocess_matches_keras_caffe():
     from keras.applications.vgg16 import preprocess_input
 
     s = blob_stamps(3)
-    grey8 = np.round(bh_model.preprocess(s, "paper") * 255)
-    np.testing.assert_allclose(bh_model.preprocess(s, "caffe"),
+    grey8 = np.round(vgg.preprocess(s, "paper") * 255)
+    np.testing.assert_allclose(vgg.preprocess(s, "caffe"),
                                preprocess_input(grey8.copy()), atol=1e-4)
 
 
 def test_preprocess_blank_and_nonfinite():
     s = np.zeros((2, 5, 5), np.float32)
     s[1, 2, 2] = np.nan
-    for mode in bh_model.PREPROCESS_MODES:
-        out = bh_model.preprocess(s, mode)
+    for mode in vgg.PREPROCESS_MODES:
+        out = vgg.preprocess(s, mode)
         assert np.all(np.isfinite(out))
-    np.testing.assert_array_equal(bh_model.preprocess(s, "paper"), 0)
-    single = bh_model.preprocess(s[0], "caffe")
+    np.testing.assert_array_equal(vgg.preprocess(s, "paper"), 0)
+    single = vgg.preprocess(s[0], "caffe")
     assert single.shape == (1, 5, 5, 3)
 
 
 def test_preprocess_rejects_unknown_mode():
     with pytest.raises(ConfigError, match="'rgb' is not one of"):
-        bh_model.preprocess(np.zeros((1, 5, 5)), "rgb")
+        vgg.preprocess(np.zeros((1, 5, 5)), "rgb")
 
 
 # --- heads on disk (no TensorFlow) ------------------------------------------------------
 
 def _meta(**kw):
-    meta = {"backbone": "hed", "backbone_sha256": bh_model.backbone_sha256("hed"),
+    meta = {"backbone": "hed", "backbone_sha256": vgg.backbone_sha256("hed"),
             "preprocess": "caffe", "input_shape": [65, 65, 3], "size_pix": 51, "pad_pix": 7,
             "noise_sigma_adu": 15.0, "blend_threshold": 0.4, "hybrid_threshold": 0.8}
     meta.update(kw)
@@ -99,8 +101,8 @@ def _random_head_weights(seed=0):
 
 def test_save_load_head_roundtrip_and_sha(tmp_path):
     w = _random_head_weights()
-    path = bh_model.save_head(tmp_path / "h.json", w, _meta())
-    head = bh_model.load_head(path)
+    path = heads.save_head(tmp_path / "h.json", w, _meta())
+    head = heads.load_head(path)
     for a, b in zip(w, head.weights):
         np.testing.assert_array_equal(a, b)
     meta = json.loads(path.read_text())
@@ -109,82 +111,91 @@ def test_save_load_head_roundtrip_and_sha(tmp_path):
     # a changed weights file is refused
     np.savez(tmp_path / "h.weights.npz", *_random_head_weights(1))
     with pytest.raises(InputFileError, match="sha256"):
-        bh_model.load_head(path)
+        heads.load_head(path)
 
 
 def test_head_path_resolution(tmp_path):
     for name, sigma in (("a", 5.0), ("b", 14.0), ("c", 30.0)):
-        bh_model.save_head(tmp_path / f"{name}.json", _random_head_weights(),
+        heads.save_head(tmp_path / f"{name}.json", _random_head_weights(),
                            _meta(noise_sigma_adu=sigma))
-    assert bh_model.head_path("default", heads_dir=tmp_path).name == "b.json"
-    assert bh_model.head_path("default", 25.0, heads_dir=tmp_path).name == "c.json"
-    assert bh_model.head_path("a", heads_dir=tmp_path).name == "a.json"
-    assert bh_model.head_path(tmp_path / "c.json") == tmp_path / "c.json"
+    assert heads.head_path("default", heads_dir=tmp_path).name == "b.json"
+    assert heads.head_path("default", 25.0, heads_dir=tmp_path).name == "c.json"
+    assert heads.head_path("a", heads_dir=tmp_path).name == "a.json"
+    assert heads.head_path(tmp_path / "c.json") == tmp_path / "c.json"
     with pytest.raises(InputFileError, match="shipped: a, b, c"):
-        bh_model.head_path("zz", heads_dir=tmp_path)
+        heads.head_path("zz", heads_dir=tmp_path)
     with pytest.raises(InputFileError, match="no shipped head"):
-        bh_model.head_path("default", heads_dir=tmp_path / "empty")
+        heads.head_path("default", heads_dir=tmp_path / "empty")
     # a compact head trained at the same noise as a VGG16 one wins the tie, not others
-    bh_model.save_head(tmp_path / "d.json", _random_head_weights(),
+    heads.save_head(tmp_path / "d.json", _random_head_weights(),
                        _meta(noise_sigma_adu=14.0, architecture="compact_cnn_paper_v1"))
-    assert bh_model.head_path("default", 14.5, heads_dir=tmp_path).name == "d.json"
-    assert bh_model.head_path("default", 25.0, heads_dir=tmp_path).name == "c.json"
+    assert heads.head_path("default", 14.5, heads_dir=tmp_path).name == "d.json"
+    assert heads.head_path("default", 25.0, heads_dir=tmp_path).name == "c.json"
 
 
 def test_shipped_heads_are_complete_and_default_picks_by_noise():
     """Every shipped paper head loads (weights sha256 checked); the VGG16 ones were trained on
     the offline hed backbone with the default preprocessing, the compact one names its
     architecture and has its network's weights; 'default' resolves each training sigma to
-    its own head, the compact one at sigma 15 (and so at CFIS's 14.5); the tile head is never
-    a 'default' paper head."""
-    from bh_stage.tilehead import build_compact
+    its own head, a compact one where one shares the sigma; a tile head is never a 'default'
+    paper head. No list of shipped names: a head added or removed needs no edit here."""
+    from bh_stage.nets.compact import build_compact
 
-    hed_sha = bh_model.backbone_sha256("hed")
-    heads = [bh_model.load_head(p) for p in sorted(bh_model.HEADS_DIR.glob("*.json"))]
-    tile = [h for h in heads if h.metadata.get("target") == "unrecognised_blend"]
-    assert [h.path.name for h in tile] == ["tile_unrecognised.json",
-                                          "tile_unrecognised_o2.json"]
-    compact = [h for h in heads if bh_model.is_compact(h.metadata) and h.path not in
-               [t.path for t in tile]]
-    assert [h.path.name for h in compact] == ["compact_paper_sigma15.json"]
-    meta = compact[0].metadata
-    assert "compact" in meta["architecture"] and meta["backbone"] == "none"
-    assert meta["target"] == bh_model.PAPER_TARGET and meta["noise_sigma_adu"] == 15.0
-    assert 0 < meta["blend_threshold"] < 1 and 0 < meta["hybrid_threshold"] < 1
-    assert meta["val_accuracy_hybrid"] >= meta["val_accuracy_sep"]
-    assert [w.shape for w in compact[0].weights] == [w.shape for w in build_compact(
-        meta["stamp_side_pix"], 0, meta["architecture"]).get_weights()]
-    assert bh_model.head_path("default", 15.0) == compact[0].path
-    assert bh_model.head_path("default", 14.5) == compact[0].path
-    heads = [h for h in heads if h.path not in [t.path for t in tile + compact]]
-    sigmas = [h.metadata["noise_sigma_adu"] for h in heads]
-    assert 15.0 in sigmas and len(set(sigmas)) == len(sigmas)
-    for head in heads:
+    from bh_stage.tilehead import DEFAULT_TILE_HEAD
+
+    hed_sha = vgg.backbone_sha256("hed")
+    shipped = [heads.load_head(p) for p in sorted(heads.HEADS_DIR.glob("*.json"))]
+    tile = [h for h in shipped if h.metadata.get("target") == "unrecognised_blend"]
+    assert f"{DEFAULT_TILE_HEAD}.json" in [h.path.name for h in tile]
+    tile_paths = [h.path for h in tile]
+    compact_heads = [h for h in shipped if heads.is_compact(h.metadata)
+                     and h.path not in tile_paths]
+    assert compact_heads, "no compact paper head shipped"
+    for head in compact_heads:
+        meta = head.metadata
+        assert "compact" in meta["architecture"] and meta["backbone"] == "none"
+        assert meta["target"] == heads.PAPER_TARGET
+        assert 0 < meta["blend_threshold"] < 1 and 0 < meta["hybrid_threshold"] < 1
+        assert meta["val_accuracy_hybrid"] >= meta["val_accuracy_sep"]
+        assert [w.shape for w in head.weights] == [w.shape for w in build_compact(
+            meta["stamp_side_pix"], 0, meta["architecture"]).get_weights()]
+        # a compact head wins 'default' at its own noise (ties go to compact heads)
+        assert heads.is_compact(heads.load_head(
+            heads.head_path("default", meta["noise_sigma_adu"])).metadata)
+    vgg_heads = [h for h in shipped
+                 if h.path not in tile_paths + [c.path for c in compact_heads]]
+    sigmas = [h.metadata["noise_sigma_adu"] for h in vgg_heads]
+    assert len(set(sigmas)) == len(sigmas)
+    compact_sigmas = {h.metadata["noise_sigma_adu"] for h in compact_heads}
+    for head in vgg_heads:
         meta = head.metadata
         assert (meta["backbone"], meta["backbone_sha256"]) == ("hed", hed_sha)
-        assert meta["preprocess"] == bh_model.DEFAULT_PREPROCESS
+        assert meta["preprocess"] == vgg.DEFAULT_PREPROCESS
         assert 0 < meta["blend_threshold"] < 1 and 0 < meta["hybrid_threshold"] < 1
         assert meta["val_accuracy_hybrid"] >= meta["val_accuracy_sep"]
         assert [w.shape for w in head.weights] == [
-            w.shape for w in bh_model.build_head().get_weights()]
-        if meta["noise_sigma_adu"] != 15.0:
-            assert bh_model.head_path("default", meta["noise_sigma_adu"]) == head.path
+            w.shape for w in vgg.build_head().get_weights()]
+        if meta["noise_sigma_adu"] not in compact_sigmas:
+            assert heads.head_path("default", meta["noise_sigma_adu"]) == head.path
+    # the tile heads are never a 'default' paper head, at any shipped noise
+    for sigma in sigmas + sorted(compact_sigmas):
+        assert heads.head_path("default", sigma) not in tile_paths
 
 
 def test_mismatched_head_refused(tmp_path):
-    sha = bh_model.backbone_sha256("hed")
-    path = bh_model.save_head(tmp_path / "h.json", _random_head_weights(), _meta())
-    head = bh_model.load_head(path)
+    sha = vgg.backbone_sha256("hed")
+    path = heads.save_head(tmp_path / "h.json", _random_head_weights(), _meta())
+    head = heads.load_head(path)
     with pytest.raises(ModelShapeError, match=r"h\.json: trained with backbone 'hed'.*"
                                               r"preprocess 'caffe'.*asked for.*'paper'"):
-        bh_model.check_head_compatible(head, "hed", sha, preprocess_mode="paper")
+        heads.check_head_compatible(head, "hed", sha, preprocess_mode="paper")
     with pytest.raises(ModelShapeError, match=r"asked for backbone 'imagenet'"):
-        bh_model.check_head_compatible(head, "imagenet", sha)
+        heads.check_head_compatible(head, "imagenet", sha)
     with pytest.raises(ModelShapeError, match=r"input shape \(41, 41, 3\)"):
-        bh_model.check_head_compatible(head, "hed", sha, input_shape=(41, 41, 3))
-    bh_model.check_head_compatible(head, "hed", sha)  # the right one passes
+        heads.check_head_compatible(head, "hed", sha, input_shape=(41, 41, 3))
+    heads.check_head_compatible(head, "hed", sha)  # the right one passes
     # a head trained on other backbone weights is refused by load_classifier, before TF work
-    other = bh_model.save_head(tmp_path / "o.json", _random_head_weights(),
+    other = heads.save_head(tmp_path / "o.json", _random_head_weights(),
                                _meta(backbone_sha256="0" * 64))
     with pytest.raises(ModelShapeError, match=r"o\.json: trained with backbone 'hed' "
                                               r"\(weights sha256 000000000000"):
@@ -195,13 +206,13 @@ def test_mismatched_head_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def hed_backbone():
-    return bh_model.build_backbone("hed")
+    return vgg.build_backbone("hed")
 
 
 def test_hed_weights_bit_for_bit(hed_backbone):
     import keras
 
-    ref = bh_model.hed_conv_weights()
+    ref = vgg.hed_conv_weights()
     assert len(ref) == 13
     fresh = keras.applications.VGG16(include_top=False, weights=None, input_shape=(65, 65, 3))
     for name, (kernel, bias) in ref.items():
@@ -218,7 +229,7 @@ def test_hed_weights_bit_for_bit(hed_backbone):
 @pytest.fixture(scope="module")
 def head_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("heads")
-    return bh_model.save_head(d / "h.json", _random_head_weights(), _meta())
+    return heads.save_head(d / "h.json", _random_head_weights(), _meta())
 
 
 def test_classifier_reload_identical_and_stream(hed_backbone, head_file):
@@ -229,9 +240,9 @@ def test_classifier_reload_identical_and_stream(hed_backbone, head_file):
     p = clf.predict_proba(stamps)
     assert p.shape == (10,) and p.dtype == np.float32 and np.all((p >= 0) & (p <= 1))
     # the same numbers as backbone + head built by hand from the weights
-    head = bh_model.build_head()
+    head = vgg.build_head()
     head.set_weights(_random_head_weights())
-    ref = head(hed_backbone(bh_model.preprocess(stamps, "caffe"))).numpy().reshape(-1)
+    ref = head(hed_backbone(vgg.preprocess(stamps, "caffe"))).numpy().reshape(-1)
     np.testing.assert_allclose(p, ref, rtol=1e-5, atol=1e-6)
     # reloading gives identical probabilities (same batches: oneDNN's sums depend on them)
     p2 = bh_model.load_classifier(head_file, backbone=hed_backbone,
@@ -246,20 +257,20 @@ def test_classifier_reload_identical_and_stream(hed_backbone, head_file):
 
 
 def test_one_preprocess_for_training_and_inference(hed_backbone, head_file, monkeypatch):
-    """extract_features (training) and predict_proba (inference) both call model.preprocess."""
+    """extract_features (training) and predict_proba (inference) both call vgg.preprocess."""
     calls = []
-    real = bh_model.preprocess
-    monkeypatch.setattr(bh_model, "preprocess",
+    real = vgg.preprocess
+    monkeypatch.setattr(vgg, "preprocess",
                         lambda s, mode="caffe": calls.append(("called", mode)) or real(s, mode))
     stamps = blob_stamps(4)
-    feats = bh_model.extract_features(stamps, hed_backbone, "caffe", batch_size=3)
+    feats = vgg.extract_features(stamps, hed_backbone, "caffe", batch_size=3)
     assert feats.shape == (4, 2048) and calls == [("called", "caffe")] * 2
     calls.clear()
     clf = bh_model.load_classifier(head_file, backbone=hed_backbone)
     p = clf.predict_proba(stamps)
     assert calls == [("called", "caffe")]
     # and the head on the training features gives the inference probabilities
-    head = bh_model.build_head()
+    head = vgg.build_head()
     head.set_weights(_random_head_weights())
     p_feat = head(feats.reshape(-1, 2, 2, 512)).numpy().reshape(-1)
     np.testing.assert_allclose(p, p_feat, rtol=1e-5, atol=1e-6)
@@ -279,9 +290,9 @@ def test_openvino_runs_bf16_reads_the_type():
             return self.precision
 
     assert str(ov.Type.bf16) == "<Type: 'bfloat16'>"
-    assert bh_model._openvino_runs_bf16(Compiled(ov.Type.bf16))
-    assert not bh_model._openvino_runs_bf16(Compiled(ov.Type.f32))
-    assert not bh_model._openvino_runs_bf16(Compiled(ov.Type.f16))
+    assert openvino.runs_bf16(Compiled(ov.Type.bf16))
+    assert not openvino.runs_bf16(Compiled(ov.Type.f32))
+    assert not openvino.runs_bf16(Compiled(ov.Type.f16))
 
 
 BF16_P99_ABS_DP = 0.06
@@ -308,7 +319,7 @@ def test_bf16_close_to_f32(hed_backbone, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="bh_stage.model"):
         clf16 = bh_model.load_classifier(VGG16_HEAD, precision="bf16", backbone=hed_backbone,
                                          ov_cache_dir=tmp_path)
-    if not bh_model._openvino_runs_bf16(clf16._compiled):
+    if not openvino.runs_bf16(clf16._compiled):
         pytest.skip("this CPU has no bf16: precision bf16 runs in f32 there, so comparing it "
                     "with f32 tests nothing")
     assert "no bf16 support" not in caplog.text  # regression: it warned on bf16 CPUs too

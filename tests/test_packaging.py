@@ -1,5 +1,6 @@
-"""Packaging: every third-party import is declared, and the shipped heads travel with a
-non-editable install (wheel data files under ``share/bh-stage/heads``)."""
+"""Packaging: every third-party import is declared, the stage installs without the study's
+extras, the layout has no import cycle and the stage never imports the study, and the shipped
+heads travel with a non-editable install (package data, ``bh_stage/data/heads``)."""
 
 import ast
 import configparser
@@ -31,17 +32,19 @@ def _names(text):
 
 
 def _declared():
-    """(runtime, test) sets of normalised distribution names from setup.cfg."""
+    """(runtime, every extra) sets of normalised distribution names from setup.cfg."""
     cp = configparser.ConfigParser()
     cp.read(REPO / "setup.cfg")
-    return (_names(cp.get("options", "install_requires")),
-            _names(cp.get("options.extras_require", "test")))
+    extras = set()
+    for _, value in cp.items("options.extras_require"):
+        extras |= _names(value)
+    return _names(cp.get("options", "install_requires")), extras
 
 
 def _third_party_imports(folder):
     """Top-level module -> first 'file:line' importing it, for every .py file in folder."""
     found = {}
-    for path in sorted(folder.glob("*.py")):
+    for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -65,10 +68,11 @@ def _declared_extra(name):
 @pytest.mark.parametrize("folder", ["bh_stage", "tests"])
 def test_every_import_is_declared(folder):
     """Regression: scipy was imported by evaluate.py and train.py but declared nowhere, so a
-    fresh `pip install -e ".[test]"` failed 13 tests."""
-    runtime, test = _declared()
-    # ceci: the extra of bh_stage/ceci_stage.py (which names it when missing) and its test
-    allowed = runtime | _names(_declared_extra("ceci")) | (test if folder == "tests" else set())
+    fresh `pip install -e ".[test]"` failed 13 tests. The package imports an extra's
+    modules only through ``extras.require`` (which names the extra), so every plain import in
+    it must be a runtime requirement; tests may use every extra."""
+    runtime, extras = _declared()
+    allowed = runtime | (extras if folder == "tests" else set())
     providers = importlib.metadata.packages_distributions()
     missing = []
     for module, where in _third_party_imports(REPO / folder).items():
@@ -80,8 +84,101 @@ def test_every_import_is_declared(folder):
     assert not missing, f"imported but not declared in setup.cfg: {', '.join(missing)}"
 
 
-def test_scikit_learn_is_declared():
-    assert "scikit-learn" in _declared()[0]
+def _setup_extras():
+    cp = configparser.ConfigParser()
+    cp.read(REPO / "setup.cfg")
+    return {name: _names(value) for name, value in cp.items("options.extras_require")}
+
+
+def test_extras_module_matches_setup_cfg():
+    """Each module ``extras.EXTRAS`` names is provided by a distribution of that extra in
+    setup.cfg and by none of the base requirements (else `pip install .` would bring it)."""
+    from bh_stage.extras import EXTRAS
+
+    runtime = _declared()[0]
+    setup = _setup_extras()
+    providers = importlib.metadata.packages_distributions()
+    for extra, modules in EXTRAS.items():
+        for module in modules:
+            dists = {_norm(d) for d in providers.get(module, [module])}
+            dists |= {ALIASES[module]} if module in ALIASES else set()
+            assert dists & setup[extra], (extra, module)
+            assert not dists & runtime, (extra, module)
+    assert {"study", "paper", "dask", "ceci", "docs", "test"} <= set(setup)
+
+
+def _module_graph():
+    """Module -> set of bh_stage modules it imports (any depth in the file), dotted names."""
+    graph = {}
+    for path in sorted((REPO / "bh_stage").rglob("*.py")):
+        rel = path.relative_to(REPO).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = name if rel.name == "__init__" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[:len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if target.startswith("bh_stage"):
+                    subs = [f"{target}.{a.name}" for a in node.names]
+                    deps |= {t for t in subs + [target]}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("bh_stage")}
+        graph[name] = deps
+    modules = set(graph)
+    return {m: {d for d in deps if d in modules and d != m} for m, deps in graph.items()}
+
+
+def test_stage_never_imports_the_study():
+    """The stage (every module outside bh_stage.study) imports nothing from the study."""
+    bad = {m: sorted(d for d in deps if d.startswith("bh_stage.study"))
+           for m, deps in _module_graph().items() if not m.startswith("bh_stage.study")}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_no_import_cycle():
+    """No module reaches itself through imports, lazy ones (inside functions) included;
+    package ``__init__`` modules import nothing of their own subpackage here."""
+    graph = _module_graph()
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for d in graph[m]:
+            if state.get(d) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(path + [m, d]))
+            if d not in state:
+                visit(d, path + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_module_graph_sees_imports():
+    """The graph the two tests above read finds known imports (a guard against a parser
+    that sees none)."""
+    graph = _module_graph()
+    assert "bh_stage.stage" in graph["bh_stage.cli"]
+    assert "bh_stage.nets.compact" in graph["bh_stage.tilehead"]
+    assert "bh_stage.study.tileset" in graph["bh_stage.study.train_tile"]
+
+
+def test_study_command_without_its_extra_names_it(tmp_path):
+    """A study command without galsim stops with exit 2 and one line naming the extra."""
+    code = ("import sys; sys.modules['galsim'] = None; from bh_stage.cli import main; "
+            "sys.exit(main(['simulate', 'x.yml']))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, text=True,
+                         capture_output=True)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("bh-stage simulate: error: galsim not installed; this "
+                                  "command needs the extra [study]: pip install "
+                                  "'bh-stage[study]'")
 
 
 def test_optional_bench_tool_names_its_extra(tmp_path):
@@ -123,7 +220,6 @@ def wheel(tmp_path_factory):
         shutil.copy2(REPO / name, src / name)
     shutil.copytree(REPO / "bh_stage", src / "bh_stage",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "data" / "heads", src / "data" / "heads")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "--no-index", "-q", "-w", str(tmp / "dist"), str(src)], check=True)
     (path,) = (tmp / "dist").glob("bh_stage-*.whl")
@@ -131,11 +227,14 @@ def wheel(tmp_path_factory):
 
 
 def test_wheel_ships_every_head(wheel):
-    """Regression: HEADS_DIR pointed at <repo>/data/heads only, so a wheel had no head."""
+    """Regression: HEADS_DIR pointed at <repo>/data/heads only, so a wheel had no head. Every
+    file of the checkout's heads folder is package data of the wheel, and nothing else."""
+    from bh_stage.heads import HEADS_DIR
+
     with zipfile.ZipFile(wheel) as z:
-        names = {n.split("/data/", 1)[1] for n in z.namelist() if ".data/data/" in n}
-    shipped = {f"share/bh-stage/heads/{p.name}" for p in (REPO / "data" / "heads").iterdir()}
-    assert len(shipped) == 20 and names == shipped  # 7 VGG16, 1 compact, 2 tile heads
+        names = {n for n in z.namelist() if n.startswith("bh_stage/data/heads/")}
+    shipped = {f"bh_stage/data/heads/{p.name}" for p in HEADS_DIR.iterdir()}
+    assert shipped and names == shipped
 
 
 def test_installed_package_resolves_default_head(wheel, tmp_path):
@@ -153,13 +252,15 @@ def test_installed_package_resolves_default_head(wheel, tmp_path):
     # this environment's packages after the new one's; its .pth files (the editable
     # install of the checkout) are not run
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    code = ("from bh_stage import model, tilehead; print(model.__file__); "
-            "print(model.head_path('default', noise_sigma_adu=14.5)); "
+    from bh_stage import heads, tilehead
+
+    code = ("from bh_stage import heads, tilehead; print(heads.__file__); "
+            "print(heads.head_path('default', noise_sigma_adu=14.5)); "
             "print(tilehead.tile_head_path('default'))")
     out = subprocess.run([str(python), "-c", code], cwd=tmp_path, check=True, text=True,
                          capture_output=True, env={"PATH": "/usr/bin:/bin"})
     module, head, tile_head = out.stdout.split()
     assert module.startswith(site)
-    heads = (env / "share" / "bh-stage" / "heads").resolve()
-    assert head == str(heads / "compact_paper_sigma15.json")
-    assert tile_head == str(heads / "tile_unrecognised.json")
+    installed = Path(site) / "bh_stage" / "data" / "heads"
+    assert head == str(installed / heads.head_path("default", noise_sigma_adu=14.5).name)
+    assert tile_head == str(installed / tilehead.tile_head_path("default").name)

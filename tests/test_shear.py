@@ -1,9 +1,9 @@
-"""Tests of bh_stage.shear: the (m, c) estimator on known answers and HSM on known shears."""
+"""Tests of bh_stage.study.shear: the (m, c) estimator on known answers and HSM on known shears."""
 
 import numpy as np
 import pytest
 
-from bh_stage.shear import hsm_shapes, responsivity, shear_bias
+from bh_stage.study.shear import hsm_shapes, responsivity, shear_bias
 
 
 def _pair(m, c, g, resp, n=2000, seed=0):

@@ -1,4 +1,4 @@
-"""Tests of bh_stage.simulate (GalSim stamp sets and tiles) and the io functions it uses."""
+"""Tests of bh_stage.study.simulate (GalSim stamp sets and tiles) and the io functions it uses."""
 
 import dataclasses
 import os
@@ -46,27 +46,27 @@ def make_cfg(cosmos, **kw):
 
 @pytest.fixture(scope="module")
 def param_set(cosmos):
-    from bh_stage.simulate import simulate_stamps
+    from bh_stage.study.simulate import simulate_stamps
 
     return simulate_stamps(make_cfg(cosmos))
 
 
 @pytest.fixture(scope="module")
 def mixed_set(cosmos):
-    from bh_stage.simulate import simulate_stamps
+    from bh_stage.study.simulate import simulate_stamps
 
     return simulate_stamps(make_cfg(cosmos, set_kind="mixed", n_stamps=40, real_fraction=0.6))
 
 
 @pytest.fixture(scope="module")
 def real_set(cosmos):
-    from bh_stage.simulate import simulate_stamps
+    from bh_stage.study.simulate import simulate_stamps
 
     return simulate_stamps(make_cfg(cosmos, set_kind="real", n_stamps=20))
 
 
 def test_shapes_labels_and_balance(param_set):
-    from bh_stage.simulate import TRUTH_DTYPE
+    from bh_stage.study.simulate import TRUTH_DTYPE
 
     stamps, truth, attrs = param_set
     assert stamps.shape == (40, 65, 65) and stamps.dtype == np.float32
@@ -93,7 +93,7 @@ def test_shapes_labels_and_balance(param_set):
 
 def test_flux_matches_magnitude(param_set):
     """An isolated stamp sums to (nearly) its flux; flux follows the assigned magnitude."""
-    from bh_stage.simulate import magnitude_zeropoint
+    from bh_stage.study.simulate import magnitude_zeropoint
 
     stamps, truth, _ = param_set
     iso = truth["label"] == 0
@@ -107,7 +107,7 @@ def test_sources_where_truth_says(cosmos):
     """SEP on bright, noise-free, well-separated blends finds both galaxies within 1 px."""
     import sep
 
-    from bh_stage.simulate import simulate_stamps
+    from bh_stage.study.simulate import simulate_stamps
 
     cfg = make_cfg(cosmos, n_stamps=16, seed=11,
                    magnitude={"mag_min": 20.0, "mag_max": 21.0},
@@ -130,7 +130,7 @@ def test_sources_where_truth_says(cosmos):
 
 
 def test_same_seed_bit_identical(cosmos, param_set):
-    from bh_stage.simulate import simulate_stamps
+    from bh_stage.study.simulate import simulate_stamps
 
     stamps, truth, _ = simulate_stamps(make_cfg(cosmos, chunk_size=7))
     assert np.array_equal(stamps, param_set[0])
@@ -140,7 +140,7 @@ def test_same_seed_bit_identical(cosmos, param_set):
 
 
 def test_workers_do_not_change_output(cosmos):
-    from bh_stage.simulate import simulate_stamps
+    from bh_stage.study.simulate import simulate_stamps
 
     one = simulate_stamps(make_cfg(cosmos, n_stamps=24, chunk_size=5, set_kind="mixed"))
     two = simulate_stamps(make_cfg(cosmos, n_stamps=24, chunk_size=5, set_kind="mixed",
@@ -207,7 +207,7 @@ def test_magnitude_cap_on_real_galaxies(cosmos, real_set, mixed_set):
 
 def test_mixed_set_of_the_test_half(cosmos):
     """The second cross-validation fold trains on the test half: mixed_real_half='test'."""
-    from bh_stage.simulate import simulate_stamps
+    from bh_stage.study.simulate import simulate_stamps
 
     _, truth, attrs = simulate_stamps(make_cfg(cosmos, set_kind="mixed", n_stamps=16,
                                                real_fraction=1.0, mixed_real_half="test"))
@@ -217,7 +217,7 @@ def test_mixed_set_of_the_test_half(cosmos):
 
 def test_size_follows_the_size_magnitude_relation(cosmos):
     """Dimming a galaxy by 3 mag shrinks it by 10**(-0.105 * 3) = 0.48 (default slope)."""
-    from bh_stage.simulate import _catalogue, _galaxy, _sample_mags, _settings
+    from bh_stage.study.simulate import _catalogue, _galaxy, _sample_mags, _settings
 
     cfg = make_cfg(cosmos)
     settings = _settings(cfg)
@@ -257,7 +257,7 @@ def test_read_dataset_errors(tmp_path):
 
 
 def test_missing_cosmos_dir(tmp_path):
-    from bh_stage.simulate import run_simulate
+    from bh_stage.study.simulate import run_simulate
 
     missing = tmp_path / "no_cosmos"
     out = tmp_path / "out.h5"
@@ -269,7 +269,7 @@ def test_missing_cosmos_dir(tmp_path):
 
 
 def test_missing_catalogue_file(tmp_path, cosmos):
-    from bh_stage.simulate import simulate_stamps
+    from bh_stage.study.simulate import simulate_stamps
 
     cfg = make_cfg(cosmos, parametric_catalogue="nope.fits", n_stamps=8)
     with pytest.raises(InputFileError, match="nope.fits"):
@@ -292,7 +292,7 @@ def test_bad_config(data, match):
 
 
 def test_refuses_to_overwrite(tmp_path, cosmos):
-    from bh_stage.simulate import run_simulate
+    from bh_stage.study.simulate import run_simulate
 
     out = tmp_path / "set.h5"
     out.write_bytes(b"keep")
@@ -303,7 +303,7 @@ def test_refuses_to_overwrite(tmp_path, cosmos):
 
 
 def test_run_simulate_stamps(tmp_path, cosmos):
-    from bh_stage.simulate import run_simulate
+    from bh_stage.study.simulate import run_simulate
 
     out = tmp_path / "sub" / "set.h5"
     cfg = make_cfg(cosmos, n_stamps=8, output=str(out))
@@ -316,7 +316,7 @@ def test_run_simulate_stamps(tmp_path, cosmos):
 
 
 def test_close_fraction_knob(cosmos):
-    from bh_stage.simulate import simulate_stamps
+    from bh_stage.study.simulate import simulate_stamps
 
     stamps, truth, attrs = simulate_stamps(make_cfg(
         cosmos, n_stamps=40, separation={"close_fraction": 1.0, "min_separation_pix": 2.0}))
@@ -340,7 +340,7 @@ def test_example_config_has_defaults():
 def test_tile(tmp_path, cosmos, suffix):
     import fitsio
 
-    from bh_stage.simulate import run_simulate
+    from bh_stage.study.simulate import run_simulate
 
     tile = {"nx_pix": 300, "ny_pix": 200, "density_per_arcmin2": 60.0,
             "close_pair_fraction": 0.4, "mask_box_pix": 10,
@@ -380,7 +380,7 @@ def test_tile(tmp_path, cosmos, suffix):
 
 
 def test_tile_reproducible(cosmos):
-    from bh_stage.simulate import simulate_tile
+    from bh_stage.study.simulate import simulate_tile
 
     cfg = make_cfg(cosmos, mode="tile", tile={"nx_pix": 128, "ny_pix": 128})
     a = simulate_tile(cfg)
@@ -390,8 +390,8 @@ def test_tile_reproducible(cosmos):
 
 def test_tile_shear_is_the_only_difference(cosmos):
     """Tiles of one seed sheared by +-0.02: same truth, stars, PSF and noise; sheared galaxies."""
-    from bh_stage.shear import hsm_shapes
-    from bh_stage.simulate import psf_image, simulate_tile
+    from bh_stage.study.shear import hsm_shapes
+    from bh_stage.study.simulate import psf_image, simulate_tile
 
     tile = {"nx_pix": 200, "ny_pix": 200, "draw_size_pix": 32, "star_density_per_arcmin2": 40}
     out = {}

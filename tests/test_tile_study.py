@@ -8,22 +8,24 @@ import numpy as np
 import pytest
 
 from bh_stage import tilehead
-from bh_stage.model import load_head
+from bh_stage.nets import compact
+from bh_stage.study import train_tile
+from bh_stage.heads import load_head
 
 
 def test_centre_and_scale_stamps():
     stamps = np.arange(2 * 65 * 65, dtype=np.float32).reshape(2, 65, 65)
-    centre = tilehead.centre_stamps(stamps, 33)
+    centre = compact.centre_stamps(stamps, 33)
     assert centre.shape == (2, 33, 33)
     assert centre[0, 16, 16] == stamps[0, 32, 32]  # the object pixel stays at the centre
-    x = tilehead.scale_stamps(np.full((1, 3, 3), 30.0), rms_adu=10.0)
+    x = compact.scale_stamps(np.full((1, 3, 3), 30.0), rms_adu=10.0)
     assert x.shape == (1, 3, 3, 1) and x.dtype == np.float32
     np.testing.assert_allclose(x, np.arcsinh(1.0), rtol=1e-6)
 
 
 def test_dihedral_gives_the_eight_symmetries():
     stamp = np.arange(9.0).reshape(1, 3, 3, 1)  # no symmetry: every transform is different
-    images = [tilehead.dihedral(stamp, k) for k in range(8)]
+    images = [compact.dihedral(stamp, k) for k in range(8)]
     assert len({im.tobytes() for im in images}) == 8
     assert (images[0] == stamp).all()
     assert images[1][0, 0, 0, 0] == stamp[0, 0, 2, 0]  # a quarter turn counter-clockwise
@@ -31,7 +33,7 @@ def test_dihedral_gives_the_eight_symmetries():
     import tensorflow as tf  # training augments with the TensorFlow twin: same order
 
     for k in range(8):
-        np.testing.assert_array_equal(tilehead._dihedral(tf.constant(stamp), tf.constant(k)),
+        np.testing.assert_array_equal(compact.dihedral_tf(tf.constant(stamp), tf.constant(k)),
                                       images[k])
 
 
@@ -42,12 +44,12 @@ def test_orientation_logits_average_the_rotations():
     feats = np.zeros((5, 1), np.float32)
     corner = lambda x, f: x[:, 0, 0, 0]  # noqa: E731
     corners = stamps[:, [0, 0, -1, -1], [0, -1, 0, -1], 0].astype(np.float64).mean(axis=1)
-    z = tilehead.orientation_logits(corner, stamps, feats, 4, batch_size=2)
+    z = compact.orientation_logits(corner, stamps, feats, 4, batch_size=2)
     np.testing.assert_allclose(z, corners, rtol=1e-6)
-    turned = tilehead.dihedral(stamps, 1)
-    np.testing.assert_allclose(tilehead.orientation_logits(corner, turned, feats, 4), z,
+    turned = compact.dihedral(stamps, 1)
+    np.testing.assert_allclose(compact.orientation_logits(corner, turned, feats, 4), z,
                                rtol=1e-6)
-    np.testing.assert_array_equal(tilehead.orientation_logits(corner, stamps, feats, 1),
+    np.testing.assert_array_equal(compact.orientation_logits(corner, stamps, feats, 1),
                                   stamps[:, 0, 0, 0])
 
 
@@ -58,7 +60,7 @@ def test_learning_rate_drops_after_epochs_without_a_better_auc():
     img = rng.normal(size=(96, 9, 9, 1)).astype(np.float32)
     cat = rng.normal(size=(96, 2)).astype(np.float32)
     y = (rng.random(96) < 0.3).astype(np.int8)
-    model, hist = tilehead.fit_tile_head((img[:64], cat[:64], y[:64]),
+    model, hist = train_tile.fit_tile_head((img[:64], cat[:64], y[:64]),
                                          (img[64:], cat[64:], y[64:]), batch_size=32,
                                          max_epochs=6, patience_epochs=6, lr_drop_epochs=1)
     rate, best = 1e-3, -np.inf
@@ -67,9 +69,9 @@ def test_learning_rate_drops_after_epochs_without_a_better_auc():
         best = max(best, auc)
         assert after == pytest.approx(rate, rel=1e-5)
     assert len(set(hist["learning_rate_after"])) > 1  # random labels: some epoch is worse
-    from bh_stage.metrics import roc_auc
+    from bh_stage.study.metrics import roc_auc
 
-    assert roc_auc(tilehead._logits(model, img[64:], cat[64:]), y[64:]) == pytest.approx(
+    assert roc_auc(train_tile.tile_logits(model, img[64:], cat[64:]), y[64:]) == pytest.approx(
         max(hist["valid_roc_auc"]))
 
 
@@ -88,17 +90,17 @@ def test_noise_on_the_fly_and_distillation_targets():
     rng = np.random.default_rng(6)
     img, cat, y = _blob_stamps(rng, 256)
     v_img, v_cat, v_y = _blob_stamps(rng, 128)
-    v_scaled = tilehead.scale_stamps(v_img[..., 0] + rng.normal(0, 5.0, v_img.shape[:3]), 5.0)
+    v_scaled = compact.scale_stamps(v_img[..., 0] + rng.normal(0, 5.0, v_img.shape[:3]), 5.0)
     kw = dict(batch_size=32, max_epochs=4, patience_epochs=4, noise_sigma_adu=5.0)
-    _, hist = tilehead.fit_tile_head((img, cat, y), (v_scaled, v_cat, v_y), **kw)
+    _, hist = train_tile.fit_tile_head((img, cat, y), (v_scaled, v_cat, v_y), **kw)
     assert max(hist["valid_roc_auc"]) > 0.9
-    _, inverted = tilehead.fit_tile_head((img, cat, y), (v_scaled, v_cat, v_y),
+    _, inverted = train_tile.fit_tile_head((img, cat, y), (v_scaled, v_cat, v_y),
                                          teacher_prob=1.0 - y, distill_weight=1.0, **kw)
     assert min(inverted["valid_roc_auc"]) < 0.1
 
 
 def test_sigmoid_does_not_saturate_or_overflow():
-    p = tilehead.sigmoid(np.array([-800.0, 0.0, 20.0, 30.0, 800.0]))
+    p = compact.sigmoid(np.array([-800.0, 0.0, 20.0, 30.0, 800.0]))
     assert p[1] == 0.5 and p[0] >= 0 and p[-1] == 1.0
     assert p[2] < p[3] < 1.0  # float64 keeps logits 20 and 30 apart (float32 does not)
 
@@ -106,8 +108,8 @@ def test_sigmoid_does_not_saturate_or_overflow():
 def test_calibration_recovers_a_known_law():
     rng = np.random.default_rng(3)
     logits = rng.normal(0, 2, 20000)
-    labels = rng.random(20000) < tilehead.sigmoid(0.5 * logits - 1.0)
-    a, b = tilehead.calibrate_logits(logits, labels)
+    labels = rng.random(20000) < compact.sigmoid(0.5 * logits - 1.0)
+    a, b = train_tile.calibrate_logits(logits, labels)
     assert a == pytest.approx(0.5, abs=0.05) and b == pytest.approx(-1.0, abs=0.07)
 
 
@@ -115,7 +117,7 @@ def test_reliability_bins_hold_every_detection():
     rng = np.random.default_rng(1)
     p = rng.random(1000)
     y = rng.random(1000) < p
-    bins = tilehead.reliability(p, y, n_bins=5)
+    bins = train_tile.reliability(p, y, n_bins=5)
     assert sum(b["n"] for b in bins) == 1000
     for b in bins:  # a calibrated score: frequency close to the mean prediction
         assert abs(b["freq"] - b["p_mean"]) < 0.1
@@ -151,7 +153,7 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     meta = json.loads((heads / "tile_unrecognised.json").read_text())
     assert meta["n_orientations"] == 4 and len(meta["history"]["learning_rate_after"]) == 2
     assert meta["target"] == "unrecognised_blend"
-    assert meta["architecture"] == tilehead.ARCHITECTURE
+    assert meta["architecture"] == compact.ARCHITECTURE
     assert 0 < meta["valid"]["prevalence"] < 1 and meta["calibration"]["a"] != 0
     assert meta["tiles"]["train_seeds"] == [1, 2]
     # weights_from: the same network calibrated again; in the head's own orientations that
@@ -200,7 +202,7 @@ def test_shipped_tile_head_loads_and_scores():
 
     head = tilehead.load_tile_head(tilehead.tile_head_path("default"))
     meta = head.metadata
-    assert meta["target"] == "unrecognised_blend" and meta["architecture"] == tilehead.ARCHITECTURE
+    assert meta["target"] == "unrecognised_blend" and meta["architecture"] == compact.ARCHITECTURE
     assert head.catalogue_columns == cues.CATALOGUE_COLUMNS
     assert 0 < head.blend_threshold < 1 and meta["valid"]["roc_auc"] > 0.5
     rng = np.random.default_rng(0)
@@ -210,7 +212,7 @@ def test_shipped_tile_head_loads_and_scores():
     p = head.predict_proba(stamps, 14.5, feats)
     assert p.shape == (6,) and ((p > 0) & (p < 1)).all()
     a, b = meta["calibration"]["a"], meta["calibration"]["b"]
-    np.testing.assert_allclose(p, tilehead.sigmoid(a * head.logits(stamps, 14.5, feats) + b))
+    np.testing.assert_allclose(p, compact.sigmoid(a * head.logits(stamps, 14.5, feats) + b))
     # the default averages its 4 rotations: a quarter-turned stamp scores the same
     assert head.n_orientations == meta["n_orientations"] == 4
     turned = np.rot90(stamps, 1, axes=(1, 2))
@@ -219,7 +221,7 @@ def test_shipped_tile_head_loads_and_scores():
     two = tilehead.load_tile_head(tilehead.tile_head_path("tile_unrecognised_o2"))
     assert two.n_orientations == 2 and two.metadata["calibrated_from"] == {
         "head": head.path.name, "n_orientations": 4, "weights_sha256": meta["weights_sha256"]}
-    x = tilehead.scale_stamps(tilehead.centre_stamps(stamps), 14.5)
-    turns = [head.input_logits(tilehead.dihedral(x, k), feats, 1) for k in (0, 1)]
+    x = compact.scale_stamps(compact.centre_stamps(stamps), 14.5)
+    turns = [head.input_logits(compact.dihedral(x, k), feats, 1) for k in (0, 1)]
     np.testing.assert_allclose(two.logits(stamps, 14.5, feats), np.mean(turns, axis=0),
                                rtol=1e-5)

@@ -1,10 +1,10 @@
-"""Tests of bh_stage.tiletruth on hand-made segmentation maps and 9x9 Gaussian objects."""
+"""Tests of bh_stage.study.tiletruth on hand-made segmentation maps and 9x9 Gaussian objects."""
 
 import numpy as np
 import pytest
 
-from bh_stage.simulate import TILE_TRUTH_DTYPE
-from bh_stage.tiletruth import TRUTH_CLASS_DTYPE, classify_detections, segment_fluxes
+from bh_stage.study.simulate import TILE_TRUTH_DTYPE
+from bh_stage.study.tiletruth import TRUTH_CLASS_DTYPE, classify_detections, segment_fluxes
 
 D = 9
 """Side of every object's noise-free image, pixels; the object sits at its centre pixel 4."""

@@ -1,4 +1,4 @@
-"""Tests of bh_stage.train: thresholds, augmentation, head fitting and a tiny end-to-end run."""
+"""Tests of bh_stage.study.train: thresholds, augmentation, head fitting and a tiny end-to-end run."""
 
 import json
 from pathlib import Path
@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bh_stage import train as bh_train
+from bh_stage import heads
+from bh_stage.nets import compact, vgg
+from bh_stage.study import train as bh_train
 from bh_stage.config import SCHEMAS, TrainConfig, config_from_dict, load_config
 from bh_stage.errors import ConfigError, OutputExistsError
 
@@ -154,7 +156,7 @@ def test_feature_cache_is_keyed_on_the_data_set_content(tmp_path, monkeypatch):
     from bh_stage import io
     from bh_stage import model as bh_model
 
-    monkeypatch.setattr(bh_model, "extract_features",
+    monkeypatch.setattr(vgg, "extract_features",
                         lambda stamps, *_: stamps.sum(axis=(1, 2), dtype=np.float32)[:, None])
     path, cache = tmp_path / "set.h5", tmp_path / "cache"
     stamps, truth = fake_stamps(6, np.random.default_rng(0))
@@ -195,16 +197,16 @@ def test_train_end_to_end(tmp_path, monkeypatch):
 
     ds = write_fake_dataset(tmp_path / "fake.h5", 160)
     calls = []
-    real = bh_model.preprocess
-    monkeypatch.setattr(bh_model, "preprocess",
+    real = vgg.preprocess
+    monkeypatch.setattr(vgg, "preprocess",
                         lambda s, mode="caffe_clip": calls.append(mode) or real(s, mode))
     cfg = _cfg(datasets=[str(ds)], output_dir=str(tmp_path / "heads"), head_name="tiny",
                cache_dir=str(tmp_path / "cache"), max_epochs=8)
     head_json, hist = bh_train.train(cfg)
-    assert calls and set(calls) == {"caffe_clip"}  # training went through model.preprocess
+    assert calls and set(calls) == {"caffe_clip"}  # training went through vgg.preprocess
     meta = json.loads(Path(head_json).read_text())
     assert meta["backbone"] == "hed" and meta["preprocess"] == "caffe_clip"
-    assert meta["backbone_sha256"] == bh_model.backbone_sha256("hed")
+    assert meta["backbone_sha256"] == vgg.backbone_sha256("hed")
     assert meta["datasets"][0]["file"] == "fake.h5" and meta["datasets"][0]["seed"] == 1
     assert meta["noise_sigma_adu"] == 15.0 and meta["size_pix"] == 51 and meta["pad_pix"] == 7
     for key in ("blend_threshold", "hybrid_threshold", "val_loss", "val_accuracy",
@@ -240,7 +242,7 @@ def test_train_compact_end_to_end(tmp_path):
     head_json, hist = bh_train.train(cfg)
     meta = json.loads(Path(head_json).read_text())
     assert meta["architecture"] == "compact_cnn_paper_v1" and "compact" in meta["architecture"]
-    assert meta["target"] == bh_model.PAPER_TARGET and meta["backbone"] == "none"
+    assert meta["target"] == heads.PAPER_TARGET and meta["backbone"] == "none"
     assert meta["stamp_side_pix"] == 51 and meta["input_shape"] == [65, 65, 1]
     assert meta["n_orientations"] == 4 and meta["teacher"] is None
     assert 0 < meta["blend_threshold"] < 1 and "val_accuracy_hybrid" in meta
@@ -250,15 +252,15 @@ def test_train_compact_end_to_end(tmp_path):
     noisy = stamps + np.random.default_rng(8).normal(0, 15.0, stamps.shape).astype(np.float32)
     p = clf.predict_proba(noisy, 15.0)
     assert p.dtype == np.float32 and p.shape == (200,)
-    from bh_stage.metrics import roc_auc
+    from bh_stage.study.metrics import roc_auc
     assert roc_auc(p, truth["label"]) > 0.9
     np.testing.assert_allclose(clf.predict_proba(np.rot90(noisy, 1, axes=(1, 2)), 15.0), p,
                                atol=1e-5)
     # the rms scales the input: the default is the head's training noise
     np.testing.assert_allclose(clf.predict_proba(noisy), p, atol=1e-6)
     assert not np.allclose(clf.predict_proba(noisy, 60.0), p, atol=1e-3)
-    assert tilehead.build_compact(51, 0, "compact_cnn_paper_v1").count_params() == len(
-        np.concatenate([w.ravel() for w in bh_model.load_head(head_json).weights]))
+    assert compact.build_compact(51, 0, "compact_cnn_paper_v1").count_params() == len(
+        np.concatenate([w.ravel() for w in heads.load_head(head_json).weights]))
     assert bh_model.load_classifier(head_json, precision="bf16").precision == "f32"
     cfg_t = _cfg(datasets=[str(ds)], output_dir=str(tmp_path / "heads"), head_name="t2",
                  architecture="compact_cnn_paper_v1", teacher=str(head_json), max_epochs=1)
@@ -271,5 +273,5 @@ def test_train_compact_end_to_end(tmp_path):
     meta_d = json.loads(Path(bh_train.train(cfg_d)[0]).read_text())
     assert meta_d["teacher"]["head"] == "cfis_sigma15_clip_80k.json"
     assert meta_d["teacher"]["distill_weight"] == 0.3 and meta_d["n_orientations"] == 1
-    assert meta_d["teacher"]["weights_sha256"] == bh_model.load_head(
-        bh_model.head_path("cfis_sigma15_clip_80k")).metadata["weights_sha256"]
+    assert meta_d["teacher"]["weights_sha256"] == heads.load_head(
+        heads.head_path("cfis_sigma15_clip_80k")).metadata["weights_sha256"]

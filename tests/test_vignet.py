@@ -13,7 +13,8 @@ from bh_stage.cli import main
 from bh_stage.config import RunConfig, config_from_dict
 from bh_stage.errors import CatalogueColumnError, ConfigError, InputFileError
 from bh_stage.sep_flags import BH_EDGE, BH_MASKED
-from bh_stage.stage import OUTPUT_COLUMNS, run_stage, tile_pixels
+from bh_stage.pixels import tile_pixels
+from bh_stage.stage import OUTPUT_COLUMNS, run_stage
 from bh_stage.stamps import nearest_pixel, window_pixels
 
 from conftest import REPO, gaussian_image, write_ldac

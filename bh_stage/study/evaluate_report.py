@@ -24,7 +24,7 @@ LABELS = {"BH": "BH alone", "SEP_paper": "SEP, paper rule (truth-aided)",
 
 def write_text(path, text, overwrite):
     """Write ``text`` to ``path`` atomically."""
-    from .io import atomic_output
+    from ..io import atomic_output
 
     with atomic_output(path, overwrite) as tmp:
         tmp.write_text(text)
@@ -158,8 +158,8 @@ def _pooled_tables(cfg, values):
 def markdown(cfg, rows, heads, sigmas, info, names, targets):
     """``results.md``: protocol, headline tables with intervals, targets, per-noise and
     per-head tables, figures and provenance."""
-    from . import __version__
-    from .config import config_to_dict
+    from .. import __version__
+    from ..config import config_to_dict
 
     import yaml
 

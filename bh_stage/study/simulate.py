@@ -58,7 +58,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, InputFileError
+from ..errors import ConfigError, InputFileError
+from ..extras import require
 
 __all__ = ["simulate_stamps", "simulate_tile", "run_simulate", "psf_image", "TRUTH_DTYPE",
            "TILE_TRUTH_DTYPE", "SPLIT_TRAIN", "SPLIT_VALID", "SPLIT_TEST"]
@@ -119,7 +120,7 @@ def _catalogue(cosmos_dir, file_name, real, exptime_s, area_cm2):
     """Return the (cached) ``galsim.COSMOSCatalog`` of one sample."""
     key = (str(cosmos_dir), file_name, bool(real), float(exptime_s), float(area_cm2))
     if key not in _CATALOGUES:
-        import galsim
+        galsim = require("galsim", "study")
 
         _check_cosmos_files(cosmos_dir, file_name)
         try:
@@ -243,7 +244,7 @@ def solve_kolmogorov_fwhm(fwhm_arcsec, moffat_beta, moffat_fwhm_arcsec):
     key = (fwhm_arcsec, moffat_beta, moffat_fwhm_arcsec)
     if key in _KOLMO_CACHE:
         return _KOLMO_CACHE[key]
-    import galsim
+    galsim = require("galsim", "study")
 
     scale = fwhm_arcsec / 40.0
 
@@ -269,7 +270,7 @@ _OPTICS_CACHE = {}
 
 def _make_psf(psf, g1, g2):
     """Build the PSF of one stamp (Moffat with optical shear * sheared Kolmogorov)."""
-    import galsim
+    galsim = require("galsim", "study")
 
     key = (psf["moffat_beta"], psf["moffat_fwhm_arcsec"], psf["optical_g1"],
            psf["optical_g2"], MOFFAT_TRUNC_FWHM)
@@ -332,7 +333,7 @@ def _init_worker(settings):
 def _galaxy(settings, kind, cat_index, mag, theta_rad):
     """Return the rotated galaxy (a point source for kind 'star') at magnitude ``mag`` (flux
     in ADU) and its flux."""
-    import galsim
+    galsim = require("galsim", "study")
 
     if kind == "star":
         zp = magnitude_zeropoint(settings["exptime_s"], settings["area_cm2"])
@@ -556,9 +557,9 @@ def simulate_stamps(cfg, progress=None):
     """
     import yaml
 
-    from . import __version__
-    from .config import config_to_dict
-    from .stamps import pad_stamps
+    from .. import __version__
+    from ..config import config_to_dict
+    from ..stamps import pad_stamps
 
     t0 = time.perf_counter()
     samples, real_split = _load_samples(cfg, cfg.set_kind in ("parametric", "mixed"),
@@ -746,8 +747,8 @@ def simulate_tile(cfg, progress=None, keep_models=False):
         Only with ``keep_models``: per truth row, the 0-based tile pixel of the lower-left
         corner of its noise-free ``draw_size_pix | 1`` square image (float32, ADU).
     """
-    from . import __version__
-    from .config import config_hash
+    from .. import __version__
+    from ..config import config_hash
 
     t = cfg.tile
     t0 = time.perf_counter()
@@ -841,7 +842,7 @@ def run_simulate(cfg, progress=None):
     ------
     OutputExistsError, InputFileError, ConfigError
     """
-    from . import io
+    from .. import io
 
     t0 = time.perf_counter()
     if cfg.mode == "stamps":

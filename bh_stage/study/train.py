@@ -2,12 +2,12 @@
 
 Input: simulated data sets (``bh_stage.io.read_dataset``: noise-free padded stamps, truth
 with labels and train/valid/test splits) and a ``TrainConfig``. Output: a head
-(``<name>.weights.npz`` + ``<name>.json``, see ``bh_stage.model.save_head``) with its
+(``<name>.weights.npz`` + ``<name>.json``, see ``bh_stage.heads.save_head``) with its
 thresholds calibrated on the validation split, and the training history.
 
 Steps: Gaussian noise of ``noise_sigma_adu`` is added to each stamp from its own seed
 (``stamps.dataset_noise_seeds``), optionally augmented copies are made (shear, zoom, flip),
-``model.preprocess`` and the frozen backbone turn them into bottleneck features, cached on
+``nets.vgg.preprocess`` and the frozen backbone turn them into bottleneck features, cached on
 disk once per (data set, noise, realisation, preprocessing, backbone, copy, rows); the head is
 fitted as in the paper (BCE, Adam 1e-3, batch 250, best validation loss, early stopping 10,
 learning rate halved after 5); then ``blend_threshold`` (P >= t) and ``hybrid_threshold``
@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io as bh_io
-from . import model as bh_model
-from . import stamps as bh_stamps
-from .config import TrainConfig, config_to_dict
-from .errors import ConfigError, OutputExistsError
-from .sep_flags import hybrid_flag
+from .. import io as bh_io
+from .. import heads
+from .. import model as bh_model
+from ..nets import compact, vgg
+from .. import stamps as bh_stamps
+from ..config import TrainConfig, config_to_dict
+from ..errors import ConfigError, OutputExistsError
+from ..sep_flags import hybrid_flag
 from .simulate import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID
 
 __all__ = ["train", "run_train", "train_head", "train_compact", "best_threshold",
@@ -187,7 +189,7 @@ def _subsample(index_lists, cap, rng):
 
 def noisy_stamps(path, attrs, rows, sigma_adu, realisation=0, aug=0, seed=0):
     """Read rows of a data set, add their noise and, for ``aug > 0``, augment them."""
-    from .io import read_dataset
+    from ..io import read_dataset
 
     ds = read_dataset(path, rows)
     seeds = bh_stamps.dataset_noise_seeds(attrs["seed"], sigma_adu, realisation, rows)
@@ -245,7 +247,7 @@ def dataset_features(path, attrs, rows, sigma_adu, realisation, aug, mode, backb
     for start in range(0, len(rows), READ_CHUNK):
         chunk = rows[start:start + READ_CHUNK]
         noisy = noisy_stamps(path, attrs, chunk, sigma_adu, realisation, aug, seed)
-        parts.append(bh_model.extract_features(noisy, backbone, mode, batch_size))
+        parts.append(vgg.extract_features(noisy, backbone, mode, batch_size))
         if progress is not None:
             progress(start + len(chunk), len(rows), "features")
     feats = (np.concatenate(parts) if parts
@@ -289,13 +291,13 @@ def train_head(x_train, y_train, x_valid, y_valid, cfg, progress=None):
     """
     import keras
 
-    shape = bh_model.FEATURE_SHAPE
+    shape = vgg.FEATURE_SHAPE
     x_train = np.asarray(x_train, dtype=np.float32).reshape(-1, *shape)
     x_valid = np.asarray(x_valid, dtype=np.float32).reshape(-1, *shape)
     y_train = np.asarray(y_train, dtype=np.float32)
     y_valid = np.asarray(y_valid, dtype=np.float32)
     keras.utils.set_random_seed(cfg.seed)
-    head = bh_model.build_head(shape)
+    head = vgg.build_head(shape)
     head.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate,
                                                  beta_1=0.9, beta_2=0.999, epsilon=1e-8),
                  loss="binary_crossentropy", metrics=["accuracy"])
@@ -356,9 +358,9 @@ def train_head(x_train, y_train, x_valid, y_valid, cfg, progress=None):
 def _predict_head(weights, features):
     import tensorflow as tf
 
-    head = bh_model.build_head(bh_model.FEATURE_SHAPE)
+    head = vgg.build_head(vgg.FEATURE_SHAPE)
     head.set_weights(weights)
-    x = np.asarray(features, np.float32).reshape(-1, *bh_model.FEATURE_SHAPE)
+    x = np.asarray(features, np.float32).reshape(-1, *vgg.FEATURE_SHAPE)
     fn = tf.function(lambda v: head(v, training=False), autograph=False)
     return np.concatenate([fn(x[i:i + 4096]).numpy().reshape(-1)
                            for i in range(0, len(x), 4096)] or [np.zeros(0, np.float32)])
@@ -366,7 +368,7 @@ def _predict_head(weights, features):
 
 def _sep_verdict(paths, rows_list, attrs_list, sigma_adu, realisation, sep_cfg):
     """SEP's stage verdict on the noisy padded stamps of rows of several data sets."""
-    from .sep_flags import classify_stamps
+    from ..sep_flags import classify_stamps
 
     out = []
     for path, rows, attrs in zip(paths, rows_list, attrs_list):
@@ -381,7 +383,7 @@ def _sep_verdict(paths, rows_list, attrs_list, sigma_adu, realisation, sep_cfg):
 
 def default_head_name(cfg):
     """``<backbone>_<recipe>_sigma<noise>``, e.g. ``hed_mixed_sigma15``."""
-    bb = cfg.backbone if cfg.backbone in bh_model.BACKBONES else Path(cfg.backbone).stem
+    bb = cfg.backbone if cfg.backbone in heads.BACKBONES else Path(cfg.backbone).stem
     return f"{bb}_{cfg.recipe}_sigma{cfg.noise_sigma_adu:g}"
 
 
@@ -411,7 +413,7 @@ def train(cfg, progress=None):
     OutputExistsError
         The head exists and ``overwrite`` is false.
     """
-    from .io import read_dataset
+    from ..io import read_dataset
 
     if not cfg.datasets:
         raise ConfigError("datasets: give at least one simulated data set (.h5 written by "
@@ -446,8 +448,8 @@ def train(cfg, progress=None):
                               f"{', '.join(cfg.datasets)}")
     if cfg.architecture != "vgg16":
         return train_compact(cfg, head_json, attrs_list, truths, rows, progress)
-    backbone_sha = bh_model.backbone_sha256(cfg.backbone)
-    backbone = bh_model.build_backbone(cfg.backbone)
+    backbone_sha = vgg.backbone_sha256(cfg.backbone)
+    backbone = vgg.build_backbone(cfg.backbone)
     t0 = time.perf_counter()
 
     def features(split, realisation, aug):
@@ -487,9 +489,9 @@ def train(cfg, progress=None):
                 "test_accuracy_sep": float(np.mean((sep_test == 1) == y_test.astype(bool)))}
     val_loss = float(history["best_val_loss"])
     metadata = {
-        "target": bh_model.PAPER_TARGET,
+        "target": heads.PAPER_TARGET,
         "backbone": str(cfg.backbone), "backbone_sha256": backbone_sha,
-        "preprocess": cfg.preprocess, "input_shape": list(bh_model.INPUT_SHAPE),
+        "preprocess": cfg.preprocess, "input_shape": list(vgg.INPUT_SHAPE),
         "size_pix": cfg.stamp.size_pix, "pad_pix": cfg.stamp.pad_pix,
         "noise_sigma_adu": cfg.noise_sigma_adu, "realisations": list(cfg.realisations),
         "recipe": cfg.recipe, "n_augment": cfg.n_augment, "seed": cfg.seed,
@@ -503,7 +505,7 @@ def train(cfg, progress=None):
     }
     if cfg.recipe == "paper":
         metadata["paper_threshold"] = 0.5
-    bh_model.save_head(head_json, weights, metadata, overwrite=cfg.overwrite)
+    heads.save_head(head_json, weights, metadata, overwrite=cfg.overwrite)
     history.update(calibration=calib, test=test, feature_seconds=feature_seconds)
     return head_json, history
 
@@ -523,19 +525,19 @@ def _datasets_metadata(cfg, attrs_list, rows):
 
 def train_compact(cfg, head_json, attrs_list, truths, rows, progress=None):
     """Train a compact network for the paper's question (``cfg.architecture``, see
-    ``tilehead.COMPACT_LAYERS``) and save it as a paper head (``model.CompactClassifier``).
+    ``nets.compact.COMPACT_LAYERS``) and save it as a paper head (``model.CompactClassifier``).
 
     The network reads the central ``stamp.size_pix`` square. Training stamps are noise-free,
     with ``n_augment`` sheared and zoomed copies (``augment_stamps``); every epoch draws new
     noise of ``noise_sigma_adu`` and one of the 8 flips and quarter turns
-    (``tilehead.fit_tile_head``). With ``teacher``, the target mixes the labels with the
+    (``train_tile.fit_tile_head``). With ``teacher``, the target mixes the labels with the
     teacher's probabilities on the training stamps (noise realisation ``realisations[0]``).
     Early stopping on the validation split's ROC AUC (``realisations[0]``); the thresholds
     are calibrated there as for the VGG16 heads (``calibrate_thresholds``). ``backbone``,
     ``preprocess``, ``cache_dir`` and further ``realisations`` do not apply.
     """
-    from . import tilehead
-    from .io import read_dataset
+    from .train_tile import fit_tile_head
+    from ..io import read_dataset
 
     t0 = time.perf_counter()
     sigma, r0, side = cfg.noise_sigma_adu, cfg.realisations[0], cfg.stamp.size_pix
@@ -551,20 +553,20 @@ def train_compact(cfg, head_json, attrs_list, truths, rows, progress=None):
     teacher, teacher_prob = None, None
     if cfg.teacher is not None:
         teacher = bh_model.load_classifier(cfg.teacher)
-        if bh_model.is_compact(teacher.metadata):
+        if heads.is_compact(teacher.metadata):
             raise ConfigError(f"teacher: {teacher.head_path} is a compact head; distil from a "
                               f"VGG16 head")
         teacher_prob = teacher.predict_proba(stamps(SPLIT_TRAIN, True))
     rng = np.random.default_rng([cfg.seed, 15])
     copies = [free] + [augment_stamps(free, rng) for _ in range(cfg.n_augment)]
-    x_train = tilehead.centre_stamps(np.concatenate(copies), side)[..., None]
+    x_train = compact.centre_stamps(np.concatenate(copies), side)[..., None]
     n_copies = cfg.n_augment + 1
     y_all = np.tile(y_train, n_copies)
     soft = None if teacher_prob is None else np.tile(teacher_prob, n_copies)
     noisy_valid = stamps(SPLIT_VALID, True)
     y_valid = _split_labels(truths, rows[SPLIT_VALID]).astype(np.int8)
-    x_valid = tilehead.scale_stamps(tilehead.centre_stamps(noisy_valid, side), sigma)
-    net, history = tilehead.fit_tile_head(
+    x_valid = compact.scale_stamps(compact.centre_stamps(noisy_valid, side), sigma)
+    net, history = fit_tile_head(
         (x_train, np.zeros((len(y_all), 0), np.float32), y_all),
         (x_valid, np.zeros((len(y_valid), 0), np.float32), y_valid), seed=cfg.seed,
         batch_size=cfg.batch_size, max_epochs=cfg.max_epochs,
@@ -573,7 +575,7 @@ def train_compact(cfg, head_json, attrs_list, truths, rows, progress=None):
         teacher_prob=soft, distill_weight=cfg.distill_weight, architecture=cfg.architecture)
     del x_train
     metadata = {
-        "target": bh_model.PAPER_TARGET, "architecture": cfg.architecture,
+        "target": heads.PAPER_TARGET, "architecture": cfg.architecture,
         "backbone": "none", "backbone_sha256": "none", "preprocess": "asinh_rms",
         "input_shape": [side + 2 * cfg.stamp.pad_pix] * 2 + [1], "stamp_side_pix": side,
         "n_orientations": cfg.n_orientations, "size_pix": side, "pad_pix": cfg.stamp.pad_pix,
@@ -586,13 +588,13 @@ def train_compact(cfg, head_json, attrs_list, truths, rows, progress=None):
         "history": history, "best_epoch": history["best_epoch"], "epochs": history["epochs"],
         "train_config": config_to_dict(cfg),
     }
-    head = bh_model.Head(net.get_weights(), dict(metadata, blend_threshold=0.5,
+    head = heads.Head(net.get_weights(), dict(metadata, blend_threshold=0.5,
                                                  hybrid_threshold=0.5), head_json)
     p_valid = bh_model.CompactClassifier(net, head).predict_proba(noisy_valid, sigma)
     sep_valid = _sep_verdict(cfg.datasets, rows[SPLIT_VALID], attrs_list, sigma, r0, cfg.sep)
     calib = calibrate_thresholds(p_valid, y_valid, sep_valid)
     metadata.update(calib, train_seconds=round(time.perf_counter() - t0, 2))
-    bh_model.save_head(head_json, net.get_weights(), metadata, overwrite=cfg.overwrite)
+    heads.save_head(head_json, net.get_weights(), metadata, overwrite=cfg.overwrite)
     history.update(calibration=calib, test={}, feature_seconds=0.0)
     return head_json, history
 

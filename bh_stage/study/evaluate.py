@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stamps as bh_stamps
-from .errors import ConfigError
+from .. import stamps as bh_stamps
+from ..errors import ConfigError
 from .metrics import (accuracy, auc_from_points, confusion_rates, fpr_at_tpr,
                       group_bootstrap, interval, partial_auc, roc_auc, threshold_at_fpr,
                       tpr_at_fpr)
-from .sep_flags import hybrid_flag
+from ..sep_flags import hybrid_flag
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def _summary(keys, point, samples):
 
 def _sep_outputs(noisy, xy, cfg):
     """SEP's paper verdict, stage verdict and deblend_cont scan on one noise set."""
-    from .sep_flags import classify_stamps
+    from ..sep_flags import classify_stamps
 
     paper = classify_stamps(noisy, cfg.sep, true_xy=xy)
     stage = classify_stamps(noisy, cfg.sep)
@@ -317,8 +317,10 @@ def evaluate(cfg, progress=None):
     ConfigError
         The data set's stamps do not match the head's input.
     """
-    from . import evaluate_plots, evaluate_report, model
-    from .io import check_output, read_dataset, read_truth, write_scores
+    from .. import model
+    from ..heads import head_path
+    from . import evaluate_plots, evaluate_report
+    from ..io import check_output, read_dataset, read_truth, write_scores
 
     t0 = time.perf_counter()
     outdir = Path(cfg.output_dir)
@@ -343,7 +345,7 @@ def evaluate(cfg, progress=None):
 
     heads = []
     for name in cfg.heads:
-        path = model.head_path(name, noise_sigma_adu=cfg.noise_sigma_adu[0])
+        path = head_path(name, noise_sigma_adu=cfg.noise_sigma_adu[0])
         clf = model.load_classifier(path, precision=cfg.precision, batch_size=cfg.batch_size)
         heads.append({"name": str(name), "clf": clf,
                       "train_sigma": float(clf.metadata.get("noise_sigma_adu", np.nan)),

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .errors import ConfigError, InputFileError
+from ..errors import ConfigError, InputFileError
 
 __all__ = ["run_sextractor"]
 

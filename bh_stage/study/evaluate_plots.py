@@ -10,7 +10,7 @@ import numpy as np
 
 from .evaluate_report import lookup, mean_std
 from .metrics import accuracy_vs_separation, auc_from_points, confusion_rates, roc_curve
-from .sep_flags import hybrid_flag
+from ..sep_flags import hybrid_flag
 
 __all__ = ["separation_curves", "roc_points", "figures"]
 
@@ -54,7 +54,7 @@ def roc_points(data, valid, thresholds):
 def _save_figure(fig, path, overwrite):
     import matplotlib.pyplot as plt
 
-    from .io import atomic_output
+    from ..io import atomic_output
 
     with atomic_output(path, overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cues, io, tiletruth
-from .stamps import cut_stamps
+from .. import cues, io
+
+from . import tiletruth
+from ..stamps import cut_stamps
 
 __all__ = ["TILE_FILES", "ROLES", "prepare_tile", "prepare_role", "tile_folders",
            "simulate_config", "detection_table", "detection_stamps"]
@@ -77,7 +79,7 @@ def detection_stamps(folder, seed=0, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE
 
     Stamps are cut exactly as ``bh-stage run`` cuts them (51 px + 7 px noise padding, filled
     with noise where off the tile or masked, seeded per object), then cropped to ``side_pix``
-    (default ``tilehead.STAMP_SIDE_PIX``; 65 keeps the paper heads' whole padded stamp);
+    (default ``nets.compact.STAMP_SIDE_PIX``; 65 keeps the paper heads' whole padded stamp);
     cached in the folder as ``stamps_<seed>.npz`` (``stamps_<seed>_<side>px.npz`` for
     another side).
 
@@ -88,8 +90,8 @@ def detection_stamps(folder, seed=0, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE
     rms_adu : float
         The tile's rms.
     """
-    from .stage import tile_pixels  # stage imports tilehead, which imports this module
-    from .tilehead import STAMP_SIDE_PIX, centre_stamps
+    from ..nets.compact import STAMP_SIDE_PIX, centre_stamps
+    from ..pixels import tile_pixels
 
     side_pix = STAMP_SIDE_PIX if side_pix is None else side_pix
     folder = Path(folder)
@@ -130,7 +132,7 @@ def tile_folders(tiles, role):
 def simulate_config(tiles, role, seed, shear_g1=0.0, shear_g2=0.0):
     """The ``SimulateConfig`` (mode 'tile') of one tile of the tile set, its galaxies sheared
     by the constant reduced shear ``(shear_g1, shear_g2)``."""
-    from .config import SimulateConfig, config_from_dict
+    from ..config import SimulateConfig, config_from_dict
 
     pairs = tiles.train_close_pair_fraction if role == "train" else tiles.close_pair_fraction
     return config_from_dict(SimulateConfig, {

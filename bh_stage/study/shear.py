@@ -15,6 +15,8 @@ common selection the shape noise cancels object by object (a paired difference).
 
 import numpy as np
 
+from ..extras import require
+
 __all__ = ["MAX_DISTORTION", "MIN_RESOLUTION", "SHAPE_DTYPE", "hsm_shapes", "responsivity",
            "shear_bias"]
 
@@ -51,7 +53,7 @@ def hsm_shapes(stamps, psf, sky_var_adu2, dx_pix=None, dy_pix=None):
     ndarray, dtype ``SHAPE_DTYPE``, shape (n,)
         NaN shapes where HSM fails.
     """
-    import galsim
+    galsim = require("galsim", "study")
 
     stamps = np.asarray(stamps, dtype=np.float64)
     n, side = len(stamps), stamps.shape[-1]

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cues, metrics, tileset
+from .. import cues
+from ..extras import require
+from . import metrics, tileset
 
 __all__ = ["COMPARISONS", "SCORES", "comparison_labels", "galaxy_groups", "score_table",
+           "catalogue_classifiers",
            "evaluate_tile", "run_evaluate_tile"]
 
 log = logging.getLogger(__name__)
@@ -106,13 +109,14 @@ def _score_metrics(score, labels, fprs, binary):
 METRIC_NAMES = ("roc_auc", "tpr_at_fpr", "flag_tpr", "flag_fpr", "flag_fraction")
 
 
-def _catalogue_classifiers(train, valid, seed):
+def catalogue_classifiers(train, valid, seed):
     """Fit logistic regression and gradient boosting on training tiles; keep the one with the
     higher validation AUC for unrecognised blends. Returns (name, predict, valid AUCs)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    HistGradientBoostingClassifier = require(
+        "sklearn.ensemble", "study").HistGradientBoostingClassifier
+    LogisticRegression = require("sklearn.linear_model", "study").LogisticRegression
+    make_pipeline = require("sklearn.pipeline", "study").make_pipeline
+    StandardScaler = require("sklearn.preprocessing", "study").StandardScaler
 
     (x_tr, y_tr), (x_va, y_va) = train, valid
     models = {
@@ -133,8 +137,8 @@ def evaluate_tile(cfg, progress=None):
     """Run the tile-level evaluation; return the metric rows and the per-detection table."""
     import fitsio
 
-    from .config import RunConfig, load_config
-    from .stage import run_stage
+    from ..config import RunConfig, load_config
+    from ..stage import run_stage
 
     t0 = time.perf_counter()
     folders = {role: tileset.prepare_role(cfg.tiles, role, progress)
@@ -144,7 +148,7 @@ def evaluate_tile(cfg, progress=None):
         tables = [tileset.detection_table(f) for f in folders[role]]
         role_data[role] = (np.concatenate([t[2] for t in tables]),
                            np.concatenate([t[1]["UNRECOGNISED"] for t in tables]))
-    cat_name, cat_predict, cat_valid_auc = _catalogue_classifiers(
+    cat_name, cat_predict, cat_valid_auc = catalogue_classifiers(
         role_data["train"], role_data["valid"], cfg.seed)
     run_cfg = load_config(cfg.run_config, RunConfig)
     tables = []
@@ -332,7 +336,7 @@ def _figures(table, cfg, outdir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_output
+    from ..io import atomic_output
 
     shown = ("BLEND_PROB", "catalogue classifier", "BH_PAPER_PROB", "SEP_NSRC",
              "FLUX_RADIUS", "-nearest detection")
@@ -382,7 +386,7 @@ def _gallery(table, folders, outdir, n_per_row=8):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_output
+    from ..io import atomic_output
 
     stamps = {f.name: tileset.detection_stamps(f)[0] for f in folders}
     row_in_tile = np.concatenate([np.arange(len(stamps[f.name])) for f in folders])
@@ -409,7 +413,7 @@ def _gallery(table, folders, outdir, n_per_row=8):
 
 def run_evaluate_tile(cfg, progress=None):
     """``bh-stage evaluate-tile CONFIG``: write the report; return one summary line."""
-    from .io import atomic_output, check_output
+    from ..io import atomic_output, check_output
 
     outdir = Path(cfg.output_dir)
     for name in ("results.md", "metrics.csv", "detections.npz"):

@@ -1,0 +1,278 @@
+"""Training of the tile head (``bh-stage train-tile``): network, calibration, threshold.
+
+Detections of training tiles (training galaxies only) train ``nets.compact.build_compact``
+(``compact_cnn_catalogue_v1``), every epoch in a random one of the 8 flips and 90 degree
+rotations (exact symmetries of the sky), positives weighted to balance the classes, early
+stopping (and, with ``lr_drop_epochs``, a lower learning rate from the best epoch) on the
+validation tiles, whose natural prevalence also fixes the calibration (``calibrate_logits``,
+Platt scaling of the mean logit over the head's ``n_orientations``) and the ``BLEND_FLAG``
+threshold. ``weights_from`` refits only the calibration and threshold of a trained network,
+e.g. in fewer orientations (the shipped ``tile_unrecognised_o2``).
+
+Why not the VGG16 base: on the validation tiles its frozen ``block5_pool`` / ``block4_pool``
+features, with or without a 3x magnified centre, ranked unrecognised blends at ROC AUC
+0.55-0.62, below the catalogue features alone (0.69); the 51x51 stamp squeezed into 2x2 or
+4x4 cells loses the 2-6 px structure that tells two galaxies from one
+(``bench/bench_tile_heads.py``).
+"""
+
+import logging
+
+import numpy as np
+
+from .. import cues
+from ..nets.compact import (ARCHITECTURE, STAMP_SIDE_PIX, asinh_scale, build_compact,
+                            centre_stamps, dihedral_tf, orientation_logits, scale_stamps,
+                            sigmoid)
+from ..tilehead import TARGET, load_tile_head, tile_head_path
+
+__all__ = ["fit_tile_head", "tile_logits", "calibrate_logits", "reliability", "role_arrays",
+           "train_tile", "run_train_tile"]
+
+log = logging.getLogger(__name__)
+
+
+def fit_tile_head(train, valid, seed=0, batch_size=256, max_epochs=40, patience_epochs=5,
+                  learning_rate=1e-3, lr_drop_epochs=None, lr_drop_factor=0.3, progress=None,
+                  noise_sigma_adu=None, teacher_prob=None, distill_weight=0.5,
+                  architecture=ARCHITECTURE):
+    """Train ``build_compact(..., architecture)`` on (stamps, features, labels) tuples; keep
+    the epoch with the best validation ROC AUC.
+
+    With ``noise_sigma_adu``, the training stamps are noise-free, in ADU, and every epoch
+    draws new Gaussian noise of that sigma before ``scale_stamps`` (noise on the fly); the
+    validation stamps are always given scaled. With ``teacher_prob`` (one probability per
+    training row, e.g. the VGG16 model's), the target is ``(1 - distill_weight) * label +
+    distill_weight * teacher_prob`` (distillation).
+
+    With ``lr_drop_epochs``, every that many epochs without a better validation ROC AUC the
+    training goes back to the best weights and multiplies the learning rate by
+    ``lr_drop_factor``.
+
+    Training positives are weighted so both classes weigh the same (training tiles hold more
+    pairs than the sky).
+
+    Returns
+    -------
+    model : keras.Model
+    history : dict
+        ``loss``, ``valid_roc_auc`` and ``learning_rate_after`` (the rate the next epoch
+        uses) per epoch, ``epochs``, ``best_epoch``.
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    (x_img, x_cat, y), (v_img, v_cat, v_y) = train, valid
+    pos = max(float(np.mean(y)), 1e-6)
+    w = np.where(y == 1, 0.5 / pos, 0.5 / (1 - pos)).astype(np.float32)
+    target = y.astype(np.float32)
+    if teacher_prob is not None:
+        target = ((1 - distill_weight) * target +
+                  distill_weight * np.asarray(teacher_prob, np.float32)).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices(((x_img, x_cat), target, w))
+    data = data.shuffle(len(y), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+
+    def augment(x, yy, ww):
+        img = x[0]
+        if noise_sigma_adu is not None:
+            noisy = img + tf.random.normal(tf.shape(img), stddev=noise_sigma_adu, seed=seed)
+            img = asinh_scale(noisy, noise_sigma_adu, tf.math.asinh)
+        k = tf.random.uniform([], 0, 8, dtype=tf.int32, seed=seed)
+        return (dihedral_tf(img, k), x[1]), yy, ww
+
+    data = data.map(augment).prefetch(2)
+    model = build_compact(x_img.shape[1], x_cat.shape[1], architecture)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    class _BestAuc(keras.callbacks.Callback):
+        """Keep the weights of the epoch with the highest validation ROC AUC (the ranking
+        is what calibration cannot fix; the validation loss of a class-balanced network
+        mostly measures its offset), lower the learning rate after ``lr_drop_epochs`` and
+        stop after ``patience_epochs`` without a better one."""
+
+        def __init__(self):
+            super().__init__()
+            self.best, self.weights, self.wait, self.aucs, self.rates = -np.inf, None, 0, [], []
+
+        def on_epoch_end(self, epoch, logs=None):
+            from .metrics import roc_auc
+
+            auc = roc_auc(tile_logits(self.model, v_img, v_cat), v_y)
+            self.aucs.append(auc)
+            log.info("tile head epoch %d: loss %.4f, validation ROC AUC %.4f", epoch + 1,
+                     logs["loss"], auc)
+            if progress is not None:
+                progress(epoch + 1, max_epochs, "epochs")
+            if auc > self.best:
+                self.best, self.weights, self.wait = auc, self.model.get_weights(), 0
+            else:
+                self.wait += 1
+                self.model.stop_training = self.wait >= patience_epochs
+                if lr_drop_epochs and self.wait % lr_drop_epochs == 0:
+                    self.model.set_weights(self.weights)
+                    rate = self.model.optimizer.learning_rate
+                    rate.assign(rate * lr_drop_factor)
+                    log.info("tile head: back to epoch %d, learning rate %.2g",
+                             int(np.argmax(self.aucs)) + 1, float(rate.numpy()))
+            self.rates.append(float(self.model.optimizer.learning_rate.numpy()))
+
+    best = _BestAuc()
+    hist = model.fit(data, epochs=max_epochs, callbacks=[best], shuffle=False, verbose=0)
+    model.set_weights(best.weights)
+    history = {"loss": [float(v) for v in hist.history["loss"]], "valid_roc_auc": best.aucs,
+               "learning_rate_after": best.rates, "epochs": len(best.aucs),
+               "best_epoch": int(np.argmax(best.aucs)) + 1}
+    return model, history
+
+
+def tile_logits(model, x_img, x_cat, n_orientations=1):
+    """Mean logit of a training-time model over its first ``n_orientations``."""
+    return orientation_logits(lambda x, f: model.predict_on_batch([x, f]), x_img, x_cat,
+                              n_orientations)
+
+
+def calibrate_logits(logits, labels):
+    """Fit ``p = sigmoid(a * logit + b)`` to labels by maximum likelihood (Platt scaling).
+
+    Returns
+    -------
+    a, b : float
+    """
+    from scipy.optimize import minimize
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+
+    def nll(params):
+        t = params[0] * z + params[1]
+        return float(np.sum(np.logaddexp(0.0, t) - y * t))
+
+    res = minimize(nll, x0=[1.0, 0.0], method="Nelder-Mead",
+                   options={"xatol": 1e-6, "fatol": 1e-6, "maxiter": 2000})
+    return float(res.x[0]), float(res.x[1])
+
+
+def reliability(prob, labels, n_bins=10):
+    """Reliability curve: per bin of predicted probability (equal counts), the mean
+    prediction, the observed frequency and the count."""
+    prob, labels = np.asarray(prob, float), np.asarray(labels, float)
+    edges = np.unique(np.quantile(prob, np.linspace(0, 1, n_bins + 1)))
+    which = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, len(edges) - 2)
+    return [{"p_mean": float(prob[which == b].mean()), "freq": float(labels[which == b].mean()),
+             "n": int((which == b).sum())} for b in range(len(edges) - 1) if (which == b).any()]
+
+
+def role_arrays(folders, seed):
+    """Stack the detections of tile folders: scaled stamps, catalogue features, classes."""
+    from . import tileset
+
+    imgs, cats, classes = [], [], []
+    for folder in folders:
+        _, cls, cat = tileset.detection_table(folder)
+        stamps, rms = tileset.detection_stamps(folder, seed)
+        imgs.append(scale_stamps(centre_stamps(stamps), rms))
+        cats.append(cat)
+        classes.append(cls)
+    return np.concatenate(imgs), np.concatenate(cats), np.concatenate(classes)
+
+
+def train_tile(cfg, progress=None):
+    """Train, calibrate and save a tile head (``bh-stage train-tile``); with
+    ``cfg.weights_from``, calibrate an existing head's network without training it.
+
+    Returns
+    -------
+    pathlib.Path, dict
+        The head's ``.json`` and its validation metrics.
+    """
+    import time
+    from pathlib import Path
+
+    from . import tileset
+    from ..heads import save_head
+    from ..io import check_output
+
+    # a bad weights_from is refused before the output folder is made or a tile is read
+    source = load_tile_head(tile_head_path(cfg.weights_from)) if cfg.weights_from else None
+    out = Path(cfg.output_dir) / f"{cfg.head_name}.json"
+    check_output(out, cfg.overwrite, make_parents=True)
+    t0 = time.perf_counter()
+    roles = ("valid",) if source else ("train", "valid")
+    folders = {role: tileset.prepare_role(cfg.tiles, role, progress) for role in roles}
+    va_img, va_cat, va_cls = role_arrays(folders["valid"], cfg.seed)
+    y_va = va_cls["UNRECOGNISED"]
+    if source:
+        meta, model = dict(source.metadata), source.model
+        mean, scale = (np.asarray(meta[k], np.float32) for k in ("feature_mean", "feature_scale"))
+        meta["calibrated_from"] = {"head": Path(source.path).name,
+                                   "n_orientations": meta.get("n_orientations", 1),
+                                   "weights_sha256": meta["weights_sha256"]}
+        log.info("tile head: the network of %s, calibrated on %d validation detections",
+                 source.path, len(y_va))
+    else:
+        tr_img, tr_cat, tr_cls = role_arrays(folders["train"], cfg.seed)
+        t_data = time.perf_counter() - t0
+        mean, scale = tr_cat.mean(axis=0), tr_cat.std(axis=0) + 1e-6
+        y_tr = tr_cls["UNRECOGNISED"]
+        log.info("tile head: %d training detections (%.1f %% unrecognised blends), %d "
+                 "validation (%.1f %%)", len(y_tr), 100 * y_tr.mean(), len(y_va),
+                 100 * y_va.mean())
+        model, history = fit_tile_head(
+            (tr_img, (tr_cat - mean) / scale, y_tr), (va_img, (va_cat - mean) / scale, y_va),
+            seed=cfg.seed, max_epochs=cfg.max_epochs, patience_epochs=cfg.patience_epochs,
+            lr_drop_epochs=cfg.lr_drop_epochs, progress=progress)
+        meta = {
+            "target": TARGET, "architecture": ARCHITECTURE, "stamp_side_pix": STAMP_SIDE_PIX,
+            "backbone": "none", "backbone_sha256": "none", "preprocess": "asinh_rms",
+            "input_shape": [STAMP_SIDE_PIX, STAMP_SIDE_PIX, 1], "size_pix": 51, "pad_pix": 7,
+            "noise_sigma_adu": cfg.tiles.noise_sigma_adu,
+            "catalogue_features": list(cues.FEATURE_NAMES),
+            "catalogue_columns": list(cues.CATALOGUE_COLUMNS),
+            "feature_mean": mean, "feature_scale": scale, "history": history,
+            "tiles": {"train_seeds": cfg.tiles.train_seeds,
+                      "valid_seeds": cfg.tiles.valid_seeds,
+                      "size_pix": cfg.tiles.size_pix, "mag_max": cfg.tiles.mag_max,
+                      "density_per_arcmin2": cfg.tiles.density_per_arcmin2,
+                      "train_close_pair_fraction": cfg.tiles.train_close_pair_fraction,
+                      "close_pair_fraction": cfg.tiles.close_pair_fraction},
+            "data_seconds": t_data, "train_seconds": time.perf_counter() - t0 - t_data,
+            "seed": cfg.seed,
+        }
+    logits = tile_logits(model, va_img, ((va_cat - mean) / scale).astype(np.float32),
+                     cfg.n_orientations)
+    calibration, threshold, valid = _calibrate(logits, y_va, cfg.flag_fraction)
+    meta.update({"n_orientations": cfg.n_orientations, "calibration": calibration,
+                 "blend_threshold": threshold, "hybrid_threshold": None,
+                 "flag_fraction": cfg.flag_fraction, "valid": valid})
+    return save_head(out, model.get_weights(), meta, overwrite=cfg.overwrite), valid
+
+
+def _calibrate(logits, labels, flag_fraction):
+    """Calibration, ``BLEND_FLAG`` threshold (flagging ``flag_fraction`` of the detections)
+    and metrics of a tile head's validation logits against its 0/1 labels."""
+    from .metrics import roc_auc, tpr_at_fpr
+
+    a, b = calibrate_logits(logits, labels)
+    prob = sigmoid(a * logits + b)
+    threshold = float(np.quantile(prob, 1 - flag_fraction))
+    valid = {"n_detections": int(len(labels)), "prevalence": float(labels.mean()),
+             "roc_auc": roc_auc(logits, labels),
+             "tpr_at_fpr_0.05": tpr_at_fpr(logits, labels, 0.05),
+             "brier": float(np.mean((prob - labels) ** 2)),
+             "brier_prevalence_only": float(np.mean((labels.mean() - labels) ** 2)),
+             "flagged_fraction": float(np.mean(prob >= threshold)),
+             "tpr_at_flag": float(np.mean(prob[labels == 1] >= threshold)),
+             "reliability": reliability(prob, labels)}
+    calibration = {"a": a, "b": b,
+                   "rule": "p = sigmoid(a * logit + b), fitted on the validation tiles"}
+    return calibration, threshold, valid
+
+
+def run_train_tile(cfg, progress=None):
+    """``bh-stage train-tile CONFIG``: one summary line."""
+    path, valid = train_tile(cfg, progress)
+    return (f"train-tile: wrote {path}; validation tiles: ROC AUC {valid['roc_auc']:.3f}, "
+            f"TPR at 5 % FPR {valid['tpr_at_fpr_0.05']:.3f}, BLEND_FLAG flags "
+            f"{valid['flagged_fraction']:.1%} and holds {valid['tpr_at_flag']:.1%} of the "
+            f"unrecognised blends")
