@@ -3,10 +3,13 @@ show-config``.
 
 Parses arguments, sets up logging and a progress bar, and calls one API function per
 subcommand. A ``BhStageError`` prints one line to stderr and exits with code 2; Ctrl-C prints
-``interrupted`` and exits with code 130 (outputs are written atomically, so none is left).
+``interrupted`` and exits with code 130, SIGTERM (what SLURM, Kubernetes and Dask send
+first) ``terminated`` and 143: both leave no output and no temporary file (outputs are
+written atomically) and end the SEP child processes.
 """
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
@@ -14,15 +17,39 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 
 from . import __version__
 from .errors import BhStageError
 
-__all__ = ["main", "run_main"]
+__all__ = ["main", "run_main", "Terminated", "sigterm_as_interrupt"]
 
 log = logging.getLogger("bh_stage")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where Ctrl-C raises ``KeyboardInterrupt``, so that
+    the same clean-up runs (temporary outputs removed, SEP children ended)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM raises ``Terminated`` (main thread only; elsewhere Python
+    cannot set handlers and the block runs unchanged). The previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _ProgressBar:
@@ -284,14 +311,18 @@ def main(argv=None):
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
-        if args.verbose:
-            summary = args.func(args)
-        else:
-            with _HideNativeLogLines():
+        with sigterm_as_interrupt():
+            if args.verbose:
                 summary = args.func(args)
+            else:
+                with _HideNativeLogLines():
+                    summary = args.func(args)
     except BhStageError as err:
         print(f"bh-stage {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"bh-stage {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"bh-stage {args.command}: interrupted", file=sys.stderr)
         return 130

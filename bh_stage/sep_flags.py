@@ -235,7 +235,8 @@ class SepProcesses:
     Plain subprocesses (``python -m bh_stage.sep_flags``) fed pickled batches through pipes,
     not ``multiprocessing``: they start from any main module (a script without a
     ``__main__`` guard, stdin, a notebook) and inside daemonic Dask workers. Each runs in its
-    own session, so Ctrl-C reaches only the parent; a child exits when its pipe closes.
+    own session, so Ctrl-C reaches only the parent; a child exits when its pipe closes, or is
+    killed at once when the block ends on an exception (an error, Ctrl-C, SIGTERM).
     Use as a context manager; ``submit`` returns a ``concurrent.futures.Future``.
     """
 
@@ -271,14 +272,22 @@ class SepProcesses:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            # an error, Ctrl-C or SIGTERM: end the children now rather than after their batch
+            for proc in self._procs:
+                proc.kill()
         self._threads.shutdown(wait=True, cancel_futures=True)
         for proc in self._procs:
-            proc.stdin.close()
+            try:
+                proc.stdin.close()
+            except OSError:  # the child is gone and the pipe broken
+                pass
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
             proc.stdout.close()
 
 
