@@ -26,7 +26,8 @@ from .errors import CatalogueColumnError, ConfigError, InputFileError, ModelShap
 from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProcesses,
                         decode_flags, hybrid_flag)
 from .pixels import read_weight, tile_pixels
-from .stamps import cut_stamps, fill_and_pad, nearest_pixel, off_image, window_pixels
+from .stamps import (cut_stamps, fill_and_pad, nearest_pixel, off_image, off_image_any,
+                     shift_stamps, window_pixels)
 
 __all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "output_columns", "resolve_paths",
            "auto_weight"]
@@ -152,33 +153,43 @@ VIGNET_COLUMN = "VIGNET"
 VIGNET_CENTRE_COLUMNS = ("X_IMAGE", "Y_IMAGE")
 """SExtractor centres VIGNET on the pixel nearest its (1-based) isophotal barycentre,
 X_IMAGE/Y_IMAGE, whatever the config's x_column/y_column (checked on source-extractor 2.25 in
-tests/test_vignet.py)."""
+tests/test_vignet.py). The stage shifts each VIGNET to its own position (``_vignet_stamps``)."""
 
 
-def _vignet_stamps(cfg, cat_path, rows, xc, yc, shape, bad, rms_adu):
+def _vignet_stamps(cfg, cat_path, rows, centre, xc, yc, shape, bad, rms_adu):
     """Stamps of catalogue rows ``rows`` from its VIGNET column, as ``cut_stamps`` makes them.
 
     SExtractor's VIGNET (2.25, tests/test_vignet.py) is the tile minus SExtractor's own
-    background map, -1e30 off the image and, with MASK_TYPE CORRECT or BLANK, on the pixels of
-    neighbouring detections; pixels of weight 0 hold SExtractor's interpolation, unmarked.
-    So -1e30 off the image (from the stamp's 0-based centre ``xc, yc`` and the image
-    ``shape``) counts as off the tile (``BH_EDGE``), -1e30 on the image and the weight map's
-    bad pixels (``bad``) as masked (``BH_MASKED``), as ``cut_stamps`` counts them.
+    background map, centred on the pixel ``centre`` (0-based ``(xv, yv)``, from
+    X_IMAGE/Y_IMAGE), -1e30 off the image and, with MASK_TYPE CORRECT or BLANK, on the pixels
+    of neighbouring detections; pixels of weight 0 hold SExtractor's interpolation, unmarked.
+    Each VIGNET is shifted by whole pixels to the stage's own centre ``(xc, yc)`` (the
+    config's x/y columns, XWIN/YWIN by default), as the tile path centres its stamps: for a
+    merged pair the isophotal barycentre and the windowed centroid differ by pixels. What
+    enters from beyond the VIGNET is filled with noise and counted in ``BH_EDGE_FRAC``, like
+    pixels off the tile (the ``BH_EDGE`` bit stays "off the tile", set by the caller). -1e30
+    off the image counts as off the tile, -1e30 on the image and the weight map's bad pixels
+    (``bad``) as masked (``BH_MASKED``), as ``cut_stamps`` counts them.
     """
     size = cfg.stamp.size_pix
+    xv, yv = centre[0][rows], centre[1][rows]
     vignet = io.read_column_rows(cat_path, VIGNET_COLUMN, rows.start, rows.stop,
                                  cfg.catalogue_hdu)
     null = vignet <= io.SEXTRACTOR_NULL
-    off = off_image(shape, xc[rows], yc[rows], size)
-    wrong = np.flatnonzero((off & ~null).any(axis=(1, 2)))
+    wrong = np.flatnonzero((off_image(shape, xv, yv, size) & ~null).any(axis=(1, 2)))
     if wrong.size:
         row = rows.start + int(wrong[0])
         raise InputFileError(f"{cat_path}: row {row + 1}: VIGNET holds pixels off the "
                              f"{shape[1]}x{shape[0]} image; is X_IMAGE/Y_IMAGE or the image "
                              "size (LDAC_IMHEAD or the tile) that of this catalogue?")
+    dx, dy = xc[rows] - xv, yc[rows] - yv
+    vignet, outside = shift_stamps(vignet, dx, dy)
+    null = shift_stamps(null, dx, dy, fill=False)[0]
+    off = off_image(shape, xc[rows], yc[rows], size)
     if bad is not None:
         null |= window_pixels(bad, xc[rows], yc[rows], size, False)
-    return fill_and_pad(vignet, off, null, cfg.stamp.pad_pix, rms_adu, cfg.seed, rows.start)
+    return fill_and_pad(vignet, off | outside, null & ~outside, cfg.stamp.pad_pix, rms_adu,
+                        cfg.seed, rows.start)
 
 
 def _no_progress(done, total, step):
@@ -352,13 +363,16 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         log.info("sky rms from stamp.rms_adu: %.3g ADU", rms_adu)
     if vignet:
         image = None  # VIGNET is already background-subtracted by SExtractor
-        log.info("stamps from %s's %s, centred on %s", cat_path, VIGNET_COLUMN,
-                 "/".join(VIGNET_CENTRE_COLUMNS))
-        xc = nearest_pixel(np.where(finite, centre.x_pix, 0.0))  # 0: placeholder, never used
-        yc = nearest_pixel(np.where(finite, centre.y_pix, 0.0))
+        xv = nearest_pixel(np.where(finite, centre.x_pix, 0.0))  # 0: placeholder, never used
+        yv = nearest_pixel(np.where(finite, centre.y_pix, 0.0))
+        xc = nearest_pixel(np.where(finite, cat.x_pix, 0.0))
+        yc = nearest_pixel(np.where(finite, cat.y_pix, 0.0))
+        log.info("stamps from %s's %s (centred on %s), shifted to %s/%s: %d objects by "
+                 "1 px or more", cat_path, VIGNET_COLUMN, "/".join(VIGNET_CENTRE_COLUMNS),
+                 cfg.x_column, cfg.y_column, int(((xc != xv) | (yc != yv))[finite].sum()))
 
         def stamps_of(rows):
-            return _vignet_stamps(cfg, cat_path, rows, xc, yc, shape, bad, rms_adu)
+            return _vignet_stamps(cfg, cat_path, rows, (xv, yv), xc, yc, shape, bad, rms_adu)
     else:
         x = np.where(finite, cat.x_pix, 0.0)  # a placeholder stamp, never used
         y = np.where(finite, cat.y_pix, 0.0)
@@ -401,7 +415,11 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     sep_flag = (sep_out["blend"] == 1).astype(np.int16)
     paper_flag = (None if clf is None else
                   hybrid_flag(sep_flag, paper, hybrid_thr).astype(np.int16))
-    flags = (np.where(edge > 0, BH_EDGE, 0) | np.where(mask > 0, BH_MASKED, 0)
+    # BH_EDGE: part of the stamp off the tile (with VIGNET stamps BH_EDGE_FRAC also counts
+    # what the shift to the stage's centre brought in from beyond the VIGNET)
+    off_tile = (finite & off_image_any(shape, xc, yc, cfg.stamp.size_pix) if vignet
+                else edge > 0)
+    flags = (np.where(off_tile, BH_EDGE, 0) | np.where(mask > 0, BH_MASKED, 0)
              | np.where(~scored, BH_NOT_SCORED, 0)
              | np.where(sep_out["error"], BH_SEP_ERROR, 0)).astype(np.int16)
     values = {"BLEND_PROB": prob, "BLEND_FLAG": flag, "BH_PAPER_PROB": paper,

@@ -13,7 +13,8 @@ Gaussian noise of the tile's rms (``cut_stamps``), so both see noise of the same
 
 import numpy as np
 
-__all__ = ["nearest_pixel", "cut_stamps", "off_image", "window_pixels", "fill_and_pad",
+__all__ = ["nearest_pixel", "cut_stamps", "off_image", "off_image_any", "shift_stamps",
+           "window_pixels", "fill_and_pad",
            "pad_stamps", "add_noise", "object_rng", "dataset_noise_seeds"]
 
 
@@ -85,6 +86,42 @@ def off_image(shape, xc, yc, size_pix):
     off_x = (cols < 0) | (cols >= shape[1])
     off_y = (rows < 0) | (rows >= shape[0])
     return off_y[:, :, None] | off_x[:, None, :]
+
+
+def shift_stamps(stamps, dx_pix, dy_pix, fill=0):
+    """Shift stamps by whole pixels: ``out[i, r, c] = stamps[i, r + dy_pix[i], c + dx_pix[i]]``.
+
+    A stamp centred on pixel ``(xc, yc)`` becomes the stamp of the same size centred on
+    ``(xc + dx_pix, yc + dy_pix)``. Returns ``(out, outside)``: ``outside`` (bool, same shape)
+    marks the pixels that come from beyond the input stamp, which hold ``fill``.
+
+    >>> out, outside = shift_stamps(np.arange(9).reshape(1, 3, 3), [1], [0])
+    >>> out[0].tolist()
+    [[1, 2, 0], [4, 5, 0], [7, 8, 0]]
+    >>> outside[0, 0].tolist()
+    [False, False, True]
+    """
+    stamps = np.asarray(stamps)
+    _, ny, nx = stamps.shape
+    out = np.full_like(stamps, fill)
+    outside = np.ones(stamps.shape, dtype=bool)
+    shifts = zip(np.asarray(dx_pix, np.int64), np.asarray(dy_pix, np.int64))
+    for i, (dx, dy) in enumerate(shifts):
+        # rows r with 0 <= r + dy < ny, columns c with 0 <= c + dx < nx
+        r0, r1 = max(0, -dy), min(ny, ny - dy)
+        c0, c1 = max(0, -dx), min(nx, nx - dx)
+        if r1 > r0 and c1 > c0:
+            out[i, r0:r1, c0:c1] = stamps[i, r0 + dy:r1 + dy, c0 + dx:c1 + dx]
+            outside[i, r0:r1, c0:c1] = False
+    return out, outside
+
+
+def off_image_any(shape, xc, yc, size_pix):
+    """Whether any pixel of the ``size_pix`` stamps centred on pixels ``(xc, yc)`` lies off an
+    image of ``shape`` ``(ny, nx)`` (``off_image(...).any(axis=(1, 2))`` without the cube)."""
+    half = size_pix // 2
+    xc, yc = np.asarray(xc, np.int64), np.asarray(yc, np.int64)
+    return (xc - half < 0) | (xc + half >= shape[1]) | (yc - half < 0) | (yc + half >= shape[0])
 
 
 def window_pixels(image, xc, yc, size_pix, fill):

@@ -80,12 +80,13 @@ def gaussian_image(shape, sources_xy, flux_adu=4000.0, sigma_pix=1.8, noise_adu=
     return image.astype(np.float32)
 
 
-def write_ldac(path, x_pix, y_pix, vignet=None, image_shape=None):
+def write_ldac(path, x_pix, y_pix, vignet=None, image_shape=None, vignet_centre=None):
     """Write a FITS_LDAC catalogue like SExtractor's: LDAC_IMHEAD and LDAC_OBJECTS with
     1-based XWIN_IMAGE/YWIN_IMAGE, units, comments, TDISP and a VIGNET column with TDIM.
 
     ``vignet`` (n, s, s): the VIGNET column, with X_IMAGE/Y_IMAGE equal to XWIN/YWIN added
-    (default: a 3x3 ``arange`` and no X_IMAGE). ``image_shape`` (ny, nx): NAXIS2/NAXIS1
+    (default: a 3x3 ``arange`` and no X_IMAGE); ``vignet_centre`` (x_pix, y_pix), 0-based,
+    sets X_IMAGE/Y_IMAGE apart from XWIN/YWIN. ``image_shape`` (ny, nx): NAXIS2/NAXIS1
     cards in LDAC_IMHEAD."""
     import fitsio
 
@@ -105,6 +106,9 @@ def write_ldac(path, x_pix, y_pix, vignet=None, image_shape=None):
         else vignet
     if vignet is not None:
         objects["X_IMAGE"], objects["Y_IMAGE"] = objects["XWIN_IMAGE"], objects["YWIN_IMAGE"]
+    if vignet_centre is not None:
+        objects["X_IMAGE"] = np.asarray(vignet_centre[0]) + 1.0
+        objects["Y_IMAGE"] = np.asarray(vignet_centre[1]) + 1.0
     for column, value in zip(photometry, (1.8, 1.9, 1.7, 4000.0, 40.0, 21.0, 0.5)):
         objects[column] = value
     cards = [b"SIMPLE  =                    T", b"GAIN    = 1.0"]

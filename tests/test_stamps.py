@@ -79,3 +79,19 @@ def test_pad_and_noise_are_reproducible():
     assert not np.array_equal(a[0], a[1])
     other = add_noise(stamps, 14.5, dataset_noise_seeds(3, 14.5, 2, range(3)))
     assert not np.array_equal(a, other)
+
+
+@pytest.mark.parametrize("dx, dy", [(0, 0), (3, -2), (-7, 5), (60, 0)])
+def test_shift_stamps_is_the_window_at_the_shifted_centre(dx, dy):
+    """Shifting the window of an ``arange`` image centred on (x, y) by (dx, dy) gives the
+    window centred on (x + dx, y + dy) wherever the shifted stamp had pixels; the rest is
+    marked outside: (51 - |dx|) * (51 - |dy|) pixels come from inside (none beyond 51)."""
+    from bh_stage.stamps import shift_stamps, window_pixels
+
+    image = np.arange(200 * 200, dtype=np.float64).reshape(200, 200)
+    x, y = np.array([100]), np.array([90])
+    shifted, outside = shift_stamps(window_pixels(image, x, y, 51, -1.0), [dx], [dy], -5.0)
+    direct = window_pixels(image, x + dx, y + dy, 51, -1.0)
+    np.testing.assert_array_equal(shifted[~outside], direct[~outside])
+    assert (shifted[outside] == -5.0).all()
+    assert (~outside).sum() == max(51 - abs(dx), 0) * max(51 - abs(dy), 0)

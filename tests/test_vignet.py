@@ -82,6 +82,34 @@ def test_vignet_stamps_give_the_tile_stage_output(vignet_tile, fake_classifier):
     assert header["BH_STSRC"] == "vignet" and header["BH_RMS"] == pytest.approx(rms_adu)
 
 
+def test_vignet_centred_elsewhere_is_shifted_to_the_stage_position(vignet_tile,
+                                                                   fake_classifier):
+    """Regression (VIGNET mode disagreed with tile mode on merged objects): SExtractor
+    centres VIGNET on X_IMAGE/Y_IMAGE, the stage on XWIN/YWIN. With the pair's VIGNETs centred
+    3 px right and 2 px down of XWIN/YWIN, each is shifted back: the same BLEND_PROB, SEP
+    columns and flags as the tile path; BH_EDGE_FRAC counts the 3 columns and 2 rows that came
+    from beyond the VIGNET, without the BH_EDGE bit (the stamp is not off the tile)."""
+    folder, rms_adu = vignet_tile
+    x, y = np.array(SOURCES).T
+    xv, yv = x.copy(), y.copy()
+    xv[1:3] += 3
+    yv[1:3] -= 2
+    vignets, _ = sextractor_vignets(folder / "tile.fits", folder / "tile.weight.fits", xv, yv)
+    write_ldac(folder / "sp" / "tile.cat", x, y, vignet=vignets, image_shape=SHAPE,
+               vignet_centre=(xv, yv))
+    run_stage(cfg(), folder / "tile.fits")
+    ref = outputs(folder / "tile_bh.cat")
+    run_stage(cfg(stamp={"source": "vignet", "rms_adu": rms_adu},
+                  weight=str(folder / "tile.weight.fits")), folder / "sp" / "tile.fits")
+    out = outputs(folder / "sp" / "tile_bh.cat")
+    for name in ("BLEND_PROB", "BLEND_FLAG", "BH_FLAGS", "BH_NEAREST_PIX", "BH_NDET_STAMP"):
+        np.testing.assert_array_equal(out[name], ref[name], err_msg=name)
+    np.testing.assert_array_equal(out["BH_EDGE_FRAC"][[0, 3]], ref["BH_EDGE_FRAC"][[0, 3]])
+    assert ref["BH_EDGE_FRAC"][1:3].tolist() == [0, 0]
+    np.testing.assert_allclose(out["BH_EDGE_FRAC"][1:3], 1 - 48 * 49 / 51**2, rtol=1e-6)
+    assert not (out["BH_FLAGS"][1:3] & BH_EDGE).any()
+
+
 def test_vignet_rms_measured_on_the_tile(vignet_tile, fake_classifier):
     """With rms_adu null the tile beside the catalogue gives it, as in tile mode."""
     folder, rms_adu = vignet_tile
@@ -228,3 +256,25 @@ def test_stage_on_sextractor_vignets(sextracted, fake_classifier):
     cut = window_pixels(image, xc, yc, 51, NULL)
     valid = (cut > -1e29) & ~window_pixels(bad, xc, yc, 51, True)
     assert np.abs(cut - cat["VIGNET"])[valid].max() < 0.2 * rms_adu
+
+
+def test_stage_on_sextractor_vignets_at_xwin(sextracted, fake_classifier):
+    """The default centre (XWIN/YWIN) with the real source-extractor's VIGNETs, centred on
+    X_IMAGE/Y_IMAGE: shifted to XWIN/YWIN, they give the tile path's flags and, up to the two
+    background estimates, its BLEND_PROB, on objects whose two centres differ as well."""
+    folder = sextracted
+    shutil.copy(folder / "mask_NONE.cat", folder / "tile.cat")
+    cat = fitsio.read(str(folder / "tile.cat"), ext="LDAC_OBJECTS")
+    moved = ((nearest_pixel(cat["X_IMAGE"] - 1) != nearest_pixel(cat["XWIN_IMAGE"] - 1))
+             | (nearest_pixel(cat["Y_IMAGE"] - 1) != nearest_pixel(cat["YWIN_IMAGE"] - 1)))
+    assert moved.any()
+    run_stage(cfg(overwrite=True), folder / "tile.fits")
+    ref = outputs(folder / "tile_bh.cat")
+    rms_adu = fitsio.read_header(str(folder / "tile_bh.cat"), ext=2)["BH_RMS"]
+    run_stage(cfg(stamp={"source": "vignet", "rms_adu": rms_adu}, overwrite=True,
+                  output="{dir}/{stem}_vignet.cat"), folder / "tile.fits")
+    out = outputs(folder / "tile_vignet.cat")
+    np.testing.assert_array_equal(out["BH_FLAGS"], ref["BH_FLAGS"])
+    np.testing.assert_array_equal(out["BH_EDGE_FRAC"][~moved], ref["BH_EDGE_FRAC"][~moved])
+    assert (out["BH_EDGE_FRAC"][moved] > ref["BH_EDGE_FRAC"][moved]).all()
+    np.testing.assert_allclose(out["BLEND_PROB"], ref["BLEND_PROB"], atol=0.21)
