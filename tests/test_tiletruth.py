@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from bh_stage.study.simulate import TILE_TRUTH_DTYPE
-from bh_stage.study.tiletruth import TRUTH_CLASS_DTYPE, classify_detections, segment_fluxes
+from bh_stage.study.tiletruth import (SPURIOUS_UNIT, TRUTH_CLASS_DTYPE, UNIT_STRIDE,
+                                     classify_detections, object_units, segment_fluxes)
 
 D = 9
 """Side of every object's noise-free image, pixels; the object sits at its centre pixel 4."""
@@ -105,7 +106,7 @@ def test_merged_companions_make_an_unrecognised_blend():
     assert d["MAIN_ID"] == 5 and d["UNRECOGNISED"] == 0 and d["N_MERGED"] == 0
     assert np.isnan(d["COMP_FLUX_RATIO"]) and np.isnan(d["COMP_SEPARATION_PIX"])
     # segment 3 holds no object flux: spurious
-    assert spurious["MAIN_ID"] == -1 and spurious["GROUP"] == -1
+    assert spurious["MAIN_ID"] == -1 and spurious["GROUP"] == SPURIOUS_UNIT == 0
     assert spurious["MAIN_KIND"] == b"" and spurious["N_MERGED"] == 0
     for field in ("UNRECOGNISED", "CLOSE_COMPANION", "UNDETECTED_CLOSE", "PAPER_BLEND",
                   "ISOLATED"):
@@ -230,4 +231,62 @@ def test_group_shared_by_one_galaxy_and_distinct_for_stars():
     g = out["GROUP"]
     assert g[0] == g[1]                         # same COSMOS galaxy drawn twice
     assert len({g[0], g[2], g[3], g[4]}) == 4   # stars alone; same GAL_ID, other kind
-    assert np.all(g >= 0)
+    assert g[0] > 0 and g[4] > 0 and g[2] < 0 and g[3] < 0  # galaxies > 0, stars < 0
+
+
+def test_two_tiles_sharing_a_galaxy_give_it_one_unit():
+    """Regression (intervals too narrow, issue 21): groups were numbered per tile by order of
+    appearance, so one galaxy on two tiles was two units and unit k a different galaxy on
+    each tile. Now a galaxy (kind, COSMOS row) is the same unit on every tile, in any order;
+    stars are distinct units across tiles even at the same row; spurious detections are 0."""
+    seg = np.zeros((20, 100), dtype=np.int64)
+    corners = [(2 + 20 * k, 5) for k in range(4)]
+    for k in range(4):
+        seg[5:14, 2 + 20 * k:11 + 20 * k] = k + 1
+    kinds_a = [b"real", b"parametric", b"star", b"real"]
+    ids_a = [12, 12, -1, 40]
+    kinds_b = [b"real", b"real", b"star", b"parametric"]   # other order, other neighbours
+    ids_b = [40, 12, -1, 7]
+    tables = []
+    for key, kinds, ids in ((301, kinds_a, ids_a), (302, kinds_b, ids_b)):
+        truth, c, images = make_objects(corners, [1000.0] * 4, kinds, ids)
+        tables.append(classify_detections(seg, np.arange(1, 5), truth, c, images,
+                                          tile_key=key)["GROUP"])
+    a, b = tables
+    assert a[0] == b[1]      # real 12 on both tiles
+    assert a[3] == b[0]      # real 40 on both tiles
+    assert a[1] != a[0]      # parametric 12 is another galaxy than real 12
+    assert a[2] < 0 and b[2] < 0 and a[2] != b[2]   # the two stars at row 3
+    assert len({*a, *b}) == 6  # real 12, real 40, parametric 12, parametric 7, 2 stars
+
+
+def test_object_units_by_hand():
+    """Units worked out from the rule: kind code * UNIT_STRIDE + GAL_ID for galaxies,
+    -(tile * UNIT_STRIDE + row + 1) for stars."""
+    import zlib
+
+    truth = np.zeros(3, dtype=TILE_TRUTH_DTYPE)
+    truth["KIND"] = [b"real", b"star", b"real"]
+    truth["GAL_ID"] = [5, -1, 6]
+    code = zlib.crc32(b"real") % 2**20 + 1
+    np.testing.assert_array_equal(object_units(truth, 7), [code * UNIT_STRIDE + 5,
+                                                           -(7 * UNIT_STRIDE + 2),
+                                                           code * UNIT_STRIDE + 6])
+    truth["GAL_ID"][0] = UNIT_STRIDE
+    with pytest.raises(ValueError, match="collide"):
+        object_units(truth, 0)
+
+
+def test_tile_roles_draw_their_half_of_the_galaxies():
+    """Training and validation tiles draw parametric galaxies and the training half of the
+    real ones; test tiles only the test half of the real ones (issue 21: no test that
+    checked this mapping)."""
+    from bh_stage.config import TileSetConfig, config_from_dict
+    from bh_stage.study.tileset import simulate_config
+
+    tiles = config_from_dict(TileSetConfig, {})
+    for role in ("train", "valid"):
+        cfg = simulate_config(tiles, role, 1)
+        assert cfg.tile.galaxy_kind == "mixed" and cfg.mixed_real_half == "train"
+    cfg = simulate_config(tiles, "test", 1)
+    assert cfg.tile.galaxy_kind == "real" and cfg.real_half == "test"

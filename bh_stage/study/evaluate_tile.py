@@ -22,7 +22,8 @@ from .. import cues
 from ..extras import require
 from . import metrics, tileset
 
-__all__ = ["COMPARISONS", "SCORES", "comparison_labels", "galaxy_groups", "score_table",
+__all__ = ["COMPARISONS", "SCORES", "comparison_labels", "galaxy_groups", "unit_counts",
+           "score_table",
            "catalogue_classifiers",
            "evaluate_tile", "run_evaluate_tile"]
 
@@ -65,11 +66,26 @@ def comparison_labels(classes, comparison):
 
 
 def galaxy_groups(classes):
-    """Bootstrap unit per detection: its main object's galaxy; each spurious one alone."""
+    """Bootstrap unit per detection: its main object's global unit (``GROUP``: one per true
+    galaxy across all tiles, one per star); each spurious detection alone."""
+    from .tiletruth import SPURIOUS_UNIT
+
     groups = classes["GROUP"].astype(np.int64).copy()
-    spurious = groups < 0
+    spurious = groups == SPURIOUS_UNIT
     groups[spurious] = groups.max(initial=0) + 1 + np.arange(spurious.sum())
     return groups
+
+
+def unit_counts(classes):
+    """Distinct units of a detection table, reported apart: ``galaxies`` (true galaxies, each
+    counted once whatever the tiles and detections it appears in), ``stars``, and
+    ``spurious`` detections (no true object)."""
+    from .tiletruth import SPURIOUS_UNIT
+
+    groups = np.asarray(classes["GROUP"], dtype=np.int64)
+    return {"galaxies": int(np.unique(groups[groups > 0]).size),
+            "stars": int(np.unique(groups[groups < 0]).size),
+            "spurious": int((groups == SPURIOUS_UNIT).sum())}
 
 
 def score_table(stage_columns, catalogue_features, catalogue_score):
@@ -220,6 +236,7 @@ def _metric_rows(table, cfg):
             if labels.sum() == 0 or labels.sum() == len(labels):
                 continue
             g = groups[rows]
+            units = {f"n_{k}": v for k, v in unit_counts(sub[rows]).items()}
             names = list(SCORES)
             values = np.stack([sub[n][rows] for n in names])
 
@@ -235,7 +252,7 @@ def _metric_rows(table, cfg):
                 sl = slice(k * width, (k + 1) * width)
                 row = {"subset": subset, "comparison": comparison, "score": name,
                        "n_pos": int(labels.sum()), "n_neg": int((labels == 0).sum()),
-                       "n_groups": int(np.unique(g).size)}
+                       "n_groups": int(np.unique(g).size), **units}
                 keys = (["roc_auc"] + [f"tpr_at_fpr_{f:g}" for f in cfg.fpr_points]
                         + ["flag_tpr", "flag_fpr", "flag_fraction"])
                 for key, v, b in zip(keys, point[sl], boot[:, sl].T):
@@ -249,7 +266,7 @@ def _metric_rows(table, cfg):
             out.append({"subset": subset, "comparison": comparison,
                         "score": "BLEND_PROB - catalogue classifier",
                         "n_pos": int(labels.sum()), "n_neg": int((labels == 0).sum()),
-                        "n_groups": int(np.unique(g).size),
+                        "n_groups": int(np.unique(g).size), **units,
                         "roc_auc": float(point[a] - point[c]),
                         "roc_auc_68": metrics.interval(diff, 0.68),
                         "roc_auc_95": metrics.interval(diff, 0.95)})
@@ -270,8 +287,9 @@ def _markdown(cfg, rows, info, command):
              f"detections of the test tiles (seeds {cfg.tiles.test_seeds}, test-half real "
              f"galaxies only, {cfg.tiles.size_pix}x{cfg.tiles.size_pix} px, σ = "
              f"{cfg.tiles.noise_sigma_adu} ADU). Intervals: 95 % from {cfg.n_bootstrap} "
-             "bootstrap resamples of galaxies (a galaxy appears in many detections; "
-             "stars and spurious detections are their own units). One simulation seed per "
+             "bootstrap resamples of units: a true galaxy is one unit across all tiles and "
+             "detections, each star and each spurious detection its own (counted apart "
+             "below). One simulation seed per "
              "tile and one training seed of the heads: the intervals hold galaxy sampling "
              "only.", "",
              f"Catalogue-only classifier: {info['catalogue_classifier']} on "
@@ -298,7 +316,9 @@ def _markdown(cfg, rows, info, command):
             if not sel:
                 continue
             lines += [f"## {comparison} ({subset}: {sel[0]['n_pos']} positives, "
-                      f"{sel[0]['n_neg']} negatives, {sel[0]['n_groups']} galaxies)", "",
+                      f"{sel[0]['n_neg']} negatives; {sel[0]['n_galaxies']} distinct galaxies, "
+                      f"{sel[0]['n_stars']} stars, {sel[0]['n_spurious']} spurious "
+                      "detections)", "",
                       "| score | ROC AUC | " + " | ".join(
                           f"TPR at FPR {f:g}" for f in cfg.fpr_points)
                       + " | flagged: TPR / FPR / fraction |",

@@ -56,7 +56,8 @@ def prepare_tile(folder, sim_cfg, sextractor_config, progress=None):
 def detection_table(folder, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE"):
     """Return ``(positions, truth_classes, catalogue_features)`` of a prepared tile folder.
 
-    positions : (x_pix, y_pix) 0-based; truth_classes : ``tiletruth.TRUTH_CLASS_DTYPE``;
+    positions : (x_pix, y_pix) 0-based; truth_classes : ``tiletruth.TRUTH_CLASS_DTYPE``, its
+    ``GROUP`` global across tiles (stars keyed by the tile's seed, ``BH_SEED``);
     catalogue_features : ``cues.catalogue_features``.
     """
     import fitsio
@@ -66,9 +67,10 @@ def detection_table(folder, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE"):
     cat = io.read_catalogue(f["catalogue"], x_column, y_column)
     columns = io.read_columns(f["catalogue"], cues.CATALOGUE_COLUMNS)
     corners, images = io.read_tile_models(f["models"])
-    truth = fitsio.read(str(f["truth"]), ext="TRUTH")
+    truth, header = fitsio.read(str(f["truth"]), ext="TRUTH", header=True)
     classes = tiletruth.classify_detections(io.read_segmentation(f["segmentation"]),
-                                            np.asarray(cat.ids), truth, corners, images)
+                                            np.asarray(cat.ids), truth, corners, images,
+                                            tile_key=int(header["BH_SEED"]))
     feats = cues.catalogue_features(columns, cat.x_pix, cat.y_pix)
     return (cat.x_pix, cat.y_pix), classes, feats
 

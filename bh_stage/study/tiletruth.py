@@ -14,14 +14,17 @@ The neighbourhood classes use true positions and the *neighbours* of the main ob
 objects with at least ``min_flux_ratio`` of its total flux: **close companion** (a neighbour
 within ``close_max_pix``), **paper blend** (a neighbour inside the 51x51 stamp, the paper's
 definition), **isolated** (no neighbour within ``isolated_min_pix``). A detection with no
-object flux in its segment is *spurious* (``MAIN_ID`` -1, every class 0).
+object flux in its segment is *spurious* (``MAIN_ID`` -1, ``GROUP`` 0, every class 0).
 
 Positions are 0-based pixels (numpy), as in the truth table's ``X_PIX0, Y_PIX0``.
 """
 
+import zlib
+
 import numpy as np
 
-__all__ = ["TRUTH_CLASS_DTYPE", "TRUTH_CLASSES", "segment_fluxes", "classify_detections"]
+__all__ = ["TRUTH_CLASS_DTYPE", "TRUTH_CLASSES", "SPURIOUS_UNIT", "UNIT_STRIDE", "object_units",
+           "segment_fluxes", "classify_detections"]
 
 TRUTH_CLASS_DTYPE = np.dtype([
     ("NUMBER", "i8"), ("MAIN_ID", "i8"), ("GROUP", "i8"), ("MAIN_KIND", "S10"),
@@ -30,8 +33,10 @@ TRUTH_CLASS_DTYPE = np.dtype([
     ("CLOSE_COMPANION", "i1"), ("UNDETECTED_CLOSE", "i1"), ("PAPER_BLEND", "i1"),
     ("ISOLATED", "i1"),
 ])
-"""Per detection: ``GROUP`` is the bootstrap unit (one per distinct COSMOS galaxy; each star
-its own); ``COMP_*`` describe the brightest merged object (NaN if none);
+"""Per detection: ``GROUP`` is the bootstrap unit of its main object (``object_units``: one
+per distinct galaxy across all tiles, > 0; each star its own, < 0; ``SPURIOUS_UNIT`` (0)
+for a spurious detection, which ``evaluate_tile.galaxy_groups`` makes its own unit);
+``COMP_*`` describe the brightest merged object (NaN if none);
 ``NEAREST_TRUE_PIX`` is the distance from the main object to its nearest neighbour;
 ``UNDETECTED_CLOSE`` a close neighbour without a detection of its own."""
 
@@ -86,17 +91,41 @@ def segment_fluxes(segmentation, corners_xy_pix, images):
             np.concatenate(fluxes))
 
 
-def _groups(truth):
-    """Bootstrap unit of each true object: its COSMOS galaxy (kind + id); stars alone."""
-    keys = [(k, g) if g >= 0 else ("star", i)
-            for i, (k, g) in enumerate(zip(truth["KIND"], truth["GAL_ID"]))]
-    index = {key: n for n, key in enumerate(dict.fromkeys(keys))}
-    return np.array([index[key] for key in keys], dtype=np.int64)
+SPURIOUS_UNIT = 0
+"""``GROUP`` of a spurious detection (no true object): neither a galaxy (> 0) nor a star (< 0)."""
+
+UNIT_STRIDE = 10**7
+"""Galaxy units are ``kind code * UNIT_STRIDE + GAL_ID``; star units ``-(tile * UNIT_STRIDE +
+row + 1)``. GAL_ID (a COSMOS row) and tile rows stay below it."""
+
+
+def object_units(truth, tile_key):
+    """Global bootstrap unit of each true object of one tile.
+
+    A galaxy's unit is its sample and COSMOS index, the same number on every tile that draws
+    it (``kind code * UNIT_STRIDE + GAL_ID``, kind code from the ``KIND`` text, > 0). A star
+    (``GAL_ID < 0``) is its own unit, negative and distinct across tiles
+    (``-(tile_key * UNIT_STRIDE + row + 1)``), so galaxies and stars can be counted apart.
+
+    Parameters
+    ----------
+    truth : structured ndarray
+        The tile's truth table (``KIND``, ``GAL_ID``).
+    tile_key : int
+        A number unique to the tile within a study (its simulation seed), >= 0.
+    """
+    gal_id = np.asarray(truth["GAL_ID"], dtype=np.int64)
+    if (gal_id >= UNIT_STRIDE).any():
+        raise ValueError(f"GAL_ID >= {UNIT_STRIDE}: galaxy units would collide")
+    kinds = np.asarray(truth["KIND"]).astype("S")  # bytes from numpy, str from fitsio
+    codes = np.array([zlib.crc32(k.strip()) % 2**20 + 1 for k in kinds], dtype=np.int64)
+    star = -(int(tile_key) * UNIT_STRIDE + np.arange(len(truth), dtype=np.int64) + 1)
+    return np.where(gal_id >= 0, codes * UNIT_STRIDE + gal_id, star)
 
 
 def classify_detections(segmentation, numbers, truth, corners_xy_pix, images,
                         min_flux_ratio=0.1, close_max_pix=10.0, stamp_half_pix=25,
-                        isolated_min_pix=36.0):
+                        isolated_min_pix=36.0, tile_key=0):
     """Give every detection its truth classes.
 
     Parameters
@@ -118,6 +147,8 @@ def classify_detections(segmentation, numbers, truth, corners_xy_pix, images,
         Paper blend: a neighbour with ``|dx|, |dy| <= this`` (the 51x51 stamp). Default 25.
     isolated_min_pix : float
         Isolated: no neighbour within this, pixels. Default 36.
+    tile_key : int
+        The tile's number for ``object_units`` (its simulation seed). Default 0.
 
     Returns
     -------
@@ -137,11 +168,11 @@ def classify_detections(segmentation, numbers, truth, corners_xy_pix, images,
         if s > 0:
             by_label.setdefault(int(s), []).append((f, int(j)))
     x, y = truth["X_PIX0"], truth["Y_PIX0"]
-    groups = _groups(truth)
+    groups = object_units(truth, tile_key)
     out = np.zeros(len(numbers), dtype=TRUTH_CLASS_DTYPE)
     out["NUMBER"] = numbers
     out["MAIN_ID"] = -1
-    out["GROUP"] = -1
+    out["GROUP"] = SPURIOUS_UNIT
     for field in ("MAIN_MAG", "MAIN_SNR", "COMP_FLUX_RATIO", "COMP_SEPARATION_PIX",
                   "NEAREST_TRUE_PIX"):
         out[field] = np.nan
