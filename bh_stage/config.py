@@ -603,7 +603,7 @@ class TrainConfig:
                              "'caffe_clip' (best on the realistic set), 'caffe', 'paper' or "
                              "'caffe_signed' (see nets.vgg.preprocess).",
                              choices=("caffe", "paper", "caffe_clip", "caffe_signed"))
-    output_dir: str = option("data/heads", "Folder of the trained head.")
+    output_dir: str = option("bh_stage/data/heads", "Folder of the trained head.")
     head_name: typing.Optional[str] = option(None, "Head name (<name>.json and "
                                              "<name>.weights.npz); null: "
                                              "<backbone>_<recipe>_sigma<noise>.")
@@ -794,13 +794,19 @@ class TrainTileConfig:
                                  "4 rotations first) whose logits the head averages when "
                                  "it scores; calibration and threshold use the same.",
                                  min=1, max=8)
+    features: str = option("catalogue", "What the head reads beside the pixels: "
+                           "'catalogue' (SExtractor columns, cues.CATALOGUE_COLUMNS: the "
+                           "compact_cnn_catalogue_v1 heads) or 'stamp' (measured by the stage "
+                           "on the stamp, and the positions: a position-only head, "
+                           "compact_cnn_stamp_v1, that runs on any catalogue with x/y).",
+                           choices=("catalogue", "stamp"))
     weights_from: typing.Optional[str] = option(None, "A tile head (shipped name or .json) "
                                                 "whose network is kept instead of trained: "
                                                 "only the calibration, threshold and "
                                                 "validation metrics are refitted, in "
                                                 "n_orientations; the training tiles are not "
                                                 "read. null: train.")
-    output_dir: str = option("data/heads", "Folder of the trained head.")
+    output_dir: str = option("bh_stage/data/heads", "Folder of the trained head.")
     head_name: str = option("tile_unrecognised", "Head name (<name>.json, "
                             "<name>.weights.npz).")
     overwrite: bool = option(False, "Replace an existing head of the same name.")

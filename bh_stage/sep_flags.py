@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from .errors import SepError
+from .features import measure_stamps, sep_pixel_stack
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def _verdict(objects, true_xy, radius_pix, stage_mode):
     return SEP_FAILED
 
 
-def classify_stamps(stamps, sep_cfg, true_xy=None, first_index=0):
+def classify_stamps(stamps, sep_cfg, true_xy=None, first_index=0, *, own_pixel_stack=True):
     """Run SEP on every stamp and label it blended or isolated with the paper's rules.
 
     Parameters
@@ -167,6 +168,10 @@ def classify_stamps(stamps, sep_cfg, true_xy=None, first_index=0):
         position and >= 2 sources mean blended.
     first_index : int
         Catalogue index of the first stamp, used in error messages.
+    own_pixel_stack : bool
+        Set SEP's pixel stack to twice the stamp for the call (default True, see
+        ``features.sep_pixel_stack``); False keeps SEP's current one (its default: 300,000 pixels), as
+        the stage did before 0.5 (``bench/bench_sep.py`` compares the two).
 
     Returns
     -------
@@ -189,7 +194,9 @@ def classify_stamps(stamps, sep_cfg, true_xy=None, first_index=0):
     n, side = stamps.shape[0], stamps.shape[-1]
     out = np.zeros(n, dtype=[("nsrc", "i2"), ("blend", "i1"), ("error", "?")])
     centre = np.array([[side // 2, side // 2]], dtype=np.float64)
-    with _pixel_stack(stamps.shape[-2] * side):
+    stack = (sep_pixel_stack(stamps.shape[-2] * side) if own_pixel_stack
+             else contextlib.nullcontext())
+    with stack:
         for i in range(n):
             if true_xy is None:
                 known, stage_mode = centre, True
@@ -207,27 +214,6 @@ def classify_stamps(stamps, sep_cfg, true_xy=None, first_index=0):
     return out
 
 
-@contextlib.contextmanager
-def _pixel_stack(n_pixels):
-    """Set SEP's pixel stack (``sep.set_extract_pixstack``) to twice ``n_pixels``, then
-    restore it.
-
-    The stack holds the above-threshold pixels of the objects being extracted, at most every
-    pixel of the stamp, and SEP overflows only when it is full, so twice the stamp cannot
-    overflow. SEP's default stack (300,000 pixels) is initialised on every ``sep.extract``
-    call: on the 18,641 65x65 stamps of a 10k tile ``classify_stamps`` took 14.1 s with it
-    and 4.3 s with this one, same sources (sep 1.4.1, ``bench/bench_sep.py``).
-    """
-    import sep
-
-    previous = sep.get_extract_pixstack()
-    sep.set_extract_pixstack(2 * n_pixels)
-    try:
-        yield
-    finally:
-        sep.set_extract_pixstack(previous)
-
-
 class SepProcesses:
     """``classify_stamps`` in ``n_processes`` child processes, so that SEP (which holds the
     GIL) runs beside the network instead of taking turns with it.
@@ -237,7 +223,8 @@ class SepProcesses:
     ``__main__`` guard, stdin, a notebook) and inside daemonic Dask workers. Each runs in its
     own session, so Ctrl-C reaches only the parent; a child exits when its pipe closes, or is
     killed at once when the block ends on an exception (an error, Ctrl-C, SIGTERM).
-    Use as a context manager; ``submit`` returns a ``concurrent.futures.Future``.
+    Use as a context manager; ``submit`` (the SEP verdict) and ``submit_measure`` (the
+    stamp features) return a ``concurrent.futures.Future``.
     """
 
     def __init__(self, n_processes):
@@ -252,13 +239,17 @@ class SepProcesses:
 
     def submit(self, stamps, sep_cfg, first_index=0):
         """Future of ``classify_stamps(stamps, sep_cfg, None, first_index)``."""
-        return self._threads.submit(self._call, (np.asarray(stamps), sep_cfg, None,
-                                                 first_index))
+        return self._threads.submit(self._call, ("classify", (np.asarray(stamps), sep_cfg,
+                                                              None, first_index)))
 
-    def _call(self, args):
+    def submit_measure(self, stamps, rms_adu):
+        """Future of ``features.measure_stamps(stamps, rms_adu)``."""
+        return self._threads.submit(self._call, ("measure", (np.asarray(stamps), rms_adu)))
+
+    def _call(self, task):
         proc = self._idle.get()
         try:
-            pickle.dump(args, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(task, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             proc.stdin.flush()
             ok, value = pickle.load(proc.stdout)
         except (EOFError, BrokenPipeError, pickle.UnpicklingError) as err:
@@ -291,16 +282,21 @@ class SepProcesses:
             proc.stdout.close()
 
 
+_SERVED = {"classify": classify_stamps, "measure": measure_stamps}
+"""What a ``SepProcesses`` child computes, by the name the parent sends."""
+
+
 def _serve():
-    """Child of ``SepProcesses``: answer pickled ``classify_stamps`` calls until EOF."""
+    """Child of ``SepProcesses``: answer pickled ``(name, args)`` calls of ``_SERVED`` until
+    EOF."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
-            args = pickle.load(stdin)
+            name, args = pickle.load(stdin)
         except EOFError:
             return
         try:
-            answer = (True, classify_stamps(*args))
+            answer = (True, _SERVED[name](*args))
         except Exception as err:  # sent back to the parent, raised there
             answer = (False, err)
         pickle.dump(answer, stdout, protocol=pickle.HIGHEST_PROTOCOL)

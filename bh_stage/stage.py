@@ -4,7 +4,8 @@ Input: a tile (optionally with a weight map) and its SExtractor catalogue. Outpu
 catalogue with every input row and column unchanged plus the columns in ``OUTPUT_COLUMNS``.
 This is the only module that joins ``io`` to the science modules. Follow one detection:
 ``io.read_catalogue`` gives its 0-based position and ``cues`` its catalogue features,
-``stamps.cut_stamps`` its 65x65 stamp, ``tilehead.TileHead.predict_proba`` its
+``stamps.cut_stamps`` its 65x65 stamp (``features.measure_stamps`` what SEP measures on it, for
+a position-only tile head), ``tilehead.TileHead.predict_proba`` its
 ``BLEND_PROB`` (P(unrecognised blend)), ``model.Classifier.predict_proba`` its
 ``BH_PAPER_PROB`` (the paper's question), ``sep_flags.classify_stamps`` its SEP verdict, and
 ``io.write_catalogue`` appends them to its row.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, cues, heads, io, model, tilehead
+from . import __version__, cues, features, heads, io, model, tilehead
 from .config import config_hash
 from .errors import CatalogueColumnError, ConfigError, InputFileError, ModelShapeError
 from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProcesses,
@@ -200,20 +201,27 @@ SEP_PROCESSES = 2
 """SEP child processes of a run (``sep_flags.SepProcesses``)."""
 
 
-def _score(cfg, clf, tile_head, features, stamps_of, rms_adu, n, scorable, progress):
+def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, progress):
     """Stream the catalogue in batches (``stamps_of(rows)`` gives the stamps and fractions of
     a slice of rows); return BLEND_PROB, BH_PAPER_PROB (NaN without a paper head, ``clf``
-    None), SEP columns and the fractions."""
+    None), SEP columns and the fractions.
+
+    ``head_inputs`` holds, per row, the tile head's catalogue features, or for a
+    position-only head the position cues; its pixel features are then measured on each
+    batch's stamps in the SEP processes and the batch is scored when they come back."""
     prob = np.full(n, np.nan, dtype=np.float64)
     paper = np.full(n, np.nan, dtype=np.float32)
     sep_out = np.zeros(n, dtype=[("nsrc", "i2"), ("blend", "i1"), ("error", "?")])
     edge = np.zeros(n, dtype=np.float32)
     mask = np.zeros(n, dtype=np.float32)
     progress(0, n, "objects")
-    pending = collections.deque()  # (rows, ok, SEP job) of the batches SEP is working on
+    pending = collections.deque()  # batches SEP is working on, oldest first
 
     def finish_oldest():
-        rows, ok, job = pending.popleft()
+        rows, ok, job, idx, kept, measured = pending.popleft()
+        if measured is not None:
+            feats = features.stamp_features(measured.result(), head_inputs[idx])
+            prob[idx] = tile_head.predict_proba(kept, rms_adu, feats)
         batch_sep = job.result()
         batch_sep[~ok] = (-1, 0, False)  # no pixels of the object, no SEP verdict
         sep_out[rows] = batch_sep
@@ -225,12 +233,17 @@ def _score(cfg, clf, tile_head, features, stamps_of, rms_adu, n, scorable, progr
             rows = slice(start, min(start + cfg.batch_size, n))
             stamps, edge[rows], mask[rows] = stamps_of(rows)
             ok = scorable[rows] & (edge[rows] < 1) & (mask[rows] < 1)
-            pending.append((rows, ok, sep_workers.submit(stamps, cfg.sep, start)))
-            if ok.any():
-                idx = np.arange(rows.start, rows.stop)[ok]
-                if clf is not None:
-                    paper[idx] = clf.predict_proba(stamps[ok], rms_adu)
-                prob[idx] = tile_head.predict_proba(stamps[ok], rms_adu, features[idx])
+            idx = np.arange(rows.start, rows.stop)[ok]
+            job = sep_workers.submit(stamps, cfg.sep, start)
+            kept = measured = None
+            if ok.any() and tile_head.stamp_features:
+                kept = stamps[ok]
+                measured = sep_workers.submit_measure(kept, rms_adu)
+            if ok.any() and clf is not None:
+                paper[idx] = clf.predict_proba(stamps[ok], rms_adu)
+            if ok.any() and measured is None:
+                prob[idx] = tile_head.predict_proba(stamps[ok], rms_adu, head_inputs[idx])
+            pending.append((rows, ok, job, idx, kept, measured))
             while len(pending) > SEP_PROCESSES:
                 finish_oldest()
         while pending:
@@ -346,10 +359,13 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         finite &= np.isfinite(centre.x_pix) & np.isfinite(centre.y_pix)
     log.info("%s: %d objects from %s (HDU %s)", tile, cat.nrows, cat_path, cat.extname)
     tile_head = tilehead.load_tile_head(tilehead.tile_head_path(cfg.tile_head))
-    columns = io.read_columns(cat_path, tile_head.catalogue_columns, cfg.catalogue_hdu)
     half_pix = cfg.stamp.size_pix // 2
-    features = (cues.catalogue_features(columns, cat.x_pix, cat.y_pix, half_pix)
-                if columns else np.zeros((cat.nrows, 0), np.float32))
+    if tile_head.stamp_features:  # position-only: no catalogue column but x, y
+        head_inputs = features.position_cues(cat.x_pix, cat.y_pix, half_pix)
+    else:
+        columns = io.read_columns(cat_path, tile_head.catalogue_columns, cfg.catalogue_hdu)
+        head_inputs = (cues.catalogue_features(columns, cat.x_pix, cat.y_pix, half_pix)
+                       if columns else np.zeros((cat.nrows, 0), np.float32))
 
     progress(0, 1, "reading tile")
     image = bad = None
@@ -406,7 +422,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         log.info("paper head %s (trained at sigma %.3g ADU), BH_PAPER_FLAG threshold %.3f",
                  head, clf.metadata["noise_sigma_adu"], hybrid_thr)
 
-    prob, paper, sep_out, edge, mask = _score(cfg, clf, tile_head, features, stamps_of,
+    prob, paper, sep_out, edge, mask = _score(cfg, clf, tile_head, head_inputs, stamps_of,
                                               rms_adu, cat.nrows, finite, progress)
     del image, bad, stamps_of
 

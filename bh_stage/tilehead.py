@@ -2,7 +2,10 @@
 
 Input: the central ``STAMP_SIDE_PIX`` square of the stage's own stamps (``cut_stamps`` at
 SExtractor detections, noise-filled off the tile), scaled by the tile rms, and the detection's
-catalogue features (``cues.catalogue_features``). Output: a logit per detection (the mean over
+features: for a position-only head (``compact_cnn_stamp_v1``) what the stage measures on the
+stamp and the positions (``features.FEATURE_NAMES``), so any catalogue with x/y will do; for
+the catalogue head (``compact_cnn_catalogue_v1``) SExtractor columns
+(``cues.catalogue_features``). Output: a logit per detection (the mean over
 the head's ``n_orientations`` flips and quarter turns) and the calibrated probability
 ``sigmoid(a * logit + b)``, computed from the logit so that it does not saturate.
 
@@ -18,8 +21,8 @@ import numpy as np
 
 from .errors import ModelShapeError
 from .heads import head_path, load_head
-from .nets.compact import (ARCHITECTURE, build_compact, centre_stamps, orientation_logits,
-                           scale_stamps, sigmoid)
+from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, centre_stamps,
+                           orientation_logits, scale_stamps, sigmoid)
 
 __all__ = ["TARGET", "TileHead", "DEFAULT_TILE_HEAD", "tile_head_path", "load_tile_head"]
 
@@ -42,7 +45,12 @@ class TileHead:
     blend_threshold : float
         ``BLEND_FLAG`` is ``BLEND_PROB >= blend_threshold``.
     catalogue_columns : tuple of str
-        SExtractor columns the head needs.
+        SExtractor columns the head needs (none for a position-only head).
+    stamp_features : bool
+        The head reads ``features.FEATURE_NAMES`` measured on the stamp (a position-only
+        head, architecture ``compact_cnn_stamp_v1``) rather than ``cues.catalogue_features``.
+    feature_names : tuple of str
+        Names of the features it reads beside the pixels, in order.
     """
 
     def __init__(self, model, head):
@@ -51,7 +59,10 @@ class TileHead:
         meta = head.metadata
         self.metadata, self.path, self.model = meta, head.path, model
         self.blend_threshold = float(meta["blend_threshold"])
-        self.catalogue_columns = tuple(meta["catalogue_columns"])
+        self.stamp_features = meta["architecture"] == STAMP_ARCHITECTURE
+        self.feature_names = tuple(meta["stamp_features" if self.stamp_features
+                                        else "catalogue_features"])
+        self.catalogue_columns = tuple(meta.get("catalogue_columns", ()))
         self._mean = np.asarray(meta["feature_mean"], dtype=np.float32)
         self._scale = np.asarray(meta["feature_scale"], dtype=np.float32)
         self._a, self._b = meta["calibration"]["a"], meta["calibration"]["b"]
@@ -61,13 +72,13 @@ class TileHead:
 
     def logits(self, stamps, rms_adu, features):
         """Uncalibrated logits (mean over the head's orientations) of padded stage stamps
-        (ADU) and raw catalogue features."""
+        (ADU) and their raw features (``feature_names``)."""
         x = scale_stamps(centre_stamps(stamps, self.metadata["stamp_side_pix"]), rms_adu)
         return self.input_logits(x, features)
 
     def input_logits(self, x, features, n_orientations=None):
         """Logits of network input ``x`` (``scale_stamps`` of the central square) and raw
-        catalogue features, averaged over ``n_orientations`` (default: the head's)."""
+        features, averaged over ``n_orientations`` (default: the head's)."""
         f = ((np.asarray(features, np.float32) - self._mean) / self._scale).astype(np.float32)
         return orientation_logits(self._fn, x, f, n_orientations or self.n_orientations)
 
@@ -105,11 +116,14 @@ def load_tile_head(path_json):
         return _LOADED[key]
     head = load_head(path_json)
     meta = head.metadata
-    if meta.get("target") != TARGET or meta.get("architecture") != ARCHITECTURE:
+    if meta.get("target") != TARGET or meta.get("architecture") not in (ARCHITECTURE,
+                                                                          STAMP_ARCHITECTURE):
         raise ModelShapeError(f"{path_json}: not a tile head (target {meta.get('target')!r}, "
                               f"architecture {meta.get('architecture')!r}); tile_head and "
                               f"weights_from take a head made by `bh-stage train-tile`")
-    model = build_compact(meta["stamp_side_pix"], len(meta["catalogue_features"]))
+    names = meta["stamp_features" if meta["architecture"] == STAMP_ARCHITECTURE
+                 else "catalogue_features"]
+    model = build_compact(meta["stamp_side_pix"], len(names), meta["architecture"])
     model.set_weights(head.weights)
     _LOADED[key] = TileHead(model, head)
     return _LOADED[key]

@@ -168,6 +168,7 @@ class FakeTileHead:
     inside the central 21x21 (a companion within ~10 px)."""
 
     catalogue_columns = ()
+    stamp_features = False
     blend_threshold = 0.5
 
     def __init__(self, path):

@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import cues
 
-__all__ = ["STAMP_SIDE_PIX", "ASINH_SOFTENING_RMS", "ARCHITECTURE", "COMPACT_LAYERS",
+__all__ = ["STAMP_SIDE_PIX", "ASINH_SOFTENING_RMS", "ARCHITECTURE", "STAMP_ARCHITECTURE",
+           "COMPACT_LAYERS",
            "centre_stamps", "asinh_scale", "scale_stamps", "dihedral",
            "orientation_logits", "build_compact", "dihedral_tf", "sigmoid"]
 
@@ -29,8 +30,14 @@ ARCHITECTURE = "compact_cnn_catalogue_v1"
 """Name of the tile head's network, recorded in a head's ``architecture``."""
 
 
+STAMP_ARCHITECTURE = "compact_cnn_stamp_v1"
+"""The position-only tile head's network: ``ARCHITECTURE``'s layers, its features measured by
+the stage on the stamp (``features.FEATURE_NAMES``) instead of read from the catalogue."""
+
+
 COMPACT_LAYERS = {
     ARCHITECTURE: ((32, False), (32, True), (64, False), (64, True), (64, False)),
+    STAMP_ARCHITECTURE: ((32, False), (32, True), (64, False), (64, True), (64, False)),
     # the paper's question on the 51x51 stamp: 19 million multiply-adds an orientation
     "compact_cnn_paper_v1": ((16, False), (16, True), (32, False), (32, True), (64, True),
                              (64, False)),

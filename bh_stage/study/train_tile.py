@@ -21,13 +21,15 @@ import logging
 import numpy as np
 
 from .. import cues
-from ..nets.compact import (ARCHITECTURE, STAMP_SIDE_PIX, asinh_scale, build_compact,
+from .. import features as bh_features
+from ..nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, STAMP_SIDE_PIX, asinh_scale,
+                            build_compact,
                             centre_stamps, dihedral_tf, orientation_logits, scale_stamps,
                             sigmoid)
 from ..tilehead import TARGET, load_tile_head, tile_head_path
 
 __all__ = ["fit_tile_head", "tile_logits", "calibrate_logits", "reliability", "role_arrays",
-           "train_tile", "run_train_tile"]
+           "stamp_feature_table", "source_features", "train_tile", "run_train_tile"]
 
 log = logging.getLogger(__name__)
 
@@ -163,18 +165,45 @@ def reliability(prob, labels, n_bins=10):
              "n": int((which == b).sum())} for b in range(len(edges) - 1) if (which == b).any()]
 
 
-def role_arrays(folders, seed):
-    """Stack the detections of tile folders: scaled stamps, catalogue features, classes."""
+def role_arrays(folders, seed, features="catalogue"):
+    """Stack the detections of tile folders: scaled stamps, the head's features, classes.
+
+    ``features``: 'catalogue' (``cues.catalogue_features``) or 'stamp' (``features``
+    measured on the stage's 65x65 stamps beside the position cues, cached in each folder as
+    ``features_<seed>.npz``).
+    """
     from . import tileset
 
-    imgs, cats, classes = [], [], []
+    imgs, feats, classes = [], [], []
     for folder in folders:
-        _, cls, cat = tileset.detection_table(folder)
+        (x, y), cls, cat = tileset.detection_table(folder)
         stamps, rms = tileset.detection_stamps(folder, seed)
         imgs.append(scale_stamps(centre_stamps(stamps), rms))
-        cats.append(cat)
+        feats.append(cat if features == "catalogue" else stamp_feature_table(folder, seed, x, y))
         classes.append(cls)
-    return np.concatenate(imgs), np.concatenate(cats), np.concatenate(classes)
+    return np.concatenate(imgs), np.concatenate(feats), np.concatenate(classes)
+
+
+def stamp_feature_table(folder, seed, x_pix, y_pix):
+    """``features.FEATURE_NAMES`` of every detection of a prepared tile folder, measured as
+    the stage measures them (on its 65x65 stamps, with the tile rms); the pixel part cached
+    as ``features_<seed>.npz``."""
+    from pathlib import Path
+
+    from .. import io
+    from . import tileset
+
+    cache = Path(folder) / f"features_{seed}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            pixel = z["pixel_features"]
+    else:
+        stamps, rms = tileset.detection_stamps(folder, seed, side_pix=65)
+        pixel = bh_features.measure_stamps(stamps, rms)
+        with io.atomic_output(cache, overwrite=True) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, pixel_features=pixel)
+    return bh_features.stamp_features(pixel, bh_features.position_cues(x_pix, y_pix))
 
 
 def train_tile(cfg, progress=None):
@@ -200,7 +229,9 @@ def train_tile(cfg, progress=None):
     t0 = time.perf_counter()
     roles = ("valid",) if source else ("train", "valid")
     folders = {role: tileset.prepare_role(cfg.tiles, role, progress) for role in roles}
-    va_img, va_cat, va_cls = role_arrays(folders["valid"], cfg.seed)
+    kind = source_features(source.metadata) if source else cfg.features
+    architecture = ARCHITECTURE if kind == "catalogue" else STAMP_ARCHITECTURE
+    va_img, va_cat, va_cls = role_arrays(folders["valid"], cfg.seed, kind)
     y_va = va_cls["UNRECOGNISED"]
     if source:
         meta, model = dict(source.metadata), source.model
@@ -211,7 +242,7 @@ def train_tile(cfg, progress=None):
         log.info("tile head: the network of %s, calibrated on %d validation detections",
                  source.path, len(y_va))
     else:
-        tr_img, tr_cat, tr_cls = role_arrays(folders["train"], cfg.seed)
+        tr_img, tr_cat, tr_cls = role_arrays(folders["train"], cfg.seed, kind)
         t_data = time.perf_counter() - t0
         mean, scale = tr_cat.mean(axis=0), tr_cat.std(axis=0) + 1e-6
         y_tr = tr_cls["UNRECOGNISED"]
@@ -221,17 +252,23 @@ def train_tile(cfg, progress=None):
         model, history = fit_tile_head(
             (tr_img, (tr_cat - mean) / scale, y_tr), (va_img, (va_cat - mean) / scale, y_va),
             seed=cfg.seed, max_epochs=cfg.max_epochs, patience_epochs=cfg.patience_epochs,
-            lr_drop_epochs=cfg.lr_drop_epochs, progress=progress)
+            lr_drop_epochs=cfg.lr_drop_epochs, progress=progress,
+            architecture=architecture)
+        names = ({"catalogue_features": list(cues.FEATURE_NAMES),
+                  "catalogue_columns": list(cues.CATALOGUE_COLUMNS)} if kind == "catalogue"
+                 else {"stamp_features": list(bh_features.FEATURE_NAMES),
+                       "catalogue_columns": []})
         meta = {
-            "target": TARGET, "architecture": ARCHITECTURE, "stamp_side_pix": STAMP_SIDE_PIX,
+            "target": TARGET, "stamp_side_pix": STAMP_SIDE_PIX,
+            "architecture": architecture,
             "backbone": "none", "backbone_sha256": "none", "preprocess": "asinh_rms",
             "input_shape": [STAMP_SIDE_PIX, STAMP_SIDE_PIX, 1], "size_pix": 51, "pad_pix": 7,
-            "noise_sigma_adu": cfg.tiles.noise_sigma_adu,
-            "catalogue_features": list(cues.FEATURE_NAMES),
-            "catalogue_columns": list(cues.CATALOGUE_COLUMNS),
+            "noise_sigma_adu": cfg.tiles.noise_sigma_adu, **names,
             "feature_mean": mean, "feature_scale": scale, "history": history,
             "tiles": {"train_seeds": cfg.tiles.train_seeds,
                       "valid_seeds": cfg.tiles.valid_seeds,
+                      "max_brightening_mag": cfg.tiles.max_brightening_mag,
+                      "size_slope_dex_per_mag": cfg.tiles.size_slope_dex_per_mag,
                       "size_pix": cfg.tiles.size_pix, "mag_max": cfg.tiles.mag_max,
                       "density_per_arcmin2": cfg.tiles.density_per_arcmin2,
                       "train_close_pair_fraction": cfg.tiles.train_close_pair_fraction,
@@ -246,6 +283,11 @@ def train_tile(cfg, progress=None):
                  "blend_threshold": threshold, "hybrid_threshold": None,
                  "flag_fraction": cfg.flag_fraction, "valid": valid})
     return save_head(out, model.get_weights(), meta, overwrite=cfg.overwrite), valid
+
+
+def source_features(metadata):
+    """'stamp' for a position-only tile head's metadata, 'catalogue' otherwise."""
+    return "stamp" if metadata.get("architecture") == STAMP_ARCHITECTURE else "catalogue"
 
 
 def _calibrate(logits, labels, flag_fraction):

@@ -1,0 +1,88 @@
+"""The position-only tile head (``compact_cnn_stamp_v1``, ``train-tile --set features=stamp``):
+its features are measured by the stage on the stamp, so a catalogue with only an id and x/y
+runs end to end and gives the same BLEND_PROB as the full SExtractor catalogue."""
+
+import json
+
+import fitsio
+import numpy as np
+import pytest
+
+from bh_stage import features
+from bh_stage.cli import main
+
+from conftest import gaussian_image
+
+
+def test_pair_features_differ_from_a_single_galaxy():
+    """Worked by hand: a round Gaussian at the centre has its peak, barycentre and windowed
+    centroid on the centre pixel and SEP finds one source; an equal pair 4 px apart along x
+    (merged by SEP at this separation) is elongated along x, with a larger flux radius; an
+    empty stamp has no central source (FOUND 0)."""
+    single = gaussian_image((65, 65), [(32, 32)], noise_adu=1.0, seed=1)
+    pair = gaussian_image((65, 65), [(30, 32), (34, 32)], noise_adu=1.0, seed=1)
+    empty = np.random.default_rng(2).normal(0.0, 1.0, (65, 65)).astype(np.float32)
+    out = dict(zip(features.FEATURE_NAMES[:-2],
+                   features.measure_stamps(np.stack([single, pair, empty]), 1.0).T))
+    assert out["FOUND"].tolist() == [1, 1, 0]
+    assert out["CENTRE_OFFSET_PIX"][0] < 0.1 and out["PEAK_OFFSET_PIX"][0] < 0.5
+    assert out["ELONGATION"][0] < 1.1 < 1.3 < out["ELONGATION"][1]
+    assert out["FLUX_RADIUS_PIX"][1] > out["FLUX_RADIUS_PIX"][0] + 0.5
+    # flux 4000 (single) and 8000 (pair) ADU: SNR = flux / (rms sqrt(npix))
+    assert out["LOG10_SNR"][1] > out["LOG10_SNR"][0]
+    assert out["NEXT_DIST_PIX"][0] == features.FAR_PIX and out["NEXT_FLUX_RATIO"][0] == 0
+
+
+def test_position_cues_by_hand():
+    """Three detections: two 3-4-5 px apart, one 100 px away alone."""
+    cues = features.position_cues(np.array([0.0, 3.0, 100.0]), np.array([0.0, 4.0, 0.0]))
+    np.testing.assert_allclose(cues[:, 0], np.log10([5.0, 5.0, np.hypot(97.0, 4.0)]),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(cues[:, 1], [1, 1, 0])
+
+
+def _positions_only(src, dst):
+    """Copy a SExtractor FITS_LDAC catalogue keeping only NUMBER, XWIN_IMAGE, YWIN_IMAGE."""
+    with fitsio.FITS(str(src)) as f:
+        imhead = f["LDAC_IMHEAD"].read()
+        objects = f["LDAC_OBJECTS"].read(columns=["NUMBER", "XWIN_IMAGE", "YWIN_IMAGE"])
+    with fitsio.FITS(str(dst), "rw", clobber=True) as f:
+        f.write(None)
+        f.write(imhead, extname="LDAC_IMHEAD")
+        f.write(objects, extname="LDAC_OBJECTS")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_position_only_head_runs_on_a_positions_only_catalogue(tmp_path, cosmos_dir,
+                                                               sextractor):
+    """train-tile with features=stamp writes a compact_cnn_stamp_v1 head that needs no
+    catalogue column; `bh-stage run` with it gives the same BLEND_PROB on the full
+    SExtractor catalogue and on a copy with only NUMBER, XWIN_IMAGE, YWIN_IMAGE."""
+    tiles = [f"tiles.work_dir={tmp_path / 'tiles'}", f"tiles.cosmos_dir={cosmos_dir}",
+             "tiles.size_pix=500", "tiles.train_seeds=[1]", "tiles.valid_seeds=[2]",
+             "tiles.test_seeds=[3]", "tiles.close_pair_fraction=0.4",
+             "tiles.train_close_pair_fraction=0.4", "tiles.n_workers=1"]
+    heads = tmp_path / "heads"
+    assert main(["-q", "train-tile", "example_config/train-tile.yml",
+                 *["--set=" + s for s in tiles], f"--set=output_dir={heads}",
+                 "--set=features=stamp", "--set=max_epochs=1", "--set=n_orientations=1",
+                 "--set=head_name=v2"]) == 0
+    meta = json.loads((heads / "v2.json").read_text())
+    assert meta["architecture"] == "compact_cnn_stamp_v1"
+    assert meta["catalogue_columns"] == [] and meta["stamp_features"] == list(
+        features.FEATURE_NAMES)
+    test = tmp_path / "tiles" / "train1"  # any SExtracted tile: the test half is not needed
+    _positions_only(test / "tile.cat", tmp_path / "positions.cat")
+    outputs = {}
+    for name, cat in (("full", test / "tile.cat"), ("positions", tmp_path / "positions.cat")):
+        out = tmp_path / f"{name}_bh.cat"
+        assert main(["-q", "run", "example_config/config.yml", str(test / "tile.fits"),
+                     "--catalogue", str(cat), "--weight", str(test / "tile.weight.fits"),
+                     "--output", str(out), f"--set=tile_head={heads / 'v2.json'}"]) == 0
+        outputs[name] = fitsio.read(str(out), ext="LDAC_OBJECTS")
+    full, positions = outputs["full"], outputs["positions"]
+    assert positions.dtype.names[:3] == ("NUMBER", "XWIN_IMAGE", "YWIN_IMAGE")
+    assert np.isfinite(full["BLEND_PROB"]).mean() > 0.9
+    np.testing.assert_array_equal(positions["BLEND_PROB"], full["BLEND_PROB"])
+    np.testing.assert_array_equal(positions["BLEND_FLAG"], full["BLEND_FLAG"])
