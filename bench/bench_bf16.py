@@ -15,19 +15,20 @@ the load average is recorded). Writes ``bench/results/bf16.json`` and prints the
     python bench/bench_bf16.py --n 8000
 """
 
-import argparse
 import json
 import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from bh_stage import model as bh_model
+from bh_stage.heads import load_head
+from bh_stage.nets import vgg
+from bh_stage.nets.openvino import compile_bf16, runs_bf16
 
-OUT = Path(__file__).resolve().parent / "results" / "bf16.json"
+import benchlib
 
 
 def blob_stamps(n, seed=0, sigma_adu=15.0):
@@ -79,7 +80,7 @@ def rate(clf, stamps, repeat):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__, "bf16.json")
     parser.add_argument("--n", type=int, default=8000, help="stamps compared")
     parser.add_argument("--n-time", type=int, default=512, help="stamps per timed pass")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes (best kept)")
@@ -88,7 +89,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     stamps = blob_stamps(args.n, seed=args.seed)
-    backbone = bh_model.build_backbone("hed")
+    backbone = vgg.build_backbone("hed")
     res = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
            "load_average_start": list(os.getloadavg()), "n_stamps": args.n,
            "seed": args.seed, "batch": args.batch}
@@ -96,10 +97,12 @@ def main(argv=None):
         kw = {"backbone": backbone, "batch_size": args.batch}
         head = "cfis_sigma15_clip_80k"
         f32 = bh_model.load_classifier(head, precision="f32", **kw)
-        bf16 = bh_model.load_classifier(head, precision="bf16", ov_cache_dir=tmp, **kw)
-        hint = bf16._compiled.get_property("INFERENCE_PRECISION_HINT")
-        if not bh_model._openvino_runs_bf16(bf16._compiled):
+        # the precision OpenVINO runs in, from a compilation like the bf16 classifier's own
+        compiled = compile_bf16(f32.model, load_head(f32.head_path), f32.input_shape, tmp)
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        if not runs_bf16(compiled):
             raise SystemExit(f"OpenVINO runs in {hint} here, not bf16: nothing to measure")
+        bf16 = bh_model.load_classifier(head, precision="bf16", ov_cache_dir=tmp, **kw)
         threshold = f32.blend_threshold
         res.update(head=f32.head_path.name, blend_threshold=threshold,
                    openvino_inference_precision=str(hint))
@@ -113,9 +116,7 @@ def main(argv=None):
         res["bf16_over_f32"] = res["bf16_stamps_per_s"] / res["f32_stamps_per_s"]
     res["load_average_end"] = list(os.getloadavg())
     print(json.dumps(res, indent=1))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    benchlib.write_result(args.output, res)
 
 
 if __name__ == "__main__":

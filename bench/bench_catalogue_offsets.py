@@ -13,7 +13,6 @@ difference. Writes bench/results/catalogue_offsets.json.
     python bench/bench_catalogue_offsets.py --work-dir WORKDIR/tiles
 """
 
-import argparse
 import json
 import subprocess
 from pathlib import Path
@@ -21,10 +20,12 @@ from pathlib import Path
 import fitsio
 import numpy as np
 
-from bh_stage import metrics, tileset
 from bh_stage.config import TileSetConfig, config_from_dict
+from bh_stage.study import metrics, tileset
 
-REPO = Path(__file__).resolve().parents[1]
+import benchlib
+
+REPO = benchlib.REPO
 OFFSET_NAMES = ["|peak - barycentre|", "|windowed - barycentre|", "|peak - windowed|"]
 
 
@@ -82,7 +83,7 @@ def summary(score, label, groups, n_boot, seed):
 def main():
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__, "catalogue_offsets.json")
     parser.add_argument("--work-dir", required=True, help="tiles.work_dir of evaluate-tile")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/bh_catalogue_offsets"))
     parser.add_argument("--results", type=Path,
@@ -119,8 +120,7 @@ def main():
         - out["test"]["catalogue + offsets"]["roc_auc"],
         "interval_95": metrics.interval(diff, 0.95)}
     print(json.dumps(out, indent=1))
-    path = REPO / "bench" / "results" / "catalogue_offsets.json"
-    path.write_text(json.dumps(out, indent=1) + "\n")
+    benchlib.write_result(args.output, out)
 
 
 if __name__ == "__main__":

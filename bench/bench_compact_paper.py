@@ -18,18 +18,19 @@ recognised neighbours are scored beside the heads. Choose on validation (trainin
         --output bench/results/compact_paper_valid.json
 """
 
-import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bh_stage import metrics, model
-from bh_stage.evaluate_tile import COMPARISONS, comparison_labels, galaxy_groups
+from bh_stage import model
 from bh_stage.io import read_dataset
-from bh_stage.train import noisy_stamps
+from bh_stage.study import metrics
+from bh_stage.study.evaluate_tile import COMPARISONS, comparison_labels, galaxy_groups
+from bh_stage.study.train import noisy_stamps
+
+import benchlib
 
 STAMP_CLASSES = ("all", "close", "far")
 CLOSE_MAX_PIX = 10.0
@@ -102,8 +103,9 @@ def tile_set(tiles_dir, role):
     free catalogue cues of the stage (``BH_NEAREST_PIX`` negated, ``BH_NDET_STAMP``), the
     ``COMPARISONS`` and the galaxy groups (as ``bh-stage evaluate-tile``: a galaxy drawn on
     both tiles is one group)."""
-    from bh_stage import cues, tileset
+    from bh_stage import cues
     from bh_stage.config import EvaluateTileConfig, config_from_dict
+    from bh_stage.study import tileset
 
     cfg = config_from_dict(EvaluateTileConfig, {"tiles": {"work_dir": str(tiles_dir)}})
     stamps, rms, classes, free = [], [], [], []
@@ -143,7 +145,7 @@ def report(title, table):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchlib.parser(__doc__, required=True)
     ap.add_argument("--vgg16", default="cfis_sigma15_clip_80k", help="VGG16 paper head")
     ap.add_argument("--head", action="append", default=[], metavar="NAME=JSON",
                     help="a compact head (repeat)")
@@ -155,7 +157,6 @@ def main():
                     help="comma-separated orientation counts to score each compact head in "
                          "as well (NAME@k), beside its own")
     ap.add_argument("--n-bootstrap", type=int, default=1000)
-    ap.add_argument("--output", type=Path, required=True)
     args = ap.parse_args()
 
     heads = {"vgg16": model.load_classifier(args.vgg16)}
@@ -184,9 +185,7 @@ def main():
                         "galaxies": int(len(np.unique(groups))),
                         "auc": paired_aucs(scores, comparisons, groups, args.n_bootstrap)}
         report("tiles", res["tiles"]["auc"])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(res, indent=1, default=float) + "\n")
-    print(f"wrote {args.output}")
+    benchlib.write_result(args.output, res)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ pooled, checks the issue's targets on the pooled values, writes a JSON.
         --output bench/results/crossval.json
 """
 
-import argparse
-import json
 from pathlib import Path
 
-from bh_stage.evaluate import TARGETS, crossval_intervals
-from bh_stage.evaluate_report import target_verdicts
 from bh_stage.io import read_scores
+from bh_stage.study.evaluate import TARGETS, crossval_intervals
+from bh_stage.study.evaluate_report import target_verdicts
+
+import benchlib
 
 HEADLINE = [
     "BH:accuracy", "SEP_paper:accuracy", "SEP_stage:accuracy", "hybrid:accuracy",
@@ -38,7 +38,7 @@ def fmt(v):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchlib.parser(__doc__, "crossval.json")
     ap.add_argument("--fold", action="append", required=True, type=Path,
                     help="an evaluate output folder (with scores.npz); give it once per fold")
     ap.add_argument("--close-max-pix", type=float, default=10.0)
@@ -46,7 +46,6 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--snr", action="store_true",
                     help="only the stamps whose galaxies all reach evaluate's snr_min")
-    ap.add_argument("--output", type=Path, default=Path("bench/results/crossval.json"))
     args = ap.parse_args()
 
     folds = [read_scores(d / "scores.npz") for d in args.fold]
@@ -66,15 +65,12 @@ def main():
         print(f"target {desc} ({text}): {fmt(v)} {verdict}")
     n_gal = [int(len(set(d["gal_id0"].tolist()))) for d, _ in folds]
     n_stamps = [int(len(d["label"])) for d, _ in folds]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
+    benchlib.write_result(args.output, {
         "folds": [str(d) for d in args.fold], "snr_subset": args.snr,
         "n_stamps": n_stamps, "n_galaxies": n_gal,
         "thresholds": [t for _, t in folds], "n_bootstrap": args.n_bootstrap,
         "interval": "value, 68 % (lo, hi), 95 % (lo, hi); pooled = mean of the folds",
-        "pooled": out["pooled"], "per_fold": out["folds"], "targets": targets},
-        indent=1, default=float) + "\n")
-    print(f"wrote {args.output}")
+        "pooled": out["pooled"], "per_fold": out["folds"], "targets": targets})
 
 
 if __name__ == "__main__":

@@ -20,20 +20,19 @@ and the hybrid's accuracy against SEP's (paper rules) and writes bench/results/f
         --realistic simulated/realistic4k.h5 --cache-dir simulated/cache
 """
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from bh_stage import io, model, train
+from bh_stage import heads, io
 from bh_stage.config import SepConfig
-from bh_stage.evaluate import true_positions
-from bh_stage.metrics import accuracy, binary_auc, roc_auc
+from bh_stage.nets import vgg
 from bh_stage.sep_flags import classify_stamps
+from bh_stage.study import train
+from bh_stage.study.evaluate import true_positions
+from bh_stage.study.metrics import accuracy, binary_auc, roc_auc
 
-REPO = Path(__file__).resolve().parents[1]
+import benchlib
 BLOCK5 = ("block5_conv1", "block5_conv2", "block5_conv3")
 CLOSE_MAX_PIX = 10.0
 
@@ -43,7 +42,7 @@ def trunk_and_block5(head):
     backbone."""
     import keras
 
-    backbone = model.build_backbone(head.metadata["backbone"])
+    backbone = vgg.build_backbone(head.metadata["backbone"])
     trunk = keras.Model(backbone.input, backbone.get_layer("block4_pool").output)
     inp = keras.Input(trunk.output_shape[1:])
     x = inp
@@ -52,7 +51,7 @@ def trunk_and_block5(head):
         x = layer(x)
         layer.set_weights(backbone.get_layer(name).get_weights())
     x = keras.layers.MaxPooling2D(2, name="block5_pool")(x)
-    top = model.build_head(model.FEATURE_SHAPE)
+    top = vgg.build_head(vgg.FEATURE_SHAPE)
     top.set_weights(head.weights)
     return trunk, keras.Model(inp, top(x))
 
@@ -92,7 +91,7 @@ def realistic_metrics(p, thresholds, label, sep_pix, sep_paper, sep_stage):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__)
     parser.add_argument("--dataset", required=True, help="training data set (.h5)")
     parser.add_argument("--realistic", required=True, help="realistic test set (.h5)")
     parser.add_argument("--head", default="cfis_sigma15_clip_80k")
@@ -113,7 +112,7 @@ def main():
 
     import keras
 
-    head = model.load_head(model.head_path(args.head))
+    head = heads.load_head(heads.head_path(args.head))
     mode = head.metadata["preprocess"]
     trunk, net = trunk_and_block5(head)
     trunk_sha = head.metadata["backbone_sha256"] + ":block4_pool"
@@ -180,7 +179,7 @@ def main():
     print(f"after - before: BH {out['after']['BH']['accuracy'] - out['before']['BH']['accuracy']:+.4f}, "
           f"hybrid {out['after']['hybrid']['accuracy'] - out['before']['hybrid']['accuracy']:+.4f}, "
           f"AUC {out['after']['auc'] - out['before']['auc']:+.4f}")
-    (REPO / "bench" / "results" / f"finetune_{args.scheme}.json").write_text(json.dumps(out, indent=1) + "\n")
+    benchlib.write_result(args.output or f"finetune_{args.scheme}.json", out)
 
 
 if __name__ == "__main__":

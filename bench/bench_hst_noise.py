@@ -11,28 +11,28 @@
     python bench/bench_hst_noise.py [--cosmos-dir ../shared/cosmos]
 """
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 from bh_stage.config import SimulateConfig, config_from_dict
-from bh_stage.simulate import _catalogue, _sample_mags, psf_image, real_galaxy_split
+from bh_stage.study.simulate import cosmos_catalogue, psf_image, real_galaxy_split, sample_mags
+
+import benchlib
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchlib.parser(__doc__, "hst_noise.json")
     ap.add_argument("--cosmos-dir", default="../shared/cosmos")
-    ap.add_argument("--output", type=Path, default=Path("bench/results/hst_noise.json"))
     args = ap.parse_args()
     import galsim
 
     cfg = config_from_dict(SimulateConfig, {"cosmos_dir": args.cosmos_dir})
     psf = galsim.InterpolatedImage(galsim.Image(psf_image(cfg, 0.0, 0.0, 65),
                                                 scale=cfg.pixel_scale_arcsec))
-    rcat = _catalogue(args.cosmos_dir, cfg.real_catalogue, True, cfg.exptime_s, cfg.area_cm2)
-    mags = _sample_mags(rcat, True)
+    rcat = cosmos_catalogue(args.cosmos_dir, cfg.real_catalogue, True, cfg.exptime_s,
+                            cfg.area_cm2)
+    mags = sample_mags(rcat, True)
     rng = np.random.default_rng(0)
     rms = []
     for i in range(rcat.nobjects):
@@ -66,16 +66,15 @@ def main():
                                      for h in (train, test)]
     slopes = {}
     for name, real in (("parametric", False), ("real", True)):
-        cat = _catalogue(args.cosmos_dir, cfg.real_catalogue if real else
-                         cfg.parametric_catalogue, real, cfg.exptime_s, cfg.area_cm2)
-        m = _sample_mags(cat, real)
+        cat = cosmos_catalogue(args.cosmos_dir, cfg.real_catalogue if real else
+                               cfg.parametric_catalogue, real, cfg.exptime_s, cfg.area_cm2)
+        m = sample_mags(cat, real)
         r = np.asarray(cat.param_cat["flux_radius"], np.float64)[cat.orig_index]
         ok = r > 0
         slopes[name] = float(np.polyfit(m[ok], np.log10(r[ok]), 1)[0])
     out["size_slope_dex_per_mag"] = slopes
     print(json.dumps(out, indent=1))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(out, indent=1) + "\n")
+    benchlib.write_result(args.output, out)
 
 
 if __name__ == "__main__":

@@ -12,22 +12,22 @@ Writes bench/results/int8.json.
         --realistic simulated/realistic4k.h5 --n-calibration 300 --n-test 1000
 """
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from bh_stage import io, model, train
+from bh_stage import heads, io, model
+from bh_stage.nets import vgg
+from bh_stage.nets.openvino import openvino_model
+from bh_stage.study import train
 
-REPO = Path(__file__).resolve().parents[1]
+import benchlib
 TOLERANCE = 0.02
 
 
 def network_input(path, attrs, rows, sigma_adu, mode):
-    return model.preprocess(train.noisy_stamps(path, attrs, rows, sigma_adu), mode)
+    return vgg.preprocess(train.noisy_stamps(path, attrs, rows, sigma_adu), mode)
 
 
 def scores(compiled, x, batch=256):
@@ -36,7 +36,7 @@ def scores(compiled, x, batch=256):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__, "int8.json")
     parser.add_argument("--dataset", required=True, help="training data set (.h5)")
     parser.add_argument("--realistic", required=True, help="realistic test set (.h5)")
     parser.add_argument("--head", default="cfis_sigma15_clip_80k")
@@ -51,8 +51,8 @@ def main():
     except ImportError:
         sys.exit('bench_int8.py needs NNCF, an optional extra: pip install -e ".[bench]"')
 
-    clf = model.load_classifier(model.head_path(args.head))
-    core, ov_model = model.openvino_model(clf.model, clf.metadata, clf.input_shape)
+    clf = model.load_classifier(heads.head_path(args.head))
+    core, ov_model = openvino_model(clf.model, clf.metadata, clf.input_shape)
     mode = clf.preprocess_mode
     meta = io.read_dataset(args.dataset, stamps=False)
     kind = np.char.strip(np.asarray(meta.truth["kind"]).astype("S"))
@@ -90,7 +90,7 @@ def main():
               f"{speed / out['f32']['stamps_per_s']:.2f}); max |dP| {r['max_abs_dp']:.3f}, p99 "
               f"{r['p99_abs_dp']:.3f} (tolerance {TOLERANCE}); {r['flipped']} of {len(x)} "
               f"decisions flipped; accuracy {r['accuracy']:.4f} vs f32 {out['f32']['accuracy']:.4f}")
-    (REPO / "bench" / "results" / "int8.json").write_text(json.dumps(out, indent=1) + "\n")
+    benchlib.write_result(args.output, out)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ training does); writes the numbers as JSON to ``bench/results/bench_model_<host>
 Usage: ``python bench/bench_model.py [--n 512] [--batch 256]``
 """
 
-import argparse
-import json
 import logging
 import os
 import platform
@@ -19,7 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bh_stage import heads
 from bh_stage import model as bh_model
+from bh_stage.nets import vgg
+from bh_stage.nets.openvino import compile_bf16
+
+import benchlib
 
 log = logging.getLogger("bench_model")
 
@@ -45,23 +48,23 @@ def _rate(fn, stamps, repeat=2):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__)
     parser.add_argument("--n", type=int, default=512, help="stamps per timing")
     parser.add_argument("--batch", type=int, default=256, help="stamps per network call")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     stamps = _stamps(args.n)
-    backbone = bh_model.build_backbone("hed")
+    backbone = vgg.build_backbone("hed")
     rng = np.random.default_rng(1)
     shapes = [(2048, 256), (256,), (256, 1024), (1024,), (1024, 1), (1,)]
     weights = [rng.normal(0, 0.02, s).astype(np.float32) for s in shapes]
-    meta = {"backbone": "hed", "backbone_sha256": bh_model.backbone_sha256("hed"),
+    meta = {"backbone": "hed", "backbone_sha256": vgg.backbone_sha256("hed"),
             "preprocess": "caffe", "input_shape": [65, 65, 3], "blend_threshold": 0.5,
             "hybrid_threshold": 0.5}
     res = {"host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
            "cpu_count": os.cpu_count(), "n_stamps": args.n, "batch": args.batch}
     with tempfile.TemporaryDirectory() as tmp:
-        head = bh_model.save_head(Path(tmp) / "bench.json", weights, meta)
+        head = heads.save_head(Path(tmp) / "bench.json", weights, meta)
         f32 = bh_model.load_classifier(head, backbone=backbone, batch_size=args.batch)
         res["f32_stamps_per_s"], p32 = _rate(f32.predict_proba, stamps)
         try:
@@ -72,18 +75,17 @@ def main(argv=None):
             res["bf16_stamps_per_s"], p16 = _rate(bf16.predict_proba, stamps)
             res["bf16_over_f32"] = res["bf16_stamps_per_s"] / res["f32_stamps_per_s"]
             res["max_abs_dp_bf16_f32"] = float(np.max(np.abs(p16 - p32)))
+            # from a compilation like bf16's own, which the classifier keeps to itself
+            compiled = compile_bf16(f32.model, heads.load_head(head), f32.input_shape, tmp)
             res["openvino_inference_precision"] = str(
-                bf16._compiled.get_property("INFERENCE_PRECISION_HINT"))
+                compiled.get_property("INFERENCE_PRECISION_HINT"))
         except ImportError as err:
             log.warning("no bf16 timing: %s", err)
     res["features_stamps_per_s"], _ = _rate(
-        lambda s: bh_model.extract_features(s, backbone, "caffe", args.batch), stamps)
+        lambda s: vgg.extract_features(s, backbone, "caffe", args.batch), stamps)
     for key, value in res.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
-    out = Path(__file__).resolve().parent / "results" / f"bench_model_{res['host']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {out}")
+    benchlib.write_result(args.output or f"bench_model_{res['host']}.json", res)
 
 
 if __name__ == "__main__":

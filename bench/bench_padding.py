@@ -9,21 +9,17 @@ writes bench/results/padding.json.
     python bench/bench_padding.py --dataset simulated/realistic4k.h5 --max-stamps 2000
 """
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 
-from bh_stage import io, model
-from bh_stage.metrics import accuracy, roc_auc
+from bh_stage import heads, io, model
 from bh_stage.stamps import add_noise, dataset_noise_seeds
+from bh_stage.study.metrics import accuracy, roc_auc
 
-REPO = Path(__file__).resolve().parents[1]
+import benchlib
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__, "padding.json")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--head", default="cfis_sigma15_clip_80k")
     parser.add_argument("--sigma-adu", type=float, default=14.5)
@@ -40,7 +36,7 @@ def main():
     border = np.ones(noisy.shape[1:], dtype=bool)
     border[pad:-pad, pad:-pad] = False
     zeros[:, border] = 0.0
-    clf = model.load_classifier(model.head_path(args.head))
+    clf = model.load_classifier(heads.head_path(args.head))
     label = ds.truth["label"] == 1
     out = {"dataset": str(args.dataset), "head": str(clf.head_path), "n": len(rows)}
     for name, stamps in (("noise", noisy), ("zeros", zeros)):
@@ -49,7 +45,7 @@ def main():
                      "auc": roc_auc(p, label)}
         print(f"padding {name}: accuracy {out[name]['accuracy']:.4f}, "
               f"AUC {out[name]['auc']:.4f} ({len(rows)} stamps)")
-    (REPO / "bench" / "results" / "padding.json").write_text(json.dumps(out, indent=1) + "\n")
+    benchlib.write_result(args.output, out)
 
 
 if __name__ == "__main__":

@@ -8,29 +8,26 @@ sources and verdicts, prints the seconds and their ratio and writes a JSON.
     python bench/bench_sep.py --tile /tmp/bh_bench_stage/tile.fits
 """
 
-import argparse
-import contextlib
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bh_stage import io, sep_flags, stage
+from bh_stage import io, pixels, sep_flags, stage
 from bh_stage.config import RunConfig, config_from_dict
 from bh_stage.stamps import cut_stamps
 
-REPO = Path(__file__).resolve().parents[1]
+import benchlib
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__, "sep_pixstack.json")
     parser.add_argument("--tile", type=Path, default=Path("/tmp/bh_bench_stage/tile.fits"))
-    parser.add_argument("--output", type=Path, default=REPO / "bench/results/sep_pixstack.json")
     args = parser.parse_args()
     cfg = config_from_dict(RunConfig, {"weight": "{dir}/{stem}.weight.fits"})
     tile, cat_path, weight, _ = stage.resolve_paths(cfg, args.tile)
-    image, bad, rms_adu = stage.tile_pixels(tile, weight)
+    image, bad, rms_adu = pixels.tile_pixels(tile, weight)
     cat = io.read_catalogue(cat_path, cfg.x_column, cfg.y_column, cfg.id_column,
                             cfg.catalogue_hdu)
     x, y = np.nan_to_num(cat.x_pix), np.nan_to_num(cat.y_pix)  # 0-based, as the stage
@@ -40,11 +37,10 @@ def main():
 
     seconds, verdicts = {}, {}
     # sep_default: SEP's own stack, what the stage used before 0.5
-    for name, stack in (("stage", contextlib.nullcontext()), ("sep_default", _default_stack())):
-        with stack:
-            t0 = time.perf_counter()
-            verdicts[name] = sep_flags.classify_stamps(stamps, cfg.sep)
-            seconds[name] = time.perf_counter() - t0
+    for name, own in (("stage", True), ("sep_default", False)):
+        t0 = time.perf_counter()
+        verdicts[name] = sep_flags.classify_stamps(stamps, cfg.sep, own_pixel_stack=own)
+        seconds[name] = time.perf_counter() - t0
     same = bool(np.array_equal(verdicts["stage"], verdicts["sep_default"]))
     out = {"tile": str(tile), "stamps": len(stamps), "seconds_stage_stack": seconds["stage"],
            "seconds_sep_default_stack": seconds["sep_default"],
@@ -54,18 +50,7 @@ def main():
     print(f"SEP on {len(stamps)} stamps, one core: {seconds['stage']:.1f} s with the stage's "
           f"pixel stack, {seconds['sep_default']:.1f} s with SEP's default "
           f"({out['speedup']:.1f}x); identical verdicts: {same}")
-    args.output.write_text(json.dumps(out, indent=1) + "\n")
-
-
-@contextlib.contextmanager
-def _default_stack():
-    """``classify_stamps`` with SEP's default pixel stack instead of its own."""
-    own = sep_flags._pixel_stack
-    sep_flags._pixel_stack = lambda n_pixels: contextlib.nullcontext()
-    try:
-        yield
-    finally:
-        sep_flags._pixel_stack = own
+    benchlib.write_result(args.output, out)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ For each seed, two test-half tiles (``tileset.simulate_config`` role 'test': rea
 the test half only) identical but for a constant shear ``+g`` or ``-g`` on one component
 (even seeds g1, odd seeds g2): same galaxies, positions, PSF and noise. Each is SExtracted
 (``tileset.prepare_tile``) and run through ``bh-stage run`` (RunConfig defaults); every
-detection gets a REGAUSS shape from GalSim's HSM (``bh_stage.shear``) on a 51x51 stamp cut
+detection gets a REGAUSS shape from GalSim's HSM (``bh_stage.study.shear``) on a 51x51 stamp cut
 as the stage cuts it, neighbours left in. Detections of the two images are matched by
 position (mutual nearest, < 1 px) so each gives a paired difference.
 
 Selections: every valid shape; SExtractor FLAGS&2 == 0; BLEND_FLAG == 0; BLEND_PROB < t;
-the catalogue-only classifier (``evaluate_tile._catalogue_classifiers``, trained on the
+the catalogue-only classifier (``evaluate_tile.catalogue_classifiers``, trained on the
 training tiles, chosen on the validation tiles) cut at the same fractions kept as the
 BLEND_PROB cuts; truth ISOLATED (the floor). Each is made two ways: on each image separately
 (what a survey does; includes the selection's own response) and once on the +g image, applied
@@ -24,27 +24,27 @@ Writes ``bench/results/shear_<date>.json`` (``--quick``: ``<work-dir>/shear_quic
 and with ``--figure`` the plot of m against the fraction kept.
 """
 
-import argparse
 import dataclasses
 import datetime
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bh_stage import io
+from bh_stage.config import RunConfig, TileSetConfig, config_from_dict
+from bh_stage.cues import FEATURE_NAMES
+from bh_stage.stamps import cut_stamps, nearest_pixel
+from bh_stage.study import metrics, tileset
+from bh_stage.study.evaluate_tile import catalogue_classifiers
+from bh_stage.study.shear import hsm_shapes, responsivity, shear_bias
+from bh_stage.study.simulate import psf_image
 
-from bh_stage import io, metrics, tileset  # noqa: E402
-from bh_stage.config import RunConfig, TileSetConfig, config_from_dict  # noqa: E402
-from bh_stage.cues import FEATURE_NAMES  # noqa: E402
-from bh_stage.evaluate_tile import _catalogue_classifiers  # noqa: E402
-from bh_stage.shear import hsm_shapes, responsivity, shear_bias  # noqa: E402
-from bh_stage.simulate import psf_image  # noqa: E402
-from bh_stage.stamps import cut_stamps, nearest_pixel  # noqa: E402
+import benchlib
+
+REPO = benchlib.REPO
 
 STAMP_PIX = 51
 MATCH_PIX = 1.0
@@ -54,7 +54,8 @@ FIRST_SEED = 401
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = benchlib.parser(__doc__, quick="smoke test: 2 seeds of 1000 px, its own small "
+                                       "training tiles")
     p.add_argument("--seeds", type=int, default=8, help="tile seeds (each: a +g and a -g tile)")
     p.add_argument("--size-pix", type=int, default=4000, help="side of each tile")
     p.add_argument("--g", type=float, default=0.02, help="applied shear")
@@ -63,10 +64,7 @@ def parse_args(argv=None):
                    help="training and validation tiles of the catalogue classifier")
     p.add_argument("--cosmos-dir", default="/work/shared/cosmos")
     p.add_argument("--n-boot", type=int, default=500)
-    p.add_argument("--results", default=None, help="results JSON")
     p.add_argument("--figure", default=None, help="m vs fraction kept (PNG)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 2 seeds of 1000 px, its own small training tiles")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.size_pix, args.n_boot = 2, 1000, 50
@@ -98,7 +96,7 @@ def catalogue_classifier(train_tiles):
                   for f in tileset.prepare_role(train_tiles, role)]
         data[role] = (np.concatenate([t[2] for t in tables]),
                       np.concatenate([t[1]["UNRECOGNISED"] for t in tables]))
-    name, predict, aucs = _catalogue_classifiers(data["train"], data["valid"], 0)
+    name, predict, aucs = catalogue_classifiers(data["train"], data["valid"], 0)
     return name, predict, aucs
 
 
@@ -406,15 +404,13 @@ def main(argv=None):
         "seconds": {"classifier": t_train, "per_tile": seconds, "analysis":
                     time.perf_counter() - t2, "total": time.perf_counter() - t0},
     })
-    path = Path(args.results or (Path(args.work_dir) / "shear_quick.json" if args.quick else
-                                 REPO / "bench/results" /
-                                 f"shear_{datetime.date.today():%Y%m%d}.json"))
-    with io.atomic_output(path, overwrite=True, make_parents=True) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=1, default=str))
+    benchlib.write_result(args.output or (
+        Path(args.work_dir) / "shear_quick.json" if args.quick
+        else f"shear_{datetime.date.today():%Y%m%d}.json"), result)
     if args.figure:
         figure(result, args.figure)
     print(table(result))
-    print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
+    print(f"done in {time.perf_counter() - t0:.0f} s")
     return result
 
 

@@ -1,26 +1,25 @@
-"""Benchmark of ``bh_stage.simulate.simulate_stamps``: stamps/s, parametric and real.
+"""Benchmark of ``bh_stage.study.simulate.simulate_stamps``: stamps/s, parametric and real.
 
 Usage: ``python bench/bench_simulate.py [--n-stamps 400] [--workers 1 2]``. Warms GalSim
 (Sersic tables, catalogues) with a small run first, then times each (kind, workers) case and
 writes ``bench/results/simulate_<date>.json``.
 """
 
-import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 from bh_stage import __version__
 from bh_stage.config import SimulateConfig, config_from_dict
-from bh_stage.simulate import simulate_stamps
+from bh_stage.study.simulate import simulate_stamps
 
-REPO = Path(__file__).resolve().parents[1]
+import benchlib
+
+REPO = benchlib.REPO
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__)
     parser.add_argument("--n-stamps", type=int, default=400)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--kinds", nargs="+", default=["parametric", "real"])
@@ -49,11 +48,9 @@ def main():
             results.append(row)
             print(f"{kind:10s} workers={workers} {row['stamps_per_s']:7.1f} stamps/s "
                   f"({args.n_stamps} stamps in {dt:.1f} s)")
-    out = REPO / "bench" / "results" / f"simulate_{time.strftime('%Y%m%d_%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"bh_stage_version": __version__, "machine": platform.node(),
-                               "cpu_count": os.cpu_count(), "results": results}, indent=2))
-    print(f"wrote {out}")
+    benchlib.write_result(args.output or f"simulate_{time.strftime('%Y%m%d_%H%M%S')}.json",
+                          {"bh_stage_version": __version__, "machine": platform.node(),
+                           "cpu_count": os.cpu_count(), "results": results})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ bench/results/stage_<head name or none>_<tile head name>_<precision>_<size>.json
     python bench/bench_stage.py --size-pix 10000 --head default
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+import benchlib
+
+REPO = benchlib.REPO
 
 
 def make_tile(workdir, size_pix, cosmos_dir):
@@ -78,7 +79,7 @@ def network_rate(predict, n_stamps, batch_size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__)
     parser.add_argument("--size-pix", type=int, default=10000)
     parser.add_argument("--head", default="default",
                         help="paper head: default (the compact one at sigma 15), a name, or none")
@@ -103,7 +104,7 @@ def main():
 
     import fitsio
 
-    from bh_stage import model, tilehead
+    from bh_stage import heads, model, tilehead
 
     n_objects = fitsio.FITS(str(args.workdir / "tile.cat"))["LDAC_OBJECTS"].get_nrows()
     stage_rate = n_objects / stage_seconds
@@ -112,7 +113,7 @@ def main():
                         np.float32)
     rates = {"tile_head": network_rate(lambda s: tile_head.predict_proba(s, 14.5, features),
                                        n_objects, args.batch_size)}
-    head_json = None if args.head == "none" else model.head_path(args.head, 14.5)
+    head_json = None if args.head == "none" else heads.head_path(args.head, 14.5)
     head = "none" if head_json is None else head_json.stem
     if head_json is not None:
         clf = model.load_classifier(head_json, precision=args.precision,
@@ -136,8 +137,9 @@ def main():
           f"{stage_seconds / sex_seconds:.2f}x (issue 15 target <= 3); end-to-end "
           f"{stage_rate:.1f} stamps/s / networks alone {net_rate:.1f} = "
           f"{stage_rate / net_rate:.2f}; peak RSS {rss_gb:.2f} GB (target <= 2.5)")
-    name = f"stage_{head}_{tile_head_name}_{args.precision}_{args.size_pix}.json"
-    (REPO / "bench" / "results" / name).write_text(json.dumps(out, indent=1) + "\n")
+    benchlib.write_result(
+        args.output or f"stage_{head}_{tile_head_name}_{args.precision}_{args.size_pix}.json",
+        out)
 
 
 if __name__ == "__main__":

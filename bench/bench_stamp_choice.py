@@ -14,8 +14,9 @@ threshold-free and in the low-FPR region where BlendHunter is used. Writes a JSO
 
 import argparse
 import csv
-import json
 from pathlib import Path
+
+import benchlib
 
 RULE = "BH:pauc"
 SHOWN = ["BH:pauc", "BH:auc", "BH:accuracy", "BH:fpr", "BH@SEP_paper:tpr_at_fpr",
@@ -41,12 +42,11 @@ def named(text):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchlib.parser(__doc__, "stamp_choice.json")
     ap.add_argument("--candidate", action="append", required=True, type=named,
                     help="NAME=evaluate output folder of a candidate head")
     ap.add_argument("--reference", action="append", default=[], type=named,
                     help="NAME=folder of a head shown beside the candidates, not chosen")
-    ap.add_argument("--output", type=Path, default=Path("bench/results/stamp_choice.json"))
     args = ap.parse_args()
 
     values = {name: pooled(folder) for name, folder in args.candidate + args.reference}
@@ -57,14 +57,12 @@ def main():
             f"{v[key][0]:.4f} [{v[key][3]:.4f},{v[key][4]:.4f}]".rjust(24)
             for v in values.values()))
     print(f"chosen by {RULE}: {choice}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
+    benchlib.write_result(args.output, {
         "rule": f"highest {RULE} on validation", "choice": choice,
         "candidates": {n: str(f) for n, f in args.candidate},
         "references": {n: str(f) for n, f in args.reference},
         "interval": "value, 68 % (lo, hi), 95 % (lo, hi), galaxy bootstrap",
-        "validation": values}, indent=1) + "\n")
-    print(f"wrote {args.output}")
+        "validation": values})
     print(choice)
 
 

@@ -10,14 +10,14 @@ writes a JSON.
         --output bench/results/compact_paper_runtime.json
 """
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
 from bh_stage import model, tilehead
+
+import benchlib
 
 
 def best_rate(fn, n, repeat):
@@ -31,12 +31,10 @@ def best_rate(fn, n, repeat):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchlib.parser(__doc__, "tile_head_runtime.json")
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--paper-head", help="a compact paper head (name or .json) instead")
-    ap.add_argument("--output", type=Path,
-                    default=Path("bench/results/tile_head_runtime.json"))
     args = ap.parse_args()
     import openvino as ov
     import tensorflow as tf
@@ -46,14 +44,17 @@ def main():
         k = n_features = 0
     else:
         head = tilehead.load_tile_head(tilehead.tile_head_path("default"))
-        k, n_features = len(head.catalogue_columns), len(head._mean)
+        k, n_features = len(head.catalogue_columns), len(head.metadata["feature_mean"])
     side = head.metadata["stamp_side_pix"]
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (args.n, side, side, 1)).astype(np.float32)
     f = rng.normal(0, 1, (args.n, n_features)).astype(np.float32)
     spec = [tf.TensorSpec([None, side, side, 1], tf.float32),
             tf.TensorSpec([None, f.shape[1]], tf.float32)]
-    concrete = tf.function(head._fn, autograph=False, input_signature=spec)
+    # the network as the head runs it (TileHead and CompactClassifier alike)
+    fn = tf.function(lambda x, f: head.model([x, f], training=False), autograph=False,
+                     reduce_retracing=True)
+    concrete = tf.function(fn, autograph=False, input_signature=spec)
     compiled = ov.Core().compile_model(ov.convert_model(concrete.get_concrete_function()),
                                        "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     batches = range(0, args.n, 1024)
@@ -63,7 +64,7 @@ def main():
     outs = {}
     for _ in range(2):  # interleaved, so both see the same machine load
         r, outs["tensorflow"] = best_rate(lambda: np.concatenate(
-            [np.asarray(head._fn(x[i:i + 1024], f[i:i + 1024])) for i in batches]),
+            [np.asarray(fn(x[i:i + 1024], f[i:i + 1024])) for i in batches]),
             args.n, args.repeat)
         rates["tensorflow"].append(r)
         r, outs["openvino"] = best_rate(lambda: np.concatenate(
@@ -76,8 +77,7 @@ def main():
     res["max_abs_logit_difference"] = float(np.max(np.abs(
         outs["openvino"].ravel() - outs["tensorflow"].ravel())))
     print(json.dumps(res, indent=1))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(res, indent=1) + "\n")
+    benchlib.write_result(args.output, res)
 
 
 if __name__ == "__main__":

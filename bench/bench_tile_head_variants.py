@@ -12,33 +12,30 @@ logit of all heads. Test tiles are never read.
 Writes bench/results/tile_head_variants.json.
 """
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from bh_stage import tilehead, tileset
+from bh_stage import tilehead
 from bh_stage.config import TileSetConfig, config_from_dict
-from bh_stage.evaluate_tile import galaxy_groups
-from bh_stage.metrics import group_bootstrap, interval, roc_auc, tpr_at_fpr
+from bh_stage.study import tileset, train_tile
+from bh_stage.study.evaluate_tile import galaxy_groups
+from bh_stage.study.metrics import group_bootstrap, interval, roc_auc, tpr_at_fpr
 
-REPO = Path(__file__).resolve().parents[1]
+import benchlib
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__, "tile_head_variants.json")
     parser.add_argument("heads", nargs="+", type=Path)
     parser.add_argument("--work-dir", required=True, help="tiles.work_dir of train-tile")
     parser.add_argument("--orientations", default=None,
                         help="comma-separated orientation counts; default: each head's own")
     parser.add_argument("--n-bootstrap", type=int, default=300)
-    parser.add_argument("--out", type=Path,
-                        default=REPO / "bench" / "results" / "tile_head_variants.json")
     args = parser.parse_args()
 
     tiles = config_from_dict(TileSetConfig, {"work_dir": args.work_dir})
-    img, cat, cls = tilehead._role_arrays(tileset.tile_folders(tiles, "valid"), 0)
+    img, cat, cls = train_tile.role_arrays(tileset.tile_folders(tiles, "valid"), 0)
     labels = cls["UNRECOGNISED"]
     groups = galaxy_groups(cls)
     names, logits = [], []
@@ -67,7 +64,7 @@ def main():
               f"{rows[-1]['roc_auc_minus_first_95'][1]:+.4f}]", flush=True)
     out = {"valid_seeds": tiles.valid_seeds, "n_detections": int(len(labels)),
            "prevalence": float(labels.mean()), "n_bootstrap": args.n_bootstrap, "rows": rows}
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    benchlib.write_result(args.output, out)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,16 @@ Prints ROC AUC and TPR at 5 % FPR (unrecognised blends vs all other detections) 
 bench/results/tile_heads_zoom<z>.json. Features are cached in each tile folder.
 """
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from bh_stage import tileset
 from bh_stage.config import TileSetConfig
-from bh_stage.metrics import roc_auc, tpr_at_fpr
-from bh_stage.stage import tile_pixels
+from bh_stage.pixels import tile_pixels
+from bh_stage.study import tileset
+from bh_stage.study.metrics import roc_auc, tpr_at_fpr
+
+import benchlib
 
 TAPS = ("block4_pool", "block5_pool")
 
@@ -31,7 +30,7 @@ TAPS = ("block4_pool", "block5_pool")
 def tapped_backbone():
     import keras
 
-    from bh_stage.model import build_backbone
+    from bh_stage.nets.vgg import build_backbone
 
     base = build_backbone("hed")
     return keras.Model(base.input, [base.get_layer(t).output for t in TAPS])
@@ -53,7 +52,7 @@ def taps_of_tile(folder, backbone, zoom):
     import tensorflow as tf
 
     from bh_stage import io
-    from bh_stage.model import preprocess
+    from bh_stage.nets.vgg import preprocess
     from bh_stage.stamps import cut_stamps
 
     cache = folder / f"vgg_taps_z{zoom}.npz"
@@ -104,12 +103,11 @@ def fit_predict(x_tr, y_tr, x_va, y_va, seed=0):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__)
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--train", default="101,102,103")
     parser.add_argument("--valid", default="201,202")
     parser.add_argument("--zoom", type=int, default=1)
-    parser.add_argument("--output", default=None)
     args = parser.parse_args()
     tiles = TileSetConfig(work_dir=args.work_dir,
                           train_seeds=[int(s) for s in args.train.split(",")],
@@ -152,9 +150,7 @@ def main():
             results[name] = {"roc_auc": roc_auc(s, y_va),
                              "tpr_at_fpr_0.05": tpr_at_fpr(s, y_va, .05)}
             print(name, results[name], flush=True)
-    out = Path(args.output or Path(__file__).parent / "results" / f"tile_heads_zoom{args.zoom}.json")
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print("wrote", out)
+    benchlib.write_result(args.output or f"tile_heads_zoom{args.zoom}.json", results)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,10 @@ Prints tiles per hour and the ratios to (1); writes bench/results/tiles_<date>.j
 Run it on an otherwise idle machine (check ``uptime``):
 
     python bench/bench_tiles.py --tiles 8 --size-pix 2000
-    python bench/bench_tiles.py --tiles 2 --size-pix 300 --results /tmp/tiles_smoke.json
+    python bench/bench_tiles.py --tiles 2 --size-pix 300 --output /tmp/tiles_smoke.json
 """
 
-import argparse
 import datetime
-import json
 import os
 import shutil
 import subprocess
@@ -25,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import benchlib
+
+REPO = benchlib.REPO
 MODES = {"serial": ["--serial"], "dask_1_worker": ["--workers", "1"],
          "dask_2_workers": ["--workers", "2"]}
 
@@ -62,14 +62,12 @@ def count_objects(tiles):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__doc__)
     parser.add_argument("--tiles", type=int, default=8, help="number of tiles")
     parser.add_argument("--size-pix", type=int, default=2000, help="side of each tile")
     parser.add_argument("--precision", default="f32", choices=("f32", "bf16"))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bh_bench_tiles"))
     parser.add_argument("--cosmos-dir", default=str(REPO.parent / "shared" / "cosmos"))
-    parser.add_argument("--results", type=Path, default=None,
-                        help="JSON to write; default bench/results/tiles_<date>.json")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     tiles = make_tiles(args.workdir, args.tiles, args.size_pix, args.cosmos_dir)
@@ -103,10 +101,7 @@ def main():
               "precision": args.precision, "cpu_count": os.cpu_count(),
               "load_average_before": load_before, "load_average_after": load,
               "python": sys.version.split()[0], "modes": timings}
-    path = args.results or (REPO / "bench" / "results" /
-                            f"tiles_{datetime.date.today():%Y%m%d}.json")
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {path}")
+    benchlib.write_result(args.output or f"tiles_{datetime.date.today():%Y%m%d}.json", result)
 
 
 if __name__ == "__main__":

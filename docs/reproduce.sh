@@ -34,8 +34,9 @@ for s in 5 10 20 25 30 35; do
       --set overwrite=true
 done
 
-# The default head data/heads/cfis_sigma15_clip_80k, at the paper's scale: 80,000 stamps
-# (36,000 training), a second 24k set and a 32k set beside the first (sigma 15 ADU, CFIS is 14.5).
+# The default head bh_stage/data/heads/cfis_sigma15_clip_80k, at the paper's scale: 80,000
+# stamps (36,000 training), a second 24k set and a 32k set beside the first (sigma 15 ADU, CFIS
+# is 14.5).
 bh-stage simulate example_config/simulate.yml $old --set set_kind=mixed --set n_stamps=24000 \
     --set seed=5 --set output=$work/mixed24k_b.h5
 bh-stage simulate example_config/simulate.yml $old --set set_kind=mixed --set n_stamps=32000 \
@@ -152,8 +153,8 @@ $E --set dataset=$p/real_train4k.h5 --set max_stamps=1000 \
 # through source-extractor with a segmentation map: twelve training and two validation tiles
 # of training galaxies (parametric + the training half of the real sample), two test tiles of
 # test-half real galaxies only. train-tile makes any missing tile, then the shipped tile
-# head data/heads/tile_unrecognised (the session that made it used WORKDIR=/work/tiles via
-# tiles.work_dir, with the same seeds).
+# head bh_stage/data/heads/tile_unrecognised (the session that made it used
+# WORKDIR=/work/tiles via tiles.work_dir, with the same seeds).
 bh-stage train-tile example_config/train-tile.yml --set tiles.work_dir=$work/tiles \
     --set overwrite=true
 # The tile-level report: bh-stage run on the test tiles, every column and free cue against
@@ -168,10 +169,10 @@ bh-stage evaluate-tile example_config/evaluate-tile.yml --set tiles.work_dir=$wo
 # shipped one.
 python bench/bench_tile_head_variants.py --work-dir $work/tiles \
     $work/heads_0.2.0/tile_unrecognised.json --orientations 1,2,4,8 \
-    --out bench/results/tile_head_orientations.json
+    --output bench/results/tile_head_orientations.json
 python bench/bench_tile_head_variants.py --work-dir $work/tiles \
     $work/heads_6tiles/tile_unrecognised.json $work/heads_12tiles/tile_unrecognised.json \
-    data/heads/tile_unrecognised.json
+    bh_stage/data/heads/tile_unrecognised.json
 # The catalogue-only classifier with centroid offsets, against BLEND_PROB of docs/results_tile.
 python bench/bench_catalogue_offsets.py --work-dir $work/tiles
 # Heads on frozen VGG16 features on the same validation tiles (why the tile head is not one).
@@ -182,8 +183,9 @@ for s in 1 2; do
   bh-stage train-tile example_config/train-tile.yml --set tiles.work_dir=$work/tiles \
       --set seed=$s --set output_dir=$work/heads --set head_name=tile_seed$s
 done
-python bench/bench_tile_head_variants.py --work-dir $work/tiles data/heads/tile_unrecognised.json \
-    $work/heads/tile_seed1.json $work/heads/tile_seed2.json --out bench/results/tile_head_seeds.json
+python bench/bench_tile_head_variants.py --work-dir $work/tiles \
+    bh_stage/data/heads/tile_unrecognised.json $work/heads/tile_seed1.json \
+    $work/heads/tile_seed2.json --output bench/results/tile_head_seeds.json
 
 # --- Compact paper head (issue 15; README "A compact network for the paper's question";
 # about 1 h on 2 cores). Needs fold A's stamp sets ($p, above) and the tile set ($work/tiles).
@@ -206,7 +208,7 @@ python bench/bench_compact_paper.py --head labels=$p/heads/compact_labels.json \
 python bench/bench_compact_paper.py --head distilled_aug1=$p/heads/compact_distilled_aug1.json \
     --orientations 1,2 --stamps $p/real_train4k.h5 --tiles-dir $work/tiles --tile-role valid \
     --output bench/results/compact_paper_valid_orientations.json
-$C --set output_dir=data/heads --set head_name=compact_paper_sigma15 \
+$C --set output_dir=bh_stage/data/heads --set head_name=compact_paper_sigma15 \
     --set teacher=cfis_sigma15_clip_80k --set n_augment=1 --set n_orientations=1
 python bench/bench_compact_paper.py --head compact=compact_paper_sigma15 \
     --stamps $p/real_test4k.h5 --tiles-dir $work/tiles --tile-role test \
@@ -215,14 +217,15 @@ python bench/bench_tile_head_runtime.py --paper-head compact_paper_sigma15 \
     --output bench/results/compact_paper_runtime.json
 # The shipped tile head in 1, 2 and 4 orientations on the validation tiles (what a faster
 # stage would cost; README "Speed and memory")
-python bench/bench_tile_head_variants.py --work-dir $work/tiles data/heads/tile_unrecognised.json \
-    --orientations 1,2,4 --out bench/results/tile_head_orientations_shipped.json
+python bench/bench_tile_head_variants.py --work-dir $work/tiles \
+    bh_stage/data/heads/tile_unrecognised.json --orientations 1,2,4 \
+    --output bench/results/tile_head_orientations_shipped.json
 
 # --- Stage speed and the faster tile head (README "Speed and memory"). tile_unrecognised_o2 is
-# the network of data/heads/tile_unrecognised calibrated again on the validation tiles in
-# 2 orientations (the training tiles are not read); then the stage on a 10k x 10k tile with
-# each tile head and each paper head against source-extractor, and the tile-level report of
-# the faster head on the test tiles (read once, to report it; the default stays 4).
+# the network of bh_stage/data/heads/tile_unrecognised calibrated again on the validation
+# tiles in 2 orientations (the training tiles are not read); then the stage on a 10k x 10k
+# tile with each tile head and each paper head against source-extractor, and the tile-level
+# report of the faster head on the test tiles (read once, to report it; the default stays 4).
 bh-stage train-tile example_config/train-tile.yml --set tiles.work_dir=$work/tiles \
     --set weights_from=tile_unrecognised --set n_orientations=2 \
     --set head_name=tile_unrecognised_o2 --set overwrite=true

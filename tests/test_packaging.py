@@ -183,7 +183,9 @@ def test_study_command_without_its_extra_names_it(tmp_path):
 
 def test_optional_bench_tool_names_its_extra(tmp_path):
     """NNCF stays optional: without it the int8 bench stops with one line naming the extra."""
-    code = ("import runpy, sys; sys.modules['nncf'] = None; "
+    # the script's folder on sys.path first, as `python bench/bench_int8.py` has it (benchlib)
+    code = (f"import runpy, sys; sys.path.insert(0, {str(REPO / 'bench')!r}); "
+            "sys.modules['nncf'] = None; "
             "sys.argv = ['bench_int8.py', '--dataset', 'x.h5', '--realistic', 'y.h5']; "
             f"runpy.run_path({str(REPO / 'bench' / 'bench_int8.py')!r}, run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, text=True,

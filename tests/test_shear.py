@@ -64,12 +64,18 @@ def test_hsm_shapes_of_a_sheared_round_galaxy_and_a_star():
 
 
 @pytest.mark.integration
-def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor):
-    """The bench's smoke scale runs end to end and its numbers hang together."""
+def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
+    """The bench's smoke scale runs end to end, its numbers hang together and its result
+    file holds them and the run's provenance."""
     import importlib.util
+    import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_shear.py"
+    import bh_stage
+
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench_dir))  # as `python bench/bench_shear.py` has it
+    path = bench_dir / "bench_shear.py"
     spec = importlib.util.spec_from_file_location("bench_shear", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -91,3 +97,6 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor):
     assert abs(common["m"]) < 0.5 and abs(common["c1"]) < 0.1
     lo, hi = common["m_95"]
     assert lo < common["m"] < hi
+    written = json.loads((tmp_path / "shear_quick.json").read_text())
+    assert written["n_matched_pairs"] == n
+    assert written["provenance"]["bh_stage_version"] == bh_stage.__version__
