@@ -40,7 +40,7 @@ class CompactClassifier(Classifier):
                                reduce_retracing=True)
 
     def predict_proba(self, stamps, rms_adu=None):
-        """Return P(blend) of each stamp, float32.
+        """Return P(blend) of each stamp, float64 (the sigmoid of the logit).
 
         Parameters
         ----------
@@ -54,7 +54,7 @@ class CompactClassifier(Classifier):
         x = compact.scale_stamps(compact.centre_stamps(stamps, self.side_pix), rms)
         logits = compact.orientation_logits(self._fn, x, np.zeros((len(x), 0), np.float32),
                                              self.n_orientations, self.batch_size)
-        return compact.sigmoid(logits).astype(np.float32)
+        return compact.sigmoid(logits)
 
 
 def _load_compact(head, precision, batch_size):
@@ -122,7 +122,7 @@ def load_classifier(head_json, precision="f32", backbone_source=None, batch_size
     check_head_compatible(head, source, sha)
     if backbone is None:
         backbone = build_backbone(source, tuple(head.metadata["input_shape"]))
-    head_model = build_head(backbone.output_shape[1:])
+    head_model = build_head(backbone.output_shape[1:], logit=True)
     try:
         head_model.set_weights(head.weights)
     except ValueError as err:

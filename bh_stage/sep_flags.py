@@ -170,8 +170,8 @@ def classify_stamps(stamps, sep_cfg, true_xy=None, first_index=0, *, own_pixel_s
         Catalogue index of the first stamp, used in error messages.
     own_pixel_stack : bool
         Set SEP's pixel stack to twice the stamp for the call (default True, see
-        ``features.sep_pixel_stack``); False keeps SEP's current one (its default: 300,000 pixels), as
-        the stage did before 0.5 (``bench/bench_sep.py`` compares the two).
+        ``features.sep_pixel_stack``); False keeps SEP's current one (its default: 300,000
+        pixels), as the stage did before 0.5 (``bench/bench_sep.py`` compares the two).
 
     Returns
     -------

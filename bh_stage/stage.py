@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = {
     "BLEND_PROB": ("f8", "", "P(unrecognised blend); NaN: not scored"),
     "BLEND_FLAG": ("i2", "", "recommended cut: BLEND_PROB >= BH_THR"),
-    "BH_PAPER_PROB": ("f4", "", "P(paper blend: another galaxy in the stamp)"),
+    "BH_PAPER_PROB": ("f8", "", "P(paper blend: another galaxy in the stamp)"),
     "BH_PAPER_FLAG": ("i2", "", "SEP_BLEND_FLAG or BH_PAPER_PROB >= BH_HTHR"),
     "SEP_NSRC": ("i2", "", "SEP sources in the stamp; -1: not run or error"),
     "SEP_BLEND_FLAG": ("i2", "", "SEP: central source merged or NSRC >= 2"),
@@ -210,7 +210,7 @@ def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, pr
     position-only head the position cues; its pixel features are then measured on each
     batch's stamps in the SEP processes and the batch is scored when they come back."""
     prob = np.full(n, np.nan, dtype=np.float64)
-    paper = np.full(n, np.nan, dtype=np.float32)
+    paper = np.full(n, np.nan, dtype=np.float64)
     sep_out = np.zeros(n, dtype=[("nsrc", "i2"), ("blend", "i1"), ("error", "?")])
     edge = np.zeros(n, dtype=np.float32)
     mask = np.zeros(n, dtype=np.float32)
@@ -305,7 +305,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     The output holds every input row and column unchanged plus, per object:
     ``BLEND_PROB`` (float64, P(unrecognised blend): two or more objects reported as this one
     detection, from the tile head; NaN if not scored), ``BLEND_FLAG`` (int16, 0/1, the
-    recommended cut ``BLEND_PROB >= blend_threshold``), ``BH_PAPER_PROB`` (float32, P(another
+    recommended cut ``BLEND_PROB >= blend_threshold``), ``BH_PAPER_PROB`` (float64, P(another
     galaxy in the 51x51 stamp), the paper's question), ``BH_PAPER_FLAG`` (int16, 0/1, SEP or
     ``BH_PAPER_PROB >= hybrid_threshold``), ``SEP_NSRC`` (int16, number of SEP sources; -1 on
     SEP error or where the object was not scored: no finite position, or no unmasked pixel of

@@ -238,7 +238,7 @@ def test_classifier_reload_identical_and_stream(hed_backbone, head_file):
     assert clf.blend_threshold == 0.4 and clf.hybrid_threshold == 0.8
     assert clf.metadata["preprocess"] == "caffe" and clf.head_path == head_file
     p = clf.predict_proba(stamps)
-    assert p.shape == (10,) and p.dtype == np.float32 and np.all((p >= 0) & (p <= 1))
+    assert p.shape == (10,) and p.dtype == np.float64 and np.all((p >= 0) & (p <= 1))
     # the same numbers as backbone + head built by hand from the weights
     head = vgg.build_head()
     head.set_weights(_random_head_weights())
@@ -254,6 +254,26 @@ def test_classifier_reload_identical_and_stream(hed_backbone, head_file):
     np.testing.assert_allclose(np.concatenate(parts), p, rtol=1e-6, atol=1e-7)
     with pytest.raises(ModelShapeError, match="65x65"):
         clf.predict_proba(np.zeros((2, 51, 51), np.float32))
+
+
+def test_paper_probability_does_not_saturate(hed_backbone, head_file):
+    """Regression (issue 21: 16 % of test detections had BH_PAPER_PROB exactly 1.0, a float32
+    sigmoid): the probability is the float64 sigmoid of the head's logit, so a logit of 20
+    gives 1 - 2.1e-9, not 1. The logit is checked against the head's pre-sigmoid output
+    computed by hand from its last layer's weights."""
+    weights = _random_head_weights()
+    weights[-1] = weights[-1] + 35.0  # push the last bias up: logits above 20
+    path = heads.save_head(head_file.with_name("hot.json"), weights, _meta())
+    stamps = blob_stamps(6)
+    p = bh_model.load_classifier(path, backbone=hed_backbone).predict_proba(stamps)
+    head = vgg.build_head()
+    head.set_weights(weights)
+    hidden = head.layers[-2](head.layers[-3](head.layers[-4](head.layers[-5](
+        hed_backbone(vgg.preprocess(stamps, "caffe"))))))
+    logit = (hidden.numpy() @ weights[-2] + weights[-1]).reshape(-1).astype(np.float64)
+    assert logit.min() > 17
+    np.testing.assert_allclose(1 - p, np.exp(-logit) / (1 + np.exp(-logit)), rtol=1e-3)
+    assert (p < 1).all()
 
 
 def test_one_preprocess_for_training_and_inference(hed_backbone, head_file, monkeypatch):
@@ -309,6 +329,7 @@ BF16_MAX_ABS_DP = 0.15
 logit_f32| <= 0.53, so |dP| <= 0.53 / 4 = 0.13."""
 
 
+@pytest.mark.slow
 def test_bf16_close_to_f32(hed_backbone, tmp_path, caplog):
     """The shipped VGG16 sigma 15 head in bf16 against f32 on 200 blob stamps: the 99th percentile
     of |dP|, every |dP|, and the decisions at blend_threshold, which may differ only where f32
@@ -326,7 +347,7 @@ def test_bf16_close_to_f32(hed_backbone, tmp_path, caplog):
     p16 = clf16.predict_proba(stamps)
     clf32 = bh_model.load_classifier(VGG16_HEAD, backbone=hed_backbone)
     p32 = clf32.predict_proba(stamps)
-    assert p16.shape == (200,) and p16.dtype == np.float32
+    assert p16.shape == (200,) and p16.dtype == np.float64
     threshold = clf32.blend_threshold
     # the stamps test the head near its threshold, not only at 0 and 1
     assert np.sum(np.abs(p32 - threshold) < 0.3) >= 10

@@ -30,8 +30,9 @@ def openvino_model(model, metadata, input_shape, ov_cache_dir=None):
                           "(pip install 'bh-stage[paper]'), or use precision: 'f32'") from err
     import tensorflow as tf
 
+    # "logit": the fused model ends in the head's logit (0.6; earlier caches hold a sigmoid)
     key = hashlib.sha256(f"{metadata['weights_sha256']}:{metadata['backbone_sha256']}:"
-                         f"{tuple(input_shape)}:{ov.__version__}".encode()).hexdigest()[:20]
+                         f"{tuple(input_shape)}:{ov.__version__}:logit".encode()).hexdigest()[:20]
     cache = _ov_cache_dir(ov_cache_dir)
     xml = cache / f"bh_{key}.xml"
     core = ov.Core()

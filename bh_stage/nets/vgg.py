@@ -270,11 +270,13 @@ def extract_features(stamps, backbone, mode=DEFAULT_PREPROCESS, batch_size=256,
     return out
 
 
-def build_head(input_shape=FEATURE_SHAPE):
+def build_head(input_shape=FEATURE_SHAPE, logit=False):
     """Build the paper's head: Flatten, Dense(256), Dropout(0.1), Dense(1024, relu),
     Dense(1, sigmoid).
 
-    The output is P(blend) (label 1 = blended).
+    The output is P(blend) (label 1 = blended); with ``logit`` the last layer has no
+    sigmoid (same weights) and gives the logit, for a probability that does not saturate in
+    float32 (``Classifier``).
     """
     import keras
 
@@ -284,14 +286,15 @@ def build_head(input_shape=FEATURE_SHAPE):
         keras.layers.Dense(256),
         keras.layers.Dropout(0.1),
         keras.layers.Dense(1024, activation="relu"),
-        keras.layers.Dense(1, activation="sigmoid"),
+        keras.layers.Dense(1, activation=None if logit else "sigmoid"),
     ], name="bh_head")
 
 
 class Classifier:
     """Backbone and head fused into one model that scores stamps.
 
-    Build it with ``load_classifier``.
+    The fused model outputs the head's logit (``build_head(..., logit=True)``); the
+    probability is its sigmoid in float64. Build it with ``load_classifier``.
 
     Attributes
     ----------
@@ -356,15 +359,18 @@ class Classifier:
 
         Returns
         -------
-        ndarray, float32, shape (n,)
+        ndarray, float64, shape (n,)
+            The sigmoid of the logit in float64: no saturation at 1 below a logit of ~37.
         """
+        from .compact import sigmoid
+
         stamps = self._check_stamps(stamps)
-        out = np.empty(len(stamps), dtype=np.float32)
+        logits = np.empty(len(stamps), dtype=np.float64)
         for start in range(0, len(stamps), self.batch_size):
             chunk = stamps[start:start + self.batch_size]
-            out[start:start + len(chunk)] = np.asarray(
+            logits[start:start + len(chunk)] = np.asarray(
                 self._run(preprocess(chunk, self.preprocess_mode))).reshape(-1)
-        return out
+        return sigmoid(logits)
 
     def predict_proba_stream(self, batches):
         """Yield P(blend) for each batch of an iterator of stamp arrays.
@@ -378,7 +384,7 @@ class Classifier:
 
         Yields
         ------
-        ndarray, float32, shape (n_i,)
+        ndarray, float64, shape (n_i,)
         """
         for batch in batches:
             yield self.predict_proba(batch)
