@@ -3,8 +3,10 @@
 For each head (a tile head's ``.json``) and each number of orientations (default: the head's
 own ``n_orientations``), ROC AUC and TPR at 5 % FPR of unrecognised blends against all
 other detections of the validation tiles (training galaxies), the paired AUC difference to
-the first head with a 95 % interval from resampling galaxies, and the same for the mean
-logit of all heads. Test tiles are never read.
+the first head with a 95 % interval from resampling galaxy units (one per true galaxy
+across the tiles), and the same for the mean logit of all heads. Catalogue heads and
+position-only heads (their features measured on the stamps) can be compared. Test tiles are
+never read.
 
     python bench/bench_tile_head_variants.py --work-dir WORKDIR/tiles HEAD.json [HEAD.json ...] \
         [--orientations 1,2,4,8]
@@ -19,7 +21,7 @@ import numpy as np
 from bh_stage import tilehead
 from bh_stage.config import TileSetConfig, config_from_dict
 from bh_stage.study import tileset, train_tile
-from bh_stage.study.evaluate_tile import galaxy_groups
+from bh_stage.study.evaluate_tile import galaxy_groups, unit_counts
 from bh_stage.study.metrics import group_bootstrap, interval, roc_auc, tpr_at_fpr
 
 import benchlib
@@ -35,17 +37,22 @@ def main():
     args = parser.parse_args()
 
     tiles = config_from_dict(TileSetConfig, {"work_dir": args.work_dir})
-    img, cat, cls = train_tile.role_arrays(tileset.tile_folders(tiles, "valid"), 0)
-    labels = cls["UNRECOGNISED"]
-    groups = galaxy_groups(cls)
+    folders = tileset.tile_folders(tiles, "valid")
+    arrays = {}  # the heads' inputs by kind of features: 'catalogue' or 'stamp'
     names, logits = [], []
     for path in args.heads:
         head = tilehead.load_tile_head(path)
+        kind = train_tile.source_features(head.metadata)
+        if kind not in arrays:
+            arrays[kind] = train_tile.role_arrays(folders, 0, kind)
+        img, feats, cls = arrays[kind]
         counts = ([int(n) for n in args.orientations.split(",")] if args.orientations
                   else [head.n_orientations])
         for n in counts:
             names.append(f"{path} ({n} orientations)")
-            logits.append(head.input_logits(img, cat, n))
+            logits.append(head.input_logits(img, feats, n))
+    labels = cls["UNRECOGNISED"]
+    groups = galaxy_groups(cls)
     if len(logits) > 1:
         names.append("mean logit of the above")
         logits.append(np.mean(logits, axis=0))
@@ -63,6 +70,7 @@ def main():
               f"[{rows[-1]['roc_auc_minus_first_95'][0]:+.4f}, "
               f"{rows[-1]['roc_auc_minus_first_95'][1]:+.4f}]", flush=True)
     out = {"valid_seeds": tiles.valid_seeds, "n_detections": int(len(labels)),
+           "units": unit_counts(cls),
            "prevalence": float(labels.mean()), "n_bootstrap": args.n_bootstrap, "rows": rows}
     benchlib.write_result(args.output, out)
 
