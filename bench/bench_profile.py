@@ -1,0 +1,132 @@
+"""Where `bh-stage run` spends its time, phase by phase, beside `source-extractor` on the tile.
+
+    python bench/bench_profile.py TILE.fits --catalogue TILE.cat [--weight TILE.weight.fits] \
+        [--set KEY=VALUE ...] [--repeats 3]
+
+Start-up is timed in new processes (`import bh_stage.cli`, then `import tensorflow`); the run
+itself in this process, TensorFlow already imported, under cProfile, each phase the cumulative time of the functions that
+do it (reading the catalogue, reading tile and weight, background, cutting stamps, catalogue
+cues, loading the networks, tile head, paper head, waiting for the SEP processes, writing).
+SEP runs in child processes beside the network, so "waiting for SEP" is only the part the
+main thread could not hide. The median of ``--repeats`` runs of each phase is reported, and
+`source-extractor` on the same tile (example_config/sextractor/bh.sex), timed in the same
+run, gives the ratio. Writes bench/results/profile_<tile>.json.
+"""
+
+import cProfile
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import benchlib
+
+PHASES = {
+    "reading the catalogue": [("bh_stage/io.py", "read_catalogue"),
+                              ("bh_stage/io.py", "read_columns")],
+    "reading tile and weight": [("bh_stage/io.py", "read_tile")],
+    "bad pixels and background": [("bh_stage/pixels.py", "bad_pixels"),
+                                  ("bh_stage/pixels.py", "subtract_background")],
+    "cutting stamps": [("bh_stage/stamps.py", "cut_stamps")],
+    "catalogue cues": [("bh_stage/cues.py", "catalogue_features"),
+                       ("bh_stage/cues.py", "nearest_detection_pix"),
+                       ("bh_stage/cues.py", "detections_in_stamp"),
+                       ("bh_stage/features.py", "position_cues")],
+    "loading the networks": [("bh_stage/tilehead.py", "load_tile_head"),
+                             ("bh_stage/model.py", "load_classifier")],
+    "tile head network": [("bh_stage/tilehead.py", "predict_proba")],
+    "paper head network": [("bh_stage/nets/vgg.py", "predict_proba"),
+                           ("bh_stage/model.py", "predict_proba")],
+    "waiting for SEP processes": [("concurrent/futures/_base.py", "result")],
+    "starting SEP processes": [("bh_stage/sep_flags.py", "__init__")],
+    "writing the output": [("bh_stage/io.py", "write_catalogue")],
+}
+"""Phase -> (file suffix, function) whose cumulative times add up to it."""
+
+
+def startup_seconds(code):
+    """Wall time of ``python -c code`` in a new process, seconds."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def phase_seconds(stats):
+    """Cumulative seconds of each phase from a ``pstats.Stats``."""
+    out = {name: 0.0 for name in PHASES}
+    for (path, _, func), (_, _, _, cumulative, _) in stats.stats.items():
+        for name, keys in PHASES.items():
+            if any(path.endswith(suffix) and func == fn for suffix, fn in keys):
+                out[name] += cumulative
+    return out
+
+
+def sextractor_seconds(tile, weight, folder):
+    """Wall time of source-extractor on the tile with the project's config, seconds."""
+    exe = shutil.which("source-extractor") or shutil.which("sex")
+    args = [exe, str(tile), "-c", "example_config/sextractor/bh.sex",
+            "-CATALOG_NAME", str(folder / "sex.cat")]
+    if weight:
+        args += ["-WEIGHT_TYPE", "MAP_WEIGHT", "-WEIGHT_IMAGE", str(weight)]
+    t0 = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main():
+    parser = benchlib.parser(__doc__)
+    parser.add_argument("tile", type=Path)
+    parser.add_argument("--catalogue", type=Path, required=True)
+    parser.add_argument("--weight", type=Path)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import tensorflow  # noqa: F401  (imported here so the phases exclude it; timed below)
+
+    from bh_stage.config import RunConfig, load_config
+    from bh_stage.stage import run_stage
+
+    runs, sextractor = [], []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            cfg = load_config("example_config/config.yml", RunConfig, [
+                f"catalogue={args.catalogue}", f"output={tmp / 'out.cat'}",
+                f"weight={args.weight if args.weight else 'null'}", *args.set])
+            profile = cProfile.Profile()
+            t0 = time.perf_counter()
+            profile.enable()
+            result = run_stage(cfg, args.tile)
+            profile.disable()
+            total = time.perf_counter() - t0
+            phases = phase_seconds(pstats.Stats(profile))
+            phases["other"] = total - sum(phases.values())
+            runs.append({"total": total, **phases})
+            sextractor.append(sextractor_seconds(args.tile, args.weight, tmp))
+    start = {"import bh_stage.cli": startup_seconds("import bh_stage.cli"),
+             "import tensorflow": startup_seconds("import tensorflow")}
+    median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    sex = float(np.median(sextractor))
+    print(f"{args.tile}: {result.n_objects} objects; median of {args.repeats} runs")
+    for name, seconds in median.items():
+        print(f"  {name:28s} {seconds:7.2f} s")
+    for name, seconds in start.items():
+        print(f"  start-up, {name:18s} {seconds:7.2f} s (new process)")
+    total = median["total"] + start["import tensorflow"]
+    print(f"  source-extractor {sex:.2f} s; stage with TensorFlow's import "
+          f"{total:.2f} s: {total / sex:.2f}x")
+    benchlib.write_result(args.output or f"profile_{args.tile.stem}.json", {
+        "tile": str(args.tile), "catalogue": str(args.catalogue), "set": args.set,
+        "n_objects": int(result.n_objects), "repeats": args.repeats, "median_seconds": median,
+        "runs": runs, "startup_seconds": start, "sextractor_seconds": sextractor,
+        "sextractor_median_seconds": sex, "ratio_to_sextractor": total / sex})
+
+
+if __name__ == "__main__":
+    main()
