@@ -43,8 +43,7 @@ def test_config_options_are_the_run_config_defaults(ceci_stage):
     """Every RunConfig key is an option with its default and help, but those ceci sets."""
     options = ceci_stage.BlendHunterStage.config_options
     defaults = config_to_dict(RunConfig())
-    assert set(ceci_stage.SET_BY_CECI) == {"catalogue", "output", "overwrite"}
-    assert set(options) == set(defaults) - set(ceci_stage.SET_BY_CECI)
+    assert set(options) == set(defaults) - {"catalogue", "output", "overwrite"}
     for key, param in options.items():
         assert param.default == defaults[key], key
         assert not param.required, key
@@ -93,6 +92,7 @@ def test_config_errors_name_the_file_and_key(ceci_stage, tmp_path, section, matc
         stage.validate()
 
 
+@pytest.mark.slow
 def test_pipeline_runs_the_stage_on_the_example_tile(ceci_stage, tmp_path):
     """The real ceci engine on example_config/ceci/pipeline.yml (its stage config with
     `head: none`, no VGG16) runs `python -m bh_stage BlendHunterStage` on the shipped tile."""

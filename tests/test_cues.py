@@ -19,7 +19,6 @@ def test_nearest_detection_known_distances():
 
 
 def test_nearest_detection_lone_and_coincident():
-    assert cues.FAR_PIX == 1000.0
     d = cues.nearest_detection_pix([5.0, np.nan], [5.0, 7.0])
     np.testing.assert_array_equal(d[:1], [cues.FAR_PIX])  # the only finite detection
     assert np.isnan(d[1])
@@ -61,10 +60,22 @@ def catalogue():
     return columns, x, y
 
 
-def test_feature_names_and_order():
-    assert cues.FEATURE_NAMES == (
-        "FLUX_RADIUS", "ELONGATION", "MAG_AUTO", "LOG10_SNR", "FLAGS_NEIGHBOURS",
-        "FLAGS_BLENDED", "CLASS_STAR", "LOG10_NEAREST_PIX", "NDET_STAMP")
+def test_shipped_tile_heads_read_these_features_in_this_order():
+    """A tile head was trained on the columns of catalogue_features in FEATURE_NAMES' order,
+    from the SExtractor columns CATALOGUE_COLUMNS: every shipped head that reads catalogue
+    features lists the same ones, in the same order (a reordered or renamed feature would
+    feed it the wrong inputs). The test catalogue above has every column."""
+    import json
+
+    from bh_stage.heads import HEADS_DIR
+
+    metas = [json.loads(p.read_text()) for p in sorted(HEADS_DIR.glob("*.json"))]
+    readers = [m for m in metas if "catalogue_features" in m]
+    assert readers, "no shipped head reads catalogue features"
+    for meta in readers:
+        assert tuple(meta["catalogue_features"]) == cues.FEATURE_NAMES
+        assert len(meta["feature_mean"]) == len(meta["feature_scale"]) == len(cues.FEATURE_NAMES)
+        assert tuple(meta["catalogue_columns"]) == cues.CATALOGUE_COLUMNS
     assert set(cues.CATALOGUE_COLUMNS) == set(catalogue()[0])
 
 

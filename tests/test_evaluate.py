@@ -1,6 +1,6 @@
-"""Tests of bh_stage.study.evaluate: metrics on hand-made cases, evaluate's use of the SEP rules,
-matched operating points, and an end-to-end run on a tiny fake data set with a fake
-classifier."""
+"""Tests of bh_stage.study.evaluate: evaluate's use of the SEP rules, matched operating points,
+and an end-to-end run on a tiny fake data set with a fake classifier (the metrics themselves
+are tested in test_metrics.py)."""
 
 import csv
 
@@ -13,61 +13,7 @@ from bh_stage.study import metrics as mt
 from bh_stage.config import EvaluateConfig, SepConfig, config_from_dict
 from bh_stage.errors import ConfigError, OutputExistsError
 
-# --- metrics ----------------------------------------------------------------------------
-
-
-def test_accuracy_and_rates_known_answers():
-    pred = np.array([1, 1, 0, 0, 1, 0, 0, 0])
-    label = np.array([1, 1, 1, 0, 0, 0, 0, 0])
-    assert mt.accuracy(pred, label) == pytest.approx(6 / 8)
-    tpr, tnr = mt.confusion_rates(pred, label)
-    assert tpr == pytest.approx(2 / 3)
-    assert tnr == pytest.approx(4 / 5)
-    assert mt.binary_auc(pred, label) == pytest.approx((2 / 3 + 4 / 5) / 2)
-    assert np.isnan(mt.accuracy([], []))
-    assert np.isnan(mt.confusion_rates([0, 1], [0, 0])[0])
-    with pytest.raises(ValueError, match="equal shapes"):
-        mt.accuracy([1, 0], [1])
-
-
-@pytest.mark.parametrize("scores, labels, auc", [
-    ([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], 1.0),        # perfect
-    ([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], 0.0),        # reversed
-    ([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1], 0.5),        # constant: all ties
-    ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75),      # sklearn's example
-    ([0.3, 0.5, 0.5, 0.9], [0, 0, 1, 1], 0.875),      # one tied pair counts 1/2
-])
-def test_roc_auc_known_answers(scores, labels, auc):
-    assert mt.roc_auc(scores, labels) == pytest.approx(auc)
-
-
-def test_roc_auc_matches_trapezoid_of_roc_curve():
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 2, 300)
-    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes ties
-    fpr, tpr = mt.roc_curve(scores, labels)
-    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
-    assert mt.auc_from_points(fpr, tpr) == pytest.approx(mt.roc_auc(scores, labels))
-    assert np.isnan(mt.roc_auc([0.1, 0.2], [1, 1]))
-
-
-def test_auc_from_points():
-    assert mt.auc_from_points([0.2], [0.8]) == pytest.approx(0.8)
-    assert mt.auc_from_points([], []) == pytest.approx(0.5)
-    # unsorted points with a NaN: sorted, NaN dropped
-    # (0, 0) (0, 0.5) (0.5, 1) (1, 1): 0 + 0.5 * 0.75 + 0.5 * 1
-    assert mt.auc_from_points([0.5, 0.0, np.nan], [1.0, 0.5, 0.3]) == pytest.approx(0.875)
-
-
-def test_accuracy_vs_separation_bins_blends_only():
-    pred = np.array([1, 0, 1, 1, 0, 1, 1])
-    label = np.array([1, 1, 1, 1, 1, 0, 0])
-    sep = np.array([1.0, 3.0, 5.0, 10.0, 19.9, np.nan, np.nan])
-    out = mt.accuracy_vs_separation(pred, label, sep, [0, 5, 10, 20, 40])
-    np.testing.assert_array_equal(out["n"], [2, 1, 2, 0])
-    np.testing.assert_allclose(out["accuracy"][:3], [0.5, 1.0, 0.5])
-    assert np.isnan(out["accuracy"][3])
-    np.testing.assert_allclose(out["centres_pix"], [2.5, 7.5, 15, 30])
+# --- truth helpers and config -----------------------------------------------------------
 
 
 def test_snr_mask_and_true_positions():

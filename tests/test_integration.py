@@ -48,7 +48,8 @@ BAR = re.compile(r"^(reading tile|loading network|objects): +\d+%\|")
 def tile_run(tmp_path_factory, cosmos_dir, sextractor):
     """A 1024x1024 tile of test-half real galaxies (never in training) with many close pairs,
     its SExtractor catalogue and the stage output. Simulated like the tile set the shipped
-    tile head was trained and tested on (its magnitude settings, ``TileSetConfig``)."""
+    tile head was trained and tested on (its magnitude settings, ``TileSetConfig``). About
+    8 s: every test using it is marked slow."""
     folder = tmp_path_factory.mktemp("integration")
     tiles = TileSetConfig()
     cfg = load_config(REPO / "example_config" / "simulate_tile.yml", SCHEMAS["simulate"], [
@@ -67,6 +68,7 @@ def tile_run(tmp_path_factory, cosmos_dir, sextractor):
     return folder
 
 
+@pytest.mark.slow
 def test_original_columns_bit_identical(tile_run):
     with fitsio.FITS(str(tile_run / "tile.cat")) as fin, \
             fitsio.FITS(str(tile_run / "tile_bh.cat")) as fout:
@@ -79,6 +81,7 @@ def test_original_columns_bit_identical(tile_run):
     assert ((new["BLEND_PROB"] >= 0) & (new["BLEND_PROB"] <= 1)).all()
 
 
+@pytest.mark.slow
 def test_ldactoasc_reads_the_output(tile_run):
     ldactoasc = __import__("shutil").which("ldactoasc")
     if ldactoasc is None:
@@ -108,6 +111,7 @@ def close_pair_labels(catalogue, truth, half_pix=35):
     return labels
 
 
+@pytest.mark.slow
 def test_blend_prob_separates_close_pairs(tile_run):
     from bh_stage.study.metrics import roc_auc
 
@@ -123,6 +127,7 @@ def test_blend_prob_separates_close_pairs(tile_run):
     assert auc > 0.65
 
 
+@pytest.mark.slow
 def test_compact_paper_head_in_the_stage(tile_run):
     """``head:`` naming the shipped compact paper head: ``BH_PAPER_PROB`` comes from it (the
     header says which network), it ranks close pairs above isolated detections, and every
@@ -161,6 +166,7 @@ def test_shipped_example_runs(tmp_path):
         assert f["LDAC_OBJECTS"].read_header()["BH_HEAD"]
 
 
+@pytest.mark.slow
 def test_fitsverify_finds_no_error_and_no_new_warning(tile_run, fitsverify):
     """The output is valid FITS: no error, and no warning beyond the input's own (SExtractor's
     LDAC_IMHEAD column name 'Field Header Card' has spaces)."""
@@ -172,7 +178,8 @@ def test_fitsverify_finds_no_error_and_no_new_warning(tile_run, fitsverify):
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory, real_frame, sextractor):
     """The real NTT frame (sky not subtracted, no weight map): source-extractor with the
-    columns PSFEx needs, then `bh-stage run` as a user runs it, default verbosity."""
+    columns PSFEx needs, then `bh-stage run` as a user runs it, default verbosity. About 6 s:
+    every test using it is marked slow."""
     folder = tmp_path_factory.mktemp("realdata")
     sextract(sextractor, real_frame, None, folder / "frame.cat",
              "-PARAMETERS_NAME", "example_config/sextractor/psfex.param")
@@ -185,6 +192,7 @@ def real_run(tmp_path_factory, real_frame, sextractor):
     return folder, run
 
 
+@pytest.mark.slow
 def test_real_frame_every_detection_scored_or_flagged(real_run):
     folder, run = real_run
     with fitsio.FITS(str(folder / "frame.cat")) as fin, \
@@ -206,6 +214,7 @@ def test_real_frame_every_detection_scored_or_flagged(real_run):
           f"{header['BH_HEAD']}; {run.stdout.strip()}")
 
 
+@pytest.mark.slow
 def test_real_frame_run_prints_only_the_bar_and_the_summary(real_run):
     """No warning a user cannot act on: no TensorFlow start-up lines, no astropy warning
     about the frame's non-standard ESO-LOG cards."""
@@ -215,12 +224,14 @@ def test_real_frame_run_prints_only_the_bar_and_the_summary(real_run):
     assert lines and all(BAR.match(line) for line in lines), lines
 
 
+@pytest.mark.slow
 def test_real_frame_output_is_valid_fits(real_run, fitsverify):
     folder, _ = real_run
     warnings_in, errors_in = verify(fitsverify, folder / "frame.cat")
     assert verify(fitsverify, folder / "frame_bh.cat") == (warnings_in, 0)
 
 
+@pytest.mark.slow
 def test_psfex_models_the_psf_from_the_output(real_run, psfex):
     """PSFEx, the next client in a weak-lensing pipeline, reads the output catalogue (VIGNET
     and the other columns it needs are kept) and writes a PSF model."""
@@ -242,6 +253,7 @@ def test_psfex_models_the_psf_from_the_output(real_run, psfex):
     assert np.unravel_index(np.argmax(psf[0]), psf[0].shape) == (12, 12)
 
 
+@pytest.mark.slow
 def test_quiet_run_prints_only_the_summary(tmp_path):
     """`bh-stage run -q` (option after the subcommand) prints no TensorFlow C++ line."""
     out = tmp_path / "example_bh.cat"

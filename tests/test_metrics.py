@@ -1,5 +1,6 @@
-"""Tests of bh_stage.study.metrics: ROC numbers on hand-made scores with ties, and the galaxy
-bootstrap against the row bootstrap."""
+"""Tests of bh_stage.study.metrics: rates and ROC numbers on hand-made scores with ties, the
+same numbers as scikit-learn's on random scores with ties, and the galaxy bootstrap against
+the row bootstrap."""
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from bh_stage.study import metrics
     ([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], 1.0),     # perfect
     ([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], 0.0),     # reversed
     ([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1], 0.5),     # constant: every pair a tie
+    ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75),   # scikit-learn's example
     ([0.3, 0.5, 0.5, 0.9], [0, 0, 1, 1], 0.875),   # one tied pair of four counts 1/2
 ])
 def test_roc_auc_known_answers(scores, labels, auc):
@@ -24,6 +26,48 @@ def test_roc_auc_known_answers(scores, labels, auc):
 def test_roc_auc_one_class_is_nan():
     assert np.isnan(metrics.roc_auc([0.1, 0.2], [1, 1]))
     assert np.isnan(metrics.roc_auc([0.1, 0.2], [0, 0]))
+
+
+def test_accuracy_and_rates_known_answers():
+    pred = np.array([1, 1, 0, 0, 1, 0, 0, 0])
+    label = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    assert metrics.accuracy(pred, label) == pytest.approx(6 / 8)
+    tpr, tnr = metrics.confusion_rates(pred, label)
+    assert tpr == pytest.approx(2 / 3)
+    assert tnr == pytest.approx(4 / 5)
+    assert metrics.binary_auc(pred, label) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert np.isnan(metrics.accuracy([], []))
+    assert np.isnan(metrics.confusion_rates([0, 1], [0, 0])[0])
+    with pytest.raises(ValueError, match="equal shapes"):
+        metrics.accuracy([1, 0], [1])
+
+
+def test_roc_auc_matches_trapezoid_of_roc_curve():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes ties
+    fpr, tpr = metrics.roc_curve(scores, labels)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert metrics.auc_from_points(fpr, tpr) == pytest.approx(metrics.roc_auc(scores, labels))
+
+
+def test_auc_from_points():
+    assert metrics.auc_from_points([0.2], [0.8]) == pytest.approx(0.8)
+    assert metrics.auc_from_points([], []) == pytest.approx(0.5)
+    # unsorted points with a NaN: sorted, NaN dropped
+    # (0, 0) (0, 0.5) (0.5, 1) (1, 1): 0 + 0.5 * 0.75 + 0.5 * 1
+    assert metrics.auc_from_points([0.5, 0.0, np.nan], [1.0, 0.5, 0.3]) == pytest.approx(0.875)
+
+
+def test_accuracy_vs_separation_bins_blends_only():
+    pred = np.array([1, 0, 1, 1, 0, 1, 1])
+    label = np.array([1, 1, 1, 1, 1, 0, 0])
+    sep = np.array([1.0, 3.0, 5.0, 10.0, 19.9, np.nan, np.nan])
+    out = metrics.accuracy_vs_separation(pred, label, sep, [0, 5, 10, 20, 40])
+    np.testing.assert_array_equal(out["n"], [2, 1, 2, 0])
+    np.testing.assert_allclose(out["accuracy"][:3], [0.5, 1.0, 0.5])
+    assert np.isnan(out["accuracy"][3])
+    np.testing.assert_allclose(out["centres_pix"], [2.5, 7.5, 15, 30])
 
 
 def test_roc_curve_steps_over_ties():
@@ -191,6 +235,97 @@ def test_group_bootstrap_of_a_paired_difference():
     assert np.subtract(*metrics.interval(diff, 0.68)[::-1]) < w_gal
 
 
-def test_accuracy_and_rates_moved_from_evaluate():
-    assert metrics.accuracy([1, 0, 1, 1], [1, 0, 0, 1]) == 0.75
-    assert metrics.confusion_rates([1, 0, 1, 0], [1, 1, 0, 0]) == (0.5, 0.5)
+# --- against scikit-learn ---------------------------------------------------------------
+
+SEEDS = range(20)
+
+
+@pytest.fixture(scope="module")
+def skm():
+    """sklearn.metrics, the reference (scikit-learn comes with the [study] extra)."""
+    return pytest.importorskip("sklearn.metrics")
+
+
+def tied_scores(seed):
+    """Random scores with many ties (rounded to 0-2 decimals) and 0/1 labels of both classes,
+    from 2 to 400 rows, 5-95 % blends, the classes separated by 0-2 sigma."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 401))
+    labels = (rng.random(n) < rng.uniform(0.05, 0.95)).astype(int)
+    labels[:2] = [0, 1]
+    scores = np.round(rng.normal(labels * rng.uniform(0.0, 2.0), 1.0), int(rng.integers(0, 3)))
+    assert np.unique(scores).size < n  # ties, always
+    return scores, labels, rng
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_roc_auc_is_sklearns(skm, seed):
+    scores, labels, _ = tied_scores(seed)
+    assert metrics.roc_auc(scores, labels) == pytest.approx(
+        skm.roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics.roc_auc(-scores, labels) == pytest.approx(
+        skm.roc_auc_score(labels, -scores), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_roc_curve_is_sklearns_without_dropped_points(skm, seed):
+    """One point per distinct score, (0, 0) first: scikit-learn's curve with
+    ``drop_intermediate=False``, the same floats."""
+    scores, labels, _ = tied_scores(seed)
+    fpr, tpr = metrics.roc_curve(scores, labels)
+    sk_fpr, sk_tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_array_equal(fpr, sk_fpr)
+    np.testing.assert_array_equal(tpr, sk_tpr)
+    assert metrics.auc_from_points(fpr, tpr) == pytest.approx(skm.auc(sk_fpr, sk_tpr),
+                                                              abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_operating_points_are_sklearns(skm, seed):
+    """At an FPR target, the threshold's (FPR, TPR) is scikit-learn's ROC point of highest TPR
+    with FPR <= target; at a TPR target, its FPR is the lowest FPR of the points with TPR >=
+    target. Random targets (plus 0 and 1) stay clear of the 1e-9 slack that lets a decimal
+    target such as 0.29 count 29 of 100 (test_threshold_at_fpr_reaches_a_decimal_target)."""
+    scores, labels, rng = tied_scores(seed)
+    sk_fpr, sk_tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+    negatives = scores[labels == 0]
+    for target in np.r_[0.0, 1.0, rng.random(15)]:
+        best = np.flatnonzero(sk_fpr <= target)[-1]  # the curve rises: the last one is best
+        t = metrics.threshold_at_fpr(scores, labels, target)
+        assert np.mean(negatives >= t) == pytest.approx(sk_fpr[best], abs=1e-12)
+        assert metrics.tpr_at_fpr(scores, labels, target) == pytest.approx(sk_tpr[best],
+                                                                           abs=1e-12)
+    for target in np.r_[1.0, 1.0 - rng.random(15)]:  # (0, 1]
+        assert metrics.fpr_at_tpr(scores, labels, target) == pytest.approx(
+            sk_fpr[sk_tpr >= target].min(), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("max_fpr", [0.05, 0.2, 0.5, 1.0])
+def test_partial_auc_is_sklearns_before_mcclish(skm, seed, max_fpr):
+    """scikit-learn's ``roc_auc_score(max_fpr=m)`` is McClish's standardisation of the raw
+    area A up to m, 1/2 (1 + (A - m^2/2) / (m - m^2/2)); partial_auc is A / m."""
+    scores, labels, _ = tied_scores(seed)
+    area = metrics.partial_auc(scores, labels, max_fpr) * max_fpr
+    mcclish = skm.roc_auc_score(labels, scores, max_fpr=max_fpr)
+    low, high = max_fpr**2 / 2, max_fpr  # the random and the perfect classifier
+    assert area == pytest.approx(low + (2 * mcclish - 1) * (high - low), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rates_are_sklearns(skm, seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 200))
+    label = rng.integers(0, 2, n)
+    label[:2] = [0, 1]
+    pred = np.where(rng.random(n) < 0.7, label, 1 - label)
+    assert metrics.accuracy(pred, label) == pytest.approx(skm.accuracy_score(label, pred),
+                                                          abs=1e-12)
+    tpr, tnr = metrics.confusion_rates(pred, label)
+    assert tpr == pytest.approx(skm.recall_score(label, pred, pos_label=1), abs=1e-12)
+    assert tnr == pytest.approx(skm.recall_score(label, pred, pos_label=0), abs=1e-12)
+    assert metrics.binary_auc(pred, label) == pytest.approx(
+        skm.balanced_accuracy_score(label, pred), abs=1e-12)
+    # a binary verdict's ROC AUC is its 2-point AUC
+    assert metrics.binary_auc(pred, label) == pytest.approx(skm.roc_auc_score(label, pred),
+                                                            abs=1e-12)

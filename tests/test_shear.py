@@ -64,6 +64,7 @@ def test_hsm_shapes_of_a_sheared_round_galaxy_and_a_star():
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
     """The bench's smoke scale runs end to end, its numbers hang together and its result
     file holds them and the run's provenance."""

@@ -217,12 +217,12 @@ def test_mixed_set_of_the_test_half(cosmos):
 
 def test_size_follows_the_size_magnitude_relation(cosmos):
     """Dimming a galaxy by 3 mag shrinks it by 10**(-0.105 * 3) = 0.48 (default slope)."""
-    from bh_stage.study.simulate import _catalogue, _galaxy, _sample_mags, _settings
+    from bh_stage.study.simulate import _galaxy, _settings, cosmos_catalogue, sample_mags
 
     cfg = make_cfg(cosmos)
     settings = _settings(cfg)
-    cat = _catalogue(cosmos, PARAM_CAT, False, cfg.exptime_s, cfg.area_cm2)
-    m_sample = _sample_mags(cat, False)[7]
+    cat = cosmos_catalogue(cosmos, PARAM_CAT, False, cfg.exptime_s, cfg.area_cm2)
+    m_sample = sample_mags(cat, False)[7]
     hlr = [_galaxy(settings, "parametric", 7, m_sample + dm, 0.0)[0].drawImage(
         nx=201, ny=201, scale=0.03).calculateHLR() for dm in (0.0, 3.0)]
     assert hlr[1] / hlr[0] == pytest.approx(10 ** (-0.105 * 3), rel=0.03)

@@ -338,7 +338,6 @@ def test_weight_auto_takes_the_weight_map_beside_the_tile(small_tile, fake_class
     fitsio.write(str(small_tile / name), weight, clobber=True,
                  compress="GZIP" if name.endswith(".fz") else None)
     write_ldac(small_tile / "tile.cat", [50.0], [50.0])
-    assert RunConfig().weight == "auto"
     with caplog.at_level(logging.INFO, logger="bh_stage"):
         run_stage(cfg(), small_tile / "tile.fits")
     out = fitsio.read(str(small_tile / "tile_bh.cat"), ext="LDAC_OBJECTS")

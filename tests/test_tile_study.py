@@ -53,6 +53,7 @@ def test_orientation_logits_average_the_rotations():
                                   stamps[:, 0, 0, 0])
 
 
+@pytest.mark.slow
 def test_learning_rate_drops_after_epochs_without_a_better_auc():
     """With lr_drop_epochs=1 every epoch without a new best validation AUC multiplies the
     rate by 0.3; the others keep it; the weights returned are those of the best epoch."""
@@ -83,6 +84,7 @@ def _blob_stamps(rng, n, side=15):
     return img, np.zeros((n, 0), np.float32), y
 
 
+@pytest.mark.slow
 def test_noise_on_the_fly_and_distillation_targets():
     """With noise_sigma_adu the noise-free training stamps get noise each epoch and are
     scaled like scale_stamps; with teacher_prob (distill_weight 1) the network learns the
@@ -138,6 +140,7 @@ def test_weights_from_a_paper_head_is_refused_before_any_tile(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     from bh_stage.cli import main

@@ -187,6 +187,7 @@ def test_glob_patterns_and_shared_outputs(three_tiles, fake_classifier, tmp_path
     check_output(three_tiles[0]), check_output(three_tiles[1])
 
 
+@pytest.mark.slow
 def test_worker_processes_load_the_real_head_once(tmp_path):
     """Worker processes (no monkeypatch reaches them): the shipped head, loaded once per
     worker; about 10 s (worker start-up and TensorFlow import)."""

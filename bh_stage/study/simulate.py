@@ -147,10 +147,6 @@ def sample_mags(cat, real):
     return np.asarray(cat.param_cat["mag_auto"], dtype=np.float64)[cat.orig_index]
 
 
-# The private names they had before bench/bench_hst_noise.py needed them; only
-# tests/test_simulate.py still imports these.
-_catalogue, _sample_mags = cosmos_catalogue, sample_mags
-
 
 def real_galaxy_split(mags):
     """Split the real sample into two halves by alternating magnitude ranks.
