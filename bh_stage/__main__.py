@@ -11,8 +11,13 @@ import logging
 import os
 import sys
 
-from .cli import Terminated, _HideNativeLogLines, sigterm_as_interrupt
-from .errors import BhStageError
+from .cli import run_guarded
+
+
+def _run_stage():
+    from .ceci_stage import BlendHunterStage  # its extra is named if missing
+
+    return BlendHunterStage.main()
 
 
 def main():
@@ -20,20 +25,8 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    try:
-        from .ceci_stage import BlendHunterStage
-
-        with sigterm_as_interrupt(), _HideNativeLogLines():
-            return BlendHunterStage.main()
-    except BhStageError as err:
-        print(f"bh_stage {' '.join(sys.argv[1:2])}: error: {err}", file=sys.stderr)
-        return 2
-    except Terminated:
-        print(f"bh_stage {' '.join(sys.argv[1:2])}: terminated", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print(f"bh_stage {' '.join(sys.argv[1:2])}: interrupted", file=sys.stderr)
-        return 130
+    code, result = run_guarded(f"bh_stage {' '.join(sys.argv[1:2])}", _run_stage)
+    return result if code == 0 else code
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import threading
 from . import __version__
 from .errors import BhStageError
 
-__all__ = ["main", "run_main", "Terminated", "sigterm_as_interrupt"]
+__all__ = ["main", "run_main", "run_guarded", "Terminated", "sigterm_as_interrupt",
+           "HideNativeLogLines"]
 
 log = logging.getLogger("bh_stage")
 
@@ -43,6 +44,7 @@ def sigterm_as_interrupt():
         return
 
     def raise_terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, raise_terminated)
@@ -65,7 +67,7 @@ class _ProgressBar:
             from tqdm import tqdm
 
             self.close()
-            # stderr may be the pipe of _HideNativeLogLines: take the width of the terminal
+            # stderr may be the pipe of HideNativeLogLines: take the width of the terminal
             self.bar = tqdm(total=total, desc=step, file=sys.stderr,
                             ncols=shutil.get_terminal_size().columns)
             self.step = step
@@ -76,7 +78,7 @@ class _ProgressBar:
             self.bar.close()
 
 
-class _HideNativeLogLines:
+class HideNativeLogLines:
     """Drop TensorFlow's C++ start-up lines (absl INFO and WARNING) from file descriptor 2.
 
     ``TF_CPP_MIN_LOG_LEVEL`` does not silence the lines absl prints before
@@ -310,24 +312,32 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    code, summary = run_guarded(f"bh-stage {args.command}", lambda: args.func(args),
+                                hide_native=not args.verbose)
+    if code == 0:
+        print(summary)
+    return code
+
+
+def run_guarded(prog, func, hide_native=True):
+    """Call ``func()`` as a command does; return ``(exit code, its result)``.
+
+    A ``BhStageError`` prints ``<prog>: error: <message>`` on stderr (code 2), SIGTERM
+    ``<prog>: terminated`` (143), Ctrl-C ``<prog>: interrupted`` (130); the result is then
+    None. With ``hide_native``, TensorFlow's C++ log lines are kept off stderr."""
     try:
-        with sigterm_as_interrupt():
-            if args.verbose:
-                summary = args.func(args)
-            else:
-                with _HideNativeLogLines():
-                    summary = args.func(args)
+        with sigterm_as_interrupt(), (HideNativeLogLines() if hide_native
+                                      else contextlib.nullcontext()):
+            return 0, func()
     except BhStageError as err:
-        print(f"bh-stage {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2, None
     except Terminated:
-        print(f"bh-stage {args.command}: terminated", file=sys.stderr)
-        return 143
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 143, None
     except KeyboardInterrupt:
-        print(f"bh-stage {args.command}: interrupted", file=sys.stderr)
-        return 130
-    print(summary)
-    return 0
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130, None
 
 
 def run_main():

@@ -33,9 +33,10 @@ shapes also need the PSF-leakage terms, not computed here.
 Correlated-noise correction (``noise_sigma_adu``; Sheldon & Huff 2017, ngmix ``fixnoise``):
 steps 2-4 turn the stamp's white noise into noise correlated along the applied shear, which
 itself responds to the shear and biases ``R``. For each stamp a white Gaussian noise image of
-the stamp's rms is drawn (``numpy.random.default_rng([seed, first_index + i])``), rotated by
-+90 degrees (``np.rot90``, k=1), put through steps 1-5 with the same shear, rotated back by
--90 degrees and added to the stamp's image of that type (``noshear`` included). A 90-degree
+the stamp's rms is drawn (``numpy.random.default_rng([seed, first_index + i,
+NOISE_STREAM])``, not the stream of the stage's fill noise), rotated by +90 degrees
+(``np.rot90``, k=1), put through steps 1-5 with the same shear, rotated back by -90 degrees
+and added to the stamp's image of that type (``noshear`` included). A 90-degree
 rotation flips the sign of both shear components, so the shear-induced anisotropy of the two
 noise fields cancels; the noise variance doubles.
 
@@ -73,7 +74,6 @@ from typing import NamedTuple
 import numpy as np
 
 from .extras import require
-from .stamps import object_rng
 
 __all__ = [
     "DEFAULT_STEP", "SHEAR_TYPES", "METACAL_TYPES", "METHODS", "X_INTERPOLANT",
@@ -118,6 +118,16 @@ def reconvolution_dilation(step):
     return 1.0 + 2.0 * step
 
 
+NOISE_STREAM = 22
+"""Third entry of the correction noise's seed, so that it is not the stream the stage fills
+padding and masked pixels from (``stamps.object_rng(seed, index)``)."""
+
+
+def _noise_rng(seed, index):
+    """Generator of object ``index``'s correction noise, independent of its fill noise."""
+    return np.random.default_rng([int(seed), int(index), NOISE_STREAM])
+
+
 def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, seed=0, *,
                    types=SHEAR_TYPES, method="fft", first_index=0, pad_pix=None,
                    batch_size=32):
@@ -141,7 +151,7 @@ def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, s
         noise variance. Default None: no correction (noise-free stamps).
     seed : int
         Seed of the correction's noise: stamp ``i`` draws from
-        ``numpy.random.default_rng([seed, first_index + i])``. Default 0.
+        ``numpy.random.default_rng([seed, first_index + i, NOISE_STREAM])``. Default 0.
     types : sequence of str
         Images to return, from ``METACAL_TYPES``. Default ``SHEAR_TYPES`` (the four sheared
         ones); add ``"noshear"`` for the unsheared reconvolved image.
@@ -192,7 +202,7 @@ def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, s
     n_valid = len(batch)
     if noise_sigma_adu is not None:  # the noise images go through the same batches
         index = first_index + np.flatnonzero(finite)
-        noise = np.stack([object_rng(seed, i).normal(0.0, noise_sigma_adu, stamps.shape[1:])
+        noise = np.stack([_noise_rng(seed, i).normal(0.0, noise_sigma_adu, stamps.shape[1:])
                           for i in index])
         batch = np.concatenate([batch, np.rot90(noise, k=1, axes=(1, 2))])
     images = run(batch, psf, step, shears)

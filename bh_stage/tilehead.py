@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cues, features
 from .errors import ModelShapeError
 from .heads import head_path, load_head
 from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, centre_stamps,
@@ -109,7 +110,8 @@ def load_tile_head(path_json):
     Raises
     ------
     ModelShapeError
-        The JSON is not a tile head or names an unknown architecture.
+        The JSON is not a tile head, names an unknown architecture, or reads features other
+        than those this version computes (by name and order).
     """
     key = (str(Path(path_json).resolve()), Path(path_json).stat().st_mtime_ns)
     if key in _LOADED:
@@ -121,8 +123,13 @@ def load_tile_head(path_json):
         raise ModelShapeError(f"{path_json}: not a tile head (target {meta.get('target')!r}, "
                               f"architecture {meta.get('architecture')!r}); tile_head and "
                               f"weights_from take a head made by `bh-stage train-tile`")
-    names = meta["stamp_features" if meta["architecture"] == STAMP_ARCHITECTURE
-                 else "catalogue_features"]
+    stamp = meta["architecture"] == STAMP_ARCHITECTURE
+    names = meta["stamp_features" if stamp else "catalogue_features"]
+    expected = features.FEATURE_NAMES if stamp else cues.FEATURE_NAMES
+    if tuple(names) != tuple(expected):
+        raise ModelShapeError(f"{path_json}: the head reads the features {', '.join(names)}; "
+                              f"this bh-stage computes {', '.join(expected)}; use a head made "
+                              f"by this version's `bh-stage train-tile`")
     model = build_compact(meta["stamp_side_pix"], len(names), meta["architecture"])
     model.set_weights(head.weights)
     _LOADED[key] = TileHead(model, head)

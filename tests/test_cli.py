@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bh_stage.cli import _HideNativeLogLines, main, parse_args
+from bh_stage.cli import HideNativeLogLines, main, parse_args
 
 from conftest import REPO
 
@@ -59,7 +59,7 @@ def test_quiet_and_verbose_exclude_each_other(capsys):
 def test_native_start_up_lines_are_hidden(capfd):
     """TensorFlow's C++ lines (absl, before InitializeLog; TF_CPP_MIN_LOG_LEVEL does not stop
     them) are dropped from fd 2; errors, Python's lines and the progress bar pass."""
-    with _HideNativeLogLines():
+    with HideNativeLogLines():
         for text in [
             b"WARNING: All log messages before absl::InitializeLog() is called are written "
             b"to STDERR\n",

@@ -145,14 +145,18 @@ def test_routes_agree_on_noisy_galaxies(galsim):
 
 def test_noise_correction_adds_the_rotated_sheared_noise(galsim):
     """With noise_sigma_adu, each image gains rot(-90) of the metacal image of rot(+90) of the
-    object's own noise, drawn from default_rng([seed, first_index + i]); a batch gets the
-    noise of its objects' indices in the whole catalogue."""
+    object's own noise, drawn from default_rng([seed, first_index + i, 22]); a batch gets the
+    noise of its objects' indices in the whole catalogue. Regression: the noise was drawn
+    from the stream that fills the stage's padding (stamps.object_rng), so it was not
+    independent of the stamp's own fill noise."""
     psf = psf_image(galsim, moffat_psf(galsim))
     stamps = np.random.default_rng(0).normal(0.0, 2.0, (4, SIDE_PIX, SIDE_PIX))
     plain = metacal_images(stamps, psf, types=METACAL_TYPES)
     fixed = metacal_images(stamps, psf, noise_sigma_adu=2.0, seed=7, types=METACAL_TYPES)
-    noise = np.stack([np.random.default_rng([7, i]).normal(0.0, 2.0, (SIDE_PIX, SIDE_PIX))
+    noise = np.stack([np.random.default_rng([7, i, 22]).normal(0.0, 2.0, (SIDE_PIX, SIDE_PIX))
                       for i in range(4)])
+    fill = np.random.default_rng([7, 0]).normal(0.0, 2.0, (SIDE_PIX, SIDE_PIX))  # object_rng
+    assert not np.allclose(noise[0], fill)
     noise_images = metacal_images(np.rot90(noise, 1, axes=(1, 2)), psf, types=METACAL_TYPES)
     for name in METACAL_TYPES:
         np.testing.assert_allclose(fixed[name] - plain[name],

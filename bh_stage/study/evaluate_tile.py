@@ -429,7 +429,8 @@ def evaluate_tile(cfg, progress=None):
                for role in tileset.ROLES}
     # the baseline reads the BASELINE_COLUMNS that every tile's catalogue has (the test
     # catalogues' column names only), so its features are the same on every tile
-    base_columns = _baseline_columns([f for role in tileset.ROLES for f in folders[role]])
+    # the baseline's columns are chosen from the training and validation catalogues only
+    base_columns = _baseline_columns([f for role in ("train", "valid") for f in folders[role]])
     role_data, base_data = {}, {}
     for role in ("train", "valid"):
         tables = [tileset.detection_table(f) for f in folders[role]]
@@ -457,6 +458,7 @@ def evaluate_tile(cfg, progress=None):
         run_stage(rc, files["image"], progress=progress)
         (x, y), classes, feats = tileset.detection_table(folder)
         stage_columns = fitsio.read(str(out), ext="LDAC_OBJECTS")
+        _require_columns(folder, base_columns)
         test_base, _ = _baseline_matrix(folder, base_columns, x, y)
         scores = score_table(stage_columns, feats, baseline.predict(test_base),
                              cat_predict(feats))
@@ -507,6 +509,19 @@ def _baseline_columns(folders):
                         tileset.TILE_FILES["segmentation"])
         columns = [c for c in columns if c in present]
     return columns
+
+
+def _require_columns(folder, columns):
+    """Refuse a test tile whose catalogue lacks a column the baseline was trained on."""
+    from .. import io
+    from ..errors import CatalogueColumnError
+
+    path = Path(folder) / tileset.TILE_FILES["catalogue"]
+    missing = [c for c in columns if c not in set(io.read_table_info(path).columns)]
+    if missing:
+        raise CatalogueColumnError(f"{path}: lacks {', '.join(missing)}, which the baseline "
+                                   f"was trained on; delete it and "
+                                   f"{tileset.TILE_FILES['segmentation']} to SExtract it again")
 
 
 def _baseline_matrix(folder, columns, x_pix, y_pix):

@@ -194,15 +194,18 @@ def stamp_feature_table(folder, seed, x_pix, y_pix):
     from . import tileset
 
     cache = Path(folder) / f"features_{seed}.npz"
+    names = np.array(bh_features.FEATURE_NAMES[:-2])
+    pixel = None
     if cache.is_file():
         with np.load(cache) as z:
-            pixel = z["pixel_features"]
-    else:
+            if "names" in z.files and np.array_equal(z["names"], names):
+                pixel = z["pixel_features"]
+    if pixel is None:  # none cached, or cached by a version measuring other features
         stamps, rms = tileset.detection_stamps(folder, seed, side_pix=65)
         pixel = bh_features.measure_stamps(stamps, rms)
         with io.atomic_output(cache, overwrite=True) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, pixel_features=pixel)
+                np.savez(fh, pixel_features=pixel, names=names)
     return bh_features.stamp_features(pixel, bh_features.position_cues(x_pix, y_pix))
 
 
