@@ -7,7 +7,7 @@ so ``XPEAK_IMAGE - X_IMAGE`` is a free cue of an unrecognised blend. ``bh.param`
 with ``XPEAK_IMAGE, YPEAK_IMAGE`` added (same detection settings, so the same rows) into its
 own folder, trains gradient boosting on the training tiles with and without the offsets
 (validation AUC), then reports both on the test tiles beside ``BLEND_PROB`` of
-``docs/results_tile/detections.npz``, with galaxy-bootstrap intervals and the paired
+``docs/history/results_tile_0.5/detections.npz``, with galaxy-bootstrap intervals and the paired
 difference. Writes bench/results/catalogue_offsets.json.
 
     python bench/bench_catalogue_offsets.py --work-dir WORKDIR/tiles

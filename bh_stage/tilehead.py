@@ -88,11 +88,12 @@ class TileHead:
         return sigmoid(self._a * self.logits(stamps, rms_adu, features) + self._b)
 
 
-DEFAULT_TILE_HEAD = "tile_unrecognised"
-"""Shipped tile head used by ``tile_head: default`` (4 orientations). ``tile_unrecognised_o2``
-is its network in 2 orientations, calibrated again on the validation tiles
-(``train-tile --set weights_from=tile_unrecognised``): a faster stage for 0.002 of validation
-AUC (README, "Speed and memory")."""
+DEFAULT_TILE_HEAD = "tile_unrecognised_positions"
+"""Shipped tile head used by ``tile_head: default`` since 0.6: the position-only head
+(``compact_cnn_stamp_v1``, 4 orientations), trained on the artefact-free tiles of the tile
+study v2 and chosen there on the validation tiles over the catalogue head of 0.3-0.5
+(docs/tile_study_v2.md). That head stays shipped as ``tile_unrecognised`` (catalogue
+columns, 4 orientations) with ``tile_unrecognised_o2`` (its network in 2 orientations)."""
 
 
 _LOADED = {}

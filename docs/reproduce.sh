@@ -158,7 +158,7 @@ $E --set dataset=$p/real_train4k.h5 --set max_stamps=1000 \
 bh-stage train-tile example_config/train-tile.yml --set tiles.work_dir=$work/tiles \
     --set overwrite=true
 # The tile-level report: bh-stage run on the test tiles, every column and free cue against
-# the truth, galaxy-bootstrap intervals -> docs/results_tile/.
+# the truth, galaxy-bootstrap intervals -> docs/history/results_tile_0.5/.
 bh-stage evaluate-tile example_config/evaluate-tile.yml --set tiles.work_dir=$work/tiles \
     --set output_dir=docs/results_tile --set overwrite=true
 # How the shipped tile head was chosen (validation tiles only): the 0.2.0 head (git show

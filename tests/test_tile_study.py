@@ -198,15 +198,22 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     assert (out / "roc.png").stat().st_size > 10000
 
 
-def test_shipped_tile_head_loads_and_scores():
-    """The shipped tile head: its metadata says what it is, and it scores stage stamps with
-    probabilities strictly inside (0, 1) that follow the calibration of its logits."""
-    from bh_stage import cues
+@pytest.mark.parametrize("name, architecture", [
+    ("default", compact.STAMP_ARCHITECTURE), ("tile_unrecognised", compact.ARCHITECTURE)])
+def test_shipped_tile_head_loads_and_scores(name, architecture):
+    """The shipped tile heads (the position-only default and the catalogue head of 0.3-0.5):
+    their metadata says what they are, and they score stage stamps with probabilities
+    strictly inside (0, 1) that follow the calibration of their logits, the same for a
+    quarter-turned stamp (4 orientations averaged)."""
+    from bh_stage import cues, features
 
-    head = tilehead.load_tile_head(tilehead.tile_head_path("default"))
+    head = tilehead.load_tile_head(tilehead.tile_head_path(name))
     meta = head.metadata
-    assert meta["target"] == "unrecognised_blend" and meta["architecture"] == compact.ARCHITECTURE
-    assert head.catalogue_columns == cues.CATALOGUE_COLUMNS
+    assert meta["target"] == "unrecognised_blend" and meta["architecture"] == architecture
+    if head.stamp_features:
+        assert head.catalogue_columns == () and head.feature_names == features.FEATURE_NAMES
+    else:
+        assert head.catalogue_columns == cues.CATALOGUE_COLUMNS
     assert 0 < head.blend_threshold < 1 and meta["valid"]["roc_auc"] > 0.5
     rng = np.random.default_rng(0)
     stamps = rng.normal(0, 14.5, (6, 65, 65)).astype(np.float32)
@@ -216,10 +223,19 @@ def test_shipped_tile_head_loads_and_scores():
     assert p.shape == (6,) and ((p > 0) & (p < 1)).all()
     a, b = meta["calibration"]["a"], meta["calibration"]["b"]
     np.testing.assert_allclose(p, compact.sigmoid(a * head.logits(stamps, 14.5, feats) + b))
-    # the default averages its 4 rotations: a quarter-turned stamp scores the same
     assert head.n_orientations == meta["n_orientations"] == 4
     turned = np.rot90(stamps, 1, axes=(1, 2))
     np.testing.assert_allclose(head.predict_proba(turned, 14.5, feats), p, rtol=1e-5)
+
+
+def test_fast_catalogue_head_is_the_same_network_in_two_orientations():
+    """tile_unrecognised_o2 is tile_unrecognised's network averaged over 2 orientations."""
+    head = tilehead.load_tile_head(tilehead.tile_head_path("tile_unrecognised"))
+    meta = head.metadata
+    rng = np.random.default_rng(0)
+    stamps = rng.normal(0, 14.5, (6, 65, 65)).astype(np.float32)
+    stamps[:3, 32, 32] += 3000.0
+    feats = np.tile(np.asarray(meta["feature_mean"], np.float32), (6, 1))
     # the faster head is the same network in 2 orientations, the stamp and its quarter turn
     two = tilehead.load_tile_head(tilehead.tile_head_path("tile_unrecognised_o2"))
     assert two.n_orientations == 2 and two.metadata["calibrated_from"] == {
