@@ -18,8 +18,8 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = [
-    "SepConfig", "StampConfig", "RunStampConfig", "RunConfig", "load_config", "config_from_dict",
-    "config_to_dict", "config_hash", "config_reference", "SCHEMAS",
+    "SepConfig", "StampConfig", "RunStampConfig", "MetacalConfig", "RunConfig", "load_config",
+    "config_from_dict", "config_to_dict", "config_hash", "config_reference", "SCHEMAS",
 ]
 
 
@@ -92,6 +92,51 @@ class SepConfig:
 
 
 @dataclasses.dataclass
+class MetacalConfig:
+    """BLEND_PROB on metacalibration images (``metacal.metacal_images``), for selection
+    responses: with ``enabled``, the stage also scores the four sheared images of every stamp
+    and writes BLEND_PROB_1P, _1M, _2P, _2M and BLEND_FLAG_1P, ... Needs a position-only tile
+    head (its features are measured on each image) and the tile's PSF: exactly one of
+    ``psf_file`` and ``psf_fwhm_arcsec``.
+    """
+
+    enabled: bool = option(False, "Also score the four metacalibration images of every stamp "
+                           "(sheared by +-step on g1 and g2): BLEND_PROB_1P/_1M/_2P/_2M and "
+                           "BLEND_FLAG_*; needs a position-only tile head.")
+    step: float = option(0.01, "Reduced shear of the sheared images (ngmix: 0.01); R_sel = "
+                         "(<e>_S(1P) - <e>_S(1M)) / (2 step).", min=0, max=0.1,
+                         min_exclusive=True)
+    psf_file: typing.Optional[str] = option(
+        None, "PSFEx model of the tile (.psf; polynomial in X_IMAGE/Y_IMAGE), path or pattern "
+        "with {dir} and {stem}; null: use psf_fwhm_arcsec.")
+    psf_fwhm_arcsec: typing.Optional[float] = option(
+        None, "FWHM of a round Moffat (psf_moffat_beta) or Gaussian PSF, arcsec, for "
+        "simulations; null: use psf_file.", min=0, min_exclusive=True)
+    psf_moffat_beta: typing.Optional[float] = option(
+        None, "Moffat beta of the psf_fwhm_arcsec PSF; null: a Gaussian.", min=1,
+        min_exclusive=True)
+    pixel_scale_arcsec: float = option(0.187, "Pixel scale, arcsec/pixel (psf_fwhm_arcsec "
+                                       "only; CFHT MegaCam: 0.187).", min=0,
+                                       min_exclusive=True)
+    psf_side_pix: int = option(25, "Side of the PSF image, pixels; odd.", min=3, odd=True)
+    psf_cell_pix: int = option(500, "psf_file: the PSF is evaluated at the centre of square "
+                               "cells of this side on the tile and used for every detection "
+                               "in the cell, pixels.", min=16)
+
+    def validate(self):
+        if not self.enabled:
+            return
+        if (self.psf_file is None) == (self.psf_fwhm_arcsec is None):
+            given = "both" if self.psf_file is not None else "neither"
+            raise ConfigError(f"metacal: {given} of metacal.psf_file and "
+                              "metacal.psf_fwhm_arcsec given; give exactly one (a PSFEx .psf "
+                              "file, or the FWHM of a simulation's PSF)")
+        if self.psf_file is not None and self.psf_moffat_beta is not None:
+            raise ConfigError("metacal.psf_moffat_beta: applies to psf_fwhm_arcsec only, and "
+                              "metacal.psf_file is given; set it to null")
+
+
+@dataclasses.dataclass
 class RunConfig:
     """``bh-stage run``: score every detection of a tile.
 
@@ -141,6 +186,8 @@ class RunConfig:
     stamp: RunStampConfig = option(RunStampConfig, "Stamp geometry (must match the head) "
                                    "and source.")
     sep: SepConfig = option(SepConfig, "SEP parameters (paper's defaults).")
+    metacal: MetacalConfig = option(MetacalConfig, "BLEND_PROB on metacalibration images "
+                                    "(selection response of a BLEND_PROB cut).")
 
 
 SCHEMAS = {"run": RunConfig}
@@ -241,10 +288,13 @@ def config_hash(cfg):
     """Return the sha256 of the resolved config, for provenance.
 
     ``overwrite`` is left out: it decides whether an output may be replaced, never what is
-    in it.
+    in it. So is a ``metacal`` section that is not enabled: it changes nothing written, and
+    the runs made before it existed keep their hash.
     """
     values = config_to_dict(cfg)
     values.pop("overwrite", None)
+    if "metacal" in values and not values["metacal"]["enabled"]:
+        values.pop("metacal")
     text = json.dumps(values, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

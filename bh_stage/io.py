@@ -323,6 +323,95 @@ def read_table_info(path, hdu="auto"):
     return TableInfo(path, index, nrows, columns, header)
 
 
+PSFEX_HDU = "PSF_DATA"
+"""Extension of a PSFEx ``.psf`` file holding the model (one row, column ``PSF_MASK``)."""
+
+
+def read_psfex(path):
+    """Read the model of a PSFEx ``.psf`` file, checked, for ``psf.read_psfex``.
+
+    PSFEx (3.x) writes one row in extension ``PSF_DATA``: column ``PSF_MASK`` of shape
+    ``(PSFAXIS3, PSFAXIS2, PSFAXIS1)`` = (number of polynomial terms, ny, nx), and the
+    polynomial's context in the header: ``POLNAXIS`` variables (2: x and y; 0: a constant
+    PSF), each with ``POLGRP<i>``, ``POLNAME<i>``, ``POLZERO<i>``, ``POLSCAL<i>``, in
+    ``POLNGRP`` groups of degree ``POLDEG<g>``; ``PSF_SAMP`` is the model's sampling step in
+    image pixels. Positions in PSFEx are SExtractor's, 1-based (``FITS_ORIGIN``).
+
+    Returns
+    -------
+    dict
+        ``components`` (float64, (n_terms, ny, nx), native order), ``degree`` (int),
+        ``zero_pix`` ((x0, y0): POLZERO1/2 minus ``FITS_ORIGIN``, 0-based pixels; (0, 0) for a
+        constant PSF), ``scale_pix`` ((POLSCAL1, POLSCAL2), pixels; (1, 1) for a constant PSF),
+        ``sample_pix`` (PSF_SAMP), ``context`` ((POLNAME1, POLNAME2) or ()), ``path``.
+
+    Raises
+    ------
+    InputFileError
+        Missing or not FITS; no PSF_DATA extension or PSF_MASK column; a model this reader
+        does not evaluate (context other than two X*_IMAGE/Y*_IMAGE positions in one
+        group, PSFNAXIS not 3); sizes that disagree; non-finite values.
+    """
+    path = Path(path)
+    with _open_fits(path) as fits:
+        names = [hdu.get_extname().upper() for hdu in fits]
+        if PSFEX_HDU not in names:
+            raise InputFileError(f"{path}: no {PSFEX_HDU} extension; is it a PSFEx .psf file "
+                                 "(psfex CATALOG -PSF_SUFFIX .psf)?")
+        hdu = fits[names.index(PSFEX_HDU)]
+        if "PSF_MASK" not in [c.upper() for c in hdu.get_colnames()]:
+            raise InputFileError(f"{path}: {PSFEX_HDU} has no PSF_MASK column; is it a "
+                                 "PSFEx .psf file?")
+        header = hdu.read_header()
+        try:
+            mask = hdu.read_column("PSF_MASK")[0]
+        except (OSError, ValueError) as err:
+            raise InputFileError(f"{path}: cannot read PSF_MASK ({_fitsio_message(err)}); "
+                                 "the file may be truncated") from err
+
+    def key(name):
+        if name not in header:
+            raise InputFileError(f"{path}: {PSFEX_HDU} header has no {name}; is it a PSFEx "
+                                 ".psf file?")
+        return header[name]
+
+    if int(key("PSFNAXIS")) != 3:
+        raise InputFileError(f"{path}: PSFNAXIS = {key('PSFNAXIS')}; bh-stage reads PSFEx "
+                             "models of PSFNAXIS 3 (PSFEx 3.x)")
+    shape = tuple(int(key(f"PSFAXIS{i}")) for i in (3, 2, 1))
+    n_context = int(key("POLNAXIS"))
+    if n_context == 0:  # PSFVAR_DEGREES 0: one component, no context
+        degree, zero, scale, context = 0, (0.0, 0.0), (1.0, 1.0), ()
+    else:
+        context = (str(key("POLNAME1")).strip(), str(key("POLNAME2")).strip()
+                   if n_context >= 2 else "")
+        good_names = (context[0].startswith("X") and context[0].endswith("IMAGE")
+                      and context[1].startswith("Y") and context[1].endswith("IMAGE"))
+        if (n_context != 2 or not good_names or int(key("POLNGRP")) != 1
+                or int(key("POLGRP1")) != 1 or int(key("POLGRP2")) != 1):
+            raise InputFileError(
+                f"{path}: PSFEx context {', '.join(filter(None, context))} in "
+                f"{header.get('POLNGRP')} group(s); bh-stage evaluates PSFEx models of x and "
+                "y only: rerun psfex with PSFVAR_KEYS X_IMAGE,Y_IMAGE (or XWIN_IMAGE,"
+                "YWIN_IMAGE) and PSFVAR_GROUPS 1,1")
+        degree = int(key("POLDEG1"))
+        zero = (float(key("POLZERO1")) - FITS_ORIGIN, float(key("POLZERO2")) - FITS_ORIGIN)
+        scale = (float(key("POLSCAL1")), float(key("POLSCAL2")))
+    n_terms = (degree + 1) * (degree + 2) // 2
+    if shape[0] != n_terms or mask.size != np.prod(shape):
+        raise InputFileError(f"{path}: PSF_MASK holds {mask.size} values, PSFAXIS3/2/1 say "
+                             f"{shape} and POLDEG1 {degree} needs {n_terms} components; "
+                             "is the file truncated?")
+    components = np.asarray(mask, dtype=np.float64).reshape(shape)
+    sample = float(key("PSF_SAMP"))
+    if not (np.isfinite(components).all() and np.isfinite(zero + scale).all()
+            and sample > 0 and all(s != 0 for s in scale)):
+        raise InputFileError(f"{path}: the PSFEx model has non-finite values, a zero "
+                             "POLSCAL or PSF_SAMP <= 0; did psfex fail on this tile?")
+    return {"components": components, "degree": degree, "zero_pix": zero,
+            "scale_pix": scale, "sample_pix": sample, "context": context, "path": path}
+
+
 @dataclasses.dataclass
 class NewColumn:
     """A column to add to a catalogue: name, values, TUNIT and TTYPE comment."""

@@ -8,7 +8,9 @@ This is the only module that joins ``io`` to the science modules. Follow one det
 a position-only tile head), ``tilehead.TileHead.predict_proba`` its
 ``BLEND_PROB`` (P(unrecognised blend)), ``model.Classifier.predict_proba`` its
 ``BH_PAPER_PROB`` (the paper's question), ``sep_flags.classify_stamps`` its SEP verdict, and
-``io.write_catalogue`` appends them to its row.
+``io.write_catalogue`` appends them to its row. With ``metacal.enabled``, ``psf`` gives the
+PSF at its position, ``metacal.metacal_images`` the four sheared images of its stamp, and the
+tile head scores each of them as it scores the stamp (``BLEND_PROB_1P``, ...).
 """
 
 import collections
@@ -24,14 +26,16 @@ import numpy as np
 from . import __version__, cues, features, heads, io, model, tilehead
 from .config import config_hash
 from .errors import CatalogueColumnError, ConfigError, InputFileError, ModelShapeError
+from .metacal import SHEAR_TYPES, metacal_images
+from .psf import moffat_or_gaussian_psf, psfex_psf, read_psfex
 from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProcesses,
                         decode_flags, hybrid_flag)
 from .pixels import read_weight, tile_pixels
 from .stamps import (cut_stamps, fill_and_pad, nearest_pixel, off_image, off_image_any,
                      shift_stamps, window_pixels)
 
-__all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "output_columns", "resolve_paths",
-           "auto_weight"]
+__all__ = ["run_stage", "StageResult", "OUTPUT_COLUMNS", "METACAL_COLUMNS", "output_columns",
+           "resolve_paths", "auto_weight"]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +58,27 @@ PAPER_COLUMNS = ("BH_PAPER_PROB", "BH_PAPER_FLAG")
 """Columns of the paper head, not written with ``head: none``."""
 
 
+METACAL_COLUMNS = {
+    **{f"BLEND_PROB_{t.upper()}": ("f8", "", f"BLEND_PROB, image sheared g{t[0]} = "
+                                             f"{'+' if t[1] == 'p' else '-'}BH_MCSTP")
+       for t in SHEAR_TYPES},
+    **{f"BLEND_FLAG_{t.upper()}": ("i2", "", f"BLEND_PROB_{t.upper()} >= BH_THR")
+       for t in SHEAR_TYPES},
+}
+"""Columns of ``metacal.enabled``, written after ``BLEND_FLAG``: BLEND_PROB and BLEND_FLAG
+(same threshold) of the metacalibration images ``1p``, ``1m``, ``2p``, ``2m``."""
+
+
 def output_columns(cfg):
-    """The ``OUTPUT_COLUMNS`` a run with config ``cfg`` writes, in order."""
-    return {name: spec for name, spec in OUTPUT_COLUMNS.items()
-            if cfg.head != "none" or name not in PAPER_COLUMNS}
+    """The ``OUTPUT_COLUMNS`` (and ``METACAL_COLUMNS``) a run with config ``cfg`` writes, in
+    order."""
+    out = {}
+    for name, spec in OUTPUT_COLUMNS.items():
+        if cfg.head != "none" or name not in PAPER_COLUMNS:
+            out[name] = spec
+        if name == "BLEND_FLAG" and cfg.metacal.enabled:
+            out.update(METACAL_COLUMNS)
+    return out
 
 
 @dataclasses.dataclass
@@ -110,19 +131,20 @@ def resolve_paths(cfg, tile_path):
     beside the tile that is a file, or None.
     """
     tile = Path(tile_path)
-    fields = {"dir": str(tile.parent), "stem": _stem(tile)}
-
-    def fill(pattern, key):
-        try:
-            return Path(pattern.format(**fields))
-        except (KeyError, IndexError, ValueError) as err:
-            raise ConfigError(f"{key}: bad pattern {pattern!r}; use {{dir}} and {{stem}}") from err
-
     if cfg.weight == "auto":
         weight = auto_weight(tile)
     else:
-        weight = fill(cfg.weight, "weight") if cfg.weight else None
-    return tile, fill(cfg.catalogue, "catalogue"), weight, fill(cfg.output, "output")
+        weight = _fill(cfg.weight, "weight", tile) if cfg.weight else None
+    return (tile, _fill(cfg.catalogue, "catalogue", tile), weight,
+            _fill(cfg.output, "output", tile))
+
+
+def _fill(pattern, key, tile):
+    """The path of config value ``pattern`` (config key ``key``) for one tile."""
+    try:
+        return Path(pattern.format(dir=str(tile.parent), stem=_stem(tile)))
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"{key}: bad pattern {pattern!r}; use {{dir}} and {{stem}}") from err
 
 
 def _check_positions(cat, shape, margin_pix):
@@ -200,16 +222,170 @@ def _no_progress(done, total, step):
 SEP_PROCESSES = 2
 """SEP child processes of a run (``sep_flags.SepProcesses``)."""
 
+METACAL_CELL_STRIDE = 2**32
+"""The correction noise of the metacalibration images of the object of rank ``r`` among the
+objects of PSF cell ``c`` is ``metacal_images``' noise of index ``c * METACAL_CELL_STRIDE +
+r`` with the run's seed (its own stream, ``metacal.NOISE_STREAM``, not the fill noise's): the
+row itself for one PSF (a single cell), distinct objects never share a noise, and no image
+depends on the batching."""
 
-def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, progress):
+METACAL_CHUNK_ROWS = 1024
+"""With metacal and several PSF cells (a PSFEx model) the stage cuts and shears this many
+rows at a time (a multiple of ``batch_size``): ``metacal_images`` computes its filters in each
+call (~70 ms with a 25x25 PSF), once per cell present, so larger chunks make fewer calls
+(a 4k tile: 4.8 times the plain run's time instead of 6.2; one PSF: 0.6 GB more memory
+for nothing, so batch by batch)."""
+
+METACAL_RMS_STAMPS = 16
+"""Pure-noise stamps through which ``_sheared_rms`` measures the sheared images' rms."""
+METACAL_RMS_SEED = 2022
+"""Seed of those stamps and of their correction noise (fixed: the rms is the same in every
+run with the same PSF)."""
+
+
+class _Metacal:
+    """The metacalibration images of the stage's stamps (``metacal.enabled``).
+
+    The stamps are the stage's padded stamps as the tile head reads them (``stamp.size_pix +
+    2 stamp.pad_pix`` wide, noise of the tile's rms in the padding, off the tile and on
+    masked pixels), so the sheared images are those of what the head scores, noise
+    included. Each object's PSF is the PSF of its cell: the whole tile for a Moffat or
+    Gaussian, squares of ``metacal.psf_cell_pix`` for a PSFEx model (evaluated at the
+    square's centre); ``metacal_images`` runs once per cell present in a chunk of rows
+    (``METACAL_CHUNK_ROWS``), with the correction noise of ``METACAL_CELL_STRIDE``, so no
+    image depends on the batching.
+
+    Attributes
+    ----------
+    source : str
+        The PSF, for the header (``BH_PSFSR``).
+    rms_adu : float
+        Pixel rms of the sheared images' noise (``_sheared_rms``, with the PSF of the tile's
+        centre), ADU: the features' threshold and the head's scale on them.
+    cell, rank : ndarray of int, shape (n,)
+        Each row's PSF cell, and its rank among the rows of that cell (catalogue order).
+    several_psfs : bool
+        The rows fall in more than one cell.
+    """
+
+    def __init__(self, cfg, psf_model, x_pix, y_pix, shape, noise_adu):
+        mc = cfg.metacal
+        self.step, self.noise_adu, self.seed = mc.step, noise_adu, cfg.seed
+        self._psfs, self._side = {}, mc.psf_side_pix
+        n = len(x_pix)
+        if psf_model is None:
+            self._psfs[0] = moffat_or_gaussian_psf(mc.psf_fwhm_arcsec, mc.pixel_scale_arcsec,
+                                                   mc.psf_side_pix, mc.psf_moffat_beta)
+            self.source = (f"gaussian fwhm={mc.psf_fwhm_arcsec:g}" if mc.psf_moffat_beta is None
+                           else f"moffat fwhm={mc.psf_fwhm_arcsec:g} beta={mc.psf_moffat_beta:g}")
+            self.cell, self.rank = np.zeros(n, np.int64), np.arange(n)
+            centre = 0
+        else:
+            self.source = f"psfex:{Path(psf_model.path).name}"
+            ny, nx = shape
+            size = mc.psf_cell_pix if psf_model.degree > 0 else max(nx, ny)  # 0: one PSF
+            ncx, ncy = -(-nx // size), -(-ny // size)
+            # pixel i covers [i - 0.5, i + 0.5): cell k holds pixels k * size .. (k+1) * size - 1
+            cx = np.clip(np.floor((x_pix + 0.5) / size), 0, ncx - 1).astype(np.int64)
+            cy = np.clip(np.floor((y_pix + 0.5) / size), 0, ncy - 1).astype(np.int64)
+            self.cell = cy * ncx + cx
+            order = np.argsort(self.cell, kind="stable")
+            first = np.searchsorted(self.cell[order], self.cell[order])
+            self.rank = np.empty(n, np.int64)
+            self.rank[order] = np.arange(n) - first
+
+            def cell_centre(c):  # 0-based; the last cells may be cut by the tile's edge
+                kx, ky = c % ncx, c // ncx
+                return ((kx * size + min((kx + 1) * size, nx) - 1) / 2,
+                        (ky * size + min((ky + 1) * size, ny) - 1) / 2)
+
+            self._cell_centre, self._model = cell_centre, psf_model
+            centre = int((ny // 2) // size * ncx + (nx // 2) // size)
+        self.several_psfs = bool((self.cell != self.cell[:1]).any())
+        self.rms_adu = _sheared_rms(self.psf(centre), cfg.stamp.size_pix + 2 * cfg.stamp.pad_pix,
+                                    self.step, noise_adu)
+
+    def psf(self, cell):
+        """The PSF image of a cell."""
+        if cell not in self._psfs:
+            x, y = self._cell_centre(cell)
+            try:
+                self._psfs[cell] = psfex_psf(self._model, x, y, self._side)
+            except ValueError as err:  # a model that sums to <= 0 there
+                raise InputFileError(f"metacal.psf_file: {err}") from err
+        return self._psfs[cell]
+
+    def images(self, stamps, rows):
+        """The sheared images of the stamps of catalogue rows ``rows`` (a slice): float32,
+        type of ``SHEAR_TYPES`` -> (n, side, side)."""
+        out = {t: np.empty(stamps.shape, np.float32) for t in SHEAR_TYPES}
+        cells = self.cell[rows]
+        for c in np.unique(cells):
+            members = np.flatnonzero(cells == c)  # ranks first .. first + len - 1 of cell c
+            first = int(self.rank[rows.start + members[0]])
+            images = metacal_images(stamps[members], self.psf(int(c)), self.step,
+                                    self.noise_adu, self.seed, types=SHEAR_TYPES,
+                                    first_index=int(c) * METACAL_CELL_STRIDE + first)
+            for t in SHEAR_TYPES:
+                out[t][members] = images[t]
+        return out
+
+
+def _sheared_rms(psf, side_pix, step, noise_adu):
+    """Pixel rms of the noise of the sheared images (ADU) of stamps of white noise
+    ``noise_adu``, measured on ``METACAL_RMS_STAMPS`` such stamps (fixed seed) in the central
+    half of the stamp (the outer pixels see the zeros beyond the stamp).
+
+    Not ``sqrt(2) noise_adu``: the correction doubles the variance of an image whose noise
+    the reconvolution (the target PSF holds a pixel) has smoothed, e.g. to 0.48 of the
+    tile's for a 0.8" FWHM Gaussian at 0.187"/px, so the rms is 0.98 times the tile's there
+    (1.05 at 0.7", 1.19 for a 0.65" Moffat of beta 4.765, 1.50 for the PSFEx model of a
+    simulated v2 tile, bench/bench_metacal_stage.py: the rougher the PSF image at high
+    frequencies, the more its deconvolution amplifies the noise).
+    """
+    noise = np.random.default_rng(METACAL_RMS_SEED).normal(
+        0.0, noise_adu, (METACAL_RMS_STAMPS, side_pix, side_pix))
+    images = metacal_images(noise, psf, step, noise_adu, METACAL_RMS_SEED, types=SHEAR_TYPES)
+    q = side_pix // 4
+    return float(np.sqrt(np.mean([np.mean(im[:, q:side_pix - q, q:side_pix - q] ** 2)
+                                  for im in images.values()])))
+
+
+def _batches(n, batch_size, stamps_of, mcal):
+    """Yield ``(rows, stamps, edge_frac, mask_frac, sheared)`` for each batch of
+    ``batch_size`` rows; ``sheared``: the stamps' images by ``SHEAR_TYPES`` (empty without
+    ``mcal``). With ``mcal`` and several PSF cells the stamps are cut and sheared
+    ``METACAL_CHUNK_ROWS`` rows at a time (one ``metacal_images`` call a cell a chunk), the
+    same stamps and images as batch by batch."""
+    chunk = batch_size
+    if mcal is not None and mcal.several_psfs:
+        chunk *= max(1, METACAL_CHUNK_ROWS // batch_size)
+    for first in range(0, n, chunk):
+        chunk_rows = slice(first, min(first + chunk, n))
+        stamps, edge, mask = stamps_of(chunk_rows)
+        sheared = {} if mcal is None else mcal.images(stamps, chunk_rows)
+        for start in range(0, chunk_rows.stop - first, batch_size):
+            part = slice(start, min(start + batch_size, chunk_rows.stop - first))
+            yield (slice(first + part.start, first + part.stop), stamps[part], edge[part],
+                   mask[part], {name: images[part] for name, images in sheared.items()})
+
+
+def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, progress,
+           mcal=None):
     """Stream the catalogue in batches (``stamps_of(rows)`` gives the stamps and fractions of
     a slice of rows); return BLEND_PROB, BH_PAPER_PROB (NaN without a paper head, ``clf``
-    None), SEP columns and the fractions.
+    None), SEP columns, the fractions and the BLEND_PROB of each sheared image (a dict by
+    ``SHEAR_TYPES``; empty without ``mcal``, a ``_Metacal``).
 
     ``head_inputs`` holds, per row, the tile head's catalogue features, or for a
     position-only head the position cues; its pixel features are then measured on each
-    batch's stamps in the SEP processes and the batch is scored when they come back."""
+    batch's stamps in the SEP processes and the batch is scored when they come back. With
+    ``mcal`` the same is done on each sheared image of the stamps (made here, measured in
+    the SEP processes with the sheared images' rms, scored with it), beside the same
+    position cues."""
     prob = np.full(n, np.nan, dtype=np.float64)
+    sheared_prob = {t: np.full(n, np.nan, dtype=np.float64)
+                    for t in (SHEAR_TYPES if mcal is not None else ())}
     paper = np.full(n, np.nan, dtype=np.float64)
     sep_out = np.zeros(n, dtype=[("nsrc", "i2"), ("blend", "i1"), ("error", "?")])
     edge = np.zeros(n, dtype=np.float32)
@@ -218,10 +394,13 @@ def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, pr
     pending = collections.deque()  # batches SEP is working on, oldest first
 
     def finish_oldest():
-        rows, ok, job, idx, kept, measured = pending.popleft()
+        rows, ok, job, idx, kept, measured, sheared = pending.popleft()
         if measured is not None:
             feats = features.stamp_features(measured.result(), head_inputs[idx])
             prob[idx] = tile_head.predict_proba(kept, rms_adu, feats)
+        for name, (images, measured_sheared) in sheared.items():
+            feats = features.stamp_features(measured_sheared.result(), head_inputs[idx])
+            sheared_prob[name][idx] = tile_head.predict_proba(images, mcal.rms_adu, feats)
         batch_sep = job.result()
         batch_sep[~ok] = (-1, 0, False)  # no pixels of the object, no SEP verdict
         sep_out[rows] = batch_sep
@@ -229,30 +408,34 @@ def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, pr
         progress(rows.stop, n, "objects")
 
     with SepProcesses(SEP_PROCESSES) as sep_workers:
-        for start in range(0, n, cfg.batch_size):
-            rows = slice(start, min(start + cfg.batch_size, n))
-            stamps, edge[rows], mask[rows] = stamps_of(rows)
+        for rows, stamps, edge[rows], mask[rows], sheared_images in _batches(
+                n, cfg.batch_size, stamps_of, mcal):
             ok = scorable[rows] & (edge[rows] < 1) & (mask[rows] < 1)
             idx = np.arange(rows.start, rows.stop)[ok]
-            job = sep_workers.submit(stamps, cfg.sep, start)
+            job = sep_workers.submit(stamps, cfg.sep, rows.start)
             kept = measured = None
+            sheared = {}
             if ok.any() and tile_head.stamp_features:
                 kept = stamps[ok]
                 measured = sep_workers.submit_measure(kept, rms_adu)
+            if ok.any():
+                for name, images in sheared_images.items():
+                    sheared[name] = (images[ok], sep_workers.submit_measure(images[ok],
+                                                                            mcal.rms_adu))
             if ok.any() and clf is not None:
                 paper[idx] = clf.predict_proba(stamps[ok], rms_adu)
             if ok.any() and measured is None:
                 prob[idx] = tile_head.predict_proba(stamps[ok], rms_adu, head_inputs[idx])
-            pending.append((rows, ok, job, idx, kept, measured))
+            pending.append((rows, ok, job, idx, kept, measured, sheared))
             while len(pending) > SEP_PROCESSES:
                 finish_oldest()
         while pending:
             finish_oldest()
     edge[~scorable] = mask[~scorable] = np.nan  # no position, no stamp
-    return prob, paper, sep_out, edge, mask
+    return prob, paper, sep_out, edge, mask, sheared_prob
 
 
-def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr):
+def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr, mcal=None):
     paper = [] if clf is None else [
         ("BH_HSHA", clf.metadata["weights_sha256"][:64], "sha256 of the paper head's weights"),
         ("BH_BACKB", clf.metadata["backbone"], "backbone of the paper head"),
@@ -274,6 +457,12 @@ def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr):
         *paper,
         ("BH_RMS", rms_adu, "[ADU] sky rms used to fill padding"),
         ("BH_STSRC", cfg.stamp.source, "stamps: cut from the tile, or VIGNET"),
+        *([] if mcal is None else [
+            ("BH_MCAL", True, "BLEND_PROB_1P.. on metacalibration images"),
+            ("BH_MCSTP", float(mcal.step), "shear step of the metacalibration images"),
+            ("BH_PSFSR", mcal.source, "their PSF (fwhm in arcsec)"),
+            ("BH_MCRMS", mcal.rms_adu, "[ADU] their noise rms (features, head)"),
+        ]),
         ("BH_CFGSH", config_hash(cfg), "sha256 of the resolved config"),
         ("BH_DATE", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
          "UTC date of the run"),
@@ -313,11 +502,25 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     pixels to the nearest other detection; NaN without a position), ``BH_NDET_STAMP`` (int16,
     other detections in the stamp; -1 without a position), ``BH_FLAGS`` (int16, bits of
     ``sep_flags.BH_FLAGS``), ``BH_EDGE_FRAC`` and ``BH_MASK_FRAC`` (float32, fractions).
+    With ``metacal.enabled``, after ``BLEND_FLAG``: ``BLEND_PROB_1P``, ``BLEND_PROB_1M``,
+    ``BLEND_PROB_2P``, ``BLEND_PROB_2M`` (float64, BLEND_PROB of the stamp's metacalibration
+    image sheared by ``g1 = +step``, ``g1 = -step``, ``g2 = +step``, ``g2 = -step``; NaN
+    where BLEND_PROB is) and ``BLEND_FLAG_1P``, ... (int16, 0/1, ``>= blend_threshold``), so
+    that a cut ``BLEND_PROB < t`` has the selection response ``R_sel,11 = (<e1>_S(1P) -
+    <e1>_S(1M)) / (2 step)`` from the catalogue alone (``<e1>_S(1P)``: the mean shape, on
+    the unsheared image, of the objects with ``BLEND_PROB_1P < t``), and header keys
+    ``BH_MCAL``, ``BH_MCSTP`` (step), ``BH_PSFSR`` (the PSF) and ``BH_MCRMS`` (the images'
+    noise rms, ADU). The images are those of the stamp the head scores, padding included
+    (``_Metacal``); their features are measured on them with their own noise rms; the two
+    position cues are the catalogue's, not sheared.
 
     Raises
     ------
     BhStageError
-        Any input, config or output problem, before the output is created.
+        Any input, config or output problem, before the output is created; with
+        ``metacal.enabled``, a tile head that is not position-only, or not exactly one of
+        ``metacal.psf_file`` and ``metacal.psf_fwhm_arcsec`` (ConfigError), or a PSFEx file
+        that is missing or not one (InputFileError), before any pixel is read.
     """
     t0 = time.perf_counter()
     if progress is None:
@@ -325,13 +528,18 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     tile, cat_path, weight_path, output = resolve_paths(cfg, tile_path)
     if output.resolve() in (tile.resolve(), cat_path.resolve()):
         raise ConfigError(f"output {output} would overwrite an input; choose another output")
+    psf_path = None
+    if cfg.metacal.enabled:
+        cfg.metacal.validate()  # a config built without config_from_dict
+        if cfg.metacal.psf_file is not None:
+            psf_path = _fill(cfg.metacal.psf_file, "metacal.psf_file", tile)
     vignet = cfg.stamp.source == "vignet"
     if vignet and cfg.stamp.rms_adu is None and not tile.exists():
         raise ConfigError(f"{tile}: no such tile, and stamp.rms_adu is null; with "
                           "stamp.source: vignet give the tile or set stamp.rms_adu")
     read_tile = not vignet or cfg.stamp.rms_adu is None
-    for path in ((tile, cat_path, weight_path) if read_tile or tile.exists()
-                 else (cat_path, weight_path)):
+    for path in ((tile, cat_path, weight_path, psf_path) if read_tile or tile.exists()
+                 else (cat_path, weight_path, psf_path)):
         if path is not None and path.is_dir():
             raise InputFileError(f"{path}: is a directory, not a FITS file")
         if path is not None and not path.is_file():
@@ -340,6 +548,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         tried = " or ".join(_stem(tile) + suffix for suffix in WEIGHT_AUTO_SUFFIXES)
         log.info("weight: auto: %s", weight_path or f"none ({tried} not beside the tile)")
     io.check_output(output, cfg.overwrite)
+    psf_model = None if psf_path is None else read_psfex(psf_path)
     cat = io.read_catalogue(cat_path, cfg.x_column, cfg.y_column, cfg.id_column,
                             cfg.catalogue_hdu)
     shape = io.tile_shape(tile) if tile.exists() else io.ldac_image_shape(cat_path)
@@ -359,6 +568,11 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         finite &= np.isfinite(centre.x_pix) & np.isfinite(centre.y_pix)
     log.info("%s: %d objects from %s (HDU %s)", tile, cat.nrows, cat_path, cat.extname)
     tile_head = tilehead.load_tile_head(tilehead.tile_head_path(cfg.tile_head))
+    if cfg.metacal.enabled and not tile_head.stamp_features:
+        raise ConfigError(f"metacal.enabled: tile head {Path(tile_head.path).name} reads "
+                          "SExtractor columns, which the sheared images do not have; set "
+                          "tile_head to a position-only head (compact_cnn_stamp_v1, `bh-stage "
+                          "train-tile --set features=stamp`) or metacal.enabled: false")
     half_pix = cfg.stamp.size_pix // 2
     if tile_head.stamp_features:  # position-only: no catalogue column but x, y
         head_inputs = features.position_cues(cat.x_pix, cat.y_pix, half_pix)
@@ -422,8 +636,14 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         log.info("paper head %s (trained at sigma %.3g ADU), BH_PAPER_FLAG threshold %.3f",
                  head, clf.metadata["noise_sigma_adu"], hybrid_thr)
 
-    prob, paper, sep_out, edge, mask = _score(cfg, clf, tile_head, head_inputs, stamps_of,
-                                              rms_adu, cat.nrows, finite, progress)
+    mcal = None
+    if cfg.metacal.enabled:
+        mcal = _Metacal(cfg, psf_model, np.where(finite, cat.x_pix, 0.0),
+                        np.where(finite, cat.y_pix, 0.0), shape, rms_adu)
+        log.info("metacal: PSF %s, step %g, sheared images' noise rms %.3g ADU (tile %.3g)",
+                 mcal.source, mcal.step, mcal.rms_adu, rms_adu)
+    prob, paper, sep_out, edge, mask, sheared_prob = _score(
+        cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, cat.nrows, finite, progress, mcal)
     del image, bad, stamps_of
 
     scored = np.isfinite(prob)
@@ -444,9 +664,13 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
               "BH_NEAREST_PIX": cues.nearest_detection_pix(cat.x_pix, cat.y_pix),
               "BH_NDET_STAMP": cues.detections_in_stamp(cat.x_pix, cat.y_pix, half_pix),
               "BH_FLAGS": flags, "BH_EDGE_FRAC": edge, "BH_MASK_FRAC": mask}
+    for name, values_t in sheared_prob.items():
+        values[f"BLEND_PROB_{name.upper()}"] = values_t
+        values[f"BLEND_FLAG_{name.upper()}"] = (np.isfinite(values_t)
+                                                & (values_t >= blend_thr)).astype(np.int16)
     columns = [io.NewColumn(name, np.asarray(values[name], dtype=dtype), unit, text)
                for name, (dtype, unit, text) in output_columns(cfg).items()]
-    header = _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr)
+    header = _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr, mcal)
     io.write_catalogue(cat, output, columns, header, cfg.output_mode, cfg.id_column,
                        cfg.overwrite)
     for bit in (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR):

@@ -184,6 +184,62 @@ class FakeTileHead:
         return np.clip((inner > 40).sum(axis=(1, 2)) / 5.0, 0.01, 0.99)
 
 
+class FakeStampHead(FakeTileHead):
+    """A position-only ``FakeTileHead`` (``stamp_features`` True) that reads the stamp's
+    features and whose P varies smoothly with the shape of the central 21x21 pixels, so the
+    four sheared images of a stamp get four different values: ``sigmoid(-1 + 30 e1 + 20 e2 +
+    0.5 FOUND)`` with ``e`` the ellipticity of the positive pixels' second moments."""
+
+    stamp_features = True
+
+    def __init__(self, path):
+        from bh_stage.features import FEATURE_NAMES
+
+        super().__init__(path)
+        self.feature_names = FEATURE_NAMES
+
+    def predict_proba(self, stamps, rms_adu, features):
+        assert features.shape == (len(stamps), len(self.feature_names)) and rms_adu > 0
+        c = stamps.shape[-1] // 2
+        w = np.clip(np.asarray(stamps[:, c - 10:c + 11, c - 10:c + 11], np.float64), 0, None)
+        t = np.arange(-10, 11, dtype=np.float64)
+        flux = w.sum(axis=(1, 2))
+        ixx = (w * t[None, None, :] ** 2).sum(axis=(1, 2))
+        iyy = (w * t[None, :, None] ** 2).sum(axis=(1, 2))
+        ixy = (w * t[None, :, None] * t[None, None, :]).sum(axis=(1, 2))
+        e1, e2 = (ixx - iyy) / (ixx + iyy), 2 * ixy / (ixx + iyy)
+        assert (flux > 0).all()
+        return 1 / (1 + np.exp(-(-1 + 30 * e1 + 20 * e2 + 0.5 * features[:, 0])))
+
+
+def write_psfex(path, components, degree, zero_1based=(0.0, 0.0), scale_pix=(1.0, 1.0),
+                sample_pix=1.0, context=("X_IMAGE", "Y_IMAGE")):
+    """Write a PSFEx-like ``.psf`` file: extension PSF_DATA, one row, column PSF_MASK
+    ``(n_terms, ny, nx)``, and PSFEx 3.21's header keys (POLNAXIS, POLGRP*, POLNAME*,
+    POLZERO*, POLSCAL*, POLNGRP, POLDEG1, PSF_SAMP, PSFNAXIS, PSFAXIS*); ``degree`` None:
+    POLNAXIS 0 (a constant model)."""
+    import fitsio
+
+    components = np.asarray(components, dtype=np.float32)
+    data = np.zeros(1, dtype=[("PSF_MASK", ">f4", components.shape)])
+    data["PSF_MASK"][0] = components
+    keys = [("LOADED", 100), ("ACCEPTED", 90), ("CHI2", 1.0)]
+    if degree is None:
+        keys.append(("POLNAXIS", 0))
+    else:
+        keys += [("POLNAXIS", 2), ("POLGRP1", 1), ("POLNAME1", context[0]),
+                 ("POLZERO1", zero_1based[0]), ("POLSCAL1", scale_pix[0]), ("POLGRP2", 1),
+                 ("POLNAME2", context[1]), ("POLZERO2", zero_1based[1]),
+                 ("POLSCAL2", scale_pix[1]), ("POLNGRP", 1), ("POLDEG1", degree)]
+    keys += [("PSF_FWHM", 3.0), ("PSF_SAMP", sample_pix), ("PSFNAXIS", 3),
+             ("PSFAXIS1", components.shape[2]), ("PSFAXIS2", components.shape[1]),
+             ("PSFAXIS3", components.shape[0])]
+    with fitsio.FITS(str(path), "rw", clobber=True) as fits:
+        fits.write(None)
+        fits.write(data, extname="PSF_DATA", header=[{"name": k, "value": v} for k, v in keys])
+    return path
+
+
 @pytest.fixture
 def fake_classifier(monkeypatch, tmp_path):
     """Patch ``bh_stage.model`` and ``bh_stage.tilehead`` so the stage scores with
@@ -201,3 +257,12 @@ def fake_classifier(monkeypatch, tmp_path):
     monkeypatch.setattr(heads, "head_path", lambda name, **_: tmp_path / "fake_head.json")
     monkeypatch.setattr(model, "load_classifier", load)
     return made
+
+
+@pytest.fixture
+def fake_stamp_head(fake_classifier, monkeypatch):
+    """``fake_classifier`` with ``FakeStampHead`` as the tile head (a position-only head)."""
+    from bh_stage import tilehead
+
+    monkeypatch.setattr(tilehead, "load_tile_head", FakeStampHead)
+    return fake_classifier
