@@ -157,8 +157,10 @@ class RunConfig:
         "{stem}.weight.fits or {stem}.weight.fits.fz beside the tile when present, none "
         "otherwise; a path or pattern must exist; null: none.")
     tile_head: str = option("default", "Tile head giving BLEND_PROB, P(unrecognised "
-                            "blend): 'default' (the shipped tile_unrecognised), a shipped "
-                            "head's name, or a path to a head's .json.")
+                            "blend): 'default' (the shipped position-only "
+                            "tile_unrecognised_positions, which needs only x/y), a shipped "
+                            "head's name (tile_unrecognised: the catalogue head of 0.3-0.5), "
+                            "or a path to a head's .json.")
     head: str = option("none", "Paper head giving BH_PAPER_PROB and BH_PAPER_FLAG (the "
                        "paper's question, not a cut on tiles: README 'Which column to cut "
                        "on'): 'none' (not computed: the fast survey mode), 'default' (the "
@@ -794,13 +796,13 @@ class TileSetConfig:
                                         min_exclusive=True)
     mag_max: float = option(26.5, "Faintest galaxy, AB magnitude (counts slope 0.3 dex/mag "
                             "from 20).", min=21, max=30)
-    max_brightening_mag: float = option(3.0, "magnitude.max_brightening_mag of the tiles; "
-                                        "the shipped tile head's tiles use 3 (made before "
-                                        "the stamp default became 0.5).", min=0,
-                                        min_exclusive=True)
-    size_slope_dex_per_mag: float = option(0.0, "magnitude.size_slope_dex_per_mag of the "
-                                           "tiles; 0 for the shipped tile head's tiles (the "
-                                           "stamp default is -0.105).", min=-1, max=1)
+    max_brightening_mag: float = option(0.5, "magnitude.max_brightening_mag of the tiles "
+                                        "(0.6's artefact-free tiles; the 0.3-0.5 catalogue "
+                                        "head tile_unrecognised was trained on tiles with 3).",
+                                        min=0, min_exclusive=True)
+    size_slope_dex_per_mag: float = option(-0.105, "magnitude.size_slope_dex_per_mag of the "
+                                           "tiles (0.6; 0 for the tiles of the 0.3-0.5 "
+                                           "catalogue head).", min=-1, max=1)
     star_density_per_arcmin2: float = option(1.0, "Stars per arcmin^2 (18-24 mag).", min=0)
     close_pair_fraction: float = option(0.15, "Fraction of galaxies in injected close pairs, "
                                         "validation and test tiles.", min=0, max=1)
@@ -844,7 +846,7 @@ class TrainTileConfig:
                                  "4 rotations first) whose logits the head averages when "
                                  "it scores; calibration and threshold use the same.",
                                  min=1, max=8)
-    features: str = option("catalogue", "What the head reads beside the pixels: "
+    features: str = option("stamp", "What the head reads beside the pixels: "
                            "'catalogue' (SExtractor columns, cues.CATALOGUE_COLUMNS: the "
                            "compact_cnn_catalogue_v1 heads) or 'stamp' (measured by the stage "
                            "on the stamp, and the positions: a position-only head, "
@@ -857,7 +859,7 @@ class TrainTileConfig:
                                                 "n_orientations; the training tiles are not "
                                                 "read. null: train.")
     output_dir: str = option("bh_stage/data/heads", "Folder of the trained head.")
-    head_name: str = option("tile_unrecognised", "Head name (<name>.json, "
+    head_name: str = option("tile_unrecognised_positions", "Head name (<name>.json, "
                             "<name>.weights.npz).")
     overwrite: bool = option(False, "Replace an existing head of the same name.")
 

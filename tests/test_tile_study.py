@@ -152,7 +152,8 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     heads = tmp_path / "heads"
     assert main(["-q", "train-tile", "example_config/train-tile.yml",
                  *["--set=" + s for s in tiles], f"--set=output_dir={heads}",
-                 "--set=max_epochs=2"]) == 0
+                 "--set=max_epochs=2", "--set=features=catalogue",
+                 "--set=head_name=tile_unrecognised"]) == 0
     meta = json.loads((heads / "tile_unrecognised.json").read_text())
     assert meta["n_orientations"] == 4 and len(meta["history"]["learning_rate_after"]) == 2
     assert meta["target"] == "unrecognised_blend"
