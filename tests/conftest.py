@@ -266,3 +266,14 @@ def fake_stamp_head(fake_classifier, monkeypatch):
 
     monkeypatch.setattr(tilehead, "load_tile_head", FakeStampHead)
     return fake_classifier
+
+
+def small_tile_set(work_dir, cosmos_dir, size_pix, train, valid, test):
+    """``--set`` arguments of a small simulated tile set (40 % of galaxies in pairs, one
+    worker) for the train-tile and evaluate-tile tests; seeds are lists."""
+    keys = [f"tiles.work_dir={work_dir}", f"tiles.cosmos_dir={cosmos_dir}",
+            f"tiles.size_pix={size_pix}", f"tiles.train_seeds={list(train)}",
+            f"tiles.valid_seeds={list(valid)}", f"tiles.test_seeds={list(test)}",
+            "tiles.close_pair_fraction=0.4", "tiles.train_close_pair_fraction=0.4",
+            "tiles.n_workers=1"]
+    return ["--set=" + key.replace(" ", "") for key in keys]

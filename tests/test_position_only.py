@@ -11,7 +11,7 @@ import pytest
 from bh_stage import features
 from bh_stage.cli import main
 
-from conftest import gaussian_image
+from conftest import gaussian_image, small_tile_set
 
 
 def test_pair_features_differ_from_a_single_galaxy():
@@ -59,13 +59,10 @@ def test_position_only_head_runs_on_a_positions_only_catalogue(tmp_path, cosmos_
     """train-tile with features=stamp writes a compact_cnn_stamp_v1 head that needs no
     catalogue column; `bh-stage run` with it gives the same BLEND_PROB on the full
     SExtractor catalogue and on a copy with only NUMBER, XWIN_IMAGE, YWIN_IMAGE."""
-    tiles = [f"tiles.work_dir={tmp_path / 'tiles'}", f"tiles.cosmos_dir={cosmos_dir}",
-             "tiles.size_pix=500", "tiles.train_seeds=[1]", "tiles.valid_seeds=[2]",
-             "tiles.test_seeds=[3]", "tiles.close_pair_fraction=0.4",
-             "tiles.train_close_pair_fraction=0.4", "tiles.n_workers=1"]
+    tiles = small_tile_set(tmp_path / "tiles", cosmos_dir, 500, [1], [2], [3])
     heads = tmp_path / "heads"
     assert main(["-q", "train-tile", "example_config/train-tile.yml",
-                 *["--set=" + s for s in tiles], f"--set=output_dir={heads}",
+                 *tiles, f"--set=output_dir={heads}",
                  "--set=features=stamp", "--set=max_epochs=1", "--set=n_orientations=1",
                  "--set=head_name=v2"]) == 0
     meta = json.loads((heads / "v2.json").read_text())

@@ -145,13 +145,12 @@ def test_weights_from_a_paper_head_is_refused_before_any_tile(tmp_path, capsys):
 def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     from bh_stage.cli import main
 
-    tiles = [f"tiles.work_dir={tmp_path / 'tiles'}", f"tiles.cosmos_dir={cosmos_dir}",
-             "tiles.size_pix=600", "tiles.train_seeds=[1,2]", "tiles.valid_seeds=[3]",
-             "tiles.test_seeds=[4]", "tiles.close_pair_fraction=0.4",
-             "tiles.train_close_pair_fraction=0.4", "tiles.n_workers=1"]
+    from conftest import small_tile_set
+
+    tiles = small_tile_set(tmp_path / "tiles", cosmos_dir, 600, [1, 2], [3], [4])
     heads = tmp_path / "heads"
     assert main(["-q", "train-tile", "example_config/train-tile.yml",
-                 *["--set=" + s for s in tiles], f"--set=output_dir={heads}",
+                 *tiles, f"--set=output_dir={heads}",
                  "--set=max_epochs=2", "--set=features=catalogue",
                  "--set=head_name=tile_unrecognised"]) == 0
     meta = json.loads((heads / "tile_unrecognised.json").read_text())
@@ -164,7 +163,7 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     # gives back its calibration and threshold, in 2 orientations new ones
     for name, n in (("again", 4), ("o2", 2)):
         assert main(["-q", "train-tile", "example_config/train-tile.yml",
-                     *["--set=" + s for s in tiles], f"--set=output_dir={heads}",
+                     *tiles, f"--set=output_dir={heads}",
                      f"--set=weights_from={heads / 'tile_unrecognised.json'}",
                      f"--set=n_orientations={n}", f"--set=head_name={name}"]) == 0
     again, o2 = (json.loads((heads / f"{name}.json").read_text()) for name in ("again", "o2"))
@@ -182,7 +181,7 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     run.write_text(f"tile_head: {heads / 'tile_unrecognised.json'}\n")
     out = tmp_path / "report"
     assert main(["-q", "evaluate-tile", "example_config/evaluate-tile.yml",
-                 *["--set=" + s for s in tiles], f"--set=run_config={run}",
+                 *tiles, f"--set=run_config={run}",
                  f"--set=output_dir={out}", "--set=n_bootstrap=20"]) == 0
     text = (out / "results.md").read_text()
     assert "## unrecognised vs all others (all:" in text and "BLEND_PROB" in text
