@@ -26,7 +26,7 @@ import numpy as np
 from . import __version__, cues, features, heads, io, model, tilehead
 from .config import config_hash
 from .errors import CatalogueColumnError, ConfigError, InputFileError, ModelShapeError
-from .metacal import SHEAR_TYPES, metacal_images
+from .metacal import METACAL_TYPES, SHEAR_TYPES, metacal_images
 from .psf import moffat_or_gaussian_psf, psfex_psf, read_psfex
 from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProcesses,
                         decode_flags, hybrid_flag)
@@ -58,15 +58,29 @@ PAPER_COLUMNS = ("BH_PAPER_PROB", "BH_PAPER_FLAG")
 """Columns of the paper head, not written with ``head: none``."""
 
 
+MCAL_IMAGE_TYPES = METACAL_TYPES
+"""The metacalibration images the tile head scores: ``noshear`` (the image the cut is applied
+to when its selection is calibrated: it has the sheared images' noise) and ``1p``, ``1m``,
+``2p``, ``2m``."""
+
+
+def _mcal_text(t):
+    if t == "noshear":
+        return "BLEND_PROB, unsheared metacal image (apply the cut here)"
+    return f"BLEND_PROB, image sheared g{t[0]} = {'+' if t[1] == 'p' else '-'}BH_MCSTP"
+
+
 METACAL_COLUMNS = {
-    **{f"BLEND_PROB_{t.upper()}": ("f8", "", f"BLEND_PROB, image sheared g{t[0]} = "
-                                             f"{'+' if t[1] == 'p' else '-'}BH_MCSTP")
-       for t in SHEAR_TYPES},
+    **{f"BLEND_PROB_{t.upper()}": ("f8", "", _mcal_text(t)) for t in MCAL_IMAGE_TYPES},
     **{f"BLEND_FLAG_{t.upper()}": ("i2", "", f"BLEND_PROB_{t.upper()} >= BH_THR")
-       for t in SHEAR_TYPES},
+       for t in MCAL_IMAGE_TYPES},
 }
 """Columns of ``metacal.enabled``, written after ``BLEND_FLAG``: BLEND_PROB and BLEND_FLAG
-(same threshold) of the metacalibration images ``1p``, ``1m``, ``2p``, ``2m``."""
+(same threshold) of the metacalibration images ``noshear``, ``1p``, ``1m``, ``2p``, ``2m``.
+A survey applies the cut on ``BLEND_FLAG_NOSHEAR`` and calibrates it with
+R_sel = (<e> on BLEND_FLAG_1P == 0 - <e> on BLEND_FLAG_1M == 0) / (2 step): the sheared
+images' noise differs from the stamp's, so the plain ``BLEND_FLAG`` is not the cut R_sel
+describes."""
 
 
 def output_columns(cfg):
@@ -317,16 +331,16 @@ class _Metacal:
 
     def images(self, stamps, rows):
         """The sheared images of the stamps of catalogue rows ``rows`` (a slice): float32,
-        type of ``SHEAR_TYPES`` -> (n, side, side)."""
-        out = {t: np.empty(stamps.shape, np.float32) for t in SHEAR_TYPES}
+        type of ``MCAL_IMAGE_TYPES`` -> (n, side, side)."""
+        out = {t: np.empty(stamps.shape, np.float32) for t in MCAL_IMAGE_TYPES}
         cells = self.cell[rows]
         for c in np.unique(cells):
             members = np.flatnonzero(cells == c)  # ranks first .. first + len - 1 of cell c
             first = int(self.rank[rows.start + members[0]])
             images = metacal_images(stamps[members], self.psf(int(c)), self.step,
-                                    self.noise_adu, self.seed, types=SHEAR_TYPES,
+                                    self.noise_adu, self.seed, types=MCAL_IMAGE_TYPES,
                                     first_index=int(c) * METACAL_CELL_STRIDE + first)
-            for t in SHEAR_TYPES:
+            for t in MCAL_IMAGE_TYPES:
                 out[t][members] = images[t]
         return out
 
@@ -353,7 +367,7 @@ def _sheared_rms(psf, side_pix, step, noise_adu):
 
 def _batches(n, batch_size, stamps_of, mcal):
     """Yield ``(rows, stamps, edge_frac, mask_frac, sheared)`` for each batch of
-    ``batch_size`` rows; ``sheared``: the stamps' images by ``SHEAR_TYPES`` (empty without
+    ``batch_size`` rows; ``sheared``: the stamps' images by ``MCAL_IMAGE_TYPES`` (empty without
     ``mcal``). With ``mcal`` and several PSF cells the stamps are cut and sheared
     ``METACAL_CHUNK_ROWS`` rows at a time (one ``metacal_images`` call a cell a chunk), the
     same stamps and images as batch by batch."""
@@ -375,7 +389,7 @@ def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, pr
     """Stream the catalogue in batches (``stamps_of(rows)`` gives the stamps and fractions of
     a slice of rows); return BLEND_PROB, BH_PAPER_PROB (NaN without a paper head, ``clf``
     None), SEP columns, the fractions and the BLEND_PROB of each sheared image (a dict by
-    ``SHEAR_TYPES``; empty without ``mcal``, a ``_Metacal``).
+    ``MCAL_IMAGE_TYPES``; empty without ``mcal``, a ``_Metacal``).
 
     ``head_inputs`` holds, per row, the tile head's catalogue features, or for a
     position-only head the position cues; its pixel features are then measured on each
@@ -385,7 +399,7 @@ def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, pr
     position cues."""
     prob = np.full(n, np.nan, dtype=np.float64)
     sheared_prob = {t: np.full(n, np.nan, dtype=np.float64)
-                    for t in (SHEAR_TYPES if mcal is not None else ())}
+                    for t in (MCAL_IMAGE_TYPES if mcal is not None else ())}
     paper = np.full(n, np.nan, dtype=np.float64)
     sep_out = np.zeros(n, dtype=[("nsrc", "i2"), ("blend", "i1"), ("error", "?")])
     edge = np.zeros(n, dtype=np.float32)
@@ -502,13 +516,15 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     pixels to the nearest other detection; NaN without a position), ``BH_NDET_STAMP`` (int16,
     other detections in the stamp; -1 without a position), ``BH_FLAGS`` (int16, bits of
     ``sep_flags.BH_FLAGS``), ``BH_EDGE_FRAC`` and ``BH_MASK_FRAC`` (float32, fractions).
-    With ``metacal.enabled``, after ``BLEND_FLAG``: ``BLEND_PROB_1P``, ``BLEND_PROB_1M``,
-    ``BLEND_PROB_2P``, ``BLEND_PROB_2M`` (float64, BLEND_PROB of the stamp's metacalibration
-    image sheared by ``g1 = +step``, ``g1 = -step``, ``g2 = +step``, ``g2 = -step``; NaN
-    where BLEND_PROB is) and ``BLEND_FLAG_1P``, ... (int16, 0/1, ``>= blend_threshold``), so
-    that a cut ``BLEND_PROB < t`` has the selection response ``R_sel,11 = (<e1>_S(1P) -
-    <e1>_S(1M)) / (2 step)`` from the catalogue alone (``<e1>_S(1P)``: the mean shape, on
-    the unsheared image, of the objects with ``BLEND_PROB_1P < t``), and header keys
+    With ``metacal.enabled``, after ``BLEND_FLAG``: ``BLEND_PROB_NOSHEAR``,
+    ``BLEND_PROB_1P``, ``BLEND_PROB_1M``, ``BLEND_PROB_2P``, ``BLEND_PROB_2M`` (float64,
+    BLEND_PROB of the stamp's unsheared metacalibration image and of those sheared by
+    ``g1 = +step``, ``g1 = -step``, ``g2 = +step``, ``g2 = -step``; NaN where BLEND_PROB is)
+    and ``BLEND_FLAG_NOSHEAR``, ``BLEND_FLAG_1P``, ... (int16, 0/1, ``>= blend_threshold``),
+    so that the cut ``BLEND_PROB_NOSHEAR < t`` has the selection response ``R_sel,11 =
+    (<e1>_S(1P) - <e1>_S(1M)) / (2 step)`` from the catalogue alone (``<e1>_S(1P)``: the
+    mean shape, on the unsheared image, of the objects with ``BLEND_PROB_1P < t``), and
+    header keys
     ``BH_MCAL``, ``BH_MCSTP`` (step), ``BH_PSFSR`` (the PSF) and ``BH_MCRMS`` (the images'
     noise rms, ADU). The images are those of the stamp the head scores, padding included
     (``_Metacal``); their features are measured on them with their own noise rms; the two

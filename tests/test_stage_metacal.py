@@ -13,15 +13,15 @@ from bh_stage import stage
 from bh_stage.cli import main
 from bh_stage.config import MetacalConfig, RunConfig, config_from_dict
 from bh_stage.errors import ConfigError, InputFileError
-from bh_stage.metacal import SHEAR_TYPES
+from bh_stage.metacal import METACAL_TYPES
 from bh_stage.psf import moffat_or_gaussian_psf
 from bh_stage.stage import METACAL_COLUMNS, OUTPUT_COLUMNS, output_columns, run_stage
 from bh_stage.stamps import cut_stamps
 
 from conftest import REPO, write_psfex
 
-SHEARED = [f"BLEND_PROB_{t.upper()}" for t in SHEAR_TYPES]
-SHEARED_FLAGS = [f"BLEND_FLAG_{t.upper()}" for t in SHEAR_TYPES]
+SHEARED = [f"BLEND_PROB_{t.upper()}" for t in METACAL_TYPES]  # noshear first
+SHEARED_FLAGS = [f"BLEND_FLAG_{t.upper()}" for t in METACAL_TYPES]
 CONFIG = REPO / "example_config" / "config.yml"
 FWHM_ARCSEC = 0.8  # the synthetic sources: sigma 1.8 px x 0.187 "/px x 2.3548 = 0.79"
 
@@ -70,7 +70,7 @@ def test_metacal_columns_and_header(small_tile, fake_stamp_head):
     old, _ = read(plain.output)
     names = list(new.dtype.names)
     at = names.index("BLEND_FLAG") + 1
-    assert names[at:at + 8] == SHEARED + SHEARED_FLAGS == list(METACAL_COLUMNS)
+    assert names[at:at + 10] == SHEARED + SHEARED_FLAGS == list(METACAL_COLUMNS)
     for name in old.dtype.names:  # every other column as without metacal
         assert new[name].tobytes() == old[name].tobytes(), name
     scored = np.isfinite(new["BLEND_PROB"])
@@ -81,10 +81,12 @@ def test_metacal_columns_and_header(small_tile, fake_stamp_head):
         np.testing.assert_array_equal(np.isfinite(new[prob]), scored)
         np.testing.assert_array_equal(new[flag], new[prob] >= header["BH_THR"])
         assert ((new[prob] > 0) & (new[prob] < 1)).all()
-    values = np.stack([new[p] for p in SHEARED])
+    values = np.stack([new[p] for p in SHEARED[1:]])  # the four sheared images
     for i in range(4):
         for j in range(i):
-            assert (np.abs(values[i] - values[j]) > 1e-6).all(), (SHEARED[i], SHEARED[j])
+            assert (np.abs(values[i] - values[j]) > 1e-6).all(), (SHEARED[i + 1], SHEARED[j + 1])
+    for p in SHEARED[1:]:  # the unsheared metacal image is another image again
+        assert (new["BLEND_PROB_NOSHEAR"] != new[p]).any()
     assert header["BH_MCAL"] is True and header["BH_MCSTP"] == 0.01
     assert header["BH_PSFSR"] == "gaussian fwhm=0.8"
     # the correction doubles the variance of noise the reconvolution smoothed to 0.48 of the
