@@ -109,8 +109,7 @@ def main():
     n_objects = fitsio.FITS(str(args.workdir / "tile.cat"))["LDAC_OBJECTS"].get_nrows()
     stage_rate = n_objects / stage_seconds
     tile_head = tilehead.load_tile_head(tilehead.tile_head_path(args.tile_head))
-    features = np.zeros((args.batch_size, len(tile_head.metadata["catalogue_features"])),
-                        np.float32)
+    features = np.zeros((args.batch_size, len(tile_head.feature_names)), np.float32)
     rates = {"tile_head": network_rate(lambda s: tile_head.predict_proba(s, 14.5, features),
                                        n_objects, args.batch_size)}
     head_json = None if args.head == "none" else heads.head_path(args.head, 14.5)

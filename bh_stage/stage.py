@@ -607,12 +607,13 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     if cfg.stamp.rms_adu is not None:
         rms_adu = cfg.stamp.rms_adu
         log.info("sky rms from stamp.rms_adu: %.3g ADU", rms_adu)
+    x = np.where(finite, cat.x_pix, 0.0)  # 0: a placeholder position, never scored
+    y = np.where(finite, cat.y_pix, 0.0)
     if vignet:
         image = None  # VIGNET is already background-subtracted by SExtractor
-        xv = nearest_pixel(np.where(finite, centre.x_pix, 0.0))  # 0: placeholder, never used
+        xv = nearest_pixel(np.where(finite, centre.x_pix, 0.0))
         yv = nearest_pixel(np.where(finite, centre.y_pix, 0.0))
-        xc = nearest_pixel(np.where(finite, cat.x_pix, 0.0))
-        yc = nearest_pixel(np.where(finite, cat.y_pix, 0.0))
+        xc, yc = nearest_pixel(x), nearest_pixel(y)
         log.info("stamps from %s's %s (centred on %s), shifted to %s/%s: %d objects by "
                  "1 px or more", cat_path, VIGNET_COLUMN, "/".join(VIGNET_CENTRE_COLUMNS),
                  cfg.x_column, cfg.y_column, int(((xc != xv) | (yc != yv))[finite].sum()))
@@ -620,9 +621,6 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         def stamps_of(rows):
             return _vignet_stamps(cfg, cat_path, rows, (xv, yv), xc, yc, shape, bad, rms_adu)
     else:
-        x = np.where(finite, cat.x_pix, 0.0)  # a placeholder stamp, never used
-        y = np.where(finite, cat.y_pix, 0.0)
-
         def stamps_of(rows):
             return cut_stamps(image, x[rows], y[rows], cfg.stamp.size_pix, cfg.stamp.pad_pix,
                               bad=bad, fill_sigma=rms_adu, seed=cfg.seed,
@@ -654,8 +652,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
 
     mcal = None
     if cfg.metacal.enabled:
-        mcal = _Metacal(cfg, psf_model, np.where(finite, cat.x_pix, 0.0),
-                        np.where(finite, cat.y_pix, 0.0), shape, rms_adu)
+        mcal = _Metacal(cfg, psf_model, x, y, shape, rms_adu)
         log.info("metacal: PSF %s, step %g, sheared images' noise rms %.3g ADU (tile %.3g)",
                  mcal.source, mcal.step, mcal.rms_adu, rms_adu)
     prob, paper, sep_out, edge, mask, sheared_prob = _score(

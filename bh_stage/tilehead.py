@@ -25,7 +25,8 @@ from .heads import head_path, load_head
 from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, centre_stamps,
                            orientation_logits, scale_stamps, sigmoid)
 
-__all__ = ["TARGET", "TileHead", "DEFAULT_TILE_HEAD", "tile_head_path", "load_tile_head"]
+__all__ = ["TARGET", "TileHead", "DEFAULT_TILE_HEAD", "reads_stamp_features", "feature_names",
+           "tile_head_path", "load_tile_head"]
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,8 @@ class TileHead:
         meta = head.metadata
         self.metadata, self.path, self.model = meta, head.path, model
         self.blend_threshold = float(meta["blend_threshold"])
-        self.stamp_features = meta["architecture"] == STAMP_ARCHITECTURE
-        self.feature_names = tuple(meta["stamp_features" if self.stamp_features
-                                        else "catalogue_features"])
+        self.stamp_features = reads_stamp_features(meta)
+        self.feature_names = feature_names(meta)
         self.catalogue_columns = tuple(meta.get("catalogue_columns", ()))
         self._mean = np.asarray(meta["feature_mean"], dtype=np.float32)
         self._scale = np.asarray(meta["feature_scale"], dtype=np.float32)
@@ -100,6 +100,18 @@ _LOADED = {}
 """Per-process cache of loaded tile heads, by (path, modification time)."""
 
 
+def reads_stamp_features(metadata):
+    """Whether a tile head's metadata names a position-only head (``compact_cnn_stamp_v1``,
+    its features measured on the stamp) rather than a catalogue head."""
+    return metadata.get("architecture") == STAMP_ARCHITECTURE
+
+
+def feature_names(metadata):
+    """The names of the features a tile head reads beside the pixels, in order."""
+    key = "stamp_features" if reads_stamp_features(metadata) else "catalogue_features"
+    return tuple(metadata[key])
+
+
 def tile_head_path(name_or_path="default"):
     """Resolve ``tile_head`` to a ``.json``: 'default', a shipped name or a path."""
     return head_path(DEFAULT_TILE_HEAD if name_or_path == "default" else name_or_path)
@@ -124,10 +136,9 @@ def load_tile_head(path_json):
         raise ModelShapeError(f"{path_json}: not a tile head (target {meta.get('target')!r}, "
                               f"architecture {meta.get('architecture')!r}); tile_head and "
                               f"weights_from take a head made by `bh-stage train-tile`")
-    stamp = meta["architecture"] == STAMP_ARCHITECTURE
-    names = meta["stamp_features" if stamp else "catalogue_features"]
-    expected = features.FEATURE_NAMES if stamp else cues.FEATURE_NAMES
-    if tuple(names) != tuple(expected):
+    names = feature_names(meta)
+    expected = features.FEATURE_NAMES if reads_stamp_features(meta) else cues.FEATURE_NAMES
+    if names != tuple(expected):
         raise ModelShapeError(f"{path_json}: the head reads the features {', '.join(names)}; "
                               f"this bh-stage computes {', '.join(expected)}; use a head made "
                               f"by this version's `bh-stage train-tile`")

@@ -115,9 +115,7 @@ def detection_stamps(folder, seed=0, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE
         parts.append(centre_stamps(stamps, side_pix))
     stamps = (np.concatenate(parts) if parts
               else np.zeros((0, side_pix, side_pix), np.float32))
-    with io.atomic_output(cache, overwrite=True) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, stamps=stamps, rms_adu=rms)
+    io.atomic_write_bytes(cache, lambda fh: np.savez(fh, stamps=stamps, rms_adu=rms))
     return stamps, rms
 
 

@@ -26,7 +26,7 @@ from ..nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, STAMP_SIDE_PIX, as
                             build_compact,
                             centre_stamps, dihedral_tf, orientation_logits, scale_stamps,
                             sigmoid)
-from ..tilehead import TARGET, load_tile_head, tile_head_path
+from ..tilehead import TARGET, load_tile_head, reads_stamp_features, tile_head_path
 
 __all__ = ["fit_tile_head", "tile_logits", "calibrate_logits", "reliability", "role_arrays",
            "stamp_feature_table", "source_features", "train_tile", "run_train_tile"]
@@ -203,9 +203,7 @@ def stamp_feature_table(folder, seed, x_pix, y_pix):
     if pixel is None:  # none cached, or cached by a version measuring other features
         stamps, rms = tileset.detection_stamps(folder, seed, side_pix=65)
         pixel = bh_features.measure_stamps(stamps, rms)
-        with io.atomic_output(cache, overwrite=True) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, pixel_features=pixel, names=names)
+        io.atomic_write_bytes(cache, lambda fh: np.savez(fh, pixel_features=pixel, names=names))
     return bh_features.stamp_features(pixel, bh_features.position_cues(x_pix, y_pix))
 
 
@@ -290,7 +288,7 @@ def train_tile(cfg, progress=None):
 
 def source_features(metadata):
     """'stamp' for a position-only tile head's metadata, 'catalogue' otherwise."""
-    return "stamp" if metadata.get("architecture") == STAMP_ARCHITECTURE else "catalogue"
+    return "stamp" if reads_stamp_features(metadata) else "catalogue"
 
 
 def _calibrate(logits, labels, flag_fraction):
