@@ -83,3 +83,28 @@ def test_position_only_head_runs_on_a_positions_only_catalogue(tmp_path, cosmos_
     assert np.isfinite(full["BLEND_PROB"]).mean() > 0.9
     np.testing.assert_array_equal(positions["BLEND_PROB"], full["BLEND_PROB"])
     np.testing.assert_array_equal(positions["BLEND_FLAG"], full["BLEND_FLAG"])
+
+
+def test_head_reading_other_features_is_refused(tmp_path, small_tile, capsys):
+    """A tile head whose feature names (or order) differ from what this version measures is
+    refused with one line naming the head: exit 2, no output, the inputs untouched."""
+    import hashlib
+    import shutil
+
+    from bh_stage.heads import HEADS_DIR
+
+    for suffix in (".json", ".weights.npz"):
+        shutil.copy(HEADS_DIR / f"tile_unrecognised_positions{suffix}", tmp_path / f"old{suffix}")
+    meta = json.loads((tmp_path / "old.json").read_text())
+    meta["weights_file"] = "old.weights.npz"
+    meta["stamp_features"] = meta["stamp_features"][::-1]
+    (tmp_path / "old.json").write_text(json.dumps(meta))
+    (small_tile / "config.yml").write_text(f"tile_head: {tmp_path / 'old.json'}\n")
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in small_tile.iterdir() if p.is_file()}
+    code = main(["-q", "run", str(small_tile / "config.yml"), str(small_tile / "tile.fits")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "old.json: the head reads the features NDET_STAMP" in err
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in small_tile.iterdir() if p.is_file()} == before
