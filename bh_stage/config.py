@@ -527,10 +527,21 @@ class TileConfig:
                                  min=0, min_exclusive=True)
     mask_box_pix: int = option(0, "Side of a square of weight 0 (and image 0) near the "
                                 "corner (1/4, 1/4) of the tile; 0: none.", min=0)
-    shear_g1: float = option(0.0, "Constant reduced shear g1 applied to every galaxy (not "
-                             "stars, not the PSF) before PSF convolution; the random draws do "
-                             "not depend on it.", min=-0.5, max=0.5)
+    shear_g1: float = option(0.0, "Constant reduced shear g1 of every galaxy (not stars, not "
+                             "the PSF): its profile before PSF convolution and its separation "
+                             "from every galaxy it could blend with (the whole scene, "
+                             "simulate.lensed_positions); the random draws do not depend on "
+                             "it.", min=-0.5, max=0.5)
     shear_g2: float = option(0.0, "Constant reduced shear g2, as shear_g1.", min=-0.5, max=0.5)
+    other_plane_fraction: float = option(0.0, "Fraction of single galaxies on a second shear "
+                                         "plane (other_shear_g1/g2), e.g. at another redshift; "
+                                         "drawn from their own random stream.", min=0, max=1)
+    companion_other_plane: bool = option(False, "The second member of every injected pair is "
+                                         "on the second shear plane.")
+    other_shear_g1: float = option(0.0, "Constant reduced shear g1 of the second plane's "
+                                   "galaxies.", min=-0.5, max=0.5)
+    other_shear_g2: float = option(0.0, "Constant reduced shear g2 of the second plane.",
+                                   min=-0.5, max=0.5)
     image: str = option("simulated/tile.fits", "Output image (.fits or tile-compressed "
                         ".fits.fz).")
     weight: str = option("simulated/tile.weight.fits", "Output weight map (1/sigma^2).")
@@ -538,8 +549,45 @@ class TileConfig:
     models: typing.Optional[str] = option(None, "Output HDF5 of every object's noise-free "
                                           "image (draw_size_pix square, odd), for tile-level "
                                           "truth from segmentation maps; null: not written.")
+    sersic_fraction: float = option(0.0, "Fraction of the galaxies drawn anew per object from "
+                                    "the single-Sersic fits of sersic_catalogue (kind "
+                                    "'sersicdraw': n, half-light radius and |g| of a "
+                                    "resampled fit row, jittered; each draw its own galaxy). "
+                                    "galaxy_kind 'parametric' or 'mixed' only; 0: none.",
+                                    min=0, max=1)
+    sersic_catalogue: str = option("cosmos_sersics_sample_N300_cleaned.asc", "Text file of "
+                                   "single-Sersic fits in cosmos_dir (IDENT, n, half-light "
+                                   "radius arcsec, |g|, ...), used by sersic_fraction.")
+    sersic_pool_parametric: bool = option(False, "Pool the Sersic draws' fit rows with the "
+                                          "single-Sersic fits of parametric_catalogue.")
+    sersic_bandwidth: float = option(0.45, "Jitter of a resampled fit row (Gaussian kernel "
+                                     "of a KDE in log10 n, log10 hlr, |g|), in units of "
+                                     "each column's standard deviation (Scott's rule for "
+                                     "276 rows in 3 dimensions: 0.45); draws are clipped "
+                                     "to the fitted ranges.", min=0, max=2)
+    knots_fraction: float = option(0.0, "Fraction of the Sersic draws with n < "
+                                   "knots_max_sersic_n (discs) given GalSim RandomKnots "
+                                   "star-forming clumps.", min=0, max=1)
+    knots_flux_fraction: float = option(0.3, "Fraction of such a disc's flux in its knots.",
+                                        min=0, max=1, min_exclusive=True)
+    knots_npoints: int = option(30, "Number of knots of a clumpy disc.", min=1)
+    knots_max_sersic_n: float = option(1.5, "Sersic draws with n below this count as discs "
+                                       "for knots_fraction.", min=0)
+    augment_real: bool = option(False, "Augment the real galaxies (training half only; "
+                                "refused for the test half): a random flip, a random shear "
+                                "|g| <= augment_max_shear and a dilation within "
+                                "+-augment_max_dilation, besides the random rotation.")
+    augment_max_shear: float = option(0.05, "Largest |g| of the augmentation shear (uniform "
+                                      "over the disc |g| <= this).", min=0, max=0.05)
+    augment_max_dilation: float = option(0.1, "Augmentation dilation uniform in "
+                                         "[1 - this, 1 + this].", min=0, max=0.1)
 
     def validate(self):
+        if self.sersic_fraction > 0 and self.galaxy_kind == "real":
+            raise ConfigError(f"tile.sersic_fraction: {self.sersic_fraction} needs "
+                              f"tile.galaxy_kind 'parametric' or 'mixed', not 'real' (tiles "
+                              f"of real galaxies, e.g. test tiles, hold real galaxies only); "
+                              f"set it to 0 or change galaxy_kind")
         if self.star_mag_min >= self.star_mag_max:
             raise ConfigError(f"tile.star_mag_min: {self.star_mag_min} must be < "
                               f"tile.star_mag_max ({self.star_mag_max})")
@@ -603,6 +651,12 @@ class SimulateConfig:
     tile: TileConfig = option(TileConfig, "Tile simulator (mode 'tile').")
 
     def validate(self):
+        t = self.tile
+        real_half = {"real": self.real_half, "mixed": self.mixed_real_half}.get(t.galaxy_kind)
+        if t.augment_real and real_half == "test":
+            raise ConfigError(f"tile.augment_real: the real galaxies of galaxy_kind "
+                              f"'{t.galaxy_kind}' here are the test half, which is never "
+                              f"augmented; set tile.augment_real to false")
         if self.train_fraction + self.valid_fraction > 1:
             raise ConfigError(f"train_fraction + valid_fraction = "
                               f"{self.train_fraction + self.valid_fraction} must be <= 1")
@@ -818,6 +872,17 @@ class TileSetConfig:
     n_workers: int = option(2, "Simulation worker processes.", min=1)
     sextractor_config: str = option("example_config/sextractor/bh.sex", "source-extractor "
                                     "config; bh.param and default.conv sit beside it.")
+    training_sample: str = option("cosmos", "Galaxies of the training and validation tiles: "
+                                  "'cosmos' (the COSMOS parametric fits + the training half of "
+                                  "the real images, as before 0.6); 'diverse' (the same, plus "
+                                  "diverse_sersic_fraction of per-object Sersic draws with "
+                                  "knots on discs, and the real images augmented). Test tiles "
+                                  "never change.", choices=("cosmos", "diverse"))
+    diverse_sersic_fraction: float = option(0.5, "training_sample 'diverse': fraction of the "
+                                            "galaxies drawn anew per object "
+                                            "(tile.sersic_fraction).", min=0, max=1)
+    diverse_knots_fraction: float = option(0.5, "training_sample 'diverse': "
+                                           "tile.knots_fraction.", min=0, max=1)
 
 
 @dataclasses.dataclass

@@ -79,7 +79,7 @@ __all__ = [
     "DEFAULT_STEP", "SHEAR_TYPES", "METACAL_TYPES", "METHODS", "X_INTERPOLANT",
     "PSF_SUM_ATOL", "MOM_FAILED", "MOM_NONFINITE", "MOMENTS_DTYPE", "ShearResponse",
     "reconvolution_dilation", "metacal_images", "adaptive_moments", "metacal_moments",
-    "shear_response", "selection_response",
+    "shear_response", "selection_response", "shear_matrix",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def _noise_rng(seed, index):
 
 def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, seed=0, *,
                    types=SHEAR_TYPES, method="fft", first_index=0, pad_pix=None,
-                   batch_size=32):
+                   batch_size=32, noise_index=None):
     """Return the metacalibration images of stamps (see the module docstring for the recipe).
 
     Parameters
@@ -163,6 +163,9 @@ def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, s
     first_index : int
         Index of the first stamp in the whole catalogue, so the noise of a stamp does not
         depend on the batch it falls in. Default 0.
+    noise_index : array_like of int, shape (n,), optional
+        Each stamp's noise index instead of ``first_index + i`` (e.g. its true object, so
+        that two oppositely sheared simulations draw the same correction noise for it).
     pad_pix : int, optional
         ``"fft"`` only: zero padding on each side before the FFT (rounded up to a fast FFT
         size). Default ``max(12, s // 4)``.
@@ -201,7 +204,8 @@ def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, s
     batch = stamps[finite]
     n_valid = len(batch)
     if noise_sigma_adu is not None:  # the noise images go through the same batches
-        index = first_index + np.flatnonzero(finite)
+        index = (first_index + np.arange(len(stamps)) if noise_index is None
+                 else np.asarray(noise_index, dtype=np.int64))[finite]
         noise = np.stack([_noise_rng(seed, i).normal(0.0, noise_sigma_adu, stamps.shape[1:])
                           for i in index])
         batch = np.concatenate([batch, np.rot90(noise, k=1, axes=(1, 2))])
@@ -279,8 +283,9 @@ def _galsim_route(stamps, psf, step, shears):
     return out
 
 
-def _shear_matrix(g1, g2):
-    """GalSim's shear matrix ``A`` (symmetric, det 1) of reduced shear (g1, g2)."""
+def shear_matrix(g1, g2):
+    """GalSim's shear matrix ``A`` (symmetric, det 1) of reduced shear (g1, g2): a sheared
+    profile at ``x`` is the unsheared one at ``A^-1 x`` (``galsim.Shear(g1=, g2=).getMatrix()``)."""
     c = 1.0 / np.sqrt(1.0 - g1 * g1 - g2 * g2)
     return c * np.array([[1.0 + g1, g2], [g2, 1.0 - g1]])
 
@@ -378,7 +383,7 @@ def _fft_route(stamps, psf, step, shears, pad_pix=None, batch_size=32):
     psf_ft = _psf_ft(psf, kx, ky)
     plans = []
     for name, g1, g2 in shears:
-        b = np.linalg.inv(_shear_matrix(g1, g2))       # output pixel x samples z at B x
+        b = np.linalg.inv(shear_matrix(g1, g2))       # output pixel x samples z at B x
         kxs, kys = b[0, 0] * kx + b[0, 1] * ky, b[1, 0] * kx + b[1, 1] * ky
         with np.errstate(divide="ignore", invalid="ignore"):  # a zero of the PSF's transform
             filt = _target_ft(psf, kxs, kys, reconvolution_dilation(step)) / psf_ft

@@ -1,73 +1,154 @@
-"""Tests of bh_stage.study.shear: the (m, c) estimator on known answers and HSM on known shears."""
+"""Tests of bh_stage.study.shear: the metacalibration (m, c) estimator on known answers."""
 
 import numpy as np
 import pytest
 
-from bh_stage.study.shear import hsm_shapes, responsivity, shear_bias
+from bh_stage.metacal import METACAL_TYPES
+from bh_stage.study.shear import (SUM_KEYS, Selection, bootstrap_weights, psf_sigma_pix,
+                                  shear_bias, size_cut, unit_sums)
+
+STEP = 0.01
 
 
-def _pair(m, c, g, resp, n=2000, seed=0):
-    """Distortions of n objects on +g and -g images with bias (m, c) and shared shape noise."""
-    rng = np.random.default_rng(seed)
-    e_int = rng.normal(0.0, 0.3, n)
-    return (e_int + resp * ((1 + m) * g + c), e_int + resp * (-(1 + m) * g + c))
+def _shapes(e_main, e_cross, r_main, r_cross, main):
+    """Shapes dict whose noshear ``E`` is (e_main, e_cross) in the frame of ``main`` and
+    whose sheared images give the per-object responses r_main, r_cross exactly."""
+    n = len(e_main)
+    e = np.zeros((n, 2))
+    e[:, main], e[:, 1 - main] = e_main, e_cross
+    r = np.zeros((n, 2))
+    r[:, main], r[:, 1 - main] = r_main, r_cross
+    out = {"noshear": {"E": e}}
+    for i, (p, m) in enumerate((("1p", "1m"), ("2p", "2m"))):
+        for name, sign in ((p, 1), (m, -1)):
+            sheared = e.copy()
+            sheared[:, i] += sign * r[:, i] * STEP
+            out[name] = {"E": sheared}
+    return out
 
 
-def test_shear_bias_common_selection_recovers_m_and_c_exactly():
-    e_plus, e_minus = _pair(m=0.05, c=0.003, g=0.02, resp=1.7)
-    keep = np.arange(e_plus.size) % 3 != 0
-    m, c = shear_bias(e_plus, e_minus, keep, keep, 0.02, 1.7)
-    # intrinsic shapes cancel object by object, but their mean does not cancel in c
-    assert m == pytest.approx(0.05, abs=1e-12)
-    assert c == pytest.approx(np.mean(e_plus[keep] - 1.7 * 1.05 * 0.02) / 1.7, abs=1e-12)
-    assert abs(c - 0.003) < 0.02  # the mean intrinsic shape, 0.3 / 1.7 / sqrt(1333)
+def _everything(n):
+    return Selection.fixed("all", np.ones(n, bool))
 
 
-def test_shear_bias_separate_selections_show_the_selection_response():
-    """Keeping e > 0 on each image truncates each image's distribution at its own place:
-    the means differ by less than the shear moved them, m drops."""
-    e_plus, e_minus = _pair(m=0.0, c=0.0, g=0.02, resp=2.0, n=20000)
-    m_common, _ = shear_bias(e_plus, e_minus, e_plus > 0, e_plus > 0, 0.02, 2.0)
-    m_sep, _ = shear_bias(e_plus, e_minus, e_plus > 0, e_minus > 0, 0.02, 2.0)
-    assert m_common == pytest.approx(0.0, abs=1e-12)
-    assert m_sep < -0.3
-    nan = shear_bias(e_plus, e_minus, e_plus > 9, e_plus > 0, 0.02, 2.0)
-    assert np.all(np.isnan(nan))
+@pytest.mark.parametrize("main", [0, 1])
+def test_shear_bias_recovers_m_c_and_the_cross_shear(main):
+    """e = R ((1 + m) g + c) on +g and -g images, every object selected: m, c exactly; the
+    cross component's mean shear is c_cross; units split the objects any way."""
+    m_true, c_true, g, g_cross = -0.07, 0.004, 0.02, 0.003
+    rng = np.random.default_rng(1)
+    n = 50
+    r = rng.uniform(0.3, 0.9, n)
+    units = rng.integers(0, 7, n)
+    sums = []
+    for sign in (1, -1):
+        e_main = r * ((1 + m_true) * sign * g + c_true)
+        e_cross = r * g_cross
+        sums.append(unit_sums(units, 7, _shapes(e_main, e_cross, r, r, main), _everything(n),
+                              main))
+    res = shear_bias(*sums, g, step=STEP)
+    assert res["m"] == pytest.approx(m_true, abs=1e-12)
+    assert res["c"] == pytest.approx(c_true, abs=1e-12)
+    assert res["c_cross"] == pytest.approx(g_cross, abs=1e-12)
+    assert res["r_shear"] == pytest.approx(r.mean(), abs=1e-12)
+    assert res["r_sel"] == 0.0 and res["n"] == 2 * n
+    assert set(sums[0]) == set(SUM_KEYS)
 
 
-def test_responsivity():
-    assert responsivity(np.array([0.3, -0.3]), np.array([0.0, 0.0])) == pytest.approx(
-        2 * (1 - 0.045))
+def test_selection_response_by_hand():
+    """Objects that change membership between the 1p and 1m images: R_sel from the four
+    noshear ellipticities worked out by hand, and it enters the response only when asked."""
+    e_main = np.array([0.2, -0.2, 0.1, -0.1])
+    shapes = _shapes(e_main, np.zeros(4), np.ones(4), np.ones(4), 0)
+    everyone = np.ones(4, bool)
+    by_type = {t: everyone for t in METACAL_TYPES}
+    by_type["1p"] = np.array([True, True, True, False])
+    by_type["1m"] = np.array([True, True, False, True])
+    sel = Selection("s", by_type, True)
+    sums = unit_sums(np.zeros(4, int), 1, shapes, sel, 0)
+    # <e>_1p = 0.1 / 3, <e>_1m = -0.1 / 3: R_sel = (0.2 / 3) / (2 step)
+    expected = (0.2 / 3) / (2 * STEP)
+    res = shear_bias(sums, sums, 0.02, step=STEP)
+    assert res["r_sel"] == pytest.approx(expected)
+    assert res["r_shear"] == pytest.approx(1.0)
+    # the same data as a +g and -g pair: g_hat = <e> / (R_shear + R_sel) on each image
+    minus = unit_sums(np.zeros(4, int), 1, _shapes(-e_main, np.zeros(4), np.ones(4),
+                                                   np.ones(4), 0), sel, 0)
+    with_sel = shear_bias(sums, minus, 0.02, step=STEP)
+    without = shear_bias(sums, minus, 0.02, step=STEP, with_selection=False)
+    assert without["m"] == pytest.approx(-1.0)  # <e> = 0 on both images
+    assert with_sel["r_sel"] == pytest.approx((expected - expected) / 2)  # sign flips
 
 
-def _psf():
-    import galsim
+def test_units_outside_the_sample_and_nonfinite_shapes_are_left_out():
+    e_main = np.array([0.1, 0.2, np.nan, 0.4])
+    shapes = _shapes(e_main, np.zeros(4), np.ones(4), np.ones(4), 0)
+    sums = unit_sums(np.array([0, -1, 1, 1]), 2, shapes, _everything(4), 0)
+    assert sums["n"].tolist() == [1.0, 1.0]
+    assert sums["e_main"].tolist() == pytest.approx([0.1, 0.4])
+    assert sums["r_main"].tolist() == pytest.approx([2 * STEP, 2 * STEP])
 
-    return galsim.Moffat(beta=4.765, fwhm=0.65).drawImage(nx=51, ny=51, scale=0.187).array
+
+def test_bootstrap_weights_resample_units():
+    w = bootstrap_weights(9, 40, seed=3)
+    assert w.shape == (40, 9) and (w.sum(axis=1) == 9).all()
+    assert (w >= 0).all() and not (w == 1).all()
+    # weights of one give the point estimate
+    rng = np.random.default_rng(0)
+    r = rng.uniform(0.5, 1.0, 30)
+    units = np.arange(30) % 9
+    pair = [unit_sums(units, 9, _shapes(r * s * 0.02 * 0.9, np.zeros(30), r, r, 1),
+                      _everything(30), 1) for s in (1, -1)]
+    ones = shear_bias(*pair, 0.02, weights=np.ones((2, 9)), step=STEP)
+    assert ones["m"] == pytest.approx([-0.1, -0.1])
 
 
-def test_hsm_shapes_of_a_sheared_round_galaxy_and_a_star():
-    import galsim
+def test_selections_combine():
+    a = Selection("a", {t: np.array([True, False]) for t in METACAL_TYPES}, True)
+    b = Selection.fixed("b", [True, True])
+    both = a & b
+    assert not both.metacalibratable and a.metacalibratable
+    assert both.by_type["1p"].tolist() == [True, False]
 
-    g = 0.05
-    psf = galsim.Moffat(beta=4.765, fwhm=0.65)
-    gal = galsim.Exponential(half_light_radius=0.6, flux=1e4).shear(g1=g, g2=-g / 2)
-    gal_img = galsim.Convolve(gal, psf).drawImage(nx=51, ny=51, scale=0.187,
-                                                   offset=(0.3, -0.2)).array
-    star_img = psf.withFlux(1e4).drawImage(nx=51, ny=51, scale=0.187).array
-    shapes = hsm_shapes(np.stack([gal_img, star_img]), _psf(), 1e-4, [0.3, 0.0], [-0.2, 0.0])
-    shear = galsim.Shear(g1=g, g2=-g / 2)
-    assert shapes["E1"][0] == pytest.approx(shear.e1, abs=0.01)
-    assert shapes["E2"][0] == pytest.approx(shear.e2, abs=0.01)
-    assert shapes["VALID"][0]
-    assert not shapes["VALID"][1]  # a star is not resolved (HSM fails or R2 ~ 0)
+
+def test_size_cut_and_psf_sigma():
+    """A Gaussian PSF of sigma s pixels: adaptive moments see sqrt(s^2 + 1/12) (the pixel),
+    the metacal images' PSF that times 1 + 2 step."""
+    galsim = pytest.importorskip("galsim")
+    s = 2.0
+    psf = galsim.Gaussian(sigma=s).drawImage(nx=41, ny=41, scale=1.0).array
+    expected = np.sqrt(s * s + 1 / 12) * (1 + 2 * STEP)
+    assert psf_sigma_pix(psf / psf.sum(), STEP) == pytest.approx(expected, rel=2e-3)
+    moments = {"E": np.array([[0.1, 0.0], [0.1, 0.0], [np.nan, 0.0]]),
+               "SIGMA_PIX": np.array([1.0, 2.0, 3.0])}
+    # (sigma / 1.5)^2 >= 1.5 needs sigma >= 1.837
+    assert size_cut(moments, 1.5).tolist() == [False, True, False]
+
+
+def test_noise_index_follows_the_object():
+    """The correction noise of a stamp depends on its noise index, not its row: two calls
+    with the rows in another order give the same images."""
+    from bh_stage.metacal import metacal_images
+
+    rng = np.random.default_rng(0)
+    stamps = rng.normal(0, 1, (3, 21, 21))
+    yy, xx = np.mgrid[-3:4, -3:4]
+    psf = np.exp(-(xx ** 2 + yy ** 2) / 4.0)
+    psf /= psf.sum()
+    a = metacal_images(stamps, psf, noise_sigma_adu=1.0, noise_index=[10, 11, 12],
+                       types=["1p"])["1p"]
+    b = metacal_images(stamps[::-1], psf, noise_sigma_adu=1.0, noise_index=[12, 11, 10],
+                       types=["1p"])["1p"]
+    assert np.array_equal(a, b[::-1])
+    c = metacal_images(stamps, psf, noise_sigma_adu=1.0, types=["1p"], first_index=10)["1p"]
+    assert np.array_equal(a, c)  # the default index is first_index + row
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
-    """The bench's smoke scale runs end to end, its numbers hang together and its result
-    file holds them and the run's provenance."""
+    """The bench's smoke scale runs end to end, its cuts hang together and its result file
+    holds them and the run's provenance."""
     import importlib.util
     import json
     from pathlib import Path
@@ -84,20 +165,18 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
     res = bench.main(["--quick", "--work-dir", str(tmp_path), "--cosmos-dir", str(cosmos_dir),
                       "--figure", str(figure)])
     assert figure.stat().st_size > 10000
-    assert res["matched_fraction"] > 0.9  # the shear moves no detection by 1 px
-    assert 1.0 < res["responsivity"] < 2.0
-    sel = res["selections"]
-    kept = {name: r["separate"]["fraction_kept"] for name, r in sel.items()}
-    assert 0.1 < kept["all valid shapes"] < 1
-    assert kept["BLEND_PROB < 0.02"] <= kept["BLEND_PROB < 0.1"] <= kept["all valid shapes"]
-    n = res["n_matched_pairs"]
-    for name in ("BLEND_FLAG == 0", "BLEND_PROB < 0.1"):  # compared at equal fraction kept
-        assert sel[f"catalogue, as {name}"]["separate"]["fraction_kept"] == pytest.approx(
-            sel[name]["separate"]["fraction_kept"], abs=2 / n)
-    common = sel["all valid shapes"]["common"]
-    assert abs(common["m"]) < 0.5 and abs(common["c1"]) < 0.1
-    lo, hi = common["m_95"]
-    assert lo < common["m"] < hi
+    cuts = {c["name"]: c for c in res["cuts"]}
+    assert cuts["none"]["kept_frac"] == 1.0
+    for name, meta in (("none", True), ("FLAGS & 2 == 0", False), ("BLEND_FLAG == 0", False),
+                       ("BLEND_FLAG_NOSHEAR == 0", True), ("truth oracle", False)):
+        assert cuts[name]["metacalibratable"] is meta
+        assert (cuts[name]["R_sel"] is None) is (not meta)
+        assert 0 < cuts[name]["kept_frac"] <= 1
+    for c in cuts.values():  # continuous cuts keep the fraction they were set to
+        if "target_kept" in c:
+            assert c["kept_frac"] == pytest.approx(c["target_kept"], abs=0.02)
+        lo, hi = c["m_ci95"]
+        assert lo <= hi
     written = json.loads((tmp_path / "shear_quick.json").read_text())
-    assert written["n_matched_pairs"] == n
+    assert written["control"]["n_kept"] == res["control"]["n_kept"] > 0
     assert written["provenance"]["bh_stage_version"] == bh_stage.__version__

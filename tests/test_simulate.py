@@ -389,23 +389,39 @@ def test_tile_reproducible(cosmos):
 
 
 def test_tile_shear_is_the_only_difference(cosmos):
-    """Tiles of one seed sheared by +-0.02: same truth, stars, PSF and noise; sheared galaxies."""
-    from bh_stage.study.shear import hsm_shapes
-    from bh_stage.study.simulate import psf_image, simulate_tile
+    """Tiles of one seed sheared by +-0.02: same objects, stars, PSF and noise; sheared
+    galaxies and sheared separations within every group that can blend."""
+    from bh_stage.metacal import adaptive_moments, shear_matrix
+    from bh_stage.study.simulate import simulate_tile
 
-    tile = {"nx_pix": 200, "ny_pix": 200, "draw_size_pix": 32, "star_density_per_arcmin2": 40}
+    tile = {"nx_pix": 200, "ny_pix": 200, "draw_size_pix": 32, "star_density_per_arcmin2": 40,
+            "density_per_arcmin2": 60, "close_pair_fraction": 0.3}
     out = {}
     for g in (0.02, -0.02):
         cfg = make_cfg(cosmos, mode="tile", tile=dict(tile, shear_g1=g))
         out[g] = simulate_tile(cfg, keep_models=True)
     (im_p, _, tr_p, cards_p, mod_p), (im_m, _, tr_m, cards_m, mod_m) = out[0.02], out[-0.02]
-    for name in tr_p.dtype.names:  # all but the SNR, which follows the galaxy's shape
-        if name != "SNR":
+    moved = {"SNR", "X_PIX0", "Y_PIX0", "X_IMAGE", "Y_IMAGE", "RA_DEG", "DEC_DEG", "SHEAR_G1"}
+    for name in tr_p.dtype.names:  # the draws do not depend on the shear
+        if name not in moved:
             assert tr_p[name].tobytes() == tr_m[name].tobytes(), name
+    star = tr_p["KIND"] == b"star"
+    assert (tr_p["SHEAR_G1"][~star] == 0.02).all() and (tr_m["SHEAR_G1"][~star] == -0.02).all()
+    assert (tr_p["PLANE"][star] == -1).all() and (tr_p["PLANE"][~star] == 0).all()
     hdr_p, hdr_m = ({k: v for k, v, _ in c} for c in (cards_p, cards_m))
     assert (hdr_p["BH_PSFG1"], hdr_p["BH_PSFG2"]) == (hdr_m["BH_PSFG1"], hdr_m["BH_PSFG2"])
     assert (hdr_p["BH_SHRG1"], hdr_m["BH_SHRG1"]) == (0.02, -0.02)
-    star = tr_p["KIND"] == b"star"
+    # every pair's separation: d+ = A(+g) d0 and d- = A(-g) d0 for one unsheared d0
+    pairs = [np.flatnonzero(tr_p["PAIR_ID"] == k) for k in np.unique(tr_p["PAIR_ID"])
+             if k >= 0]
+    assert len(pairs) >= 2
+    for a, b in pairs:
+        d_p = np.array([tr_p["X_PIX0"][b] - tr_p["X_PIX0"][a], tr_p["Y_PIX0"][b] - tr_p["Y_PIX0"][a]])
+        d_m = np.array([tr_m["X_PIX0"][b] - tr_m["X_PIX0"][a], tr_m["Y_PIX0"][b] - tr_m["Y_PIX0"][a]])
+        d0 = np.linalg.solve(shear_matrix(0.02, 0.0), d_p)
+        assert np.allclose(shear_matrix(-0.02, 0.0) @ d0, d_m, atol=1e-9)
+        assert np.hypot(*d0) == pytest.approx(tr_p["SEPARATION_PIX"][a], abs=1e-9)
+    # stars and noise identical: the difference is zero away from galaxies
     assert star.sum() >= 3
     near_galaxy = np.zeros(im_p.shape, bool)  # where any galaxy model is non-negligible
     for k in np.flatnonzero(~star):
@@ -414,14 +430,63 @@ def test_tile_shear_is_the_only_difference(cosmos):
             ys, xs = ys + y_lo, xs + x_lo
             ok = (ys >= 0) & (ys < 200) & (xs >= 0) & (xs < 200)
             near_galaxy[ys[ok], xs[ok]] = True
-    assert (~near_galaxy).sum() > 10000
-    # stars and noise identical: the difference is zero away from galaxies
+    assert (~near_galaxy).sum() > 5000
     assert np.array_equal(im_p[~near_galaxy], im_m[~near_galaxy])
     for k in np.flatnonzero(star):
         assert np.array_equal(mod_p[k][2], mod_m[k][2])
-    # galaxies sheared: the brightest galaxy model's e1 moves by about +2 R g
+        assert tr_p["X_PIX0"][k] == tr_m["X_PIX0"][k]
+    # galaxies sheared: the brightest galaxy model's observed e1 moves up, e2 hardly
     k = np.flatnonzero(~star)[np.argmax(tr_p["FLUX_ADU"][~star])]
-    psf = psf_image(cfg, hdr_p["BH_PSFG1"], hdr_p["BH_PSFG2"], 31)
-    shapes = hsm_shapes(np.stack([mod_p[k][2], mod_m[k][2]]), psf, 1.0)
-    assert 0.02 < shapes["E1"][0] - shapes["E1"][1] < 0.15
-    assert abs(shapes["E2"][0] - shapes["E2"][1]) < 0.02
+    shapes = adaptive_moments(np.stack([mod_p[k][2], mod_m[k][2]]))
+    assert 0.01 < shapes["E"][0, 0] - shapes["E"][1, 0] < 0.15
+    assert abs(shapes["E"][0, 1] - shapes["E"][1, 1]) < 0.01
+
+
+def test_lensed_positions_shear_every_close_separation():
+    """Groups within the linking length: the brightest main-plane member stays, the others
+    move by their own plane's shear about it; far galaxies and stars stay put."""
+    from bh_stage.metacal import shear_matrix
+    from bh_stage.study.simulate import lensed_positions
+
+    x = np.array([100.0, 110.0, 118.0, 500.0, 505.0, 900.0, 104.0])
+    y = np.array([100.0, 100.0, 106.0, 500.0, 497.0, 900.0, 96.0])
+    plane = np.array([0, 0, 1, 0, 0, 0, -1])
+    g_main, g_other = (0.03, -0.01), (0.0, 0.05)
+    shears = np.array([g_main, g_main, g_other, g_main, g_main, g_main, (0, 0)])
+    mags = np.array([23.0, 22.0, 21.0, 24.0, 25.0, 22.0, 18.0])
+    xs, ys = lensed_positions(x, y, plane, shears, mags, link_pix=12.0)
+    # group {0, 1, 2} (chained: 0-1 is 10 px, 1-2 is 10 px): anchor 1, the brightest on
+    # the main plane (2 is brighter but on the second plane)
+    assert (xs[1], ys[1]) == (110.0, 100.0)
+    a_main, a_other = shear_matrix(*g_main), shear_matrix(*g_other)
+    assert np.allclose([xs[0], ys[0]], [110, 100] + a_main @ [-10.0, 0.0])
+    assert np.allclose([xs[2], ys[2]], [110, 100] + a_other @ [8.0, 6.0])
+    # group {3, 4}: anchor 3 (brighter)
+    assert (xs[3], ys[3]) == (500.0, 500.0)
+    assert np.allclose([xs[4], ys[4]], [500, 500] + a_main @ [5.0, -3.0])
+    assert (xs[5], ys[5]) == (900.0, 900.0)  # alone
+    assert (xs[6], ys[6]) == (104.0, 96.0)  # a star, though within 12 px of galaxies
+    # no shear: nothing moves
+    xs0, ys0 = lensed_positions(x, y, plane, np.zeros((7, 2)), mags)
+    assert np.array_equal(xs0, x) and np.array_equal(ys0, y)
+
+
+def test_second_plane_galaxies(cosmos):
+    """Pair companions and a fraction of singles on the second plane, from their own random
+    stream: every other truth column is that of the one-plane tile."""
+    from bh_stage.study.simulate import simulate_tile
+
+    tile = {"nx_pix": 300, "ny_pix": 300, "draw_size_pix": 32, "density_per_arcmin2": 60,
+            "close_pair_fraction": 0.3}
+    one = simulate_tile(make_cfg(cosmos, mode="tile", tile=tile))[2]
+    two = simulate_tile(make_cfg(cosmos, mode="tile", tile=dict(
+        tile, other_plane_fraction=0.5, companion_other_plane=True, other_shear_g2=0.0)))[2]
+    for name in one.dtype.names:
+        if name != "PLANE":
+            assert one[name].tobytes() == two[name].tobytes(), name
+    assert (one["PLANE"] == 0).all()
+    paired = two["PAIR_ID"] >= 0
+    first = paired & (np.arange(len(two)) % 2 == np.flatnonzero(paired)[0] % 2)
+    assert (two["PLANE"][first] == 0).all() and (two["PLANE"][paired & ~first] == 1).all()
+    singles = two["PLANE"][~paired]
+    assert 0.3 < singles.mean() < 0.7

@@ -290,3 +290,26 @@ def test_tile_roles_draw_their_half_of_the_galaxies():
         assert cfg.tile.galaxy_kind == "mixed" and cfg.mixed_real_half == "train"
     cfg = simulate_config(tiles, "test", 1)
     assert cfg.tile.galaxy_kind == "real" and cfg.real_half == "test"
+
+
+def test_drawn_galaxies_are_each_their_own_unit():
+    """Galaxies drawn anew per object (KIND b'sersicdraw', GAL_ID = tile row) get
+    2**21 * UNIT_STRIDE + tile * UNIT_STRIDE + row: distinct within a tile and across tiles,
+    the same on a twin of the tile (same seed), above every kind-coded unit (issue 21)."""
+    import zlib
+
+    truth = np.zeros(4, dtype=TILE_TRUTH_DTYPE)
+    truth["KIND"] = [b"sersicdraw", b"sersicdraw", b"parametric", b"star"]
+    truth["GAL_ID"] = [0, 1, 0, -1]
+    base = 2**21 * 10**7
+    par = (zlib.crc32(b"parametric") % 2**20 + 1) * 10**7
+    np.testing.assert_array_equal(object_units(truth, 7), [base + 7 * 10**7,
+                                                           base + 7 * 10**7 + 1, par,
+                                                           -(7 * 10**7 + 4)])
+    np.testing.assert_array_equal(object_units(truth, 7), object_units(truth.copy(), 7))
+    other = object_units(truth, 8)
+    assert not set(other[:2]) & set(object_units(truth, 7)[:2])
+    # every kind-coded unit (code <= 2**20 + 1, GAL_ID < UNIT_STRIDE) lies below the base
+    assert (2**20 + 2) * UNIT_STRIDE <= base
+    as_read = {"KIND": np.array(["sersicdraw", "parametric"]), "GAL_ID": np.array([3, 3])}
+    np.testing.assert_array_equal(object_units(as_read, 7), [base + 7 * 10**7 + 3, par + 3])

@@ -31,7 +31,8 @@ from . import metrics, tileset
 __all__ = ["COMPARISONS", "SCORES", "comparison_labels", "galaxy_groups", "unit_counts",
            "score_table",
            "catalogue_classifiers", "BOOSTING_GRID", "LOGISTIC_C_GRID", "baseline_configs",
-           "TunedBaseline", "tune_baseline", "reliability_bins", "calibration_summary",
+           "TunedBaseline", "tune_baseline", "fit_baseline", "baseline_columns",
+           "baseline_matrix", "reliability_bins", "calibration_summary",
            "evaluate_tile", "run_evaluate_tile"]
 
 log = logging.getLogger(__name__)
@@ -430,13 +431,13 @@ def evaluate_tile(cfg, progress=None):
     # the baseline reads the BASELINE_COLUMNS that every tile's catalogue has (the test
     # catalogues' column names only), so its features are the same on every tile
     # the baseline's columns are chosen from the training and validation catalogues only
-    base_columns = _baseline_columns([f for role in ("train", "valid") for f in folders[role]])
+    base_columns = baseline_columns([f for role in ("train", "valid") for f in folders[role]])
     role_data, base_data = {}, {}
     for role in ("train", "valid"):
         tables = [tileset.detection_table(f) for f in folders[role]]
         labels = np.concatenate([t[1]["UNRECOGNISED"] for t in tables])
         role_data[role] = (np.concatenate([t[2] for t in tables]), labels)
-        mats = [_baseline_matrix(f, base_columns, *t[0]) for f, t in zip(folders[role], tables)]
+        mats = [baseline_matrix(f, base_columns, *t[0]) for f, t in zip(folders[role], tables)]
         base_names = mats[0][1]
         base_data[role] = (np.concatenate([m for m, _ in mats]), labels)
     cat_name, cat_predict, cat_valid_auc = catalogue_classifiers(
@@ -459,7 +460,7 @@ def evaluate_tile(cfg, progress=None):
         (x, y), classes, feats = tileset.detection_table(folder)
         stage_columns = fitsio.read(str(out), ext="LDAC_OBJECTS")
         _require_columns(folder, base_columns)
-        test_base, _ = _baseline_matrix(folder, base_columns, x, y)
+        test_base, _ = baseline_matrix(folder, base_columns, x, y)
         scores = score_table(stage_columns, feats, baseline.predict(test_base),
                              cat_predict(feats))
         table = np.zeros(len(classes), dtype=[("TILE", "S16")] + classes.dtype.descr
@@ -493,7 +494,7 @@ def evaluate_tile(cfg, progress=None):
     return rows, table, info
 
 
-def _baseline_columns(folders):
+def baseline_columns(folders):
     """The ``cues.BASELINE_COLUMNS`` that the catalogue of every tile folder has (read from
     the table's column names); a warning names the catalogues that lack some."""
     from .. import io
@@ -511,6 +512,18 @@ def _baseline_columns(folders):
     return columns
 
 
+def fit_baseline(folders, columns, model, params, seed):
+    """The catalogue-only baseline of one ``baseline_configs`` entry (e.g. the one
+    ``tune_baseline`` chose, recorded in ``info.json``), fitted on the detections of prepared
+    tile folders (training tiles) labelled unrecognised blend or not; ``predict`` it on
+    ``baseline_matrix`` of another tile."""
+    tables = [tileset.detection_table(f) for f in folders]
+    x = np.concatenate([baseline_matrix(f, columns, *t[0])[0] for f, t in zip(folders, tables)])
+    y = np.concatenate([t[1]["UNRECOGNISED"] for t in tables])
+    return TunedBaseline(model, dict(params), float("nan"), [],
+                         _baseline_estimator(model, dict(params), seed).fit(x, y))
+
+
 def _require_columns(folder, columns):
     """Refuse a test tile whose catalogue lacks a column the baseline was trained on."""
     from .. import io
@@ -524,7 +537,7 @@ def _require_columns(folder, columns):
                                    f"{tileset.TILE_FILES['segmentation']} to SExtract it again")
 
 
-def _baseline_matrix(folder, columns, x_pix, y_pix):
+def baseline_matrix(folder, columns, x_pix, y_pix):
     """``cues.baseline_features`` (matrix, names) of a prepared tile folder from ``columns``
     of its catalogue."""
     from .. import io

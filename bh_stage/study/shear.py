@@ -1,111 +1,229 @@
-"""Shear measurement on stamps and the shear bias (m, c) of a selection, on arrays.
+"""Shear bias (m, c) of a selection, measured with metacalibration, on arrays.
 
-Shapes: GalSim's HSM re-Gaussianisation (``galsim.hsm.EstimateShear``, REGAUSS; Hirata &
-Seljak 2003, Mandelbaum et al. 2005), PSF-corrected distortions ``e = (a^2 - b^2) /
-(a^2 + b^2)``. HSM is maintained inside GalSim, already a dependency, and is what HSC used;
-the bench needs a standard, reproducible estimator, not the best one. A shear estimate is
-``e / R`` with the responsivity ``R = 2 (1 - e_rms^2)`` (Bernstein & Jarvis 2002),
-``e_rms^2`` the per-component variance of the sample's distortions.
+Shapes are the adaptive moments (``metacal.adaptive_moments``) of each detection's five
+metacalibration images (``metacal.metacal_images``: noshear, 1p, 1m, 2p, 2m), cut as the stage
+cuts stamps (neighbours left in) and with the correlated-noise correction. A selection is
+recomputed on each image (``Selection``): on the noshear image it is the cut, on the sheared
+ones it gives the selection response ``R_sel`` (Sheldon & Huff 2017), available only for
+quantities measured on those images (``BLEND_PROB_1P``... of the stage, the moments' size),
+not for SExtractor's columns or the truth.
 
-Bias from a pair of images sheared by ``+g`` and ``-g`` with everything else equal (same
-galaxies, PSF and noise): with ``g_hat = e / R``, ``m = (<g_hat+> - <g_hat->) / (2 g) - 1``
-and ``c = (<g_hat+> + <g_hat->) / 2``, each mean over that image's selection. With one
-common selection the shape noise cancels object by object (a paired difference).
+The bench shears a tile by ``+g`` and ``-g`` on one component (the *main* one; everything else
+equal: galaxies, noise, PSF) and a second shear plane on the other (*cross*) component. With
+``g_hat = <e> / (R_shear + R_sel)`` per image, ``m = (g_hat+ - g_hat-) / (2 g) - 1`` and
+``c = (g_hat+ + g_hat-) / 2`` on the main component, ``c_cross`` the same sum on the cross
+component (the second plane's shear leaked into the main plane's detections). Intervals
+resample units (true galaxies) with replacement: ``unit_sums`` adds each unit's detections
+up once, so a bootstrap replicate is a weighted sum.
 """
+
+import dataclasses
 
 import numpy as np
 
-from ..extras import require
+from ..metacal import (DEFAULT_STEP, METACAL_TYPES, adaptive_moments, metacal_moments,
+                       reconvolution_dilation)
+from ..stamps import cut_stamps
 
-__all__ = ["MAX_DISTORTION", "MIN_RESOLUTION", "SHAPE_DTYPE", "hsm_shapes", "responsivity",
-           "shear_bias"]
+__all__ = ["SHAPE_STAMP_PIX", "MIN_SIZE_RATIO", "SUM_KEYS", "metacal_shapes",
+           "psf_sigma_pix", "size_cut", "Selection", "unit_sums", "shear_bias",
+           "bootstrap_weights"]
 
-MAX_DISTORTION = 2.0
-"""A shape with ``|e|`` above this is not valid (REGAUSS can exceed 1 on noisy objects)."""
-MIN_RESOLUTION = 1.0 / 3.0
-"""A shape is valid when its resolution factor ``R2 = 1 - T_psf / T_gal`` reaches this
-(the HSC and SDSS cut); it removes stars and unresolved objects."""
+SHAPE_STAMP_PIX = 51
+"""Side of the stamps whose metacalibration images are measured, pixels (the stage's)."""
 
-SHAPE_DTYPE = np.dtype([("E1", "f8"), ("E2", "f8"), ("RESOLUTION", "f8"), ("SIGMA_PIX", "f8"),
-                        ("VALID", "?")])
-"""Per stamp: REGAUSS distortions, resolution factor, the galaxy's adaptive-moment size
-(pixels) and whether the shape is valid (HSM succeeded, ``|e| <= MAX_DISTORTION``,
-``RESOLUTION >= MIN_RESOLUTION``)."""
+MIN_SIZE_RATIO = 1.5
+"""A shape enters when its adaptive-moment size ``T = 2 sigma^2`` is at least this many times
+the reconvolved PSF's (``T / T_psf >= 1.5``: resolved objects, as metacalibration
+catalogues cut ``T_gal / T_psf >= 0.5`` on the PSF-corrected size); measured on each image,
+so the cut has a selection response."""
+
+SUM_KEYS = ("n", "e_main", "e_cross", "r_main", "r_cross",
+            "n_mp", "e_mp", "n_mm", "e_mm", "n_cp", "e_cp", "n_cm", "e_cm")
+"""Per-unit sums of ``unit_sums``: ``n`` objects selected on the noshear image, the sums of
+their noshear ``e`` and their shear response ``R`` on the main and cross components; ``n_mp,
+e_mp`` the objects selected on the image sheared by ``+step`` along the main component and
+the sum of their noshear main ``e`` (``mm``: ``-step``; ``cp, cm``: along the cross
+component, cross ``e``)."""
 
 
-def hsm_shapes(stamps, psf, sky_var_adu2, dx_pix=None, dy_pix=None):
-    """Measure PSF-corrected REGAUSS distortions of stamps.
+def metacal_shapes(image, bad, rms_adu, x_pix, y_pix, psf_image, seed=0, step=DEFAULT_STEP,
+                   side_pix=SHAPE_STAMP_PIX, chunk_rows=1024, noise_index=None):
+    """Adaptive moments of the five metacalibration images of every detection.
 
     Parameters
     ----------
-    stamps : ndarray, shape (n, s, s)
-        Background-subtracted stamps, ADU, odd side; neighbours left in.
-    psf : ndarray, shape (p, p)
-        The PSF as the pixels see it (pixel response included), any normalisation.
-    sky_var_adu2 : float
-        Noise variance per pixel, ADU^2.
-    dx_pix, dy_pix : array_like, shape (n,), optional
-        Offset of each detection from its stamp's centre pixel ``s // 2`` (the first guess of
-        the centroid); default 0.
+    image, bad : ndarray, shape (ny, nx)
+        Background-subtracted tile (ADU) and its bad pixels (``pixels.tile_pixels``).
+    rms_adu : float
+        The tile's noise rms: fill noise, and the correlated-noise correction.
+    x_pix, y_pix : array_like, shape (n,)
+        0-based detection positions; the stamp is centred on the nearest pixel.
+    psf_image : ndarray, shape (p, p)
+        The tile's PSF as the pixels see it, unit sum, odd side.
+    seed : int
+        Seed of the fill and the correction noise (per row).
+    step, side_pix, chunk_rows
+        Shear step; stamp side (odd); rows per ``metacal_images`` call.
+    noise_index : array_like of int, shape (n,), optional
+        Each row's correction-noise index (``metacal_images``); default the row.
 
     Returns
     -------
-    ndarray, dtype ``SHAPE_DTYPE``, shape (n,)
-        NaN shapes where HSM fails.
+    dict of str to ndarray
+        ``METACAL_TYPES`` name -> ``metacal.MOMENTS_DTYPE`` array (n,).
     """
-    galsim = require("galsim", "study")
+    x_pix, y_pix = np.asarray(x_pix, float), np.asarray(y_pix, float)
+    parts = []
+    for start in range(0, len(x_pix), chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        stamps, _, _ = cut_stamps(image, x_pix[rows], y_pix[rows], side_pix, 0, bad=bad,
+                                  fill_sigma=rms_adu, seed=seed, first_index=start)
+        index = None if noise_index is None else np.asarray(noise_index)[rows]
+        parts.append(metacal_moments(stamps, psf_image, step, rms_adu, seed,
+                                     first_index=start, noise_index=index))
+    if not parts:
+        return {name: adaptive_moments(np.zeros((0, side_pix, side_pix)))
+                for name in METACAL_TYPES}
+    return {name: np.concatenate([p[name] for p in parts]) for name in METACAL_TYPES}
 
-    stamps = np.asarray(stamps, dtype=np.float64)
-    n, side = len(stamps), stamps.shape[-1]
-    dx = np.zeros(n) if dx_pix is None else np.asarray(dx_pix, dtype=np.float64)
-    dy = np.zeros(n) if dy_pix is None else np.asarray(dy_pix, dtype=np.float64)
-    psf_img = galsim.Image(np.asarray(psf, dtype=np.float64))
-    out = np.zeros(n, dtype=SHAPE_DTYPE)
-    for name in ("E1", "E2", "RESOLUTION", "SIGMA_PIX"):
-        out[name] = np.nan
-    centre = side // 2 + 1  # GalSim images are 1-based: numpy pixel side // 2 is side // 2 + 1
-    for k in range(n):
-        res = galsim.hsm.EstimateShear(
-            galsim.Image(stamps[k]), psf_img, sky_var=float(sky_var_adu2),
-            shear_est="REGAUSS", guess_centroid=galsim.PositionD(centre + dx[k],
-                                                                 centre + dy[k]),
-            strict=False)
-        if res.correction_status != 0 or res.error_message:
-            continue
-        out[k] = (res.corrected_e1, res.corrected_e2, res.resolution_factor,
-                  res.moments_sigma, False)
-    e = np.hypot(out["E1"], out["E2"])
-    out["VALID"] = (np.isfinite(e) & (e <= MAX_DISTORTION)
-                    & (out["RESOLUTION"] >= MIN_RESOLUTION))
+
+def psf_sigma_pix(psf_image, step=DEFAULT_STEP):
+    """Adaptive-moment sigma of the metacalibration images' PSF (the PSF dilated by
+    ``metacal.reconvolution_dilation(step)``), pixels."""
+    sigma = adaptive_moments(np.asarray(psf_image, float)[None])["SIGMA_PIX"][0]
+    return float(sigma * reconvolution_dilation(step))
+
+
+def size_cut(moments, psf_sigma, min_ratio=MIN_SIZE_RATIO):
+    """True where the moments succeeded and ``(sigma / psf_sigma)^2 >= min_ratio``."""
+    e_ok = np.isfinite(moments["E"]).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        return e_ok & (moments["SIGMA_PIX"] ** 2 >= min_ratio * psf_sigma ** 2)
+
+
+@dataclasses.dataclass
+class Selection:
+    """A selection recomputed on each metacalibration image.
+
+    ``by_type`` maps each of ``METACAL_TYPES`` to a boolean array (n,); a selection that can
+    only be made once (SExtractor's columns, the truth) uses the same array for every type
+    and has ``metacalibratable`` False: its ``R_sel`` is not measured, and it is left out of
+    the response.
+    """
+
+    name: str
+    by_type: dict
+    metacalibratable: bool
+
+    @classmethod
+    def fixed(cls, name, keep):
+        """A selection made once, on the unsheared data."""
+        keep = np.asarray(keep, bool)
+        return cls(name, {t: keep for t in METACAL_TYPES}, False)
+
+    def __and__(self, other):
+        """Both selections: metacalibratable if both are."""
+        return Selection(f"{self.name} & {other.name}",
+                         {t: self.by_type[t] & other.by_type[t] for t in METACAL_TYPES},
+                         self.metacalibratable and other.metacalibratable)
+
+
+def unit_sums(units, n_units, shapes, selection, main):
+    """Add up one image's detections per unit (``SUM_KEYS``).
+
+    Parameters
+    ----------
+    units : ndarray of int, shape (n,)
+        Each detection's unit, ``0 <= unit < n_units``; detections outside the measured
+        sample carry ``-1`` and are left out.
+    shapes : dict
+        ``metacal_shapes`` of the detections.
+    selection : Selection
+    main : int
+        The component (0: g1, 1: g2) that carries the main plane's shear; the other is cross.
+
+    Returns
+    -------
+    dict of str to ndarray, shape (n_units,)
+    """
+    cross = 1 - main
+    e = shapes["noshear"]["E"]
+    step_types = {"mp": ("1p", "2p")[main], "mm": ("1m", "2m")[main],
+                  "cp": ("1p", "2p")[cross], "cm": ("1m", "2m")[cross]}
+    response = [(shapes[("1p", "2p")[i]]["E"][:, i] - shapes[("1m", "2m")[i]]["E"][:, i])
+                for i in (0, 1)]
+    units = np.asarray(units)
+    inside = units >= 0
+    e_ok = np.isfinite(e).all(axis=1)
+
+    def add(keep, values=None):
+        keep = keep & inside & e_ok
+        w = None if values is None else np.where(keep, values, 0.0)[keep]
+        return np.bincount(units[keep], weights=w, minlength=n_units).astype(float)
+
+    sel = selection.by_type["noshear"]
+    r_ok = np.isfinite(response[0]) & np.isfinite(response[1])
+    out = {"n": add(sel & r_ok), "e_main": add(sel & r_ok, e[:, main]),
+           "e_cross": add(sel & r_ok, e[:, cross]),
+           "r_main": add(sel & r_ok, response[main]),
+           "r_cross": add(sel & r_ok, response[cross])}
+    for key, t in step_types.items():
+        component = main if key[0] == "m" else cross
+        out["n_" + key] = add(selection.by_type[t])
+        out["e_" + key] = add(selection.by_type[t], e[:, component])
     return out
 
 
-def responsivity(e1, e2):
-    """Return ``R = 2 (1 - e_rms^2)``, ``e_rms^2 = <e1^2 + e2^2> / 2`` over the given shapes."""
-    return 2.0 * (1.0 - 0.5 * float(np.mean(np.square(e1) + np.square(e2))))
+def _g_hat(s, step, with_selection):
+    """(g_main, g_cross, R_shear_main, R_sel_main) of aggregated sums (arrays over replicas)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_main = s["r_main"] / s["n"] / (2 * step)
+        r_cross = s["r_cross"] / s["n"] / (2 * step)
+        sel_main = (s["e_mp"] / s["n_mp"] - s["e_mm"] / s["n_mm"]) / (2 * step)
+        sel_cross = (s["e_cp"] / s["n_cp"] - s["e_cm"] / s["n_cm"]) / (2 * step)
+        if not with_selection:
+            sel_main, sel_cross = 0.0 * sel_main, 0.0 * sel_cross
+        g_main = s["e_main"] / s["n"] / (r_main + sel_main)
+        g_cross = s["e_cross"] / s["n"] / (r_cross + sel_cross)
+    return g_main, g_cross, r_main, sel_main
 
 
-def shear_bias(e_plus, e_minus, keep_plus, keep_minus, g, resp):
-    """Multiplicative and additive shear bias of one component from a +g / -g image pair.
+def shear_bias(sums_plus, sums_minus, g, weights=None, step=DEFAULT_STEP,
+               with_selection=True):
+    """m and c of a selection from the unit sums of the ``+g`` and ``-g`` images.
 
     Parameters
     ----------
-    e_plus, e_minus : ndarray, shape (n,)
-        Distortion component of each object on the image sheared by ``+g`` and by ``-g``.
-    keep_plus, keep_minus : ndarray of bool, shape (n,)
-        The selection made on each image; pass the same mask twice for a common selection.
+    sums_plus, sums_minus : dict
+        ``unit_sums`` of the two images (the same units).
     g : float
-        Applied reduced shear of this component, > 0.
-    resp : float
-        Responsivity ``R``; the shear estimate is ``e / R``.
+        The main component's shear magnitude (> 0).
+    weights : ndarray, shape (n_units,) or (b, n_units), optional
+        Unit weights (``bootstrap_weights``); default 1 for every unit.
+    with_selection : bool
+        Add ``R_sel`` to the response (a metacalibratable selection).
 
     Returns
     -------
-    m, c : float
-        NaN when a selection is empty.
+    dict
+        ``m``, ``c``, ``c_cross``, ``r_shear``, ``r_sel`` (each the mean of the two images'
+        main component), ``n`` (objects kept, both images), floats or arrays over the rows
+        of ``weights``.
     """
-    if not (np.any(keep_plus) and np.any(keep_minus)):
-        return float("nan"), float("nan")
-    mean_plus = float(np.mean(e_plus[keep_plus])) / resp
-    mean_minus = float(np.mean(e_minus[keep_minus])) / resp
-    return (mean_plus - mean_minus) / (2.0 * g) - 1.0, 0.5 * (mean_plus + mean_minus)
+    keys = sums_plus.keys()
+    if weights is None:
+        weights = np.ones(len(sums_plus["n"]))
+    w = np.asarray(weights, float)
+    agg = [{k: w @ s[k] for k in keys} for s in (sums_plus, sums_minus)]
+    (gp, cp, rp, sp), (gm, cm, rm, sm) = (_g_hat(a, step, with_selection) for a in agg)
+    return {"m": (gp - gm) / (2 * g) - 1.0, "c": (gp + gm) / 2, "c_cross": (cp + cm) / 2,
+            "r_shear": (rp + rm) / 2, "r_sel": (sp + sm) / 2,
+            "n": agg[0]["n"] + agg[1]["n"]}
+
+
+def bootstrap_weights(n_units, n_boot, seed=0):
+    """``(n_boot, n_units)`` counts of each unit in ``n_boot`` resamples with replacement."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_units, size=(n_boot, n_units))
+    return np.stack([np.bincount(d, minlength=n_units) for d in draws]).astype(float)

@@ -25,11 +25,29 @@ Models (Farrens et al. 2021, section 2):
   from N(0, ``atmos_g_sigma``) per stamp (per tile for tiles). The Kolmogorov FWHM is solved
   by bisection so that the FWHM measured on the unpixelated, unsheared profile equals
   ``fwhm_arcsec`` (default 0.65"; 0.35" Moffat -> about 0.53" Kolmogorov).
-- Tiles: ``tile.shear_g1, tile.shear_g2`` shear every galaxy (after its rotation, before
-  the PSF; not stars, not the PSF, not the positions). No random draw depends on it, so two
-  tiles of one seed differing only in shear have the same objects, PSF and noise.
+- Tiles: ``tile.shear_g1, tile.shear_g2`` shear the whole scene: every galaxy's profile
+  (after its rotation, before the PSF) and every separation between galaxies close enough
+  to blend (``lensed_positions``); not stars, not the PSF. A second shear plane
+  (``tile.other_shear_g1, other_shear_g2``) holds ``tile.other_plane_fraction`` of the single
+  galaxies and, with ``tile.companion_other_plane``, the second member of each injected pair,
+  so a merged detection can carry two shears (blends across redshifts). No random draw
+  depends on the shears, so two tiles of one seed differing only in shear have the same
+  objects, PSF and noise.
 - A blend holds a second galaxy, drawn on its own and added; by default at a position uniform
   over the stamp (the paper's definition).
+- Tiles only, all off by default (``tile.sersic_fraction``, ``tile.knots_fraction``,
+  ``tile.augment_real``): galaxies drawn anew per object (kind ``'sersicdraw'``, one galaxy
+  each: ``GAL_ID`` is its tile row, ``tiletruth.object_units`` adds the tile) from the
+  single-Sersic fits of ``tile.sersic_catalogue`` (optionally pooled with the parametric
+  sample's): a fit row resampled and jittered in (log10 n, log10 hlr, |g|), clipped to the
+  fitted ranges, n rounded to ``SERSIC_N_STEP``; GalSim ``RandomKnots`` on a fraction of the
+  discs; flux ``10**(-0.4 (m - MAGZP))``; the same size law, ``10**(slope (m - m_ref))``,
+  with ``m_ref`` such that a pooled parametric row is as large as its galaxy at every
+  magnitude and the rows of a file without magnitudes share the parametric sample's median
+  ``log10 hlr - slope m`` (``sersic_fits``). Real galaxies of the training
+  half can be augmented (flip, shear, dilation). The draws use their own random streams
+  (``default_rng([seed, 21, 1])`` and ``[seed, 21, 2]``); with the options off nothing
+  changes.
 
 Stamp truth fields (one row per stamp; positions 0-based in the 51x51 stamp, add
 ``attrs['pad_pix']`` for the padded stamp): ``index`` int64, ``label`` int8 (1 blended, 0
@@ -63,7 +81,8 @@ from ..extras import require
 
 __all__ = ["simulate_stamps", "simulate_tile", "run_simulate", "psf_image", "TRUTH_DTYPE",
            "TILE_TRUTH_DTYPE", "SPLIT_TRAIN", "SPLIT_VALID", "SPLIT_TEST", "cosmos_catalogue",
-           "sample_mags", "real_galaxy_split"]
+           "sample_mags", "real_galaxy_split", "lensed_positions", "sersic_fits",
+           "tile_draws", "DRAW_KIND", "SERSIC_N_STEP"]
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +107,13 @@ TILE_TRUTH_DTYPE = np.dtype([
     ("ID", "i8"), ("X_PIX0", "f8"), ("Y_PIX0", "f8"), ("X_IMAGE", "f8"), ("Y_IMAGE", "f8"),
     ("RA_DEG", "f8"), ("DEC_DEG", "f8"), ("PAIR_ID", "i8"), ("SEPARATION_PIX", "f8"),
     ("MAG", "f8"), ("FLUX_ADU", "f8"), ("SNR", "f8"), ("GAL_ID", "i8"), ("KIND", "S10"),
+    ("PLANE", "i1"), ("SHEAR_G1", "f8"), ("SHEAR_G2", "f8"),
 ])
 """Tile truth: ``X_PIX0, Y_PIX0`` 0-based (numpy), ``X_IMAGE, Y_IMAGE`` 1-based (FITS and
-SExtractor); ``PAIR_ID`` -1 for singles; ``SEPARATION_PIX`` to the pair partner (NaN for
-singles); ``SNR`` matched-filter SNR at the tile's noise sigma."""
+SExtractor), where the object is drawn (sheared positions); ``PAIR_ID`` -1 for singles;
+``SEPARATION_PIX`` to the pair partner before shear (NaN for singles); ``SNR``
+matched-filter SNR at the tile's noise sigma; ``PLANE`` 0 (main shear plane), 1 (second
+plane) or -1 (star); ``SHEAR_G1, SHEAR_G2`` the reduced shear applied to the object."""
 
 
 # --- COSMOS samples ---------------------------------------------------------------------
@@ -185,6 +207,216 @@ class _Sample:
         n_ok = int(np.searchsorted(self.sorted_mags, mag + max_brightening_mag, side="right"))
         n_ok = max(n_ok, 1)  # none eligible: the brightest one
         return int(self.sorted_indices[rng.integers(n_ok)])
+
+
+DRAW_KIND = "sersicdraw"
+"""``KIND`` of a galaxy drawn anew per object (``tile.sersic_fraction``)."""
+SERSIC_N_STEP = 0.05
+"""Sersic draws' n is rounded to this grid so GalSim's per-n Sersic tables (~20 ms each)
+are built ~100 times per process, not once per galaxy."""
+GALSIM_SERSIC_N_RANGE = (0.3, 6.2)
+
+_SERSIC_FITS = {}
+
+
+def _bulge_disc_hlr_arcsec(bulge_hlr, bulge_flux, disc_hlr, disc_flux):
+    """Circularised half-light radius (arcsec) of a de Vaucouleurs bulge + exponential disc,
+    as ``COSMOSCatalog`` builds them: the radius holding half the total flux of the round
+    components, whose enclosed flux fraction is ``gammainc(2n, b_n (r / hlr)**(1/n))``."""
+    from scipy.optimize import brentq
+    from scipy.special import gammainc, gammaincinv
+
+    fb = bulge_flux / (bulge_flux + disc_flux)
+    b4, b1 = gammaincinv(8.0, 0.5), gammaincinv(2.0, 0.5)
+
+    def excess(r):
+        return (fb * gammainc(8.0, b4 * (r / bulge_hlr) ** 0.25)
+                + (1 - fb) * gammainc(2.0, b1 * r / disc_hlr) - 0.5)
+
+    return float(brentq(excess, 1e-6 * min(bulge_hlr, disc_hlr), max(bulge_hlr, disc_hlr)))
+
+
+def sersic_fits(cosmos_dir, file_name, slope_dex_per_mag, parametric_catalogue,
+                pool_parametric=False):
+    """Return the fit rows the Sersic draws resample, and each row's reference magnitude.
+
+    The size-magnitude law is the one of every sample: a galaxy drawn at m is dilated by
+    ``10**(slope (m - m_ref))``. The rows need an ``m_ref`` that puts them on the relation of
+    the parametric sample, in circularised half-light radius h of the profile GalSim draws
+    (a Sersic's ``half_light_radius``; for the sample's bulge+disc galaxies,
+    ``_bulge_disc_hlr_arcsec``, ~7 % below their single-Sersic fit's):
+
+    - the file's rows carry no magnitude: one ``m_ref_file`` for all, such that their median
+      ``log10 h - slope m_ref_file`` equals the parametric sample's median
+      ``log10 h_i - slope mag_i`` (mag_i its F814W magnitude). At every magnitude the two
+      then have the same median size;
+    - a pooled parametric row (the galaxy's single-Sersic fit, h = ``hlr[0]``) gets
+      ``m_ref = mag_i + (log10 hlr[0]_i - log10 h_i) / slope``, so at every magnitude it is
+      exactly as large as the parametric galaxy ``i`` drawn at that magnitude.
+
+    With slope 0 nothing is dilated and ``m_ref`` is unused (set to the sample's median
+    magnitude, and to mag_i).
+
+    Parameters
+    ----------
+    cosmos_dir : str or Path
+        Folder of the COSMOS samples.
+    file_name : str
+        Text file of single-Sersic fits, one galaxy a row: IDENT, n, half-light radius
+        (arcsec), |g|, then columns not used (``cosmos_sersics_sample_N300_cleaned.asc``).
+    slope_dex_per_mag : float
+        The size-magnitude slope, ``magnitude.size_slope_dex_per_mag``.
+    parametric_catalogue : str
+        COSMOS catalogue of the parametric sample (its galaxies as ``COSMOSCatalog`` keeps
+        them; fits n ``sersicfit[:, 2]``, circularised half-light radius ``hlr[:, 0]``, axis
+        ratio ``sersicfit[:, 3]``, ``mag_auto``).
+    pool_parametric : bool
+        Also pool the parametric sample's single-Sersic fits (|g| = (1 - q) / (1 + q)).
+
+    Returns
+    -------
+    dict
+        ``log_n, log_hlr`` (log10 of n and of the half-light radius parameter in arcsec),
+        ``g``, ``m_ref`` (AB), ``ident`` (IDENT of the row), each an ndarray over the pooled
+        rows; ``m_ref_file``; ``intercept`` (the parametric sample's median
+        ``log10 h_i - slope mag_i``, h in arcsec).
+
+    Raises
+    ------
+    InputFileError
+        A file is missing or has fewer than 4 columns.
+    """
+    key = (str(cosmos_dir), file_name, float(slope_dex_per_mag), parametric_catalogue,
+           bool(pool_parametric))
+    if key in _SERSIC_FITS:
+        return _SERSIC_FITS[key]
+    path = Path(cosmos_dir) / file_name
+    try:
+        rows = np.loadtxt(path, ndmin=2)
+    except (OSError, ValueError) as err:
+        raise InputFileError(f"{path}: cannot read the Sersic fits ({err}); set "
+                             f"tile.sersic_catalogue to a text file of IDENT, n, hlr (arcsec), "
+                             f"|g| rows in cosmos_dir") from err
+    if rows.shape[1] < 4:
+        raise InputFileError(f"{path}: {rows.shape[1]} columns, expected at least 4 (IDENT, "
+                             f"n, hlr arcsec, |g|); check tile.sersic_catalogue")
+    pcat = cosmos_catalogue(cosmos_dir, parametric_catalogue, False, 300.0, 80216.0)
+    fits = pcat.param_cat[pcat.orig_index]
+    p_n = fits["sersicfit"][:, 2].astype(np.float64)
+    p_hlr = fits["hlr"][:, 0].astype(np.float64)
+    p_q = fits["sersicfit"][:, 3].astype(np.float64)
+    p_g = (1 - p_q) / (1 + p_q)
+    p_mag = sample_mags(pcat, False)
+    h_par = np.array([_bulge_disc_hlr_arcsec(r["hlr"][1], r["flux"][1], r["hlr"][2],
+                                             r["flux"][2]) if r["use_bulgefit"]
+                      else float(r["hlr"][0]) for r in fits])
+    h_file = rows[:, 2]
+    sl = float(slope_dex_per_mag)
+    intercept = float(np.median(np.log10(h_par) - sl * p_mag))
+    m_ref_file = (float((np.median(np.log10(h_file)) - intercept) / sl) if sl
+                  else float(np.median(p_mag)))
+    out = {"log_n": np.log10(rows[:, 1]), "log_hlr": np.log10(rows[:, 2]),
+           "g": rows[:, 3].copy(), "m_ref": np.full(len(rows), m_ref_file),
+           "ident": rows[:, 0].astype(np.int64), "m_ref_file": m_ref_file,
+           "intercept": intercept}
+    if pool_parametric:
+        m_ref = p_mag + (np.log10(p_hlr) - np.log10(h_par)) / sl if sl else p_mag
+        out["log_n"] = np.concatenate([out["log_n"], np.log10(p_n)])
+        out["log_hlr"] = np.concatenate([out["log_hlr"], np.log10(p_hlr)])
+        out["g"] = np.concatenate([out["g"], p_g])
+        out["m_ref"] = np.concatenate([out["m_ref"], m_ref])
+        out["ident"] = np.concatenate([out["ident"], fits["IDENT"].astype(np.int64)])
+    _SERSIC_FITS[key] = out
+    return out
+
+
+class _SersicPool:
+    """Planning view of the Sersic draws: ``choose`` resamples a fit row."""
+
+    kind = DRAW_KIND
+
+    def __init__(self, fits):
+        self.fits = fits
+        self.indices = np.arange(len(fits["g"]), dtype=np.int64)
+        self.gal_ids = self.indices  # replaced by the object's tile row in _plan_tile
+
+    def choose(self, rng, mag, max_brightening_mag):
+        return int(rng.integers(self.indices.size))
+
+
+def _draw_extras(cfg, tile_samples, which, cat_index):
+    """Per-object parameters of the Sersic draws and of the real-galaxy augmentation.
+
+    Every galaxy takes the same number of values from two streams of its own,
+    ``default_rng([seed, 21, 1])`` (Sersic jitter, knots) and ``[seed, 21, 2]``
+    (augmentation), whatever its kind, so a draw depends only on the seed and its row.
+    Returns one dict (or None) per galaxy.
+    """
+    t = cfg.tile
+    n = len(which)
+    extras = [None] * n
+    pool = next((smp for smp in tile_samples if smp.kind == DRAW_KIND), None)
+    if pool is not None:
+        f = pool.fits
+        rng = np.random.default_rng([cfg.seed, 21, 1])
+        z = rng.normal(size=(n, 3))
+        u_knots = rng.random(n)
+        knots_seed = rng.integers(1, 2 ** 31 - 1, size=n)
+        cols = np.stack([f["log_n"], f["log_hlr"], f["g"]], axis=1)
+        lo, hi = cols.min(axis=0), cols.max(axis=0)
+        lo[0] = max(lo[0], math.log10(GALSIM_SERSIC_N_RANGE[0]))
+        hi[0] = min(hi[0], math.log10(GALSIM_SERSIC_N_RANGE[1]))
+        width = t.sersic_bandwidth * cols.std(axis=0)
+        n_lo = math.ceil(10 ** lo[0] / SERSIC_N_STEP - 1e-9) * SERSIC_N_STEP
+        n_hi = math.floor(10 ** hi[0] / SERSIC_N_STEP + 1e-9) * SERSIC_N_STEP
+        for i in range(n):
+            if tile_samples[which[i]].kind != DRAW_KIND:
+                continue
+            row = cat_index[i]
+            v = np.clip(cols[row] + width * z[i], lo, hi)
+            sersic_n = float(np.clip(round(10 ** v[0] / SERSIC_N_STEP) * SERSIC_N_STEP,
+                                     n_lo, n_hi))
+            knots = sersic_n < t.knots_max_sersic_n and u_knots[i] < t.knots_fraction
+            extras[i] = {"n": round(sersic_n, 6), "hlr_arcsec": float(10 ** v[1]),
+                         "g": float(v[2]), "m_ref": float(f["m_ref"][row]),
+                         "fit_ident": int(f["ident"][row]),
+                         "knots_seed": int(knots_seed[i]) if knots else 0,
+                         "knots_npoints": t.knots_npoints,
+                         "knots_flux_fraction": t.knots_flux_fraction}
+    if t.augment_real:
+        rng = np.random.default_rng([cfg.seed, 21, 2])
+        flip = rng.random(n) < 0.5
+        g_abs = t.augment_max_shear * np.sqrt(rng.random(n))  # uniform over the disc
+        beta = rng.uniform(0, math.pi, n)
+        dil = rng.uniform(1 - t.augment_max_dilation, 1 + t.augment_max_dilation, n)
+        for i in range(n):
+            if tile_samples[which[i]].kind == "real":
+                extras[i] = {"flip": bool(flip[i]),
+                             "g1": float(g_abs[i] * math.cos(2 * beta[i])),
+                             "g2": float(g_abs[i] * math.sin(2 * beta[i])),
+                             "dilation": float(dil[i])}
+    return extras
+
+
+def tile_draws(cfg):
+    """What a tile's galaxies draw, from the seed alone (no image is drawn).
+
+    Returns
+    -------
+    kinds : list of str
+        Kind of each truth row (``'parametric'``, ``'real'``, ``DRAW_KIND``, ``'star'``).
+    extras : list of dict or None
+        Per truth row: a Sersic draw's ``n``, ``hlr_arcsec`` (before the size-magnitude
+        dilation), ``g``, ``m_ref``, ``fit_ident`` (IDENT of the resampled row),
+        ``knots_seed`` (0: no knots), ``knots_npoints``, ``knots_flux_fraction``; an augmented
+        real galaxy's ``flip``, ``g1``, ``g2``, ``dilation``; None otherwise.
+    truth : structured ndarray, ``TILE_TRUTH_DTYPE``
+        The planned truth rows (positions, ``MAG``, ``GAL_ID``, ``KIND``; no fluxes).
+    """
+    kind = cfg.tile.galaxy_kind
+    samples, _ = _load_samples(cfg, kind != "real", kind != "parametric")
+    plans, truth, _ = _plan_tile(cfg, *_tile_samples(cfg, samples))
+    return [p["kind"] for p in plans], [p.get("extra") for p in plans], truth
 
 
 def _load_samples(cfg, need_parametric, need_real):
@@ -332,15 +564,31 @@ def _init_worker(settings):
     _WORKER_SETTINGS.update(settings)
 
 
-def _galaxy(settings, kind, cat_index, mag, theta_rad):
+def _galaxy(settings, kind, cat_index, mag, theta_rad, extra=None):
     """Return the rotated galaxy (a point source for kind 'star') at magnitude ``mag`` (flux
-    in ADU) and its flux."""
+    in ADU) and its flux. ``extra``: a Sersic draw's parameters (kind ``DRAW_KIND``) or a
+    real galaxy's augmentation (``_draw_extras``)."""
     galsim = require("galsim", "study")
 
     if kind == "star":
         zp = magnitude_zeropoint(settings["exptime_s"], settings["area_cm2"])
         star = galsim.DeltaFunction(flux=10.0 ** (-0.4 * (mag - zp)))
         return star, float(star.flux)
+    if kind == DRAW_KIND:
+        e = extra
+        zp = magnitude_zeropoint(settings["exptime_s"], settings["area_cm2"])
+        knots_flux = e["knots_flux_fraction"] if e["knots_seed"] else 0.0
+        gal = galsim.Sersic(n=e["n"], half_light_radius=e["hlr_arcsec"], flux=1.0 - knots_flux)
+        if knots_flux:
+            gal = gal + galsim.RandomKnots(e["knots_npoints"],
+                                           half_light_radius=e["hlr_arcsec"], flux=knots_flux,
+                                           rng=galsim.BaseDeviate(e["knots_seed"]))
+        gal = gal.shear(g=e["g"], beta=0.0 * galsim.radians)
+        gal = gal.withFlux(10.0 ** (-0.4 * (mag - zp)))
+        if settings["size_slope_dex_per_mag"]:
+            gal = gal.dilate(10.0 ** (settings["size_slope_dex_per_mag"] * (mag - e["m_ref"])))
+        gal = gal.rotate(theta_rad * galsim.radians)
+        return gal, float(gal.flux)
     real = kind == "real"
     cat = cosmos_catalogue(settings["cosmos_dir"],
                            settings["real_catalogue" if real else "parametric_catalogue"], real,
@@ -353,6 +601,10 @@ def _galaxy(settings, kind, cat_index, mag, theta_rad):
     gal = gal.withScaledFlux(10.0 ** (-0.4 * (mag - m_sample)))
     if settings["size_slope_dex_per_mag"]:
         gal = gal.dilate(10.0 ** (settings["size_slope_dex_per_mag"] * (mag - m_sample)))
+    if extra is not None and real:  # augmentation; flux kept, the rotation below follows
+        if extra["flip"]:
+            gal = gal.transform(-1.0, 0.0, 0.0, 1.0)
+        gal = gal.shear(g1=extra["g1"], g2=extra["g2"]).dilate(extra["dilation"])
     gal = gal.rotate(theta_rad * galsim.radians)
     return gal, float(gal.flux)
 
@@ -394,12 +646,11 @@ def _draw_tile_chunk(plans):
     d = s["draw_size_pix"] | 1  # odd, so the centre is a pixel
     c = d // 2
     psf = _make_psf(s["psf"], s["tile_psf_g1"], s["tile_psf_g2"])
-    g1, g2 = s["shear_g1"], s["shear_g2"]
     out, flux, snr = [], [], []
     for p in plans:
-        gal, f = _galaxy(s, p["kind"], p["cat_index"], p["mag"], p["theta"])
-        if p["kind"] != "star" and (g1 or g2):  # lensing: galaxies only, after rotation
-            gal = gal.shear(g1=g1, g2=g2)
+        gal, f = _galaxy(s, p["kind"], p["cat_index"], p["mag"], p["theta"], p.get("extra"))
+        if p["g1"] or p["g2"]:  # lensing (galaxies only: a star's shear is 0), after rotation
+            gal = gal.shear(g1=p["g1"], g2=p["g2"])
         ix, iy = int(math.floor(p["x"] + 0.5)), int(math.floor(p["y"] + 0.5))
         arr = _draw(s, gal, psf, d, p["x"] - ix, p["y"] - iy).astype(np.float32)
         out.append((ix - c, iy - c, arr))
@@ -657,6 +908,16 @@ def _tile_wcs_cards(cfg):
 def _tile_samples(cfg, samples):
     """Return the tile's galaxy samples and the probability of drawing from each."""
     kind = cfg.tile.galaxy_kind
+    frac = cfg.tile.sersic_fraction
+    if frac > 0 and kind in ("parametric", "mixed"):
+        pool = _SersicPool(sersic_fits(cfg.cosmos_dir, cfg.tile.sersic_catalogue,
+                                       cfg.magnitude.size_slope_dex_per_mag,
+                                       cfg.parametric_catalogue, cfg.tile.sersic_pool_parametric))
+        if kind == "parametric":
+            return [samples["parametric"], pool], [1.0 - frac, frac]
+        return ([samples["parametric"], samples["real_" + cfg.mixed_real_half], pool],
+                [(1.0 - frac) * (1.0 - cfg.real_fraction), (1.0 - frac) * cfg.real_fraction,
+                 frac])
     if kind == "parametric":
         return [samples["parametric"]], [1.0]
     if kind == "real":
@@ -697,22 +958,37 @@ def _plan_tile(cfg, tile_samples, weights):
     gal_ids = [int(tile_samples[w].gal_ids[np.searchsorted(tile_samples[w].indices, ci)])
                for w, ci in zip(which, cat_index)]
     kinds = [tile_samples[w].kind for w in which]
+    extras = _draw_extras(cfg, tile_samples, which, cat_index)
+    gal_ids = [i if k == DRAW_KIND else g for i, (k, g) in enumerate(zip(kinds, gal_ids))]
     n_star = int(rng.poisson(t.star_density_per_arcmin2 * area_arcmin2))
     x += list(rng.uniform(-0.5, t.nx_pix - 0.5, n_star))
     y += list(rng.uniform(-0.5, t.ny_pix - 0.5, n_star))
     mags = np.concatenate([mags, rng.uniform(t.star_mag_min, t.star_mag_max, n_star)])
     theta = np.concatenate([theta, np.zeros(n_star)])
     cat_index += [-1] * n_star
+    extras += [None] * n_star
     gal_ids += [-1] * n_star
     kinds += ["star"] * n_star
     pair_id += [-1] * n_star
     sep += [np.nan] * n_star
     g1, g2 = rng.normal(0.0, cfg.psf.atmos_g_sigma, 2)
+    plane = np.full(len(x), -1, np.int8)  # stars
+    plane[:n] = np.random.default_rng([cfg.seed, 3]).random(n) < t.other_plane_fraction
+    if t.companion_other_plane:
+        plane[n_single + 1:n:2] = 1
+    plane[n_single:n:2] = 0  # the first member of a pair is on the main plane
+    shears = np.zeros((len(x), 2))
+    shears[plane == 0] = t.shear_g1, t.shear_g2
+    shears[plane == 1] = t.other_shear_g1, t.other_shear_g2
+    x, y = lensed_positions(np.array(x), np.array(y), plane, shears, mags)
     plans = [{"kind": kinds[i], "cat_index": cat_index[i], "mag": float(mags[i]),
-              "theta": float(theta[i]), "x": float(x[i]), "y": float(y[i])}
+              "theta": float(theta[i]), "x": float(x[i]), "y": float(y[i]),
+              "g1": float(shears[i, 0]), "g2": float(shears[i, 1]), "extra": extras[i]}
              for i in range(len(x))]
     truth = np.zeros(len(x), dtype=TILE_TRUTH_DTYPE)
     truth["ID"] = np.arange(1, len(x) + 1)
+    truth["PLANE"] = plane
+    truth["SHEAR_G1"], truth["SHEAR_G2"] = shears.T
     truth["X_PIX0"], truth["Y_PIX0"] = x, y
     truth["X_IMAGE"], truth["Y_IMAGE"] = truth["X_PIX0"] + 1, truth["Y_PIX0"] + 1
     truth["PAIR_ID"], truth["SEPARATION_PIX"] = pair_id, sep
@@ -720,6 +996,72 @@ def _plan_tile(cfg, tile_samples, weights):
     truth["GAL_ID"] = gal_ids
     truth["KIND"] = [k.encode() for k in kinds]
     return plans, truth, (float(g1), float(g2))
+
+
+LENS_LINK_PIX = 24.0
+"""Friends-of-friends linking length of ``lensed_positions``' groups, pixels (4.5"): beyond
+it two galaxies do not blend (the stage's stamp is 51 px, its tile head reads 33)."""
+
+
+def lensed_positions(x_pix, y_pix, plane, shears, mags, link_pix=LENS_LINK_PIX):
+    """Where the tile's galaxies are seen once sheared: every separation that can blend.
+
+    Galaxies closer than ``link_pix`` are linked into groups (friends of friends); in each
+    group the brightest main-plane galaxy (else the brightest) stays where it is, the
+    anchor, and every other member moves to ``x_a + A(g) (x - x_a)`` with ``A``
+    (``metacal.shear_matrix``) of its own plane's shear. So every separation within a group
+    is sheared exactly as a constant shear shears the sky (across planes, by the local
+    difference of the two), while each group keeps its place on the pixel grid: a shear
+    about the tile centre would move galaxies far from it by ``g r`` (40 px at 2000 px for
+    g = 0.02), so that a tile and its oppositely sheared twin no longer share the noise
+    under an object and the pair's noise cancellation is lost. The groups' own
+    displacements are a deflection, unobservable under a constant shear. Stars do not move.
+
+    Parameters
+    ----------
+    x_pix, y_pix : ndarray, shape (n,)
+        Unsheared 0-based positions.
+    plane : ndarray of int, shape (n,)
+        0 main plane, 1 second plane, -1 star.
+    shears : ndarray, shape (n, 2)
+        Reduced shear of each object (that of its plane).
+    mags : ndarray, shape (n,)
+        Magnitudes (the brightest member anchors a group).
+    link_pix : float
+        Linking length, pixels.
+
+    Returns
+    -------
+    x_pix, y_pix : ndarray, shape (n,)
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    from ..metacal import shear_matrix
+
+    x_out, y_out = np.array(x_pix, dtype=float), np.array(y_pix, dtype=float)
+    gal = np.flatnonzero(np.asarray(plane) >= 0)
+    if len(gal) < 2 or not np.any(shears[gal]):
+        return x_out, y_out
+    xy = np.stack([x_out[gal], y_out[gal]], axis=1)
+    links = cKDTree(xy).query_pairs(link_pix, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])),
+                       shape=(len(gal), len(gal)))
+    n_groups, group = connected_components(graph, directed=False)
+    # anchor: the brightest main-plane member, else the brightest member
+    order = np.lexsort((np.asarray(mags)[gal], np.asarray(plane)[gal] != 0))
+    anchor = np.full(n_groups, -1)
+    for k in order[::-1]:  # the last written is the first in order
+        anchor[group[k]] = k
+    offset = xy - xy[anchor[group]]
+    moved = np.empty_like(xy)
+    for g1g2 in np.unique(shears[gal], axis=0):
+        rows = np.flatnonzero((shears[gal] == g1g2).all(axis=1))
+        moved[rows] = offset[rows] @ shear_matrix(*g1g2).T
+    moved += xy[anchor[group]]
+    x_out[gal], y_out[gal] = moved[:, 0], moved[:, 1]
+    return x_out, y_out
 
 
 def simulate_tile(cfg, progress=None, keep_models=False):
@@ -759,7 +1101,6 @@ def simulate_tile(cfg, progress=None, keep_models=False):
     plans, truth, (g1, g2) = _plan_tile(cfg, *_tile_samples(cfg, samples))
     settings = _settings(cfg)
     settings["tile_psf_g1"], settings["tile_psf_g2"] = g1, g2
-    settings["shear_g1"], settings["shear_g2"] = t.shear_g1, t.shear_g2
     chunks = [plans[i:i + cfg.chunk_size] for i in range(0, len(plans), cfg.chunk_size)]
     log.info("simulating a %d x %d tile with %d galaxies (%d in pairs), %d worker(s)",
              t.nx_pix, t.ny_pix, len(plans), int(np.sum(truth["PAIR_ID"] >= 0)),
@@ -819,6 +1160,10 @@ def simulate_tile(cfg, progress=None, keep_models=False):
         ("BH_PSFG2", g2, "shear g2 of the Kolmogorov PSF"),
         ("BH_SHRG1", t.shear_g1, "constant shear g1 of the galaxies"),
         ("BH_SHRG2", t.shear_g2, "constant shear g2 of the galaxies"),
+        ("BH_OPFRC", t.other_plane_fraction, "fraction of singles on the second plane"),
+        ("BH_OPCMP", t.companion_other_plane, "pair companions on the second plane"),
+        ("BH_OSHG1", t.other_shear_g1, "shear g1 of the second plane"),
+        ("BH_OSHG2", t.other_shear_g2, "shear g2 of the second plane"),
     ]
     log.info("tile simulated in %.1f s", time.perf_counter() - t0)
     if keep_models:

@@ -129,12 +129,23 @@ def tile_folders(tiles, role):
     return [Path(tiles.work_dir) / f"{role}{seed}" for seed in seeds]
 
 
-def simulate_config(tiles, role, seed, shear_g1=0.0, shear_g2=0.0):
+def simulate_config(tiles, role, seed, shear_g1=0.0, shear_g2=0.0, **tile_options):
     """The ``SimulateConfig`` (mode 'tile') of one tile of the tile set, its galaxies sheared
-    by the constant reduced shear ``(shear_g1, shear_g2)``."""
+    by the constant reduced shear ``(shear_g1, shear_g2)``; ``tile_options`` set other keys
+    of its ``tile`` section (e.g. the second shear plane's).
+
+    Roles 'train' and 'valid' with ``training_sample: diverse`` add the per-object Sersic
+    draws (``diverse_sersic_fraction``, fits pooled with the parametric sample's), knots on
+    ``diverse_knots_fraction`` of their discs and augmented training-half real galaxies.
+    Role 'test' is the test half of the real galaxies only, whatever ``training_sample``."""
     from ..config import SimulateConfig, config_from_dict
 
     pairs = tiles.train_close_pair_fraction if role == "train" else tiles.close_pair_fraction
+    if role != "test" and tiles.training_sample == "diverse":  # never on test tiles
+        tile_options = {"sersic_fraction": tiles.diverse_sersic_fraction,
+                        "sersic_pool_parametric": True,
+                        "knots_fraction": tiles.diverse_knots_fraction,
+                        "augment_real": True, **tile_options}
     return config_from_dict(SimulateConfig, {
         "mode": "tile", "seed": seed, "cosmos_dir": tiles.cosmos_dir,
         "n_workers": tiles.n_workers, "real_half": "test",
@@ -149,7 +160,7 @@ def simulate_config(tiles, role, seed, shear_g1=0.0, shear_g2=0.0):
                  "pair_min_separation_pix": tiles.pair_min_separation_pix,
                  "pair_max_separation_pix": tiles.pair_max_separation_pix,
                  "noise_sigma_adu": tiles.noise_sigma_adu,
-                 "shear_g1": shear_g1, "shear_g2": shear_g2}})
+                 "shear_g1": shear_g1, "shear_g2": shear_g2, **tile_options}})
 
 
 def prepare_role(tiles, role, progress=None):

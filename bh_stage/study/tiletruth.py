@@ -23,7 +23,8 @@ import zlib
 
 import numpy as np
 
-__all__ = ["TRUTH_CLASS_DTYPE", "TRUTH_CLASSES", "SPURIOUS_UNIT", "UNIT_STRIDE", "object_units",
+__all__ = ["TRUTH_CLASS_DTYPE", "TRUTH_CLASSES", "SPURIOUS_UNIT", "UNIT_STRIDE", "DRAWN_KINDS",
+           "DRAWN_UNIT_BASE", "object_units",
            "segment_fluxes", "classify_detections"]
 
 TRUTH_CLASS_DTYPE = np.dtype([
@@ -98,6 +99,14 @@ UNIT_STRIDE = 10**7
 """Galaxy units are ``kind code * UNIT_STRIDE + GAL_ID``; star units ``-(tile * UNIT_STRIDE +
 row + 1)``. GAL_ID (a COSMOS row) and tile rows stay below it."""
 
+DRAWN_KINDS = (b"sersicdraw",)
+"""``KIND`` of galaxies drawn anew per object (``simulate.DRAW_KIND``): ``GAL_ID`` is the
+object's tile row, so the unit also holds the tile."""
+
+DRAWN_UNIT_BASE = 2**21 * UNIT_STRIDE
+"""Drawn galaxies' units are ``DRAWN_UNIT_BASE + tile * UNIT_STRIDE + GAL_ID``, above every
+kind-coded unit (kind codes are at most 2**20 + 1)."""
+
 
 def object_units(truth, tile_key):
     """Global bootstrap unit of each true object of one tile.
@@ -106,6 +115,9 @@ def object_units(truth, tile_key):
     it (``kind code * UNIT_STRIDE + GAL_ID``, kind code from the ``KIND`` text, > 0). A star
     (``GAL_ID < 0``) is its own unit, negative and distinct across tiles
     (``-(tile_key * UNIT_STRIDE + row + 1)``), so galaxies and stars can be counted apart.
+    A galaxy drawn anew per object (``KIND`` in ``DRAWN_KINDS``) is its own unit,
+    ``DRAWN_UNIT_BASE + tile_key * UNIT_STRIDE + GAL_ID`` (its ``GAL_ID`` is its tile row):
+    the same on a twin of the tile (same seed, e.g. another shear), distinct across seeds.
 
     Parameters
     ----------
@@ -120,7 +132,10 @@ def object_units(truth, tile_key):
     kinds = np.asarray(truth["KIND"]).astype("S")  # bytes from numpy, str from fitsio
     codes = np.array([zlib.crc32(k.strip()) % 2**20 + 1 for k in kinds], dtype=np.int64)
     star = -(int(tile_key) * UNIT_STRIDE + np.arange(len(truth), dtype=np.int64) + 1)
-    return np.where(gal_id >= 0, codes * UNIT_STRIDE + gal_id, star)
+    drawn = np.isin(np.char.strip(kinds), DRAWN_KINDS)
+    galaxy = np.where(drawn, DRAWN_UNIT_BASE + int(tile_key) * UNIT_STRIDE + gal_id,
+                      codes * UNIT_STRIDE + gal_id)
+    return np.where(gal_id >= 0, galaxy, star)
 
 
 def classify_detections(segmentation, numbers, truth, corners_xy_pix, images,

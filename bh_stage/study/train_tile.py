@@ -273,7 +273,10 @@ def train_tile(cfg, progress=None):
                       "size_pix": cfg.tiles.size_pix, "mag_max": cfg.tiles.mag_max,
                       "density_per_arcmin2": cfg.tiles.density_per_arcmin2,
                       "train_close_pair_fraction": cfg.tiles.train_close_pair_fraction,
-                      "close_pair_fraction": cfg.tiles.close_pair_fraction},
+                      "close_pair_fraction": cfg.tiles.close_pair_fraction,
+                      "training_sample": cfg.tiles.training_sample,
+                      "diverse_sersic_fraction": cfg.tiles.diverse_sersic_fraction,
+                      "diverse_knots_fraction": cfg.tiles.diverse_knots_fraction},
             "data_seconds": t_data, "train_seconds": time.perf_counter() - t0 - t_data,
             "seed": cfg.seed,
         }

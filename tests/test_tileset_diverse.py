@@ -1,0 +1,390 @@
+"""Tests of the diverse training galaxies (issue 21): per-object Sersic draws, knots,
+augmented real training galaxies, and the tile set's ``training_sample`` switch.
+
+Module under test: ``bh_stage.study.simulate`` (tile options ``sersic_fraction``,
+``knots_fraction``, ``augment_real``), ``bh_stage.study.tileset.simulate_config`` and
+``bh_stage.study.tiletruth.object_units``.
+"""
+
+import hashlib
+import math
+
+import numpy as np
+import pytest
+
+from bh_stage.config import SimulateConfig, TileSetConfig, config_from_dict, config_to_dict
+from bh_stage.errors import ConfigError
+
+N300 = "cosmos_sersics_sample_N300_cleaned.asc"
+PARAM_FITS = "real_galaxy_catalog_23.5_example_fits.fits"
+
+
+@pytest.fixture(scope="module")
+def cosmos(cosmos_dir):
+    if not (cosmos_dir / N300).is_file():
+        pytest.skip(f"{N300} not found in {cosmos_dir}")
+    return cosmos_dir
+
+
+def tile_set(cosmos, **kw):
+    return config_from_dict(TileSetConfig, {"size_pix": 256, "n_workers": 1,
+                                            "cosmos_dir": str(cosmos), **kw})
+
+
+def draws_cfg(cosmos, seed=5, size=600, **tile):
+    """A planning-only config whose galaxies are all Sersic draws."""
+    return config_from_dict(SimulateConfig, {
+        "mode": "tile", "seed": seed, "n_workers": 1, "cosmos_dir": str(cosmos),
+        "tile": {"nx_pix": size, "ny_pix": size, "galaxy_kind": "parametric",
+                 "sersic_fraction": 1.0, "density_per_arcmin2": 60.0, **tile}})
+
+
+def fitted_ranges(cosmos, pooled):
+    """(n, hlr arcsec, |g|) ranges and IDENTs of the fit rows, read here from the files."""
+    import fitsio
+
+    rows = np.loadtxt(cosmos / N300)
+    n, hlr, g, ident = rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 0].astype(int)
+    if pooled:
+        p = fitsio.read(str(cosmos / PARAM_FITS))
+        ok = (p["viable_sersic"] == 1) & (p["hlr"][:, 0] > 0)
+        q = p["sersicfit"][ok, 3]
+        n = np.concatenate([n, p["sersicfit"][ok, 2]])
+        hlr = np.concatenate([hlr, p["hlr"][ok, 0]])
+        g = np.concatenate([g, (1 - q) / (1 + q)])
+        ident = np.concatenate([ident, p["IDENT"][ok]])
+    return (n.min(), n.max()), (hlr.min(), hlr.max()), (g.min(), g.max()), set(ident.tolist())
+
+
+def tile_hash(cfg):
+    """sha256 of a tile's image, weight and truth bytes and its header cards except BH_CONF
+    (the config hash, which grows with the schema) and BH_VERS."""
+    from bh_stage.study.simulate import simulate_tile
+
+    image, weight, truth, cards = simulate_tile(cfg)
+    h = hashlib.sha256()
+    for a in (image, weight, truth):
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(repr([c for c in cards if c[0] not in ("BH_CONF", "BH_VERS")]).encode())
+    return h.hexdigest()
+
+
+# --- defaults unchanged -----------------------------------------------------------------
+
+def test_default_tiles_byte_identical_to_before(cosmos):
+    """Regression: the options are off by default, so tiles are what they were. The hashes
+    were computed with the code before the options existed (/work/diverse_notes.md)."""
+    from bh_stage.study import tileset
+
+    mixed = config_from_dict(SimulateConfig, {
+        "mode": "tile", "seed": 7, "n_workers": 1, "cosmos_dir": str(cosmos),
+        "tile": {"nx_pix": 128, "ny_pix": 128, "galaxy_kind": "mixed",
+                 "density_per_arcmin2": 200.0, "star_density_per_arcmin2": 20.0,
+                 "close_pair_fraction": 0.3}})
+    assert tile_hash(mixed) == ("6a147aae726b0f1528dac2f833a0a298"
+                                "a9b159e4fb8c69865f00c30d5dfacadd")
+    tiles = tile_set(cosmos)
+    assert tile_hash(tileset.simulate_config(tiles, "train", 101)) == (
+        "535ae78eb1a3c07628f599858dce07030ac886973b3b588588792f7c4f9d0d1c")
+    assert tile_hash(tileset.simulate_config(tiles, "test", 301)) == (
+        "18e30763d90d6aa2c9234a014a4ad0639c7ea40077385ad616af04cc826337af")
+
+
+def test_test_tiles_untouched_by_the_diverse_sample(cosmos):
+    """Test tiles hold test-half real galaxies only, whatever training_sample says: same
+    config as with 'cosmos', every new option off."""
+    from bh_stage.study import tileset
+
+    for seed in (301, 302):
+        cfg = tileset.simulate_config(tile_set(cosmos, training_sample="diverse"), "test", seed)
+        assert config_to_dict(cfg) == config_to_dict(
+            tileset.simulate_config(tile_set(cosmos), "test", seed))
+        t = cfg.tile
+        assert (t.galaxy_kind, cfg.real_half) == ("real", "test")
+        assert t.sersic_fraction == 0 and t.knots_fraction == 0 and not t.augment_real
+        assert not t.sersic_pool_parametric
+
+
+def test_training_and_validation_roles_switch_on(cosmos):
+    from bh_stage.study import tileset
+
+    tiles = tile_set(cosmos, training_sample="diverse", diverse_sersic_fraction=0.4,
+                     diverse_knots_fraction=0.2)
+    for role in ("train", "valid"):
+        cfg = tileset.simulate_config(tiles, role, 1)
+        t = cfg.tile
+        assert (t.galaxy_kind, cfg.mixed_real_half) == ("mixed", "train")
+        assert (t.sersic_fraction, t.knots_fraction) == (0.4, 0.2)
+        assert t.augment_real and t.sersic_pool_parametric
+        assert tileset.simulate_config(tile_set(cosmos), role, 1).tile.sersic_fraction == 0
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"tile": {"galaxy_kind": "real", "sersic_fraction": 0.5}}, "galaxy_kind 'parametric'"),
+    ({"tile": {"galaxy_kind": "real", "augment_real": True}, "real_half": "test"},
+     "test half"),
+    ({"tile": {"galaxy_kind": "mixed", "augment_real": True}, "mixed_real_half": "test"},
+     "test half"),
+    ({"tile": {"augment_max_shear": 0.06}}, "augment_max_shear"),
+    ({"tile": {"augment_max_dilation": 0.2}}, "augment_max_dilation"),
+])
+def test_options_refused_where_they_do_not_belong(data, match):
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(SimulateConfig, {"mode": "tile", **data})
+
+
+def test_augmenting_the_training_half_is_allowed():
+    cfg = config_from_dict(SimulateConfig, {"mode": "tile", "real_half": "train",
+                                            "tile": {"galaxy_kind": "real",
+                                                     "augment_real": True}})
+    assert cfg.tile.augment_real
+
+
+# --- the Sersic draws -------------------------------------------------------------------
+
+def test_each_draw_is_its_own_unit(cosmos):
+    """Every Sersic draw of a diverse training tile is a distinct unit, on that tile and
+    across tiles; parametric and real galaxies keep their shared COSMOS units."""
+    from bh_stage.study import tileset, tiletruth
+    from bh_stage.study.simulate import DRAW_KIND, tile_draws
+
+    tiles = tile_set(cosmos, training_sample="diverse", size_pix=512)
+    units = {}
+    for seed in (101, 102):
+        kinds, _, truth = tile_draws(tileset.simulate_config(tiles, "train", seed))
+        u = tiletruth.object_units(truth, seed)
+        drawn = np.array(kinds) == DRAW_KIND
+        assert drawn.sum() > 20 and np.all(np.asarray(truth["KIND"])[drawn] == b"sersicdraw")
+        np.testing.assert_array_equal(truth["GAL_ID"][drawn], np.flatnonzero(drawn))
+        assert len(set(u[drawn])) == drawn.sum()
+        others = u[(~drawn) & (truth["GAL_ID"] >= 0)]
+        assert not set(u[drawn]) & set(others)
+        assert np.all(u[drawn] >= tiletruth.DRAWN_UNIT_BASE) and np.all(others > 0)
+        assert np.all(others < tiletruth.DRAWN_UNIT_BASE)
+        units[seed] = set(u[drawn])
+    assert not units[101] & units[102]
+
+
+def test_draws_reproducible_from_the_seed_and_independent_of_shear(cosmos):
+    from bh_stage.study.simulate import tile_draws
+
+    a = tile_draws(draws_cfg(cosmos, knots_fraction=0.5))
+    b = tile_draws(draws_cfg(cosmos, knots_fraction=0.5))
+    sheared = tile_draws(draws_cfg(cosmos, knots_fraction=0.5, shear_g1=0.02))
+    other = tile_draws(draws_cfg(cosmos, seed=6, knots_fraction=0.5))
+    assert a[1] == b[1] and a[1] == sheared[1]
+    np.testing.assert_array_equal(a[2]["MAG"], sheared[2]["MAG"])
+    assert a[1][:20] != other[1][:20]
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_draws_stay_within_the_fitted_ranges(cosmos, pooled):
+    """n, hlr (before the size-magnitude dilation) and |g| of every draw lie within the
+    ranges of the fit rows, read here from the files; n sits on the 0.05 grid; the
+    resampled row is one of the fits; knots only on discs, at about knots_fraction."""
+    from bh_stage.study.simulate import DRAW_KIND, tile_draws
+
+    (n_lo, n_hi), (h_lo, h_hi), (g_lo, g_hi), idents = fitted_ranges(cosmos, pooled)
+    kinds, extras, _ = tile_draws(draws_cfg(cosmos, size=1000, sersic_pool_parametric=pooled,
+                                            knots_fraction=0.5))
+    e = [x for k, x in zip(kinds, extras) if k == DRAW_KIND]
+    assert len(e) > 300
+    n = np.array([x["n"] for x in e])
+    hlr = np.array([x["hlr_arcsec"] for x in e])
+    g = np.array([x["g"] for x in e])
+    assert n.min() >= n_lo - 1e-9 and n.max() <= n_hi + 1e-9
+    np.testing.assert_allclose(n / 0.05, np.round(n / 0.05), atol=1e-6)
+    assert hlr.min() >= h_lo * (1 - 1e-9) and hlr.max() <= h_hi * (1 + 1e-9)
+    assert g.min() >= g_lo - 1e-12 and g.max() <= g_hi + 1e-12
+    assert {x["fit_ident"] for x in e} <= idents
+    assert len(set(zip(n, hlr, g))) == len(e)  # every draw its own galaxy
+    # the draws follow the fits: medians within 15 % (n, hlr), 0.05 (|g|) of the rows'
+    rows = np.loadtxt(cosmos / N300)
+    if not pooled:
+        assert np.median(n) == pytest.approx(np.median(rows[:, 1]), rel=0.15)
+        assert np.median(hlr) == pytest.approx(np.median(rows[:, 2]), rel=0.15)
+        assert np.median(g) == pytest.approx(np.median(rows[:, 3]), abs=0.05)
+    knots = np.array([x["knots_seed"] > 0 for x in e])
+    disc = n < 1.5
+    assert not knots[~disc].any()
+    k, m = knots[disc].sum(), disc.sum()
+    assert abs(k - 0.5 * m) < 4 * math.sqrt(0.25 * m)  # binomial(m, 0.5), 4 sigma
+
+
+def test_bulge_disc_half_light_radius_against_galsim():
+    """The circularised half-light radius of a round de Vaucouleurs + exponential, solved
+    from the enclosed-flux formula, is the radius GalSim's drawn image gives (0.02" pixels,
+    real-space pixel integration so the cusp is right)."""
+    import galsim
+
+    from bh_stage.study.simulate import _bulge_disc_hlr_arcsec
+
+    for hb, fb, hd, fd in ((0.13, 0.3, 0.6, 0.7), (0.5, 0.5, 0.9, 0.5)):
+        prof = (galsim.DeVaucouleurs(half_light_radius=hb, flux=fb)
+                + galsim.Exponential(half_light_radius=hd, flux=fd))
+        img = prof.drawImage(nx=201, ny=201, scale=0.02, method="real_space")
+        assert _bulge_disc_hlr_arcsec(hb, fb, hd, fd) == pytest.approx(
+            img.calculateHLR(flux=fb + fd), abs=0.01)
+
+
+def test_reference_magnitude_of_the_file_rows(cosmos):
+    """m_ref of the rows without magnitudes, worked out from the files: their median
+    log10 hlr - slope m_ref equals the parametric sample's median log10 h - slope mag, h
+    the hlr GalSim draws (Sersic fit, or bulge+disc for use_bulgefit rows); a pooled
+    parametric row is as large as its galaxy at every magnitude."""
+    from bh_stage.study.simulate import (_bulge_disc_hlr_arcsec, cosmos_catalogue,
+                                         sample_mags, sersic_fits)
+
+    cat = "real_galaxy_catalog_23.5_example.fits"
+    rows = np.loadtxt(cosmos / N300)
+    pcat = cosmos_catalogue(cosmos, cat, False, 300.0, 80216.0)
+    p = pcat.param_cat[pcat.orig_index]
+    mag = sample_mags(pcat, False)
+    h = np.where(p["use_bulgefit"] == 1,
+                 [_bulge_disc_hlr_arcsec(r["hlr"][1], r["flux"][1], r["hlr"][2], r["flux"][2])
+                  if r["use_bulgefit"] else 1.0 for r in p], p["hlr"][:, 0])
+    b = np.median(np.log10(h) + 0.105 * mag)
+    expected = (np.median(np.log10(rows[:, 2])) - b) / -0.105
+    fits = sersic_fits(cosmos, N300, -0.105, cat)
+    assert fits["m_ref_file"] == pytest.approx(expected, abs=1e-9)
+    assert 20.5 < expected < 22.5  # a F814W < 23.5 sample, as the parametric one
+    pooled = sersic_fits(cosmos, N300, -0.105, cat, True)
+    assert len(pooled["g"]) == len(rows) + pcat.nobjects
+    m_ref = pooled["m_ref"][len(rows):]
+    # size at m of the pooled row == size at m of the galaxy as drawn, for every row
+    m = 24.0
+    np.testing.assert_allclose(p["hlr"][:, 0] * 10 ** (-0.105 * (m - m_ref)),
+                               h * 10 ** (-0.105 * (m - mag)), rtol=1e-9)
+    np.testing.assert_array_equal(m_ref[p["use_bulgefit"] == 0],
+                                  mag[p["use_bulgefit"] == 0])
+
+
+def _hlr_arcsec(gal):
+    """Half-light radius of a profile seen through a 0.1" Gaussian (real galaxies are
+    deconvolved HST images, knots are points: both need one), measured on 0.05" pixels."""
+    import galsim
+
+    img = galsim.Convolve(gal, galsim.Gaussian(fwhm=0.1)).drawImage(
+        nx=256, ny=256, scale=0.05, method="no_pixel")
+    return img.calculateHLR()
+
+
+def test_size_magnitude_relation_shared_with_the_parametric_sample(cosmos):
+    """No size cue: at m = 24 the median measured half-light radius of 100 Sersic draws lies
+    inside the 95 % bootstrap interval of the median of the parametric sample drawn at the
+    same magnitude (the same dilation law, 10**(-0.105 (m - m_ref))), the interval of their
+    ratio holds 1, and one draw moved by 2 mag shrinks by 10**(-0.21). Measured at the time
+    of writing: 0.276" vs 0.257" [0.237, 0.285]; log10 ratio [-0.036, 0.085]."""
+    from bh_stage.study.simulate import (DRAW_KIND, _galaxy, _settings, cosmos_catalogue,
+                                         tile_draws)
+
+    cfg = draws_cfg(cosmos, knots_fraction=0.5)
+    settings = _settings(cfg)
+    kinds, extras, _ = tile_draws(cfg)
+    draws = [x for k, x in zip(kinds, extras) if k == DRAW_KIND][:100]
+    h_draw = np.array([_hlr_arcsec(_galaxy(settings, DRAW_KIND, 0, 24.0, 0.0, x)[0])
+                       for x in draws])
+    pcat = cosmos_catalogue(cosmos, cfg.parametric_catalogue, False, cfg.exptime_s,
+                            cfg.area_cm2)
+    h_par = np.array([_hlr_arcsec(_galaxy(settings, "parametric", i, 24.0, 0.0)[0])
+                      for i in range(pcat.nobjects)])
+    rng = np.random.default_rng(0)
+    boot = np.median(h_par[rng.integers(h_par.size, size=(4000, h_par.size))], axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    assert lo <= np.median(h_draw) <= hi, (np.median(h_draw), lo, hi)
+    # and the 95 % interval of log10(median draws / median parametric) holds 0
+    boot_d = np.median(h_draw[rng.integers(h_draw.size, size=(4000, h_draw.size))], axis=1)
+    lo_r, hi_r = np.percentile(np.log10(boot_d / boot), [2.5, 97.5])
+    assert lo_r < 0 < hi_r, (lo_r, hi_r)
+    smooth = next(x for x in draws if not x["knots_seed"])
+    pair = [_galaxy(settings, DRAW_KIND, 0, m, 0.0, smooth)[0].drawImage(
+        nx=201, ny=201, scale=0.03).calculateHLR() for m in (22.0, 24.0)]
+    assert pair[1] / pair[0] == pytest.approx(10 ** (-0.105 * 2), rel=0.03)
+
+
+def test_draw_flux_and_knots(cosmos):
+    """A draw's flux is 10**(-0.4 (m - MAGZP)) with or without knots; knots change the
+    image, reproducibly from their seed."""
+    from bh_stage.study.simulate import DRAW_KIND, _galaxy, _settings, magnitude_zeropoint
+
+    settings = _settings(draws_cfg(cosmos))
+    e = {"n": 1.0, "hlr_arcsec": 0.5, "g": 0.2, "m_ref": 21.0, "fit_ident": 1,
+         "knots_seed": 0, "knots_npoints": 30, "knots_flux_fraction": 0.3}
+    zp = magnitude_zeropoint(300.0, 80216.0)
+    smooth = _galaxy(settings, DRAW_KIND, 0, 23.0, 0.0, e)[0]
+    assert smooth.flux == pytest.approx(10 ** (-0.4 * (23.0 - zp)), rel=1e-12)
+    clumpy = [_galaxy(settings, DRAW_KIND, 0, 23.0, 0.0, {**e, "knots_seed": 17})[0]
+              for _ in range(2)]
+    imgs = [_draw_blurred(g, 0.05) for g in (smooth, *clumpy)]
+    assert clumpy[0].flux == pytest.approx(smooth.flux, rel=1e-12)
+    np.testing.assert_array_equal(imgs[1], imgs[2])
+    assert np.abs(imgs[1] - imgs[0]).max() > 0.01 * imgs[0].max()
+
+
+# --- augmentation -----------------------------------------------------------------------
+
+def test_augmentation_flip_and_dilation(cosmos):
+    """A flip mirrors the real galaxy's image in x (odd image, centred); a dilation of 1.1
+    scales its half-light radius by 1.1 at fixed flux; no augmentation is the plain galaxy."""
+    from bh_stage.study.simulate import _galaxy, _settings, cosmos_catalogue, real_galaxy_split
+    from bh_stage.study.simulate import sample_mags
+
+    cfg = config_from_dict(SimulateConfig, {"mode": "tile", "cosmos_dir": str(cosmos)})
+    settings = _settings(cfg)
+    rcat = cosmos_catalogue(cosmos, cfg.real_catalogue, True, cfg.exptime_s, cfg.area_cm2)
+    mags = sample_mags(rcat, True)
+    i = int(real_galaxy_split(mags)[0][0])
+    none = {"flip": False, "g1": 0.0, "g2": 0.0, "dilation": 1.0}
+
+    def image(extra, scale=0.05):
+        gal = _galaxy(settings, "real", i, float(mags[i]), 0.0, extra)[0]
+        return _hlr_arcsec(gal), gal.flux, _draw_blurred(gal, scale)
+
+    h0, f0, a0 = image(None)
+    _, _, a1 = image(none)
+    np.testing.assert_array_equal(a0, a1)
+    _, _, a_flip = image({**none, "flip": True})
+    np.testing.assert_allclose(a_flip, a0[:, ::-1], atol=1e-6 * np.abs(a0).max())
+    h_dil, f_dil, _ = image({**none, "dilation": 1.1})
+    assert f_dil == pytest.approx(f0, rel=1e-9)
+    assert h_dil / h0 == pytest.approx(1.1, rel=0.05)
+
+
+def _draw_blurred(gal, scale):
+    import galsim
+
+    return galsim.Convolve(gal, galsim.Gaussian(fwhm=0.15)).drawImage(
+        nx=151, ny=151, scale=scale, method="no_pixel").array
+
+
+def test_augmentation_only_on_real_galaxies_within_its_bounds(cosmos):
+    from bh_stage.study import tileset
+    from bh_stage.study.simulate import tile_draws
+
+    tiles = tile_set(cosmos, training_sample="diverse", size_pix=512)
+    kinds, extras, _ = tile_draws(tileset.simulate_config(tiles, "train", 101))
+    aug = [x for k, x in zip(kinds, extras) if k == "real"]
+    assert len(aug) > 10 and all(x is not None for x in aug)
+    assert all(x is None for k, x in zip(kinds, extras) if k in ("parametric", "star"))
+    g = np.hypot([x["g1"] for x in aug], [x["g2"] for x in aug])
+    d = np.array([x["dilation"] for x in aug])
+    assert g.max() <= 0.05 and 0.9 <= d.min() and d.max() <= 1.1
+    flips = sum(x["flip"] for x in aug)
+    assert 0 < flips < len(aug)
+
+
+def test_diverse_tile_draws_and_is_finite(cosmos):
+    """A small diverse training tile is drawn end to end: every kind present, finite pixels,
+    flux of each Sersic draw 10**(-0.4 (MAG - MAGZP))."""
+    from bh_stage.study import tileset
+    from bh_stage.study.simulate import simulate_tile
+
+    cfg = tileset.simulate_config(tile_set(cosmos, training_sample="diverse"), "train", 101)
+    image, weight, truth, cards = simulate_tile(cfg)
+    assert np.isfinite(image).all()
+    kinds = set(np.asarray(truth["KIND"]).tolist())
+    assert {b"sersicdraw", b"real", b"parametric"} <= kinds
+    zp = dict((k, v) for k, v, _ in cards)["MAGZP"]
+    d = truth["KIND"] == b"sersicdraw"
+    np.testing.assert_allclose(truth["FLUX_ADU"][d], 10 ** (-0.4 * (truth["MAG"][d] - zp)),
+                               rtol=1e-3)
