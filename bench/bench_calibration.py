@@ -9,11 +9,15 @@ unrecognised blends, the fraction BLEND_FLAG flags and the share of unrecognised
 holds, and the reliability curve, with 95 % intervals over galaxy units
 (``evaluate_tile.calibration_summary``). The head's calibration was fitted on validation
 tiles of training galaxies with 15 % of galaxies in injected pairs; test tiles with 5 % and
-30 % (``tiles.close_pair_fraction``) ask whether its meaning drifts with the field. Only the
-test tiles are read (reporting, not choosing). Writes bench/results/calibration_<set>.json.
+30 % (``tiles.close_pair_fraction``) ask whether its meaning drifts with the field. For each
+of the head's thresholds (``BH_THR``: a fraction of all validation detections flagged;
+``BH_THRI``: 5 % of the isolated validation galaxies flagged) it also reports what is flagged
+here: all detections, isolated galaxies, unrecognised blends. Only the test tiles are read
+(reporting, not choosing). Writes bench/results/calibration_<set>.json.
 """
 
 import dataclasses
+import json
 from pathlib import Path
 
 import fitsio
@@ -35,6 +39,7 @@ def main():
     from bh_stage.stage import run_stage
     from bh_stage.study import tileset
     from bh_stage.study.evaluate_tile import calibration_summary, galaxy_groups, unit_counts
+    from bh_stage.tilehead import tile_head_path
 
     tiles = load_config(None, TileSetConfig, [f"work_dir={args.work_dir}", *args.tiles_set])
     run_cfg = config_from_dict(RunConfig, {"tile_head": args.head, "overwrite": True})
@@ -53,6 +58,30 @@ def main():
     summary = calibration_summary(np.concatenate(prob), classes["UNRECOGNISED"],
                                   np.concatenate(flag), galaxy_groups(classes),
                                   n_boot=args.n_bootstrap)
+
+    prob, flag = np.concatenate(prob), np.concatenate(flag)
+    groups, iso = galaxy_groups(classes), classes["ISOLATED"] == 1
+    meta = json.loads(Path(tile_head_path(args.head)).read_text())
+    rules = {"BH_THR": {"threshold": float(meta["blend_threshold"]),
+                        "chosen_as": f"flags {meta['flag_fraction']} of all validation "
+                                     "detections"}}
+    if "isolated_threshold" in meta:
+        rules["BH_THRI"] = {"threshold": float(meta["isolated_threshold"]),
+                            "chosen_as": f"flags {meta['isolated_fpr']} of the isolated "
+                                         "validation galaxies"}
+    for name, rule in rules.items():  # what each threshold flags here, and on isolated ones
+        cut = prob >= rule["threshold"]
+        everything = calibration_summary(prob, classes["UNRECOGNISED"], cut, groups,
+                                         n_boot=args.n_bootstrap)
+        isolated = calibration_summary(prob[iso], classes["UNRECOGNISED"][iso], cut[iso],
+                                       groups[iso], n_boot=args.n_bootstrap)
+        rule.update({k: everything[k] for k in everything if k.startswith(
+            ("flagged_fraction", "positives_flagged"))})
+        rule["isolated_flagged"] = isolated["flagged_fraction"]
+        rule["isolated_flagged_95"] = isolated["flagged_fraction_95"]
+        print(f"  {name} = {rule['threshold']:.4f} ({rule['chosen_as']}): flags "
+              f"{rule['flagged_fraction']:.3f} of detections, {rule['isolated_flagged']:.3f} "
+              f"of isolated galaxies, {rule['positives_flagged']:.3f} of unrecognised blends")
     print(f"{args.work_dir}: mean BLEND_PROB {summary['mean_prob']:.4f}, true unrecognised "
           f"fraction {summary['positive_fraction']:.4f}, relative difference "
           f"{summary['relative_difference']:+.3f} {summary['relative_difference_95']}; "
@@ -60,7 +89,8 @@ def main():
           f"{summary['positives_flagged']:.3f} of the unrecognised blends")
     benchlib.write_result(args.output or f"calibration_{args.work_dir.name}.json", {
         "work_dir": str(args.work_dir), "head": args.head, "tiles_set": args.tiles_set,
-        "test_seeds": tiles.test_seeds, "units": unit_counts(classes), **summary})
+        "test_seeds": tiles.test_seeds, "units": unit_counts(classes), **summary,
+        "thresholds": rules})
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """Metacalibration bench: speed of each route on 51x51 stamps, and the shear bias (m, c).
 
 Speed, one thread (BLAS and OpenMP pinned to 1 before numpy loads): ``metacal_images`` of N
-noisy exponential galaxies (the stamps of tests/test_metacal.py) with the correlated-noise
+noisy exponential galaxies (the stamps of bh_stage.study.ringtest) with the correlated-noise
 correction and all five images, per route (``fft``: N stamps, ``galsim``: fewer, it is
 slower), and ``adaptive_moments`` of those five images; the median of 3 runs, in objects per
 second, and the ratio to the whole stage's stamps per second as recorded in
 ``bench/results/stage_none_tile_unrecognised_o2_f32_10000.json`` (the example config's heads;
 that run used every core of its machine, see its provenance).
 
-Bias: tests/test_metacal.py's key test at more pairs: ring pairs of exponential galaxies
+Bias: tests/test_metacal.py's key test (bh_stage.study.ringtest) at more pairs: ring pairs of exponential galaxies
 (S/N 50-260), Moffat PSF 0.65 arcsec at 0.187 arcsec/px, shear +-0.02 on g1 then g2 with the
 same noise, ``g = <R>^-1 <e>``; m, c and the cross-component terms with 95 % bootstrap
 intervals over pairs. Then without noise at g = 0.005, 0.02 and 0.04 (what is left is the
@@ -28,7 +28,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import json
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -36,10 +35,9 @@ import numpy as np
 from bh_stage import metacal
 from bh_stage.extras import require
 
-import benchlib
+from bh_stage.study import ringtest as tm  # the simulation and estimator the tests use
 
-sys.path.insert(0, str(benchlib.REPO / "tests"))
-import test_metacal as tm  # the simulation and the estimator the tests validate
+import benchlib
 
 STAGE_RESULT = benchlib.RESULTS_DIR / "stage_none_tile_unrecognised_o2_f32_10000.json"
 

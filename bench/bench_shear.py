@@ -305,6 +305,7 @@ def row(name, point, boot, uncal, n_none, metacalibratable, area_arcmin2):
             "c": float(point["c"]), "c_ci95": metrics.interval(boot["c"], 0.95),
             "c_cross": float(point["c_cross"]), "R_shear": float(point["r_shear"]),
             "R_sel": float(point["r_sel"]) if metacalibratable else None,
+            "R_sel_ci95": metrics.interval(boot["r_sel"], 0.95) if metacalibratable else None,
             "m_without_R_sel": float(uncal["m"]), "metacalibratable": metacalibratable,
             "n_kept": int(point["n"]), "n_per_arcmin2": float(point["n"] / area_arcmin2)}
 
@@ -339,6 +340,13 @@ def analyse(args, data, baseline_model=None):
                                 score=score, target_kept=f, threshold=t)
             boots[key] = boot
     return results, boots, weights
+
+
+def minus_none(results, boots):
+    """Each cut's m minus that of no cut, with its paired 95 % interval."""
+    for name, r in results.items():
+        r["m_minus_none"] = r["m"] - results["none"]["m"]
+        r["m_minus_none_ci95"] = metrics.interval(boots[name]["m"] - boots["none"]["m"], 0.95)
 
 
 def paired(results, boots, a, b):
@@ -442,6 +450,7 @@ def main(argv=None):
     control = images(args, "control")
     t_img = time.perf_counter() - t0 - t_base
     results, boots, _ = analyse(args, data, fitted)
+    minus_none(results, boots)
     control_results, _, _ = analyse(args, control)
     out = {"cuts": list(results.values()),
            "control": {k: control_results["none"][k] for k in

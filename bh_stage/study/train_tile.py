@@ -29,7 +29,8 @@ from ..nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, STAMP_SIDE_PIX, as
 from ..tilehead import TARGET, load_tile_head, reads_stamp_features, tile_head_path
 
 __all__ = ["fit_tile_head", "tile_logits", "calibrate_logits", "reliability", "role_arrays",
-           "stamp_feature_table", "source_features", "train_tile", "run_train_tile"]
+           "stamp_feature_table", "source_features", "train_tile", "run_train_tile",
+           "ISOLATED_FPR", "isolated_threshold"]
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +286,27 @@ def train_tile(cfg, progress=None):
     calibration, threshold, valid = _calibrate(logits, y_va, cfg.flag_fraction)
     meta.update({"n_orientations": cfg.n_orientations, "calibration": calibration,
                  "blend_threshold": threshold, "hybrid_threshold": None,
-                 "flag_fraction": cfg.flag_fraction, "valid": valid})
+                 "flag_fraction": cfg.flag_fraction, "valid": valid,
+                 "isolated_fpr": ISOLATED_FPR,
+                 "isolated_threshold": isolated_threshold(
+                     sigmoid(calibration["a"] * logits + calibration["b"]),
+                     va_cls["ISOLATED"], ISOLATED_FPR)})
     return save_head(out, model.get_weights(), meta, overwrite=cfg.overwrite), valid
+
+
+ISOLATED_FPR = 0.05
+"""False-positive rate on truth-isolated validation galaxies of the head's second threshold,
+``isolated_threshold`` (header ``BH_THRI``): a cut whose meaning does not follow the field's
+blend fraction, as ``blend_threshold`` (a fraction of all detections flagged) does."""
+
+
+def isolated_threshold(prob, isolated, fpr=ISOLATED_FPR):
+    """The ``BLEND_PROB`` threshold that flags ``fpr`` of the isolated galaxies
+    (``prob >= threshold``; ``isolated`` the truth class, 0/1)."""
+    values = np.asarray(prob, float)[np.asarray(isolated) == 1]
+    if not len(values):
+        raise ValueError("no isolated galaxy among the validation detections")
+    return float(np.quantile(values, 1 - fpr))
 
 
 def source_features(metadata):
