@@ -12,10 +12,11 @@ of the five metacalibration images), and every detection measured with metacalib
 left in, the tile's true PSF, the correlated-noise correction).
 
 m and c are measured on the detections whose main true object is a main-plane galaxy (a
-tomographic bin assigned by truth), with ``R = R_shear + R_sel`` for selections measured on
-the metacalibration images (size, BLEND_PROB_*, BLEND_FLAG_*) and ``R_shear`` alone for those
-that are not (SExtractor's FLAGS, the catalogue classifier, the truth): they are reported as
-not metacalibratable. Continuous scores are cut at equal fractions kept. Intervals resample
+tomographic bin assigned by truth), with ``R = R_shear + R_sel``, R_sel that of everything
+recomputed on the metacalibration images: the size cut, and BLEND_PROB_* or BLEND_FLAG_*. A
+cut that cannot be recomputed there (SExtractor's FLAGS, the catalogue classifier, the truth)
+adds nothing to R_sel and is reported as not metacalibratable: its own selection bias stays
+in its m. Continuous scores are cut at equal fractions kept. Intervals resample
 true galaxies (COSMOS objects, the same unit on every tile; ``tiletruth.object_units``).
 The control: tiles without injected pairs, no second plane, ``--control-density``.
 
@@ -290,11 +291,14 @@ def unit_index(data):
     return units, len(groups)
 
 
-def measure(data, g, weights, make_selection, metacalibratable):
+def measure(data, g, weights, make_selection):
+    """m, c... of one cut: the point, the bootstrap replicates and the point without R_sel.
+    R_sel is always that of what is recomputed on the sheared images (the size cut and, for a
+    metacalibratable cut, the cut itself); a cut made once adds nothing to it."""
     units, n_units = unit_index(data)
     plus, minus = summed_sums(data, units, n_units, make_selection)
-    point = shear_bias(plus, minus, g, None, with_selection=metacalibratable)
-    boot = shear_bias(plus, minus, g, weights, with_selection=metacalibratable)
+    point = shear_bias(plus, minus, g, None)
+    boot = shear_bias(plus, minus, g, weights)
     uncal = shear_bias(plus, minus, g, None, with_selection=False)
     return point, boot, uncal
 
@@ -303,9 +307,10 @@ def row(name, point, boot, uncal, n_none, metacalibratable, area_arcmin2):
     return {"name": name, "kept_frac": float(point["n"] / n_none), "m": float(point["m"]),
             "m_ci95": metrics.interval(boot["m"], 0.95), "sigma_m": float(np.std(boot["m"])),
             "c": float(point["c"]), "c_ci95": metrics.interval(boot["c"], 0.95),
-            "c_cross": float(point["c_cross"]), "R_shear": float(point["r_shear"]),
-            "R_sel": float(point["r_sel"]) if metacalibratable else None,
-            "R_sel_ci95": metrics.interval(boot["r_sel"], 0.95) if metacalibratable else None,
+            "c_cross": float(point["c_cross"]),
+            "c_cross_ci95": metrics.interval(boot["c_cross"], 0.95),
+            "R_shear": float(point["r_shear"]), "R_sel": float(point["r_sel"]),
+            "R_sel_ci95": metrics.interval(boot["r_sel"], 0.95),
             "m_without_R_sel": float(uncal["m"]), "metacalibratable": metacalibratable,
             "n_kept": int(point["n"]), "n_per_arcmin2": float(point["n"] / area_arcmin2)}
 
@@ -320,7 +325,7 @@ def analyse(args, data, baseline_model=None):
     for name, sel in binary_cuts(data[0][2]).items():
         meta = sel.metacalibratable or name == "none"
         point, boot, uncal = measure(data, args.g, weights,
-                                     lambda d, name=name: binary_cuts(d)[name], meta)
+                                     lambda d, name=name: binary_cuts(d)[name])
         n_none = point["n"] if name == "none" else n_none
         results[name], boots[name] = row(name, point, boot, uncal, n_none, meta, area), boot
     if baseline_model is None:
@@ -335,7 +340,7 @@ def analyse(args, data, baseline_model=None):
             key = f"{score} @ {f:.3f}"
             meta = score == "BLEND_PROB_NOSHEAR"
             point, boot, uncal = measure(
-                data, args.g, weights, lambda d, s=score, t=t: cut_selection(d, s, t), meta)
+                data, args.g, weights, lambda d, s=score, t=t: cut_selection(d, s, t))
             results[key] = dict(row(key, point, boot, uncal, n_none, meta, area),
                                 score=score, target_kept=f, threshold=t)
             boots[key] = boot
@@ -427,7 +432,7 @@ def table(results):
     lines = ["| cut | kept | m [95 %] | sigma(m) | c | c_cross | R_shear | R_sel | "
              "metacal |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results.values():
-        rsel = "–" if r["R_sel"] is None else f"{r['R_sel']:+.4f}"
+        rsel = f"{r['R_sel']:+.4f}"
         lines.append(f"| {r['name']} | {r['kept_frac']:.3f} | {r['m']:+.4f} "
                      f"[{r['m_ci95'][0]:+.4f}, {r['m_ci95'][1]:+.4f}] | {r['sigma_m']:.4f} | "
                      f"{r['c']:+.5f} | {r['c_cross']:+.5f} | {r['R_shear']:.4f} | {rsel} | "
@@ -454,7 +459,8 @@ def main(argv=None):
     control_results, _, _ = analyse(args, control)
     out = {"cuts": list(results.values()),
            "control": {k: control_results["none"][k] for k in
-                       ("m", "m_ci95", "sigma_m", "c", "c_ci95", "R_shear", "n_kept")},
+                       ("m", "m_ci95", "sigma_m", "c", "c_ci95", "c_cross", "c_cross_ci95",
+                        "R_shear", "R_sel", "n_kept")},
            "targets": verdicts(results, boots, control_results),
            "settings": {"g": args.g, "other_fraction": args.other_fraction,
                         "seeds": [s for s, *_ in data], "size_pix": args.size_pix,

@@ -180,3 +180,36 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
     written = json.loads((tmp_path / "shear_quick.json").read_text())
     assert written["control"]["n_kept"] == res["control"]["n_kept"] > 0
     assert written["provenance"]["bh_stage_version"] == bh_stage.__version__
+
+
+@pytest.mark.parametrize("main", [0, 1])
+def test_a_shape_cut_is_calibrated_by_its_selection_response(main):
+    """Objects e = e_int + R s g (s = +-1) on the main component, e_int uniform on (-0.5,
+    0.5), kept where e < 0.1 on each image (the cut recomputed on the sheared images too).
+    Kept e is uniform on (-0.5 + R s g, 0.1), so <e>_s = (-0.4 + R s g) / 2: R_shear alone
+    gives m = 1/2 - 1 = -0.5. On the image sheared by +step the cut keeps e < 0.1 - R step,
+    so R_sel = -R / 2 and R_shear + R_sel = R / 2 gives m = 0."""
+    n, g, r = 200000, 0.02, 0.8
+    e_int = (np.arange(n) + 0.5) / n - 0.5  # uniform on (-0.5, 0.5), no sampling noise
+    sums = []
+    for sign in (1, -1):
+        e_main = e_int + r * sign * g
+        shapes = _shapes(e_main, np.zeros(n), np.full(n, r), np.full(n, r), main)
+        keep = {t: shapes[t]["E"][:, main] < 0.1 for t in METACAL_TYPES}
+        sums.append(unit_sums(np.arange(n) % 10, 10, shapes, Selection("e", keep, True),
+                              main))
+    calibrated = shear_bias(*sums, g, step=STEP)
+    uncalibrated = shear_bias(*sums, g, step=STEP, with_selection=False)
+    assert uncalibrated["m"] == pytest.approx(-0.5, abs=1e-3)
+    assert calibrated["r_sel"] == pytest.approx(-r / 2, abs=1e-3)
+    assert abs(calibrated["m"]) < 1e-3
+
+
+def test_shear_matrix_is_galsims():
+    """The positions are sheared with the matrix GalSim shears profiles with."""
+    galsim = pytest.importorskip("galsim")
+    from bh_stage.metacal import shear_matrix
+
+    for g1, g2 in ((0.02, 0.0), (0.0, -0.03), (0.1, 0.05)):
+        assert np.allclose(shear_matrix(g1, g2),
+                           galsim.Shear(g1=g1, g2=g2).getMatrix(), atol=1e-14)

@@ -471,20 +471,29 @@ def test_lensed_positions_shear_every_close_separation():
     assert np.array_equal(xs0, x) and np.array_equal(ys0, y)
 
 
-def test_second_plane_galaxies(cosmos):
+def test_second_plane_galaxies(cosmos, tmp_path):
     """Pair companions and a fraction of singles on the second plane, from their own random
-    stream: every other truth column is that of the one-plane tile."""
+    stream: every other truth column is that of the one-plane tile; the truth file keeps
+    the planes (-1 for stars) as written."""
+    import fitsio
+
+    from bh_stage import io
     from bh_stage.study.simulate import simulate_tile
 
     tile = {"nx_pix": 300, "ny_pix": 300, "draw_size_pix": 32, "density_per_arcmin2": 60,
-            "close_pair_fraction": 0.3}
+            "close_pair_fraction": 0.3, "star_density_per_arcmin2": 30}
     one = simulate_tile(make_cfg(cosmos, mode="tile", tile=tile))[2]
     two = simulate_tile(make_cfg(cosmos, mode="tile", tile=dict(
         tile, other_plane_fraction=0.5, companion_other_plane=True, other_shear_g2=0.0)))[2]
     for name in one.dtype.names:
         if name != "PLANE":
             assert one[name].tobytes() == two[name].tobytes(), name
-    assert (one["PLANE"] == 0).all()
+    star = one["KIND"] == b"star"
+    assert star.any() and (one["PLANE"][star] == -1).all() and (one["PLANE"][~star] == 0).all()
+    io.write_truth(tmp_path / "truth.fits", two, [], False)
+    assert fitsio.read(str(tmp_path / "truth.fits"), ext="TRUTH")["PLANE"].tolist() == (
+        two["PLANE"].tolist())
+    two = two[~star]
     paired = two["PAIR_ID"] >= 0
     first = paired & (np.arange(len(two)) % 2 == np.flatnonzero(paired)[0] % 2)
     assert (two["PLANE"][first] == 0).all() and (two["PLANE"][paired & ~first] == 1).all()

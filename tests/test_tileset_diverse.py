@@ -56,16 +56,22 @@ def fitted_ranges(cosmos, pooled):
     return (n.min(), n.max()), (hlr.min(), hlr.max()), (g.min(), g.max()), set(ident.tolist())
 
 
+TRUTH_COLUMNS_06 = ("ID", "X_PIX0", "Y_PIX0", "X_IMAGE", "Y_IMAGE", "RA_DEG", "DEC_DEG",
+                    "PAIR_ID", "SEPARATION_PIX", "MAG", "FLUX_ADU", "SNR", "GAL_ID", "KIND")
+"""The tile truth's columns in 0.6 (0.7 adds PLANE, SHEAR_G1, SHEAR_G2)."""
+
+
 def tile_hash(cfg):
-    """sha256 of a tile's image, weight and truth bytes and its header cards except BH_CONF
-    (the config hash, which grows with the schema) and BH_VERS."""
+    """sha256 of a tile's image, weight, 0.6 truth columns and header cards except BH_CONF
+    (the config hash, which grows with the schema), BH_VERS and 0.7's second-plane cards."""
     from bh_stage.study.simulate import simulate_tile
 
     image, weight, truth, cards = simulate_tile(cfg)
     h = hashlib.sha256()
-    for a in (image, weight, truth):
+    for a in (image, weight, *(truth[c] for c in TRUTH_COLUMNS_06)):
         h.update(np.ascontiguousarray(a).tobytes())
-    h.update(repr([c for c in cards if c[0] not in ("BH_CONF", "BH_VERS")]).encode())
+    h.update(repr([c for c in cards if c[0] not in ("BH_CONF", "BH_VERS")
+                   and not c[0].startswith(("BH_OP", "BH_OS"))]).encode())
     return h.hexdigest()
 
 
@@ -73,7 +79,8 @@ def tile_hash(cfg):
 
 def test_default_tiles_byte_identical_to_before(cosmos):
     """Regression: the options are off by default, so tiles are what they were. The hashes
-    were computed with the code before the options existed (/work/diverse_notes.md)."""
+    were computed by this same ``tile_hash`` with bh-stage 0.6 (commit feb09a9, a git
+    worktree), before the second shear plane and the diverse sample existed."""
     from bh_stage.study import tileset
 
     mixed = config_from_dict(SimulateConfig, {
@@ -81,13 +88,13 @@ def test_default_tiles_byte_identical_to_before(cosmos):
         "tile": {"nx_pix": 128, "ny_pix": 128, "galaxy_kind": "mixed",
                  "density_per_arcmin2": 200.0, "star_density_per_arcmin2": 20.0,
                  "close_pair_fraction": 0.3}})
-    assert tile_hash(mixed) == ("6a147aae726b0f1528dac2f833a0a298"
-                                "a9b159e4fb8c69865f00c30d5dfacadd")
+    assert tile_hash(mixed) == ("031067797c4ed4087a486ffce97356a5"
+                                "ed1aa2e3025466f97b9c69ec25d492d5")
     tiles = tile_set(cosmos)
     assert tile_hash(tileset.simulate_config(tiles, "train", 101)) == (
-        "535ae78eb1a3c07628f599858dce07030ac886973b3b588588792f7c4f9d0d1c")
+        "c9d4e5da6536632201d59381bbb9d6aa969d7e5353195a9afc0f6fd6a49cb76c")
     assert tile_hash(tileset.simulate_config(tiles, "test", 301)) == (
-        "18e30763d90d6aa2c9234a014a4ad0639c7ea40077385ad616af04cc826337af")
+        "b1b75b2285616d3c2c65539f9eeb8b58828d8ca07fa50e9435381b186523846c")
 
 
 def test_test_tiles_untouched_by_the_diverse_sample(cosmos):

@@ -38,10 +38,11 @@ the reconvolved PSF's (``T / T_psf >= 1.5``: resolved objects, as metacalibratio
 catalogues cut ``T_gal / T_psf >= 0.5`` on the PSF-corrected size); measured on each image,
 so the cut has a selection response."""
 
-SUM_KEYS = ("n", "e_main", "e_cross", "r_main", "r_cross",
+SUM_KEYS = ("n", "e_main", "e_cross", "n_r", "r_main", "r_cross",
             "n_mp", "e_mp", "n_mm", "e_mm", "n_cp", "e_cp", "n_cm", "e_cm")
-"""Per-unit sums of ``unit_sums``: ``n`` objects selected on the noshear image, the sums of
-their noshear ``e`` and their shear response ``R`` on the main and cross components; ``n_mp,
+"""Per-unit sums of ``unit_sums``: ``n`` objects selected on the noshear image and the sums of
+their noshear ``e`` on the main and cross components; ``n_r`` those of them whose four sheared
+shapes are finite and the sums of their shear response ``R``; ``n_mp,
 e_mp`` the objects selected on the image sheared by ``+step`` along the main component and
 the sum of their noshear main ``e`` (``mm``: ``-step``; ``cp, cm``: along the cross
 component, cross ``e``)."""
@@ -108,8 +109,8 @@ class Selection:
 
     ``by_type`` maps each of ``METACAL_TYPES`` to a boolean array (n,); a selection that can
     only be made once (SExtractor's columns, the truth) uses the same array for every type
-    and has ``metacalibratable`` False: its ``R_sel`` is not measured, and it is left out of
-    the response.
+    and has ``metacalibratable`` False: combined with a recomputed one (``&``), the ``R_sel``
+    measured is that of the recomputed part only, and the cut's own response is missing.
     """
 
     name: str
@@ -164,9 +165,10 @@ def unit_sums(units, n_units, shapes, selection, main):
 
     sel = selection.by_type["noshear"]
     r_ok = np.isfinite(response[0]) & np.isfinite(response[1])
-    out = {"n": add(sel & r_ok), "e_main": add(sel & r_ok, e[:, main]),
-           "e_cross": add(sel & r_ok, e[:, cross]),
-           "r_main": add(sel & r_ok, response[main]),
+    # <e> over the selection itself (as R_sel's means are); R_shear over those of its objects
+    # whose four sheared shapes exist
+    out = {"n": add(sel), "e_main": add(sel, e[:, main]), "e_cross": add(sel, e[:, cross]),
+           "n_r": add(sel & r_ok), "r_main": add(sel & r_ok, response[main]),
            "r_cross": add(sel & r_ok, response[cross])}
     for key, t in step_types.items():
         component = main if key[0] == "m" else cross
@@ -178,12 +180,12 @@ def unit_sums(units, n_units, shapes, selection, main):
 def _g_hat(s, step, with_selection):
     """(g_main, g_cross, R_shear_main, R_sel_main) of aggregated sums (arrays over replicas)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        r_main = s["r_main"] / s["n"] / (2 * step)
-        r_cross = s["r_cross"] / s["n"] / (2 * step)
+        r_main = s["r_main"] / s["n_r"] / (2 * step)
+        r_cross = s["r_cross"] / s["n_r"] / (2 * step)
         sel_main = (s["e_mp"] / s["n_mp"] - s["e_mm"] / s["n_mm"]) / (2 * step)
         sel_cross = (s["e_cp"] / s["n_cp"] - s["e_cm"] / s["n_cm"]) / (2 * step)
         if not with_selection:
-            sel_main, sel_cross = 0.0 * sel_main, 0.0 * sel_cross
+            sel_main, sel_cross = np.zeros_like(sel_main), np.zeros_like(sel_cross)
         g_main = s["e_main"] / s["n"] / (r_main + sel_main)
         g_cross = s["e_cross"] / s["n"] / (r_cross + sel_cross)
     return g_main, g_cross, r_main, sel_main

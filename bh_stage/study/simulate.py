@@ -107,7 +107,7 @@ TILE_TRUTH_DTYPE = np.dtype([
     ("ID", "i8"), ("X_PIX0", "f8"), ("Y_PIX0", "f8"), ("X_IMAGE", "f8"), ("Y_IMAGE", "f8"),
     ("RA_DEG", "f8"), ("DEC_DEG", "f8"), ("PAIR_ID", "i8"), ("SEPARATION_PIX", "f8"),
     ("MAG", "f8"), ("FLUX_ADU", "f8"), ("SNR", "f8"), ("GAL_ID", "i8"), ("KIND", "S10"),
-    ("PLANE", "i1"), ("SHEAR_G1", "f8"), ("SHEAR_G2", "f8"),
+    ("PLANE", "i2"), ("SHEAR_G1", "f8"), ("SHEAR_G2", "f8"),
 ])
 """Tile truth: ``X_PIX0, Y_PIX0`` 0-based (numpy), ``X_IMAGE, Y_IMAGE`` 1-based (FITS and
 SExtractor), where the object is drawn (sheared positions); ``PAIR_ID`` -1 for singles;
@@ -972,7 +972,7 @@ def _plan_tile(cfg, tile_samples, weights):
     pair_id += [-1] * n_star
     sep += [np.nan] * n_star
     g1, g2 = rng.normal(0.0, cfg.psf.atmos_g_sigma, 2)
-    plane = np.full(len(x), -1, np.int8)  # stars
+    plane = np.full(len(x), -1, np.int16)  # stars
     plane[:n] = np.random.default_rng([cfg.seed, 3]).random(n) < t.other_plane_fraction
     if t.companion_other_plane:
         plane[n_single + 1:n:2] = 1
