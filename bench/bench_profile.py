@@ -3,17 +3,24 @@
     python bench/bench_profile.py TILE.fits --catalogue TILE.cat [--weight TILE.weight.fits] \
         [--set KEY=VALUE ...] [--repeats 3]
 
-Start-up is timed in new processes (`import bh_stage.cli`, then `import tensorflow`); the run
-itself in this process, TensorFlow already imported, under cProfile, each phase the cumulative time of the functions that
-do it (reading the catalogue, reading tile and weight, background, cutting stamps, catalogue
-cues, loading the networks, tile head, paper head, waiting for the SEP processes, writing).
-SEP runs in child processes beside the network, so "waiting for SEP" is only the part the
-main thread could not hide. The median of ``--repeats`` runs of each phase is reported, and
-`source-extractor` on the same tile (example_config/sextractor/bh.sex), timed in the same
-run, gives the ratio. Writes bench/results/profile_<tile>.json.
+Each run is a new process, as `bh-stage run` is (Python, bh_stage and, in the stage, TensorFlow
+imported in it): its wall time is the total, and its ``run_stage`` runs under cProfile (the
+main thread), each phase the cumulative time of the functions that do it (reading the
+catalogue, reading tile and weight, background, building the tile head's network with
+TensorFlow's import, loading the paper head, cutting stamps, catalogue cues, tile head, paper
+head, waiting for the SEP processes, writing);
+"start-up" is the process's time outside ``run_stage``. SEP runs in child processes beside
+the network, so "waiting for SEP" is only the part the main thread could not hide. The
+median of ``--repeats`` runs of each phase is reported, and `source-extractor` on the same
+tile (example_config/sextractor/bh.sex), timed in the same run after each, gives the ratio
+of the medians. `import tensorflow` alone is timed in a new process for reference. Writes
+bench/results/profile_<tile>.json.
 """
 
+import argparse
 import cProfile
+import json
+import os
 import pstats
 import shutil
 import subprocess
@@ -37,6 +44,8 @@ PHASES = {
                        ("bh_stage/cues.py", "nearest_detection_pix"),
                        ("bh_stage/cues.py", "detections_in_stamp"),
                        ("bh_stage/features.py", "position_cues")],
+    "building the tile head's network (TensorFlow's import)": [
+        ("bh_stage/tilehead.py", "build")],
     "loading the networks": [("bh_stage/tilehead.py", "load_tile_head"),
                              ("bh_stage/model.py", "load_classifier")],
     "tile head network": [("bh_stage/tilehead.py", "predict_proba")],
@@ -78,6 +87,28 @@ def sextractor_seconds(tile, weight, folder):
     return time.perf_counter() - t0
 
 
+def profile_run(args):
+    """The child: ``run_stage`` under cProfile; prints its phases as JSON."""
+    t_import = time.perf_counter()
+    from bh_stage.config import RunConfig, load_config
+    from bh_stage.stage import run_stage
+
+    imports = time.perf_counter() - t_import
+    cfg = load_config("example_config/config.yml", RunConfig, [
+        f"catalogue={args.catalogue}", f"output={args.child}",
+        f"weight={args.weight if args.weight else 'null'}", *args.set])
+    profile = cProfile.Profile()
+    t0 = time.perf_counter()
+    profile.enable()
+    result = run_stage(cfg, args.tile)
+    profile.disable()
+    total = time.perf_counter() - t0
+    phases = phase_seconds(pstats.Stats(profile))
+    phases["other"] = total - sum(phases.values())
+    print(json.dumps({"run_stage": total, "import bh_stage.stage": imports,
+                      "n_objects": int(result.n_objects), **phases}))
+
+
 def main():
     parser = benchlib.parser(__doc__)
     parser.add_argument("tile", type=Path)
@@ -85,47 +116,49 @@ def main():
     parser.add_argument("--weight", type=Path)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: one run
     args = parser.parse_args()
+    if args.child:
+        return profile_run(args)
 
-    import tensorflow  # noqa: F401  (imported here so the phases exclude it; timed below)
-
-    from bh_stage.config import RunConfig, load_config
-    from bh_stage.stage import run_stage
-
-    runs, sextractor = [], []
+    runs, sextractor, loads = [], [], []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            cfg = load_config("example_config/config.yml", RunConfig, [
-                f"catalogue={args.catalogue}", f"output={tmp / 'out.cat'}",
-                f"weight={args.weight if args.weight else 'null'}", *args.set])
-            profile = cProfile.Profile()
+            loads.append(os.getloadavg()[0])
+            command = [sys.executable, __file__, str(args.tile), "--catalogue",
+                       str(args.catalogue), "--child", str(tmp / "out.cat"),
+                       *([f"--weight={args.weight}"] if args.weight else []),
+                       *[f"--set={item}" for item in args.set]]
             t0 = time.perf_counter()
-            profile.enable()
-            result = run_stage(cfg, args.tile)
-            profile.disable()
+            out = subprocess.run(command, check=True, capture_output=True, text=True,
+                                 cwd=benchlib.REPO)
             total = time.perf_counter() - t0
-            phases = phase_seconds(pstats.Stats(profile))
-            phases["other"] = total - sum(phases.values())
-            runs.append({"total": total, **phases})
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            n_objects = run.pop("n_objects")
+            run = {"total": total, "start-up (Python, imports)": total - run["run_stage"],
+                   **run}
+            runs.append(run)
             sextractor.append(sextractor_seconds(args.tile, args.weight, tmp))
+    loads.append(os.getloadavg()[0])
     start = {"import bh_stage.cli": startup_seconds("import bh_stage.cli"),
              "import tensorflow": startup_seconds("import tensorflow")}
     median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
     sex = float(np.median(sextractor))
-    print(f"{args.tile}: {result.n_objects} objects; median of {args.repeats} runs")
+    print(f"{args.tile}: {n_objects} objects; median of {args.repeats} runs, each a new process")
     for name, seconds in median.items():
         print(f"  {name:28s} {seconds:7.2f} s")
     for name, seconds in start.items():
-        print(f"  start-up, {name:18s} {seconds:7.2f} s (new process)")
-    total = median["total"] + start["import tensorflow"]
-    print(f"  source-extractor {sex:.2f} s; stage with TensorFlow's import "
-          f"{total:.2f} s: {total / sex:.2f}x")
+        print(f"  for reference, {name:18s} {seconds:7.2f} s (new process)")
+    total = median["total"]
+    print(f"  source-extractor {sex:.2f} s; stage {total:.2f} s: {total / sex:.2f}x; load "
+          f"{', '.join(f'{v:.2f}' for v in loads)}")
     benchlib.write_result(args.output or f"profile_{args.tile.stem}.json", {
         "tile": str(args.tile), "catalogue": str(args.catalogue), "set": args.set,
-        "n_objects": int(result.n_objects), "repeats": args.repeats, "median_seconds": median,
+        "n_objects": n_objects, "repeats": args.repeats, "median_seconds": median,
         "runs": runs, "startup_seconds": start, "sextractor_seconds": sextractor,
-        "sextractor_median_seconds": sex, "ratio_to_sextractor": total / sex})
+        "sextractor_median_seconds": sex, "ratio_to_sextractor": total / sex,
+        "load_1min_before_each_run_and_after": loads})
 
 
 if __name__ == "__main__":

@@ -158,9 +158,10 @@ class RunConfig:
         "otherwise; a path or pattern must exist; null: none.")
     tile_head: str = option("default", "Tile head giving BLEND_PROB, P(unrecognised "
                             "blend): 'default' (the shipped position-only "
-                            "tile_unrecognised_positions, which needs only x/y), a shipped "
-                            "head's name (tile_unrecognised: the catalogue head of 0.3-0.5), "
-                            "or a path to a head's .json.")
+                            "tile_unrecognised_positions_o2, which needs only x/y; "
+                            "tile_unrecognised_positions: the same network in 4 "
+                            "orientations), a shipped head's name (tile_unrecognised: the "
+                            "catalogue head of 0.3-0.5), or a path to a head's .json.")
     head: str = option("none", "Paper head giving BH_PAPER_PROB and BH_PAPER_FLAG (the "
                        "paper's question, not a cut on tiles: README 'Which column to cut "
                        "on'): 'none' (not computed: the fast survey mode), 'default' (the "

@@ -229,6 +229,14 @@ def _vignet_stamps(cfg, cat_path, rows, centre, xc, yc, shape, bad, rms_adu):
                         cfg.seed, rows.start)
 
 
+def _check_head_shape(cfg, path, meta):
+    """Refuse a head trained on stamps of another size or padding than the config's."""
+    if (meta["size_pix"], meta["pad_pix"]) != (cfg.stamp.size_pix, cfg.stamp.pad_pix):
+        raise ModelShapeError(f"{path}: head trained on {meta['size_pix']}px stamps padded by "
+                              f"{meta['pad_pix']}, config asks {cfg.stamp.size_pix} and "
+                              f"{cfg.stamp.pad_pix}; set stamp.size_pix / stamp.pad_pix")
+
+
 def _no_progress(done, total, step):
     """The ``progress`` of a run without a progress bar."""
 
@@ -466,6 +474,10 @@ def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr, mcal=None):
         ("BH_THEAD", Path(tile_head.path).name, "tile head (BLEND_PROB)"),
         ("BH_TSHA", tile_head.metadata["weights_sha256"][:64], "sha256 of its weights"),
         ("BH_THR", float(blend_thr), "BLEND_FLAG threshold on BLEND_PROB"),
+        *([] if "isolated_threshold" not in tile_head.metadata else [
+            ("BH_THRI", float(tile_head.metadata["isolated_threshold"]),
+             f"BLEND_PROB cut flagging {tile_head.metadata['isolated_fpr']:.0%} of isolated"),
+        ]),
         ("BH_HEAD", "none" if clf is None else Path(clf.head_path).name,
          "paper head (BH_PAPER_PROB)"),
         *paper,
@@ -597,6 +609,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         head_inputs = (cues.catalogue_features(columns, cat.x_pix, cat.y_pix, half_pix)
                        if columns else np.zeros((cat.nrows, 0), np.float32))
 
+    _check_head_shape(cfg, tile_head.path, tile_head.metadata)
     progress(0, 1, "reading tile")
     image = bad = None
     if read_tile:
@@ -628,18 +641,19 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
 
     progress(1, 1, "reading tile")
     progress(0, 1, "loading network")
+    # TensorFlow is imported here, once every input is checked and the tile read (a stand-in
+    # tile head without a network to build has no build)
+    build = getattr(tile_head, "build", None)
+    if build is not None:
+        build()
     clf = None
     if cfg.head != "none":
         head = heads.head_path(cfg.head, noise_sigma_adu=rms_adu)
         loader = model.load_classifier if classifier_loader is None else classifier_loader
         clf = loader(head, precision=cfg.precision, batch_size=cfg.batch_size)
     progress(1, 1, "loading network")
-    for path, meta in [(tile_head.path, tile_head.metadata)] + (
-            [] if clf is None else [(clf.head_path, clf.metadata)]):
-        if (meta["size_pix"], meta["pad_pix"]) != (cfg.stamp.size_pix, cfg.stamp.pad_pix):
-            raise ModelShapeError(f"{path}: head trained on {meta['size_pix']}px stamps padded by "
-                                  f"{meta['pad_pix']}, config asks {cfg.stamp.size_pix} and "
-                                  f"{cfg.stamp.pad_pix}; set stamp.size_pix / stamp.pad_pix")
+    if clf is not None:
+        _check_head_shape(cfg, clf.head_path, clf.metadata)
     blend_thr = (tile_head.blend_threshold if cfg.blend_threshold is None
                  else cfg.blend_threshold)
     log.info("tile head %s, BLEND_FLAG threshold %.3g", tile_head.path, blend_thr)

@@ -15,6 +15,7 @@ the docs for why not the VGG16 base).
 """
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ class TileHead:
     metadata : dict
         The head's JSON (architecture, calibration, thresholds, training provenance).
     model : keras.Model
-        Its network (``build_compact``), for ``train-tile --set weights_from=...``.
+        Its network (``build_compact``), for ``train-tile --set weights_from=...``; built,
+        with TensorFlow's import, on first use (``build``): loading a head reads only its
+        files.
     path : pathlib.Path
     blend_threshold : float
         ``BLEND_FLAG`` is ``BLEND_PROB >= blend_threshold``.
@@ -55,11 +58,9 @@ class TileHead:
         Names of the features it reads beside the pixels, in order.
     """
 
-    def __init__(self, model, head):
-        import tensorflow as tf
-
+    def __init__(self, head):
         meta = head.metadata
-        self.metadata, self.path, self.model = meta, head.path, model
+        self.metadata, self.path = meta, head.path
         self.blend_threshold = float(meta["blend_threshold"])
         self.stamp_features = reads_stamp_features(meta)
         self.feature_names = feature_names(meta)
@@ -68,8 +69,44 @@ class TileHead:
         self._scale = np.asarray(meta["feature_scale"], dtype=np.float32)
         self._a, self._b = meta["calibration"]["a"], meta["calibration"]["b"]
         self.n_orientations = int(meta.get("n_orientations", 1))
-        self._fn = tf.function(lambda x, f: model([x, f], training=False), autograph=False,
-                               reduce_retracing=True)
+        self._weights = head.weights
+        self._model = self._fn = None
+        self._lock = threading.Lock()
+
+    def build(self):
+        """Build the network (``build_compact``, the head's weights), importing TensorFlow;
+        done once, on first use or when ``run_stage`` has checked its inputs and read the
+        tile. Thread-safe. Returns the head.
+
+        Raises
+        ------
+        ModelShapeError
+            The head's weights do not fit its architecture.
+        """
+        with self._lock:
+            if self._model is None:
+                import tensorflow as tf
+
+                meta = self.metadata
+                model = build_compact(meta["stamp_side_pix"], len(self.feature_names),
+                                      meta["architecture"])
+                try:
+                    model.set_weights(self._weights)
+                except ValueError as err:
+                    raise ModelShapeError(
+                        f"{self.path}: its weights do not fit the {meta['architecture']} "
+                        f"network on {meta['stamp_side_pix']}px stamps with "
+                        f"{len(self.feature_names)} features ({err}); use a head made by "
+                        "`bh-stage train-tile`") from err
+                self._fn = tf.function(lambda x, f: model([x, f], training=False),
+                                       autograph=False, reduce_retracing=True)
+                self._model = model
+        return self
+
+    @property
+    def model(self):
+        """The network (keras.Model), built on first use."""
+        return self.build()._model
 
     def logits(self, stamps, rms_adu, features):
         """Uncalibrated logits (mean over the head's orientations) of padded stage stamps
@@ -81,19 +118,23 @@ class TileHead:
         """Logits of network input ``x`` (``scale_stamps`` of the central square) and raw
         features, averaged over ``n_orientations`` (default: the head's)."""
         f = ((np.asarray(features, np.float32) - self._mean) / self._scale).astype(np.float32)
-        return orientation_logits(self._fn, x, f, n_orientations or self.n_orientations)
+        return orientation_logits(self.build()._fn, x, f, n_orientations or self.n_orientations)
 
     def predict_proba(self, stamps, rms_adu, features):
         """Calibrated P(unrecognised blend), float64 (no saturation below 1 - 1e-16)."""
         return sigmoid(self._a * self.logits(stamps, rms_adu, features) + self._b)
 
 
-DEFAULT_TILE_HEAD = "tile_unrecognised_positions"
-"""Shipped tile head used by ``tile_head: default`` since 0.6: the position-only head
-(``compact_cnn_stamp_v1``, 4 orientations), trained on the artefact-free tiles of the tile
-study v2 and chosen there on the validation tiles over the catalogue head of 0.3-0.5
-(docs/tile_study_v2.md). That head stays shipped as ``tile_unrecognised`` (catalogue
-columns, 4 orientations) with ``tile_unrecognised_o2`` (its network in 2 orientations)."""
+DEFAULT_TILE_HEAD = "tile_unrecognised_positions_o2"
+"""Shipped tile head used by ``tile_head: default``: the position-only head
+(``compact_cnn_stamp_v1``) trained on the artefact-free tiles of the tile study v2 and chosen
+there on the validation tiles over the catalogue head of 0.3-0.5 (docs/tile_study_v2.md),
+scored in 2 orientations (the stamp and its quarter turn) and calibrated again on the
+validation tiles (issue 24: half the network time; validation AUC 0.8700 against 0.8713 in 4
+orientations, paired difference -0.0013 [-0.0028, +0.0001], within the rule's 0.003;
+docs/speed.md). The 4-orientation head of 0.6 stays shipped as
+``tile_unrecognised_positions``; the catalogue head as ``tile_unrecognised`` (4
+orientations) and ``tile_unrecognised_o2`` (2)."""
 
 
 _LOADED = {}
@@ -118,7 +159,8 @@ def tile_head_path(name_or_path="default"):
 
 
 def load_tile_head(path_json):
-    """Load a tile head written by ``train_tile`` (once per process).
+    """Load a tile head written by ``train_tile`` (once per process): its files only; the
+    network is built, and TensorFlow imported, on first use (``TileHead.build``).
 
     Raises
     ------
@@ -142,9 +184,7 @@ def load_tile_head(path_json):
         raise ModelShapeError(f"{path_json}: the head reads the features {', '.join(names)}; "
                               f"this bh-stage computes {', '.join(expected)}; use a head made "
                               f"by this version's `bh-stage train-tile`")
-    model = build_compact(meta["stamp_side_pix"], len(names), meta["architecture"])
-    model.set_weights(head.weights)
-    _LOADED[key] = TileHead(model, head)
+    _LOADED[key] = TileHead(head)
     return _LOADED[key]
 
 

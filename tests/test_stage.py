@@ -11,10 +11,12 @@ import pytest
 
 from bh_stage.cli import main
 from bh_stage.config import RunConfig, config_from_dict
+from bh_stage.pixels import tile_pixels
 from bh_stage.sep_flags import BH_MASKED, BH_NOT_SCORED
 from bh_stage.stage import OUTPUT_COLUMNS, output_columns, run_stage
 
-from conftest import REPO, SOURCES_XY, TILE_SHAPE, gaussian_image, write_ldac
+from conftest import (REPO, SOURCES_XY, TILE_SHAPE, FakeTileHead, gaussian_image,
+                      write_ldac)
 
 
 def sha(path):
@@ -362,3 +364,84 @@ def test_example_config_runs_a_tile_without_weight_map(small_tile, fake_classifi
     assert main(["-q", "run", str(REPO / "example_config" / "config.yml"),
                  str(small_tile / "tile.fits")]) == 0
     assert "3 objects" in capsys.readouterr().out
+
+
+class BuildingHead(FakeTileHead):
+    """A ``FakeTileHead`` with a network to build: ``read_before_build`` records, for each
+    ``build``, whether the tile had been read; ``error`` makes it raise."""
+
+    read_before_build = []
+    tile_read = False
+    error = None
+
+    def build(self):
+        BuildingHead.read_before_build.append(BuildingHead.tile_read)
+        if BuildingHead.error is not None:
+            raise BuildingHead.error
+        return self
+
+
+def test_network_is_built_after_the_reading_and_its_error_raised(small_tile, fake_classifier,
+                                                                 monkeypatch):
+    """Issue 24: the stage builds the tile head's network (TensorFlow's import) once, after
+    the input checks and the reading of the tile; an error there is raised by ``run_stage``
+    and nothing is written."""
+    from bh_stage import stage, tilehead
+    from bh_stage.errors import ModelShapeError
+
+    def read_pixels(*args):
+        BuildingHead.tile_read = True
+        return tile_pixels(*args)
+
+    monkeypatch.setattr(tilehead, "load_tile_head", BuildingHead)
+    monkeypatch.setattr(stage, "tile_pixels", read_pixels)
+    monkeypatch.setattr(BuildingHead, "read_before_build", [])
+    monkeypatch.setattr(BuildingHead, "tile_read", False)
+    result = run_stage(cfg(), small_tile / "tile.fits")
+    assert result.n_objects == 3
+    assert BuildingHead.read_before_build == [True]
+    (small_tile / "tile_bh.cat").unlink()
+    before = sorted(p.name for p in small_tile.iterdir())
+    monkeypatch.setattr(BuildingHead, "error", ModelShapeError("weights do not fit"))
+    with pytest.raises(ModelShapeError, match="weights do not fit"):
+        run_stage(cfg(), small_tile / "tile.fits")
+    assert sorted(p.name for p in small_tile.iterdir()) == before
+
+
+def test_bad_input_is_refused_before_tensorflow_is_imported(small_tile):
+    """With the shipped tile head, a catalogue without the position columns is refused
+    (one line, exit 2, nothing written) before TensorFlow is imported (issue 24: loading
+    the tile head reads its files only; the network is built after the checks)."""
+    import subprocess
+    import sys
+
+    (small_tile / "config.yml").write_text("x_column: NOPE_X\n")
+    code = ("import sys; from bh_stage.cli import main; "
+            f"code = main(['run', {str(small_tile / 'config.yml')!r}, "
+            f"{str(small_tile / 'tile.fits')!r}]); "
+            "print(code, 'tensorflow' in sys.modules)")
+    before = sorted(p.name for p in small_tile.iterdir())
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO)
+    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert "NOPE_X" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert sorted(p.name for p in small_tile.iterdir()) == before
+
+
+def test_isolated_threshold_goes_into_the_header(small_tile, fake_classifier, monkeypatch):
+    """A tile head that carries ``isolated_threshold`` (train-tile since 0.7) has it written
+    as BH_THRI beside BH_THR, its FPR in the comment; a head without it writes no BH_THRI."""
+    from bh_stage import tilehead
+
+    class IsolatedHead(FakeTileHead):
+        def __init__(self, path):
+            super().__init__(path)
+            self.metadata = dict(self.metadata, isolated_threshold=0.3125, isolated_fpr=0.05)
+
+    run_stage(cfg(output="{dir}/plain.cat"), small_tile / "tile.fits")
+    monkeypatch.setattr(tilehead, "load_tile_head", IsolatedHead)
+    run_stage(cfg(output="{dir}/iso.cat"), small_tile / "tile.fits")
+    plain = fitsio.read_header(str(small_tile / "plain.cat"), ext="LDAC_OBJECTS")
+    iso = fitsio.read_header(str(small_tile / "iso.cat"), ext="LDAC_OBJECTS")
+    assert "BH_THRI" not in plain and iso["BH_THR"] == plain["BH_THR"] == 0.5
+    assert iso["BH_THRI"] == 0.3125 and "5%" in iso.get_comment("BH_THRI")

@@ -115,6 +115,19 @@ def test_calibration_recovers_a_known_law():
     assert a == pytest.approx(0.5, abs=0.05) and b == pytest.approx(-1.0, abs=0.07)
 
 
+def test_isolated_threshold_flags_its_fpr_of_isolated_galaxies_only():
+    """The threshold is read on isolated galaxies alone: 100 isolated at p = 0.00..0.99 and
+    blends at p = 1 give the 95th percentile of the isolated ones, whatever the blends."""
+    p = np.r_[np.arange(100) / 100.0, np.ones(50)]
+    iso = np.r_[np.ones(100, int), np.zeros(50, int)]
+    thr = train_tile.isolated_threshold(p, iso, 0.05)
+    assert thr == pytest.approx(np.quantile(np.arange(100) / 100.0, 0.95))
+    assert np.mean(p[:100] >= thr) == pytest.approx(0.05, abs=0.011)
+    assert train_tile.isolated_threshold(p[::-1], iso[::-1], 0.05) == thr
+    with pytest.raises(ValueError, match="no isolated"):
+        train_tile.isolated_threshold(p[100:], iso[100:])
+
+
 def test_reliability_bins_hold_every_detection():
     rng = np.random.default_rng(1)
     p = rng.random(1000)
@@ -198,13 +211,16 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     assert (out / "roc.png").stat().st_size > 10000
 
 
-@pytest.mark.parametrize("name, architecture", [
-    ("default", compact.STAMP_ARCHITECTURE), ("tile_unrecognised", compact.ARCHITECTURE)])
-def test_shipped_tile_head_loads_and_scores(name, architecture):
-    """The shipped tile heads (the position-only default and the catalogue head of 0.3-0.5):
-    their metadata says what they are, and they score stage stamps with probabilities
-    strictly inside (0, 1) that follow the calibration of their logits, the same for a
-    quarter-turned stamp (4 orientations averaged)."""
+@pytest.mark.parametrize("name, architecture, n_orientations", [
+    ("default", compact.STAMP_ARCHITECTURE, 2),
+    ("tile_unrecognised_positions", compact.STAMP_ARCHITECTURE, 4),
+    ("tile_unrecognised", compact.ARCHITECTURE, 4)])
+def test_shipped_tile_head_loads_and_scores(name, architecture, n_orientations):
+    """The shipped tile heads (the position-only default, in 2 orientations since issue 24,
+    the same in 4, and the catalogue head of 0.3-0.5): their metadata says what they are,
+    and they score stage stamps with probabilities strictly inside (0, 1) that follow the
+    calibration of their logits, the same for a quarter-turned stamp where the 4 quarter
+    turns are averaged."""
     from bh_stage import cues, features
 
     head = tilehead.load_tile_head(tilehead.tile_head_path(name))
@@ -223,23 +239,30 @@ def test_shipped_tile_head_loads_and_scores(name, architecture):
     assert p.shape == (6,) and ((p > 0) & (p < 1)).all()
     a, b = meta["calibration"]["a"], meta["calibration"]["b"]
     np.testing.assert_allclose(p, compact.sigmoid(a * head.logits(stamps, 14.5, feats) + b))
-    assert head.n_orientations == meta["n_orientations"] == 4
-    turned = np.rot90(stamps, 1, axes=(1, 2))
-    np.testing.assert_allclose(head.predict_proba(turned, 14.5, feats), p, rtol=1e-5)
+    assert head.n_orientations == meta["n_orientations"] == n_orientations
+    if n_orientations == 4:
+        turned = np.rot90(stamps, 1, axes=(1, 2))
+        np.testing.assert_allclose(head.predict_proba(turned, 14.5, feats), p, rtol=1e-5)
 
 
-def test_fast_catalogue_head_is_the_same_network_in_two_orientations():
-    """tile_unrecognised_o2 is tile_unrecognised's network averaged over 2 orientations."""
-    head = tilehead.load_tile_head(tilehead.tile_head_path("tile_unrecognised"))
+@pytest.mark.parametrize("four, two", [("tile_unrecognised", "tile_unrecognised_o2"),
+                                       ("tile_unrecognised_positions", "default")])
+def test_fast_head_is_the_same_network_in_two_orientations(four, two):
+    """tile_unrecognised_o2 is tile_unrecognised's network averaged over 2 orientations, and
+    the default tile head (tile_unrecognised_positions_o2, issue 24) is
+    tile_unrecognised_positions' network in 2 orientations: the same weights, logits the
+    mean of the stamp's and its quarter turn's."""
+    head = tilehead.load_tile_head(tilehead.tile_head_path(four))
     meta = head.metadata
     rng = np.random.default_rng(0)
     stamps = rng.normal(0, 14.5, (6, 65, 65)).astype(np.float32)
     stamps[:3, 32, 32] += 3000.0
     feats = np.tile(np.asarray(meta["feature_mean"], np.float32), (6, 1))
     # the faster head is the same network in 2 orientations, the stamp and its quarter turn
-    two = tilehead.load_tile_head(tilehead.tile_head_path("tile_unrecognised_o2"))
+    two = tilehead.load_tile_head(tilehead.tile_head_path(two))
     assert two.n_orientations == 2 and two.metadata["calibrated_from"] == {
         "head": head.path.name, "n_orientations": 4, "weights_sha256": meta["weights_sha256"]}
+    assert two.metadata["weights_sha256"] == meta["weights_sha256"]
     x = compact.scale_stamps(compact.centre_stamps(stamps), 14.5)
     turns = [head.input_logits(compact.dihedral(x, k), feats, 1) for k in (0, 1)]
     np.testing.assert_allclose(two.logits(stamps, 14.5, feats), np.mean(turns, axis=0),
