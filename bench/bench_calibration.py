@@ -55,12 +55,10 @@ def main():
         flag.append(columns["BLEND_FLAG"])
         classes.append(tileset.detection_table(folder)[1])
     classes = np.concatenate(classes)
-    summary = calibration_summary(np.concatenate(prob), classes["UNRECOGNISED"],
-                                  np.concatenate(flag), galaxy_groups(classes),
-                                  n_boot=args.n_bootstrap)
-
     prob, flag = np.concatenate(prob), np.concatenate(flag)
     groups, iso = galaxy_groups(classes), classes["ISOLATED"] == 1
+    summary = calibration_summary(prob, classes["UNRECOGNISED"], flag, groups,
+                                  n_boot=args.n_bootstrap)
     meta = json.loads(Path(tile_head_path(args.head)).read_text())
     rules = {"BH_THR": {"threshold": float(meta["blend_threshold"]),
                         "chosen_as": f"flags {meta['flag_fraction']} of all validation "
