@@ -17,7 +17,6 @@ here: all detections, isolated galaxies, unrecognised blends. Only the test tile
 """
 
 import dataclasses
-import json
 from pathlib import Path
 
 import fitsio
@@ -39,7 +38,7 @@ def main():
     from bh_stage.stage import run_stage
     from bh_stage.study import tileset
     from bh_stage.study.evaluate_tile import calibration_summary, galaxy_groups, unit_counts
-    from bh_stage.tilehead import tile_head_path
+    from bh_stage.tilehead import load_tile_head, tile_head_path
 
     tiles = load_config(None, TileSetConfig, [f"work_dir={args.work_dir}", *args.tiles_set])
     run_cfg = config_from_dict(RunConfig, {"tile_head": args.head, "overwrite": True})
@@ -59,7 +58,7 @@ def main():
     groups, iso = galaxy_groups(classes), classes["ISOLATED"] == 1
     summary = calibration_summary(prob, classes["UNRECOGNISED"], flag, groups,
                                   n_boot=args.n_bootstrap)
-    meta = json.loads(Path(tile_head_path(args.head)).read_text())
+    meta = load_tile_head(tile_head_path(args.head)).metadata  # the head run_stage loaded
     rules = {"BH_THR": {"threshold": float(meta["blend_threshold"]),
                         "chosen_as": f"flags {meta['flag_fraction']} of all validation "
                                      "detections"}}

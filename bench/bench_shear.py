@@ -241,8 +241,10 @@ SCORES = {
 
 
 def binary_cuts(d):
-    return {"none": Selection.fixed("none", np.ones(len(d["x"]), bool)),
-            "FLAGS & 2 == 0": Selection.fixed("FLAGS & 2 == 0", (d["FLAGS"].astype(np.int64) & 2) == 0),
+    everything = np.ones(len(d["x"]), bool)  # recomputed on every image trivially
+    flags = d["FLAGS"].astype(np.int64)
+    return {"none": Selection("none", {t: everything for t in METACAL_TYPES}, True),
+            "FLAGS & 2 == 0": Selection.fixed("FLAGS & 2 == 0", (flags & 2) == 0),
             "BLEND_FLAG == 0": Selection.fixed("BLEND_FLAG == 0", d["BLEND_FLAG"] == 0),
             "BLEND_FLAG_NOSHEAR == 0": flag_selection(d),
             "truth oracle": Selection.fixed("truth oracle", d["UNRECOGNISED"] == 0)}
@@ -291,19 +293,19 @@ def unit_index(data):
     return units, len(groups)
 
 
-def measure(data, g, weights, make_selection):
-    """m, c... of one cut: the point, the bootstrap replicates and the point without R_sel.
-    R_sel is always that of what is recomputed on the sheared images (the size cut and, for a
-    metacalibratable cut, the cut itself); a cut made once adds nothing to it."""
-    units, n_units = unit_index(data)
-    plus, minus = summed_sums(data, units, n_units, make_selection)
+def measure(data, units, g, weights, make_selection):
+    """m, c... of one cut: the point, the bootstrap replicates, the point without R_sel and
+    whether the cut is metacalibratable. R_sel is always that of what is recomputed on the
+    sheared images (the size cut and, for a metacalibratable cut, the cut itself); a cut made
+    once adds nothing to it. ``units``: ``unit_index(data)``."""
+    plus, minus = summed_sums(data, *units, make_selection)
     point = shear_bias(plus, minus, g, None)
     boot = shear_bias(plus, minus, g, weights)
     uncal = shear_bias(plus, minus, g, None, with_selection=False)
-    return point, boot, uncal
+    return point, boot, uncal, make_selection(data[0][2]).metacalibratable
 
 
-def row(name, point, boot, uncal, n_none, metacalibratable, area_arcmin2):
+def row(name, point, boot, uncal, metacalibratable, n_none, area_arcmin2):
     return {"name": name, "kept_frac": float(point["n"] / n_none), "m": float(point["m"]),
             "m_ci95": metrics.interval(boot["m"], 0.95), "sigma_m": float(np.std(boot["m"])),
             "c": float(point["c"]), "c_ci95": metrics.interval(boot["c"], 0.95),
@@ -317,17 +319,16 @@ def row(name, point, boot, uncal, n_none, metacalibratable, area_arcmin2):
 
 def analyse(args, data, baseline_model=None):
     """Every cut's row, the paired comparisons and the oracle fraction."""
-    units, n_units = unit_index(data)
-    weights = bootstrap_weights(n_units, args.n_boot, seed=1)
+    units = unit_index(data)
+    weights = bootstrap_weights(units[1], args.n_boot, seed=1)
     area = 2 * len(data) * (args.size_pix * 0.187 / 60) ** 2  # both images
     results, boots = {}, {}
     n_none = None
-    for name, sel in binary_cuts(data[0][2]).items():
-        meta = sel.metacalibratable or name == "none"
-        point, boot, uncal = measure(data, args.g, weights,
+    for name in binary_cuts(data[0][2]):
+        point, boot, *rest = measure(data, units, args.g, weights,
                                      lambda d, name=name: binary_cuts(d)[name])
         n_none = point["n"] if name == "none" else n_none
-        results[name], boots[name] = row(name, point, boot, uncal, n_none, meta, area), boot
+        results[name], boots[name] = row(name, point, boot, *rest, n_none, area), boot
     if baseline_model is None:
         return results, boots, weights
     fractions = sorted({round(results[n]["kept_frac"], 4) for n in
@@ -338,10 +339,9 @@ def analyse(args, data, baseline_model=None):
         for f in fractions:
             t = cuts[score][f]
             key = f"{score} @ {f:.3f}"
-            meta = score == "BLEND_PROB_NOSHEAR"
-            point, boot, uncal = measure(
-                data, args.g, weights, lambda d, s=score, t=t: cut_selection(d, s, t))
-            results[key] = dict(row(key, point, boot, uncal, n_none, meta, area),
+            point, boot, *rest = measure(
+                data, units, args.g, weights, lambda d, s=score, t=t: cut_selection(d, s, t))
+            results[key] = dict(row(key, point, boot, *rest, n_none, area),
                                 score=score, target_kept=f, threshold=t)
             boots[key] = boot
     return results, boots, weights

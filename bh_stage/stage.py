@@ -641,11 +641,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
 
     progress(1, 1, "reading tile")
     progress(0, 1, "loading network")
-    # TensorFlow is imported here, once every input is checked and the tile read (a stand-in
-    # tile head without a network to build has no build)
-    build = getattr(tile_head, "build", None)
-    if build is not None:
-        build()
+    tile_head.build()  # imports TensorFlow: every input is checked and the tile read by now
     clf = None
     if cfg.head != "none":
         head = heads.head_path(cfg.head, noise_sigma_adu=rms_adu)

@@ -176,6 +176,10 @@ class FakeTileHead:
         self.metadata = {"target": "unrecognised_blend", "weights_sha256": "1" * 64,
                          "size_pix": 51, "pad_pix": 7}
 
+    def build(self):
+        """No network to build (``TileHead.build`` imports TensorFlow)."""
+        return self
+
     def predict_proba(self, stamps, rms_adu, features):
         assert features.shape == (len(stamps), 0) and rms_adu > 0
         c = stamps.shape[-1] // 2

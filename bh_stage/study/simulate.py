@@ -564,6 +564,19 @@ def _init_worker(settings):
     _WORKER_SETTINGS.update(settings)
 
 
+def _flux_adu(settings, mag):
+    """Flux in ADU of an AB magnitude (the survey's zero point)."""
+    return 10.0 ** (-0.4 * (mag - magnitude_zeropoint(settings["exptime_s"],
+                                                       settings["area_cm2"])))
+
+
+def _size_magnitude(settings, gal, mag, m_ref):
+    """The size-magnitude law of every sample: ``gal`` (its size at ``m_ref``) dilated by
+    ``10**(size_slope_dex_per_mag (mag - m_ref))``, flux kept."""
+    slope = settings["size_slope_dex_per_mag"]
+    return gal.dilate(10.0 ** (slope * (mag - m_ref))) if slope else gal
+
+
 def _galaxy(settings, kind, cat_index, mag, theta_rad, extra=None):
     """Return the rotated galaxy (a point source for kind 'star') at magnitude ``mag`` (flux
     in ADU) and its flux. ``extra``: a Sersic draw's parameters (kind ``DRAW_KIND``) or a
@@ -571,12 +584,10 @@ def _galaxy(settings, kind, cat_index, mag, theta_rad, extra=None):
     galsim = require("galsim", "study")
 
     if kind == "star":
-        zp = magnitude_zeropoint(settings["exptime_s"], settings["area_cm2"])
-        star = galsim.DeltaFunction(flux=10.0 ** (-0.4 * (mag - zp)))
+        star = galsim.DeltaFunction(flux=_flux_adu(settings, mag))
         return star, float(star.flux)
     if kind == DRAW_KIND:
         e = extra
-        zp = magnitude_zeropoint(settings["exptime_s"], settings["area_cm2"])
         knots_flux = e["knots_flux_fraction"] if e["knots_seed"] else 0.0
         gal = galsim.Sersic(n=e["n"], half_light_radius=e["hlr_arcsec"], flux=1.0 - knots_flux)
         if knots_flux:
@@ -584,9 +595,7 @@ def _galaxy(settings, kind, cat_index, mag, theta_rad, extra=None):
                                            half_light_radius=e["hlr_arcsec"], flux=knots_flux,
                                            rng=galsim.BaseDeviate(e["knots_seed"]))
         gal = gal.shear(g=e["g"], beta=0.0 * galsim.radians)
-        gal = gal.withFlux(10.0 ** (-0.4 * (mag - zp)))
-        if settings["size_slope_dex_per_mag"]:
-            gal = gal.dilate(10.0 ** (settings["size_slope_dex_per_mag"] * (mag - e["m_ref"])))
+        gal = _size_magnitude(settings, gal.withFlux(_flux_adu(settings, mag)), mag, e["m_ref"])
         gal = gal.rotate(theta_rad * galsim.radians)
         return gal, float(gal.flux)
     real = kind == "real"
@@ -598,9 +607,8 @@ def _galaxy(settings, kind, cat_index, mag, theta_rad, extra=None):
     else:
         gal = cat.makeGalaxy(int(cat_index), gal_type="parametric")
     m_sample = sample_mags(cat, real)[int(cat_index)]
-    gal = gal.withScaledFlux(10.0 ** (-0.4 * (mag - m_sample)))
-    if settings["size_slope_dex_per_mag"]:
-        gal = gal.dilate(10.0 ** (settings["size_slope_dex_per_mag"] * (mag - m_sample)))
+    gal = _size_magnitude(settings, gal.withScaledFlux(10.0 ** (-0.4 * (mag - m_sample))),
+                          mag, m_sample)
     if extra is not None and real:  # augmentation; flux kept, the rotation below follows
         if extra["flip"]:
             gal = gal.transform(-1.0, 0.0, 0.0, 1.0)
@@ -1048,12 +1056,11 @@ def lensed_positions(x_pix, y_pix, plane, shears, mags, link_pix=LENS_LINK_PIX):
     links = cKDTree(xy).query_pairs(link_pix, output_type="ndarray")
     graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])),
                        shape=(len(gal), len(gal)))
-    n_groups, group = connected_components(graph, directed=False)
-    # anchor: the brightest main-plane member, else the brightest member
+    _, group = connected_components(graph, directed=False)
+    # anchor: the brightest main-plane member, else the brightest member: the first member
+    # of each group in that order (every group id 0..n_groups-1 occurs)
     order = np.lexsort((np.asarray(mags)[gal], np.asarray(plane)[gal] != 0))
-    anchor = np.full(n_groups, -1)
-    for k in order[::-1]:  # the last written is the first in order
-        anchor[group[k]] = k
+    anchor = order[np.unique(group[order], return_index=True)[1]]
     offset = xy - xy[anchor[group]]
     moved = np.empty_like(xy)
     for g1g2 in np.unique(shears[gal], axis=0):

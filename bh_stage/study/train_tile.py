@@ -283,14 +283,12 @@ def train_tile(cfg, progress=None):
         }
     logits = tile_logits(model, va_img, ((va_cat - mean) / scale).astype(np.float32),
                      cfg.n_orientations)
-    calibration, threshold, valid = _calibrate(logits, y_va, cfg.flag_fraction)
+    calibration, threshold, iso_threshold, valid = _calibrate(logits, y_va, cfg.flag_fraction,
+                                                              va_cls["ISOLATED"])
     meta.update({"n_orientations": cfg.n_orientations, "calibration": calibration,
                  "blend_threshold": threshold, "hybrid_threshold": None,
                  "flag_fraction": cfg.flag_fraction, "valid": valid,
-                 "isolated_fpr": ISOLATED_FPR,
-                 "isolated_threshold": isolated_threshold(
-                     sigmoid(calibration["a"] * logits + calibration["b"]),
-                     va_cls["ISOLATED"], ISOLATED_FPR)})
+                 "isolated_fpr": ISOLATED_FPR, "isolated_threshold": iso_threshold})
     return save_head(out, model.get_weights(), meta, overwrite=cfg.overwrite), valid
 
 
@@ -314,9 +312,10 @@ def source_features(metadata):
     return "stamp" if reads_stamp_features(metadata) else "catalogue"
 
 
-def _calibrate(logits, labels, flag_fraction):
-    """Calibration, ``BLEND_FLAG`` threshold (flagging ``flag_fraction`` of the detections)
-    and metrics of a tile head's validation logits against its 0/1 labels."""
+def _calibrate(logits, labels, flag_fraction, isolated):
+    """Calibration, ``BLEND_FLAG`` threshold (flagging ``flag_fraction`` of the detections),
+    ``isolated_threshold`` (on the detections whose truth ``isolated`` is 1) and metrics of a
+    tile head's validation logits against its 0/1 labels."""
     from .metrics import roc_auc, tpr_at_fpr
 
     a, b = calibrate_logits(logits, labels)
@@ -332,7 +331,7 @@ def _calibrate(logits, labels, flag_fraction):
              "reliability": reliability(prob, labels)}
     calibration = {"a": a, "b": b,
                    "rule": "p = sigmoid(a * logit + b), fitted on the validation tiles"}
-    return calibration, threshold, valid
+    return calibration, threshold, isolated_threshold(prob, isolated), valid
 
 
 def run_train_tile(cfg, progress=None):
