@@ -395,3 +395,31 @@ def test_diverse_tile_draws_and_is_finite(cosmos):
     d = truth["KIND"] == b"sersicdraw"
     np.testing.assert_allclose(truth["FLUX_ADU"][d], 10 ** (-0.4 * (truth["MAG"][d] - zp)),
                                rtol=1e-3)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read the Sersic fits"),
+    ("1 1.0 0.3\n2 2.0 0.4\n", "3 columns, expected at least 4"),
+])
+def test_a_bad_sersic_file_is_one_line_exit_2_and_no_output(cosmos, tmp_path, capsys,
+                                                             content, message):
+    """``bh-stage simulate`` with an unreadable or too narrow ``tile.sersic_catalogue``: one
+    line naming the file, exit code 2, no tile written, the file untouched."""
+    from bh_stage.cli import main
+
+    fits = tmp_path / "fits.asc"
+    if content is not None:
+        fits.write_text(content)
+    cfg = tmp_path / "sim.yml"
+    cfg.write_text(f"mode: tile\nseed: 3\nn_workers: 1\ncosmos_dir: {cosmos}\n"
+                   f"tile:\n  nx_pix: 128\n  ny_pix: 128\n  sersic_fraction: 1.0\n"
+                   f"  sersic_catalogue: {fits}\n  image: {tmp_path}/out/tile.fits\n"
+                   f"  weight: {tmp_path}/out/tile.weight.fits\n"
+                   f"  truth: {tmp_path}/out/tile_truth.fits\n")
+    assert main(["-q", "simulate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(fits) in err and message in err
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir())
+    if content is not None:
+        assert fits.read_text() == content
