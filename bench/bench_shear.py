@@ -8,8 +8,10 @@ of every injected pair and ``--other-fraction`` of the single galaxies) by a fix
 the other component, so a merged detection carries another plane's shear. Each image is
 SExtracted, run through ``bh-stage run`` with ``metacal.enabled`` (BLEND_PROB and BLEND_FLAG
 of the five metacalibration images), and every detection measured with metacalibration
-(``bh_stage.study.shear``: adaptive moments of the five images of its 51x51 stamp, neighbours
-left in, the tile's true PSF, the correlated-noise correction).
+(``bh_stage.study.shear``: moments of the five images of its 51x51 stamp, neighbours left in,
+the tile's true PSF, the correlated-noise correction). ``--estimator``: ``weighted`` (default,
+metadetect's ``wmom``: a fixed Gaussian weight of FWHM 1.2 arcsec on the detection, size cut
+T/T_psf >= 1.2) or ``adaptive`` (HSM adaptive moments, T/T_psf >= 1.5; the 0.7 bench's).
 
 m and c are measured on the detections whose main true object is a main-plane galaxy (a
 tomographic bin assigned by truth), with ``R = R_shear + R_sel``, R_sel that of everything
@@ -27,7 +29,8 @@ training tiles (``--tiles-dir``).
     python bench/bench_shear.py --figure docs/shear_m_vs_kept.png   # full, ~1 h on 2 cores
     python bench/bench_shear.py --quick       # smoke test, < 3 min, in /tmp/bh_shear_quick
 
-Writes ``bench/results/shear_metacal.json`` (``--quick``: ``<work-dir>/shear_quick.json``).
+Writes ``bench/results/shear_metacal.json`` (``--estimator adaptive``: ``shear_metacal_adaptive.json``;
+``--quick``: ``<work-dir>/shear_metacal_quick.json``).
 """
 
 import json
@@ -43,8 +46,9 @@ from bh_stage.metacal import METACAL_TYPES
 from bh_stage.pixels import tile_pixels
 from bh_stage.study import metrics, tileset
 from bh_stage.study.evaluate_tile import baseline_columns, baseline_matrix, fit_baseline
-from bh_stage.study.shear import (Selection, bootstrap_weights, metacal_shapes, psf_sigma_pix,
-                                  shear_bias, size_cut, unit_sums)
+from bh_stage.study.shear import (MIN_S2N, MIN_SIZE_RATIO, WEIGHT_FWHM_ARCSEC, Selection,
+                                  bootstrap_weights, metacal_shapes, psf_sigma_pix, shear_bias,
+                                  size_cut, unit_sums)
 from bh_stage.study.simulate import psf_image
 
 import benchlib
@@ -66,6 +70,9 @@ run)."""
 TILE_HEAD = "tile_unrecognised_positions"
 """The tile head of the bench's stage runs (0.6's default, named so a later default does not
 change a half-done bench)."""
+PIXEL_SCALE_ARCSEC = 0.187
+"""The bench tiles' pixel scale (``TileConfig``'s default)."""
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 STAGE_PSF = {"psf_fwhm_arcsec": 0.65, "psf_moffat_beta": 4.765}
 """The stage's metacal PSF on the simulated tiles: their 0.65" FWHM as a Moffat of the optical
 core's beta (the tiles' PSF is a Moffat core in Kolmogorov seeing; the shapes use the exact
@@ -90,6 +97,8 @@ def parse_args(argv=None):
     p.add_argument("--baseline-from", default=str(REPO / "docs/results_tile_v2/info.json"),
                    help="evaluate-tile info.json whose tuned baseline (model, settings) is used")
     p.add_argument("--cosmos-dir", default="/work/shared/cosmos")
+    p.add_argument("--estimator", choices=("weighted", "adaptive"), default="weighted",
+                   help="shape estimator (bh_stage.study.shear)")
     p.add_argument("--n-boot", type=int, default=500)
     p.add_argument("--figure", default=None, help="m vs fraction kept (PNG)")
     args = p.parse_args(argv)
@@ -121,17 +130,29 @@ def baseline(args):
     return fitted, columns, info
 
 
-def measure_image(folder, sim_cfg, tiles):
+def measure_image(folder, sim_cfg, tiles, estimator):
     """Simulate, SExtract, run the stage with metacal and measure the metacal shapes of one
-    image; cached in the folder as ``shear_measure.npz``."""
+    image; cached in the folder: ``shear_measure.npz`` (everything, adaptive shapes), and
+    ``shapes_weighted.npz`` (the ``weighted`` estimator's shapes, which then replace them)."""
+    cache = folder / "shear_measure.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            d = {k: z[k] for k in z.files}
+    else:
+        d = _measure_image(folder, sim_cfg, tiles)
+        io.atomic_write_bytes(cache, lambda fh: np.savez(fh, **d))
+    if estimator == "weighted":
+        d.update(weighted_shapes(folder, d, sim_cfg))
+    d["estimator"] = estimator
+    return d
+
+
+def _measure_image(folder, sim_cfg, tiles):
+    """``measure_image``'s work (adaptive shapes), uncached."""
     import fitsio
 
     from bh_stage.stage import run_stage
 
-    cache = folder / "shear_measure.npz"
-    if cache.is_file():
-        with np.load(cache) as z:
-            return {k: z[k] for k in z.files}
     files = tileset.prepare_tile(folder, sim_cfg, tiles.sextractor_config)
     out = folder / "tile_bh.cat"
     run_stage(config_from_dict(RunConfig, {
@@ -141,30 +162,53 @@ def measure_image(folder, sim_cfg, tiles):
         files["image"])
     (x, y), classes, _ = tileset.detection_table(folder)
     stage = fitsio.read(str(out), ext="LDAC_OBJECTS")
-    truth, header = fitsio.read(str(files["truth"]), ext="TRUTH", header=True)
+    truth = fitsio.read(str(files["truth"]), ext="TRUTH")
     plane = dict(zip(truth["ID"].tolist(), truth["PLANE"].tolist()))
-    _, tile_header = io.read_tile(files["image"])
-    psf = psf_image(sim_cfg, tile_header["BH_PSFG1"], tile_header["BH_PSFG2"], PSF_SIDE_PIX)
-    psf /= psf.sum()
-    image, bad, rms = tile_pixels(files["image"], files["weight"])
     x0 = np.where(np.isfinite(x), x, 0.0)  # 0-based (io converts SExtractor's 1-based)
     y0 = np.where(np.isfinite(y), y, 0.0)
-    # the correction noise follows the true object, so the twin image draws the same
-    noise = np.where(classes["MAIN_ID"] > 0, classes["MAIN_ID"],
-                     NOISE_SPURIOUS + np.arange(len(x0)))
-    shapes = metacal_shapes(image, bad, rms, x0, y0, psf, seed=0, noise_index=noise)
     d = {"x": x0, "y": y0, "FLAGS": io.read_columns(files["catalogue"], ["FLAGS"])["FLAGS"],
-         "MAIN_PLANE": np.array([plane.get(i, -1) for i in classes["MAIN_ID"].tolist()]),
-         "psf_sigma_pix": psf_sigma_pix(psf)}
+         "MAIN_PLANE": np.array([plane.get(i, -1) for i in classes["MAIN_ID"].tolist()])}
     for name in classes.dtype.names:
         d[name] = classes[name]
     for name in stage.dtype.names:
         if name.startswith(("BLEND_PROB", "BLEND_FLAG")):
             d[name] = stage[name]
-    for t in METACAL_TYPES:
-        d["E_" + t], d["SIGMA_" + t] = shapes[t]["E"], shapes[t]["SIGMA_PIX"]
-    io.atomic_write_bytes(cache, lambda fh: np.savez(fh, **d))
+    d.update(shapes(folder, d, sim_cfg, "adaptive"))
     return d
+
+
+def weighted_shapes(folder, d, sim_cfg):
+    """``shapes(..., 'weighted')`` of an image's detections, cached in
+    ``shapes_weighted.npz``."""
+    cache = folder / "shapes_weighted.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return {k: z[k] for k in z.files}
+    out = shapes(folder, d, sim_cfg, "weighted")
+    io.atomic_write_bytes(cache, lambda fh: np.savez(fh, **out))
+    return out
+
+
+def shapes(folder, d, sim_cfg, estimator):
+    """``E_<type>``, ``SIGMA_<type>`` (metacal shapes of every detection of ``d``, at its
+    0-based ``x``, ``y``) and ``psf_sigma_pix`` of one image, with one estimator."""
+    files = {k: folder / v for k, v in tileset.TILE_FILES.items()}
+    _, tile_header = io.read_tile(files["image"])
+    psf = psf_image(sim_cfg, tile_header["BH_PSFG1"], tile_header["BH_PSFG2"], PSF_SIDE_PIX)
+    psf /= psf.sum()
+    image, bad, rms = tile_pixels(files["image"], files["weight"])
+    # the correction noise follows the true object, so the twin image draws the same
+    noise = np.where(d["MAIN_ID"] > 0, d["MAIN_ID"], NOISE_SPURIOUS + np.arange(len(d["x"])))
+    weight = WEIGHT_FWHM_ARCSEC / PIXEL_SCALE_ARCSEC / FWHM_PER_SIGMA
+    options = {"estimator": estimator,
+               "weight_sigma_pix": weight if estimator == "weighted" else None}
+    moments = metacal_shapes(image, bad, rms, d["x"], d["y"], psf, seed=0, noise_index=noise,
+                             **options)
+    out = {"psf_sigma_pix": psf_sigma_pix(psf, **options)}
+    for t in METACAL_TYPES:
+        out["E_" + t], out["SIGMA_" + t] = moments[t]["E"], moments[t]["SIGMA_PIX"]
+        out["S2N_" + t] = moments[t]["S2N"]
+    return out
 
 
 def images(args, kind):
@@ -189,7 +233,7 @@ def images(args, kind):
                               "other_plane_fraction": args.other_fraction})
             sim_cfg = tileset.simulate_config(tiles, "test", seed, **shear)
             folder = Path(args.work_dir) / f"{kind}_s{seed}_{tag}"
-            pair.append(measure_image(folder, sim_cfg, tiles))
+            pair.append(measure_image(folder, sim_cfg, tiles, args.estimator))
             print(f"{kind} seed {seed} g{main + 1} {sign * args.g:+g}: "
                   f"{len(pair[-1]['x'])} detections, {time.perf_counter() - t0:.0f} s",
                   flush=True)
@@ -198,10 +242,13 @@ def images(args, kind):
 
 
 def base_selection(d):
-    """Resolved shapes, the size measured on each metacalibration image."""
-    psf = float(d["psf_sigma_pix"])
-    return Selection("resolved", {t: size_cut({"E": d["E_" + t], "SIGMA_PIX": d["SIGMA_" + t]},
-                                              psf) for t in METACAL_TYPES}, True)
+    """Resolved shapes (and, for the weighted estimator, S/N >= 10), measured on each
+    metacalibration image."""
+    estimator = str(d["estimator"])
+    psf, ratio, s2n = float(d["psf_sigma_pix"]), MIN_SIZE_RATIO[estimator], MIN_S2N[estimator]
+    return Selection("resolved", {t: size_cut({"E": d["E_" + t], "SIGMA_PIX": d["SIGMA_" + t],
+                                               "S2N": d.get("S2N_" + t)}, psf, ratio, s2n)
+                                  for t in METACAL_TYPES}, True)
 
 
 def in_sample(d):
@@ -347,6 +394,43 @@ def analyse(args, data, baseline_model=None):
     return results, boots, weights
 
 
+def pair_flips(data):
+    """Of the true objects in the measured sample kept (resolved) on either image of a +g/-g
+    pair, the fraction kept on one only: their shapes do not cancel between the two images
+    and set the noise floor of m (with the noise of R_shear)."""
+    either = one = 0
+    for _, _, plus, minus in data:
+        kept = [set(d["MAIN_ID"][in_sample(d) & base_selection(d).by_type["noshear"]].tolist())
+                for d in (plus, minus)]
+        either += len(kept[0] | kept[1])
+        one += len(kept[0] ^ kept[1])
+    return one / either if either else float("nan")
+
+
+def noise_budget(args, data):
+    """sigma(m) of no cut with three resampling units: true galaxies (the bench's intervals),
+    object instances (a true object in one seed's pair of images) and seeds. Similar values
+    say the noise is per object (metacalibration's per-object response), not galaxy to
+    galaxy."""
+    galaxy = unit_index(data)
+    keys = sorted({(seed, i) for seed, _, p, m in data for d in (p, m)
+                   for i in d["MAIN_ID"][in_sample(d)].tolist()})
+    index = {k: j for j, k in enumerate(keys)}
+    instance, seeds = {}, {}
+    for j, (seed, _, p, m) in enumerate(data):
+        for k, d in enumerate((p, m)):
+            instance[seed, k] = np.array([index.get((seed, i), -1)
+                                          for i in d["MAIN_ID"].tolist()])
+            seeds[seed, k] = np.full(len(d["x"]), j)
+    out = {}
+    for name, (units, n) in (("galaxy", galaxy), ("instance", (instance, len(keys))),
+                             ("seed", (seeds, len(data)))):
+        plus, minus = summed_sums(data, units, n, lambda d: binary_cuts(d)["none"])
+        boot = shear_bias(plus, minus, args.g, bootstrap_weights(n, args.n_boot, seed=2))
+        out[name] = {"n_units": n, "sigma_m": float(np.std(boot["m"]))}
+    return out
+
+
 def minus_none(results, boots):
     """Each cut's m minus that of no cut, with its paired 95 % interval."""
     for name, r in results.items():
@@ -457,7 +541,14 @@ def main(argv=None):
     results, boots, _ = analyse(args, data, fitted)
     minus_none(results, boots)
     control_results, _, _ = analyse(args, control)
-    out = {"cuts": list(results.values()),
+    out = {"estimator": {"name": args.estimator, "min_size_ratio":
+                         MIN_SIZE_RATIO[args.estimator],
+                         "weight_fwhm_arcsec": WEIGHT_FWHM_ARCSEC
+                         if args.estimator == "weighted" else None},
+           "pair_flips": {"main": pair_flips(data), "control": pair_flips(control)},
+           "noise_budget": {"main": noise_budget(args, data),
+                            "control": noise_budget(args, control)},
+           "cuts": list(results.values()),
            "control": {k: control_results["none"][k] for k in
                        ("m", "m_ci95", "sigma_m", "c", "c_ci95", "c_cross", "c_cross_ci95",
                         "R_shear", "R_sel", "n_kept")},
@@ -473,8 +564,9 @@ def main(argv=None):
            "n_detections": [[len(p["x"]), len(m["x"])] for _, _, p, m in data],
            "seconds": {"baseline": t_base, "images": t_img,
                        "total": time.perf_counter() - t0}}
-    benchlib.write_result(args.output or (Path(args.work_dir) / "shear_quick.json"
-                                          if args.quick else "shear_metacal.json"), out)
+    name = "shear_metacal" + ("" if args.estimator == "weighted" else "_" + args.estimator)
+    benchlib.write_result(args.output or (Path(args.work_dir) / f"{name}_quick.json"
+                                          if args.quick else f"{name}.json"), out)
     if args.figure:
         figure(results, args.figure)
     print(table(results))

@@ -60,9 +60,13 @@ exponential galaxies with the noise correction):
   agree to ~7e-5 of the peak pixel; on noisy stamps their pixels differ by the noise above
   that cut-off (a few percent of a faint galaxy's peak), which adaptive moments do not see.
 
-Shapes: ``adaptive_moments`` (GalSim HSM ``FindAdaptiveMom``, Bernstein & Jarvis 2002)
-gives the distortion ``e = ((Ixx - Iyy), 2 Ixy) / (Ixx + Iyy)`` of the elliptical Gaussian
-weight matched to the image, with no PSF correction (the responses calibrate it). For a
+Shapes, two estimators (``ESTIMATORS``), both the distortion ``e = ((Ixx - Iyy), 2 Ixy) /
+(Ixx + Iyy)`` with no PSF correction (the responses calibrate it):
+``adaptive_moments`` (GalSim HSM ``FindAdaptiveMom``, Bernstein & Jarvis 2002), the moments
+of the elliptical Gaussian weight matched to the image; ``weighted_moments``, the moments under
+a fixed round Gaussian weight at a fixed centre (ngmix ``GaussMom``, metadetect's ``wmom``):
+a ratio of sums linear in the pixels, with no iteration that can land elsewhere on the ``+g``
+and ``-g`` images of one object. For a
 selection ``S`` the shear estimate is ``g = (<R_shear>_S + R_sel)^-1 <e>_S`` with
 ``shear_response`` and ``selection_response``, ``<e>_S`` on the ``noshear`` images.
 """
@@ -78,7 +82,8 @@ from .extras import require
 __all__ = [
     "DEFAULT_STEP", "SHEAR_TYPES", "METACAL_TYPES", "METHODS", "X_INTERPOLANT",
     "PSF_SUM_ATOL", "MOM_FAILED", "MOM_NONFINITE", "MOMENTS_DTYPE", "ShearResponse",
-    "reconvolution_dilation", "metacal_images", "adaptive_moments", "metacal_moments",
+    "ESTIMATORS", "reconvolution_dilation", "metacal_images", "adaptive_moments",
+    "weighted_moments", "metacal_moments",
     "shear_response", "selection_response", "shear_matrix",
 ]
 
@@ -104,12 +109,16 @@ MOM_FAILED = 1
 MOM_NONFINITE = 2
 """``FLAGS`` bit: the image has a non-finite pixel; not measured, the shape is NaN."""
 
+ESTIMATORS = ("adaptive", "weighted")
+"""Shape estimators of ``metacal_moments``: ``adaptive_moments``, ``weighted_moments``."""
+
 MOMENTS_DTYPE = np.dtype([("E", "f8", (2,)), ("SIGMA_PIX", "f8"), ("X_PIX", "f8"),
-                          ("Y_PIX", "f8"), ("FLUX_ADU", "f8"), ("FLAGS", "i2")])
+                          ("Y_PIX", "f8"), ("FLUX_ADU", "f8"), ("S2N", "f8"), ("FLAGS", "i2")])
 """Per image: ``E`` the distortion ``(e1, e2)`` of the adaptive moments; ``SIGMA_PIX`` their
 size ``det(M)^(1/4)``, pixels; ``X_PIX``, ``Y_PIX`` the centroid, 0-based pixels of the
 stamp; ``FLUX_ADU`` the flux of the matched elliptical Gaussian (the flux itself for a
-Gaussian profile), ADU; ``FLAGS`` bits ``MOM_FAILED``, ``MOM_NONFINITE`` (0: measured;
+Gaussian profile), ADU; ``S2N`` its signal-to-noise (``weighted_moments`` given the noise;
+NaN otherwise); ``FLAGS`` bits ``MOM_FAILED``, ``MOM_NONFINITE`` (0: measured;
 otherwise every float is NaN)."""
 
 
@@ -443,7 +452,7 @@ def adaptive_moments(images, guess_sigma_pix=5.0):
     if images.ndim != 3:
         raise ValueError(f"images must be 3-D (n, ny, nx); got shape {images.shape}")
     out = np.zeros(len(images), dtype=MOMENTS_DTYPE)
-    for name in ("E", "SIGMA_PIX", "X_PIX", "Y_PIX", "FLUX_ADU"):
+    for name in ("E", "SIGMA_PIX", "X_PIX", "Y_PIX", "FLUX_ADU", "S2N"):
         out[name] = np.nan
     centre = galsim.PositionD(images.shape[2] // 2, images.shape[1] // 2)
     for i, image in enumerate(images):
@@ -466,13 +475,83 @@ def adaptive_moments(images, guess_sigma_pix=5.0):
     return out
 
 
+def weighted_moments(images, sigma_pix, centre_offset_pix=None, noise_sigma_adu=None):
+    """Measure moments under a fixed round Gaussian weight (ngmix ``GaussMom``, ``wmom``).
+
+    Parameters
+    ----------
+    images : array_like, shape (n, ny, nx)
+        Images in ADU, each with its object near pixel ``[ny // 2, nx // 2]``.
+    sigma_pix : float
+        The weight's sigma, pixels (metadetect's ``wmom``: FWHM 1.2 arcsec).
+    centre_offset_pix : array_like, shape (n, 2), optional
+        ``(dx, dy)`` of each weight's centre from pixel ``[ny // 2, nx // 2]``, pixels (the
+        detection's sub-pixel offset in a stamp cut at its nearest pixel). Default 0.
+    noise_sigma_adu : float, optional
+        The images' white-noise rms, ADU: gives ``S2N = sum(w I) / (noise sqrt(sum(w^2)))``
+        (ngmix's flux S/N). Default None: ``S2N`` NaN.
+
+    Returns
+    -------
+    ndarray, dtype ``MOMENTS_DTYPE``, shape (n,)
+        With ``w`` the weight (1 at its centre) and ``M_ij = sum(w I x_i x_j) / sum(w I)``
+        about the weight's centre: ``E = ((Mxx - Myy), 2 Mxy) / (Mxx + Myy)``; ``SIGMA_PIX``
+        ``sqrt((Mxx + Myy) / 2)`` (for a Gaussian of sigma ``s``, ``s w / sqrt(s^2 + w^2)``
+        with ``w = sigma_pix``); ``X_PIX``, ``Y_PIX`` the weight's centre (0-based pixels
+        of the image); ``FLUX_ADU`` ``sum(w I)`` (an object much smaller than the weight's
+        flux); ``S2N``. ``FLAGS``: ``MOM_NONFINITE``, or ``MOM_FAILED`` where ``sum(w I)`` or
+        the trace is not positive; every float is then NaN.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim != 3 or not float(sigma_pix) > 0:
+        raise ValueError(f"images must be 3-D (n, ny, nx) and sigma_pix > 0; got shape "
+                         f"{images.shape} and {sigma_pix}")
+    n, ny, nx = images.shape
+    offset = (np.zeros((n, 2)) if centre_offset_pix is None
+              else np.asarray(centre_offset_pix, dtype=np.float64).reshape(n, 2))
+    x0, y0 = nx // 2 + offset[:, 0], ny // 2 + offset[:, 1]
+    dx = np.arange(nx)[None, None, :] - x0[:, None, None]
+    dy = np.arange(ny)[None, :, None] - y0[:, None, None]
+    weight = np.exp(-(dx ** 2 + dy ** 2) / (2.0 * float(sigma_pix) ** 2))
+    finite = np.isfinite(images).all(axis=(1, 2))
+    wi = weight * np.where(finite[:, None, None], images, 0.0)
+    flux = wi.sum(axis=(1, 2))
+    mxx, myy, mxy = ((wi * a * b).sum(axis=(1, 2)) for a, b in ((dx, dx), (dy, dy), (dx, dy)))
+    out = np.zeros(n, dtype=MOMENTS_DTYPE)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        trace = (mxx + myy) / flux
+        ok = finite & (flux > 0) & (trace > 0)
+        out["E"] = np.where(ok[:, None], np.stack([(mxx - myy), 2 * mxy], axis=1)
+                            / (mxx + myy)[:, None], np.nan)
+        out["SIGMA_PIX"] = np.where(ok, np.sqrt(np.abs(trace) / 2), np.nan)
+    out["X_PIX"], out["Y_PIX"] = np.where(ok, x0, np.nan), np.where(ok, y0, np.nan)
+    out["FLUX_ADU"] = np.where(ok, flux, np.nan)
+    noise = np.nan if noise_sigma_adu is None else float(noise_sigma_adu)
+    out["S2N"] = np.where(ok, flux / (noise * np.sqrt((weight ** 2).sum(axis=(1, 2)))), np.nan)
+    out["FLAGS"] = np.where(finite, np.where(ok, 0, MOM_FAILED), MOM_NONFINITE)
+    return out
+
+
 def metacal_moments(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, seed=0, *,
-                    types=METACAL_TYPES, guess_sigma_pix=5.0, **kwargs):
-    """Return ``adaptive_moments`` of each ``metacal_images`` type (same arguments; other
-    keywords go to ``metacal_images``): a dict name -> ``MOMENTS_DTYPE`` array (n,). Default
-    ``types``: all five, ``noshear`` included."""
+                    types=METACAL_TYPES, guess_sigma_pix=5.0, estimator="adaptive",
+                    weight_sigma_pix=None, centre_offset_pix=None, **kwargs):
+    """Return the shapes of each ``metacal_images`` type (same arguments; other keywords go
+    to ``metacal_images``): a dict name -> ``MOMENTS_DTYPE`` array (n,). Default ``types``:
+    all five, ``noshear`` included. ``estimator``: ``"adaptive"`` (``adaptive_moments``,
+    first guess ``guess_sigma_pix``) or ``"weighted"`` (``weighted_moments`` with
+    ``weight_sigma_pix`` and ``centre_offset_pix``; its ``S2N`` takes the images' noise as
+    ``sqrt(2) noise_sigma_adu``, the variance the correlated-noise correction doubles, and
+    ignores the correlation the reconvolution gives it: a nominal S/N, the same on every
+    image)."""
+    if estimator not in ESTIMATORS or (estimator == "weighted" and weight_sigma_pix is None):
+        raise ValueError(f"estimator must be one of {ESTIMATORS} (weighted needs "
+                         f"weight_sigma_pix); got {estimator!r}, {weight_sigma_pix}")
     images = metacal_images(stamps, psf_image, step, noise_sigma_adu, seed, types=types,
                             **kwargs)
+    if estimator == "weighted":
+        noise = None if noise_sigma_adu is None else np.sqrt(2.0) * noise_sigma_adu
+        return {name: weighted_moments(images.pop(name), weight_sigma_pix, centre_offset_pix,
+                                       noise) for name in types}
     return {name: adaptive_moments(images.pop(name), guess_sigma_pix) for name in types}
 
 

@@ -123,6 +123,14 @@ def test_size_cut_and_psf_sigma():
                "SIGMA_PIX": np.array([1.0, 2.0, 3.0])}
     # (sigma / 1.5)^2 >= 1.5 needs sigma >= 1.837
     assert size_cut(moments, 1.5).tolist() == [False, True, False]
+    moments["S2N"] = np.array([50.0, 9.0, 50.0])
+    assert size_cut(moments, 1.5, 1.5, min_s2n=10).tolist() == [False, False, False]
+    assert size_cut(moments, 1.5, 0.1, min_s2n=10).tolist() == [True, False, False]
+    # the weighted estimator: the target PSF (the Gaussian dilated by 1 + 2 step, then the
+    # pixel) under a weight of sigma w has sigma t w / sqrt(t^2 + w^2)
+    w, t = 2.5, np.sqrt((s * (1 + 2 * STEP)) ** 2 + 1 / 12)
+    assert psf_sigma_pix(psf / psf.sum(), STEP, "weighted", w) == pytest.approx(
+        t * w / np.hypot(t, w), rel=2e-3)
 
 
 def test_noise_index_follows_the_object():
@@ -177,7 +185,7 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
             assert c["kept_frac"] == pytest.approx(c["target_kept"], abs=0.02)
         lo, hi = c["m_ci95"]
         assert lo <= hi
-    written = json.loads((tmp_path / "shear_quick.json").read_text())
+    written = json.loads((tmp_path / "shear_metacal_quick.json").read_text())
     assert written["control"]["n_kept"] == res["control"]["n_kept"] > 0
     assert written["provenance"]["bh_stage_version"] == bh_stage.__version__
 

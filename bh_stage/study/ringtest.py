@@ -35,7 +35,7 @@ G_TRUE = 0.02
 
 
 def simulate_ring_pairs(galsim, n_pairs, g, seed, flux_adu=(600.0, 2400.0),
-                        noise_sigma_adu=1.0):
+                        noise_sigma_adu=1.0, with_offsets=False):
     """Stamps of ring pairs sheared by +g and by -g with the same noise.
 
     Pair ``i``: an exponential galaxy (half-light radius uniform in 0.3-0.6 arcsec, flux
@@ -48,6 +48,8 @@ def simulate_ring_pairs(galsim, n_pairs, g, seed, flux_adu=(600.0, 2400.0),
     Returns
     -------
     ndarray, shape (n_pairs, 2 members, 2 signs (+g, -g), 51, 51)
+        The stamps; with ``with_offsets`` also each pair's ``(dx, dy)`` (n_pairs, 2), pixels,
+        of the galaxies' centre from the stamp's centre pixel.
     """
     rng = np.random.default_rng(seed)
     psf = moffat_psf(galsim)
@@ -67,22 +69,27 @@ def simulate_ring_pairs(galsim, n_pairs, g, seed, flux_adu=(600.0, 2400.0),
                 sheared = galaxy.shear(g1=sign * g[0], g2=sign * g[1])
                 out[i, member, sign_index] = draw(galsim, galsim.Convolve(sheared, psf),
                                                   offset=offset[i]) + noise
-    return out
+    return (out, offset) if with_offsets else out
 
 
-def measure_ring_pairs(stamps, psf, noise_sigma_adu=1.0, seed=5, method="fft"):
+def measure_ring_pairs(stamps, psf, noise_sigma_adu=1.0, seed=5, method="fft",
+                       estimator="adaptive", weight_sigma_pix=None, offsets_pix=None):
     """Metacal shapes of ``simulate_ring_pairs`` stamps: per pair, member and sign the
     noshear ``e`` (n, 2, 2, 2) and ``R`` (n, 2, 2, 2, 2), and ``ok`` (n,), false where any of
     the pair's 20 measurements failed. The correction noise (``seed``) of a galaxy is the
-    same for both signs (same ``first_index``)."""
+    same for both signs (same ``first_index``). ``estimator``, ``weight_sigma_pix``:
+    ``metacal_moments``'s; ``offsets_pix`` (n, 2), each pair's galaxy offset from the stamp's
+    centre pixel, centres the weight on the galaxy (default: on the centre pixel)."""
     n = len(stamps)
     e = np.empty((n, 2, 2, 2))
     r = np.empty((n, 2, 2, 2, 2))
     ok = np.ones(n, bool)
+    centres = None if offsets_pix is None else np.repeat(np.asarray(offsets_pix), 2, axis=0)
     for sign in range(2):
         moments = metacal_moments(stamps[:, :, sign].reshape(-1, SIDE_PIX, SIDE_PIX), psf,
                                   STEP, noise_sigma_adu=noise_sigma_adu, seed=seed,
-                                  method=method)
+                                  method=method, estimator=estimator,
+                                  weight_sigma_pix=weight_sigma_pix, centre_offset_pix=centres)
         e[:, :, sign] = moments["noshear"]["E"].reshape(n, 2, 2)
         r[:, :, sign] = shear_response(*(moments[t]["E"] for t in SHEAR_TYPES),
                                        step=STEP).per_object.reshape(n, 2, 2, 2)

@@ -1,8 +1,11 @@
 """Shear bias (m, c) of a selection, measured with metacalibration, on arrays.
 
-Shapes are the adaptive moments (``metacal.adaptive_moments``) of each detection's five
-metacalibration images (``metacal.metacal_images``: noshear, 1p, 1m, 2p, 2m), cut as the stage
-cuts stamps (neighbours left in) and with the correlated-noise correction. A selection is
+Shapes are the moments of each detection's five metacalibration images
+(``metacal.metacal_images``: noshear, 1p, 1m, 2p, 2m), cut as the stage cuts stamps
+(neighbours left in) and with the correlated-noise correction: adaptive moments
+(``metacal.adaptive_moments``) or moments under a fixed Gaussian weight of FWHM
+``WEIGHT_FWHM_ARCSEC`` centred on the detection (``metacal.weighted_moments``, metadetect's
+``wmom``). A selection is
 recomputed on each image (``Selection``): on the noshear image it is the cut, on the sheared
 ones it gives the selection response ``R_sel`` (Sheldon & Huff 2017), available only for
 quantities measured on those images (``BLEND_PROB_1P``... of the stage, the moments' size),
@@ -21,22 +24,29 @@ import dataclasses
 
 import numpy as np
 
-from ..metacal import (DEFAULT_STEP, METACAL_TYPES, adaptive_moments, metacal_moments,
-                       reconvolution_dilation)
-from ..stamps import cut_stamps
+from ..metacal import (DEFAULT_STEP, METACAL_TYPES, adaptive_moments, metacal_images,
+                       metacal_moments, reconvolution_dilation, weighted_moments)
+from ..stamps import cut_stamps, nearest_pixel
 
-__all__ = ["SHAPE_STAMP_PIX", "MIN_SIZE_RATIO", "SUM_KEYS", "metacal_shapes",
+__all__ = ["SHAPE_STAMP_PIX", "MIN_SIZE_RATIO", "MIN_S2N", "WEIGHT_FWHM_ARCSEC", "SUM_KEYS", "metacal_shapes",
            "psf_sigma_pix", "size_cut", "Selection", "unit_sums", "shear_bias",
            "bootstrap_weights"]
 
 SHAPE_STAMP_PIX = 51
 """Side of the stamps whose metacalibration images are measured, pixels (the stage's)."""
 
-MIN_SIZE_RATIO = 1.5
-"""A shape enters when its adaptive-moment size ``T = 2 sigma^2`` is at least this many times
-the reconvolved PSF's (``T / T_psf >= 1.5``: resolved objects, as metacalibration
-catalogues cut ``T_gal / T_psf >= 0.5`` on the PSF-corrected size); measured on each image,
-so the cut has a selection response."""
+MIN_SIZE_RATIO = {"adaptive": 1.5, "weighted": 1.2}
+"""Per estimator, a shape enters when its size ``T = 2 sigma^2`` is at least this many times
+the reconvolved PSF's (resolved objects: metacalibration catalogues cut ``T_gal / T_psf >=
+0.5`` on the PSF-corrected size, metadetect's ``wmom`` ``T / T_psf > 1.2``); measured on each
+image, so the cut has a selection response."""
+
+MIN_S2N = {"adaptive": None, "weighted": 10.0}
+"""Per estimator, the lowest S/N of a shape (metadetect's ``wmom_s2n > 10``), measured on each
+image like the size; None: no S/N cut (adaptive moments give no S/N)."""
+
+WEIGHT_FWHM_ARCSEC = 1.2
+"""FWHM of the fixed Gaussian weight of the ``weighted`` estimator (metadetect's ``wmom``)."""
 
 SUM_KEYS = ("n", "e_main", "e_cross", "n_r", "r_main", "r_cross",
             "n_mp", "e_mp", "n_mm", "e_mm", "n_cp", "e_cp", "n_cm", "e_cm")
@@ -49,7 +59,8 @@ component, cross ``e``)."""
 
 
 def metacal_shapes(image, bad, rms_adu, x_pix, y_pix, psf_image, seed=0, step=DEFAULT_STEP,
-                   side_pix=SHAPE_STAMP_PIX, chunk_rows=1024, noise_index=None):
+                   side_pix=SHAPE_STAMP_PIX, chunk_rows=1024, noise_index=None,
+                   estimator="adaptive", weight_sigma_pix=None):
     """Adaptive moments of the five metacalibration images of every detection.
 
     Parameters
@@ -68,6 +79,9 @@ def metacal_shapes(image, bad, rms_adu, x_pix, y_pix, psf_image, seed=0, step=DE
         Shear step; stamp side (odd); rows per ``metacal_images`` call.
     noise_index : array_like of int, shape (n,), optional
         Each row's correction-noise index (``metacal_images``); default the row.
+    estimator, weight_sigma_pix
+        ``metacal.metacal_moments``'s; the ``weighted`` estimator's weight is centred on
+        ``(x_pix, y_pix)`` (its offset from the stamp's centre pixel).
 
     Returns
     -------
@@ -81,26 +95,38 @@ def metacal_shapes(image, bad, rms_adu, x_pix, y_pix, psf_image, seed=0, step=DE
         stamps, _, _ = cut_stamps(image, x_pix[rows], y_pix[rows], side_pix, 0, bad=bad,
                                   fill_sigma=rms_adu, seed=seed, first_index=start)
         index = None if noise_index is None else np.asarray(noise_index)[rows]
+        # stamps are cut at the nearest pixel (0-based positions): the rest is the offset
+        offset = np.stack([x_pix[rows] - nearest_pixel(x_pix[rows]),
+                           y_pix[rows] - nearest_pixel(y_pix[rows])], axis=1)
         parts.append(metacal_moments(stamps, psf_image, step, rms_adu, seed,
-                                     first_index=start, noise_index=index))
+                                     first_index=start, noise_index=index,
+                                     estimator=estimator, weight_sigma_pix=weight_sigma_pix,
+                                     centre_offset_pix=offset))
     if not parts:
         return {name: adaptive_moments(np.zeros((0, side_pix, side_pix)))
                 for name in METACAL_TYPES}
     return {name: np.concatenate([p[name] for p in parts]) for name in METACAL_TYPES}
 
 
-def psf_sigma_pix(psf_image, step=DEFAULT_STEP):
-    """Adaptive-moment sigma of the metacalibration images' PSF (the PSF dilated by
-    ``metacal.reconvolution_dilation(step)``), pixels."""
-    sigma = adaptive_moments(np.asarray(psf_image, float)[None])["SIGMA_PIX"][0]
+def psf_sigma_pix(psf_image, step=DEFAULT_STEP, estimator="adaptive", weight_sigma_pix=None):
+    """Sigma of the metacalibration images' PSF, pixels: ``adaptive``, the PSF's
+    adaptive-moment sigma times ``metacal.reconvolution_dilation(step)``; ``weighted``,
+    ``weighted_moments`` of the target PSF itself (the noshear image of a point source)."""
+    psf = np.asarray(psf_image, float)
+    if estimator == "weighted":
+        target = metacal_images(psf[None], psf, step, types=("noshear",))["noshear"]
+        return float(weighted_moments(target, weight_sigma_pix)["SIGMA_PIX"][0])
+    sigma = adaptive_moments(psf[None])["SIGMA_PIX"][0]
     return float(sigma * reconvolution_dilation(step))
 
 
-def size_cut(moments, psf_sigma, min_ratio=MIN_SIZE_RATIO):
-    """True where the moments succeeded and ``(sigma / psf_sigma)^2 >= min_ratio``."""
+def size_cut(moments, psf_sigma, min_ratio=MIN_SIZE_RATIO["adaptive"], min_s2n=None):
+    """True where the moments succeeded, ``(sigma / psf_sigma)^2 >= min_ratio`` and, given
+    ``min_s2n``, ``S2N >= min_s2n``."""
     e_ok = np.isfinite(moments["E"]).all(axis=1)
     with np.errstate(invalid="ignore"):
-        return e_ok & (moments["SIGMA_PIX"] ** 2 >= min_ratio * psf_sigma ** 2)
+        keep = e_ok & (moments["SIGMA_PIX"] ** 2 >= min_ratio * psf_sigma ** 2)
+        return keep if min_s2n is None else keep & (moments["S2N"] >= min_s2n)
 
 
 @dataclasses.dataclass
