@@ -29,7 +29,8 @@ training tiles (``--tiles-dir``).
     python bench/bench_shear.py --figure docs/shear_m_vs_kept.png   # full, ~1 h on 2 cores
     python bench/bench_shear.py --quick       # smoke test, < 3 min, in /tmp/bh_shear_quick
 
-Writes ``bench/results/shear_metacal.json`` (``--estimator adaptive``: ``shear_metacal_adaptive.json``;
+Writes ``bench/results/shear_metacal.json`` (``--estimator adaptive``: ``shear_metacal_adaptive.json``,
+``--min-s2n 0``: ``shear_metacal_s2nnone.json``;
 ``--quick``: ``<work-dir>/shear_metacal_quick.json``).
 """
 
@@ -70,8 +71,6 @@ run)."""
 TILE_HEAD = "tile_unrecognised_positions"
 """The tile head of the bench's stage runs (0.6's default, named so a later default does not
 change a half-done bench)."""
-PIXEL_SCALE_ARCSEC = 0.187
-"""The bench tiles' pixel scale (``TileConfig``'s default)."""
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 STAGE_PSF = {"psf_fwhm_arcsec": 0.65, "psf_moffat_beta": 4.765}
 """The stage's metacal PSF on the simulated tiles: their 0.65" FWHM as a Moffat of the optical
@@ -99,9 +98,18 @@ def parse_args(argv=None):
     p.add_argument("--cosmos-dir", default="/work/shared/cosmos")
     p.add_argument("--estimator", choices=("weighted", "adaptive"), default="weighted",
                    help="shape estimator (bh_stage.study.shear)")
+    p.add_argument("--min-s2n", type=float, default=None,
+                   help="weighted estimator: lowest S/N on each image (default "
+                        "shear.MIN_S2N's, 10; 0: no S/N cut)")
     p.add_argument("--n-boot", type=int, default=500)
     p.add_argument("--figure", default=None, help="m vs fraction kept (PNG)")
     args = p.parse_args(argv)
+    if args.min_s2n is None:
+        args.min_s2n = MIN_S2N[args.estimator]
+    elif args.estimator != "weighted":
+        p.error("--min-s2n needs --estimator weighted (adaptive moments give no S/N)")
+    elif args.min_s2n <= 0:
+        args.min_s2n = None
     if args.quick:
         args.seeds, args.control_seeds, args.size_pix, args.n_boot = 1, 1, 1500, 100
         if args.work_dir == "/tmp/bh_shear":
@@ -179,14 +187,24 @@ def _measure_image(folder, sim_cfg, tiles):
 
 def weighted_shapes(folder, d, sim_cfg):
     """``shapes(..., 'weighted')`` of an image's detections, cached in
-    ``shapes_weighted.npz``."""
+    ``shapes_weighted.npz`` with what they were measured for (the weight, the detections'
+    positions): a cache that does not match is measured again."""
     cache = folder / "shapes_weighted.npz"
+    key = {"weight_sigma_pix": weight_sigma_pix(sim_cfg),
+           "positions": np.stack([d["x"], d["y"]], axis=1)}
     if cache.is_file():
         with np.load(cache) as z:
-            return {k: z[k] for k in z.files}
-    out = shapes(folder, d, sim_cfg, "weighted")
+            out = {k: z[k] for k in z.files}
+        if all(k in out and np.array_equal(out[k], v) for k, v in key.items()):
+            return out
+    out = dict(shapes(folder, d, sim_cfg, "weighted"), **key)
     io.atomic_write_bytes(cache, lambda fh: np.savez(fh, **out))
     return out
+
+
+def weight_sigma_pix(sim_cfg):
+    """The weighted estimator's weight sigma on the tiles' pixels."""
+    return WEIGHT_FWHM_ARCSEC / sim_cfg.pixel_scale_arcsec / FWHM_PER_SIGMA
 
 
 def shapes(folder, d, sim_cfg, estimator):
@@ -199,9 +217,9 @@ def shapes(folder, d, sim_cfg, estimator):
     image, bad, rms = tile_pixels(files["image"], files["weight"])
     # the correction noise follows the true object, so the twin image draws the same
     noise = np.where(d["MAIN_ID"] > 0, d["MAIN_ID"], NOISE_SPURIOUS + np.arange(len(d["x"])))
-    weight = WEIGHT_FWHM_ARCSEC / PIXEL_SCALE_ARCSEC / FWHM_PER_SIGMA
     options = {"estimator": estimator,
-               "weight_sigma_pix": weight if estimator == "weighted" else None}
+               "weight_sigma_pix": weight_sigma_pix(sim_cfg) if estimator == "weighted"
+               else None}
     moments = metacal_shapes(image, bad, rms, d["x"], d["y"], psf, seed=0, noise_index=noise,
                              **options)
     out = {"psf_sigma_pix": psf_sigma_pix(psf, **options)}
@@ -233,7 +251,8 @@ def images(args, kind):
                               "other_plane_fraction": args.other_fraction})
             sim_cfg = tileset.simulate_config(tiles, "test", seed, **shear)
             folder = Path(args.work_dir) / f"{kind}_s{seed}_{tag}"
-            pair.append(measure_image(folder, sim_cfg, tiles, args.estimator))
+            pair.append(dict(measure_image(folder, sim_cfg, tiles, args.estimator),
+                             min_s2n=args.min_s2n))
             print(f"{kind} seed {seed} g{main + 1} {sign * args.g:+g}: "
                   f"{len(pair[-1]['x'])} detections, {time.perf_counter() - t0:.0f} s",
                   flush=True)
@@ -242,10 +261,10 @@ def images(args, kind):
 
 
 def base_selection(d):
-    """Resolved shapes (and, for the weighted estimator, S/N >= 10), measured on each
-    metacalibration image."""
-    estimator = str(d["estimator"])
-    psf, ratio, s2n = float(d["psf_sigma_pix"]), MIN_SIZE_RATIO[estimator], MIN_S2N[estimator]
+    """Resolved shapes (and, for the weighted estimator, S/N >= ``min_s2n``), measured on
+    each metacalibration image."""
+    psf, ratio = float(d["psf_sigma_pix"]), MIN_SIZE_RATIO[str(d["estimator"])]
+    s2n = d.get("min_s2n")
     return Selection("resolved", {t: size_cut({"E": d["E_" + t], "SIGMA_PIX": d["SIGMA_" + t],
                                                "S2N": d.get("S2N_" + t)}, psf, ratio, s2n)
                                   for t in METACAL_TYPES}, True)
@@ -409,9 +428,9 @@ def pair_flips(data):
 
 def noise_budget(args, data):
     """sigma(m) of no cut with three resampling units: true galaxies (the bench's intervals),
-    object instances (a true object in one seed's pair of images) and seeds. Similar values
-    say the noise is per object (metacalibration's per-object response), not galaxy to
-    galaxy."""
+    object instances (a true object in one seed's pair of images) and seeds (few: a rough
+    value). Where galaxies and instances give similar values the noise is per object, not
+    galaxy to galaxy."""
     galaxy = unit_index(data)
     keys = sorted({(seed, i) for seed, _, p, m in data for d in (p, m)
                    for i in d["MAIN_ID"][in_sample(d)].tolist()})
@@ -524,6 +543,16 @@ def table(results):
     return "\n".join(lines)
 
 
+def result_suffix(args):
+    """'' for the default estimator and cuts, else what differs (``_adaptive``,
+    ``_s2n<value>`` or ``_s2nnone``)."""
+    if args.estimator == "adaptive":
+        return "_adaptive"
+    if args.min_s2n == MIN_S2N["weighted"]:
+        return ""
+    return "_s2n" + ("none" if args.min_s2n is None else f"{args.min_s2n:g}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -542,7 +571,7 @@ def main(argv=None):
     minus_none(results, boots)
     control_results, _, _ = analyse(args, control)
     out = {"estimator": {"name": args.estimator, "min_size_ratio":
-                         MIN_SIZE_RATIO[args.estimator],
+                         MIN_SIZE_RATIO[args.estimator], "min_s2n": args.min_s2n,
                          "weight_fwhm_arcsec": WEIGHT_FWHM_ARCSEC
                          if args.estimator == "weighted" else None},
            "pair_flips": {"main": pair_flips(data), "control": pair_flips(control)},
@@ -564,7 +593,7 @@ def main(argv=None):
            "n_detections": [[len(p["x"]), len(m["x"])] for _, _, p, m in data],
            "seconds": {"baseline": t_base, "images": t_img,
                        "total": time.perf_counter() - t0}}
-    name = "shear_metacal" + ("" if args.estimator == "weighted" else "_" + args.estimator)
+    name = "shear_metacal" + result_suffix(args)
     benchlib.write_result(args.output or (Path(args.work_dir) / f"{name}_quick.json"
                                           if args.quick else f"{name}.json"), out)
     if args.figure:

@@ -114,11 +114,11 @@ ESTIMATORS = ("adaptive", "weighted")
 
 MOMENTS_DTYPE = np.dtype([("E", "f8", (2,)), ("SIGMA_PIX", "f8"), ("X_PIX", "f8"),
                           ("Y_PIX", "f8"), ("FLUX_ADU", "f8"), ("S2N", "f8"), ("FLAGS", "i2")])
-"""Per image: ``E`` the distortion ``(e1, e2)`` of the adaptive moments; ``SIGMA_PIX`` their
-size ``det(M)^(1/4)``, pixels; ``X_PIX``, ``Y_PIX`` the centroid, 0-based pixels of the
-stamp; ``FLUX_ADU`` the flux of the matched elliptical Gaussian (the flux itself for a
-Gaussian profile), ADU; ``S2N`` its signal-to-noise (``weighted_moments`` given the noise;
-NaN otherwise); ``FLAGS`` bits ``MOM_FAILED``, ``MOM_NONFINITE`` (0: measured;
+"""Per image, of ``adaptive_moments`` or ``weighted_moments`` (their docstrings give the
+details): ``E`` the distortion ``(e1, e2)``; ``SIGMA_PIX`` a size, pixels; ``X_PIX``,
+``Y_PIX`` the centroid (adaptive) or the weight's centre (weighted), 0-based pixels of the
+stamp; ``FLUX_ADU`` a flux, ADU; ``S2N`` its signal-to-noise (weighted moments given the
+noise; NaN otherwise); ``FLAGS`` bits ``MOM_FAILED``, ``MOM_NONFINITE`` (0: measured;
 otherwise every float is NaN)."""
 
 
@@ -498,12 +498,12 @@ def weighted_moments(images, sigma_pix, centre_offset_pix=None, noise_sigma_adu=
         about the weight's centre: ``E = ((Mxx - Myy), 2 Mxy) / (Mxx + Myy)``; ``SIGMA_PIX``
         ``sqrt((Mxx + Myy) / 2)`` (for a Gaussian of sigma ``s``, ``s w / sqrt(s^2 + w^2)``
         with ``w = sigma_pix``); ``X_PIX``, ``Y_PIX`` the weight's centre (0-based pixels
-        of the image); ``FLUX_ADU`` ``sum(w I)`` (an object much smaller than the weight's
-        flux); ``S2N``. ``FLAGS``: ``MOM_NONFINITE``, or ``MOM_FAILED`` where ``sum(w I)`` or
+        of the image); ``FLUX_ADU`` ``sum(w I)`` (for an object much smaller than the
+        weight, its flux); ``S2N``. ``FLAGS``: ``MOM_NONFINITE``, or ``MOM_FAILED`` where ``sum(w I)`` or
         the trace is not positive; every float is then NaN.
     """
     images = np.asarray(images, dtype=np.float64)
-    if images.ndim != 3 or not float(sigma_pix) > 0:
+    if images.ndim != 3 or sigma_pix is None or not float(sigma_pix) > 0:
         raise ValueError(f"images must be 3-D (n, ny, nx) and sigma_pix > 0; got shape "
                          f"{images.shape} and {sigma_pix}")
     n, ny, nx = images.shape

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bh_stage.metacal import METACAL_TYPES
-from bh_stage.study.shear import (SUM_KEYS, Selection, bootstrap_weights, psf_sigma_pix,
-                                  shear_bias, size_cut, unit_sums)
+from bh_stage.study.shear import (SUM_KEYS, Selection, bootstrap_weights, metacal_shapes,
+                                  psf_sigma_pix, shear_bias, size_cut, unit_sums)
 
 STEP = 0.01
 
@@ -133,6 +133,30 @@ def test_size_cut_and_psf_sigma():
         t * w / np.hypot(t, w), rel=2e-3)
 
 
+def test_weighted_shapes_centre_the_weight_on_the_detection():
+    """A noise-free elliptical Gaussian (through a Gaussian PSF) drawn at a half-integer-ish
+    tile position and the same galaxy at an integer one: metacal_shapes' weighted noshear
+    shapes agree (the weight follows the 0-based position, not the stamp's centre pixel);
+    with the position mirrored about the pixel centre they do not."""
+    y, x = np.mgrid[0:25, 0:25] - 12
+    psf = np.exp(-(x**2 + y**2) / (2 * 1.5**2))
+    psf /= psf.sum()
+    cov = np.array([[9.0, 2.0], [2.0, 5.0]]) + 1.5**2 * np.eye(2)
+    inv = np.linalg.inv(cov)
+    tile = np.zeros((80, 120))
+    yy, xx = np.mgrid[0:80, 0:120].astype(float)
+    for cx, cy in ((30.3, 40.7), (80.0, 40.0)):
+        dx, dy = xx - cx, yy - cy
+        tile += 100 * np.exp(-0.5 * (inv[0, 0] * dx**2 + 2 * inv[0, 1] * dx * dy
+                                     + inv[1, 1] * dy**2))
+    bad = np.zeros(tile.shape, bool)
+    shapes = metacal_shapes(tile, bad, 1e-6, [30.3, 80.0, 29.7], [40.7, 40.0, 40.3], psf,
+                            side_pix=41, estimator="weighted", weight_sigma_pix=2.7)
+    e = shapes["noshear"]["E"]
+    np.testing.assert_allclose(e[0], e[1], atol=1e-4)
+    assert np.abs(e[2] - e[1]).max() > 5e-3  # centred 0.6 px off in x and y: 0.008
+
+
 def test_noise_index_follows_the_object():
     """The correction noise of a stamp depends on its noise index, not its row: two calls
     with the rows in another order give the same images."""
@@ -185,6 +209,12 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
             assert c["kept_frac"] == pytest.approx(c["target_kept"], abs=0.02)
         lo, hi = c["m_ci95"]
         assert lo <= hi
+    assert 0 <= res["pair_flips"]["main"] <= 1 and 0 <= res["pair_flips"]["control"] <= 1
+    for kind in ("main", "control"):
+        budget = res["noise_budget"][kind]
+        assert set(budget) == {"galaxy", "instance", "seed"}
+        assert budget["seed"]["n_units"] == 1 and budget["instance"]["n_units"] >= \
+            budget["galaxy"]["n_units"]
     written = json.loads((tmp_path / "shear_metacal_quick.json").read_text())
     assert written["control"]["n_kept"] == res["control"]["n_kept"] > 0
     assert written["provenance"]["bh_stage_version"] == bh_stage.__version__

@@ -61,7 +61,7 @@ component, cross ``e``)."""
 def metacal_shapes(image, bad, rms_adu, x_pix, y_pix, psf_image, seed=0, step=DEFAULT_STEP,
                    side_pix=SHAPE_STAMP_PIX, chunk_rows=1024, noise_index=None,
                    estimator="adaptive", weight_sigma_pix=None):
-    """Adaptive moments of the five metacalibration images of every detection.
+    """Moments of the five metacalibration images of every detection.
 
     Parameters
     ----------
