@@ -30,7 +30,8 @@ training tiles (``--tiles-dir``).
     python bench/bench_shear.py --quick       # smoke test, < 3 min, in /tmp/bh_shear_quick
 
 Writes ``bench/results/shear_metacal.json`` (``--estimator adaptive``: ``shear_metacal_adaptive.json``,
-``--min-s2n 0``: ``shear_metacal_s2nnone.json``;
+``--min-s2n 0``: ``shear_metacal_s2nnone.json``, ``--pair-fraction 0.45``:
+``shear_metacal_pairs0.45.json``;
 ``--quick``: ``<work-dir>/shear_metacal_quick.json``).
 """
 
@@ -84,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=6, help="tile seeds (each a +g and -g tile)")
     p.add_argument("--size-pix", type=int, default=4000, help="side of each tile")
     p.add_argument("--g", type=float, default=0.02, help="applied shear, both planes")
+    p.add_argument("--pair-fraction", type=float, default=None,
+                   help="fraction of the main tiles' galaxies in injected pairs (default the "
+                        "tile set's, 0.15; a stress test raises it)")
     p.add_argument("--other-fraction", type=float, default=0.3,
                    help="fraction of single galaxies on the second plane")
     p.add_argument("--control-seeds", type=int, default=6)
@@ -234,7 +238,8 @@ def images(args, kind):
     ``(seed, main_component, plus, minus)``."""
     size = {"work_dir": args.work_dir, "size_pix": args.size_pix}
     if kind == "main":
-        tiles, first, n = tile_set(args, **size), FIRST_SEED, args.seeds
+        pairs = {} if args.pair_fraction is None else {"close_pair_fraction": args.pair_fraction}
+        tiles, first, n = tile_set(args, **size, **pairs), FIRST_SEED, args.seeds
     else:
         tiles = tile_set(args, **size, density_per_arcmin2=args.control_density,
                          close_pair_fraction=0.0)
@@ -544,13 +549,14 @@ def table(results):
 
 
 def result_suffix(args):
-    """'' for the default estimator and cuts, else what differs (``_adaptive``,
-    ``_s2n<value>`` or ``_s2nnone``)."""
+    """'' for the default estimator, cuts and tiles, else what differs (``_adaptive``,
+    ``_s2n<value>`` or ``_s2nnone``, ``_pairs<fraction>``)."""
+    suffix = "" if args.pair_fraction is None else f"_pairs{args.pair_fraction:g}"
     if args.estimator == "adaptive":
-        return "_adaptive"
+        return "_adaptive" + suffix
     if args.min_s2n == MIN_S2N["weighted"]:
-        return ""
-    return "_s2n" + ("none" if args.min_s2n is None else f"{args.min_s2n:g}")
+        return suffix
+    return "_s2n" + ("none" if args.min_s2n is None else f"{args.min_s2n:g}") + suffix
 
 
 def main(argv=None):
@@ -583,6 +589,7 @@ def main(argv=None):
                         "R_shear", "R_sel", "n_kept")},
            "targets": verdicts(results, boots, control_results),
            "settings": {"g": args.g, "other_fraction": args.other_fraction,
+                        "pair_fraction": args.pair_fraction,
                         "seeds": [s for s, *_ in data], "size_pix": args.size_pix,
                         "control_seeds": [s for s, *_ in control],
                         "control_density": args.control_density, "n_boot": args.n_boot,
