@@ -582,8 +582,22 @@ class TileConfig:
                                       "over the disc |g| <= this).", min=0, max=0.05)
     augment_max_dilation: float = option(0.1, "Augmentation dilation uniform in "
                                          "[1 - this, 1 + this].", min=0, max=0.1)
+    size_calibration: str = option("none", "Size-magnitude relation of the parametric "
+                                   "galaxies and the Sersic draws: 'none' (each keeps its "
+                                   "own); 'real_train' (both dilated by one factor, chosen "
+                                   "so that at magnitude 25 their median half-light radius "
+                                   "is that of the real galaxies of the training half a tile "
+                                   "draws there; never the test half). galaxy_kind "
+                                   "'parametric' or 'mixed' only.",
+                                   choices=("none", "real_train"))
 
     def validate(self):
+        if self.size_calibration != "none" and self.galaxy_kind == "real":
+            raise ConfigError(f"tile.size_calibration: {self.size_calibration!r} needs "
+                              f"tile.galaxy_kind 'parametric' or 'mixed', not 'real' (it "
+                              f"rescales parametric galaxies and Sersic draws; real "
+                              f"galaxies are the reference); set it to 'none' or change "
+                              f"galaxy_kind")
         if self.sersic_fraction > 0 and self.galaxy_kind == "real":
             raise ConfigError(f"tile.sersic_fraction: {self.sersic_fraction} needs "
                               f"tile.galaxy_kind 'parametric' or 'mixed', not 'real' (tiles "

@@ -2,8 +2,8 @@
 augmented real training galaxies, and the tile set's ``training_sample`` switch.
 
 Module under test: ``bh_stage.study.simulate`` (tile options ``sersic_fraction``,
-``knots_fraction``, ``augment_real``), ``bh_stage.study.tileset.simulate_config`` and
-``bh_stage.study.tiletruth.object_units``.
+``knots_fraction``, ``augment_real``, ``size_calibration``), ``bh_stage.study.tileset.simulate_config``
+and ``bh_stage.study.tiletruth.object_units``.
 """
 
 import hashlib
@@ -17,6 +17,7 @@ from bh_stage.errors import ConfigError
 
 N300 = "cosmos_sersics_sample_N300_cleaned.asc"
 PARAM_FITS = "real_galaxy_catalog_23.5_example_fits.fits"
+REAL_CAT = "real_galaxy_catalog_26_extension_example.fits"
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_test_tiles_untouched_by_the_diverse_sample(cosmos):
         t = cfg.tile
         assert (t.galaxy_kind, cfg.real_half) == ("real", "test")
         assert t.sersic_fraction == 0 and t.knots_fraction == 0 and not t.augment_real
-        assert not t.sersic_pool_parametric
+        assert not t.sersic_pool_parametric and t.size_calibration == "none"
 
 
 def test_training_and_validation_roles_switch_on(cosmos):
@@ -123,7 +124,9 @@ def test_training_and_validation_roles_switch_on(cosmos):
         assert (t.galaxy_kind, cfg.mixed_real_half) == ("mixed", "train")
         assert (t.sersic_fraction, t.knots_fraction) == (0.4, 0.2)
         assert t.augment_real and t.sersic_pool_parametric
-        assert tileset.simulate_config(tile_set(cosmos), role, 1).tile.sersic_fraction == 0
+        assert t.size_calibration == "real_train"
+        default = tileset.simulate_config(tile_set(cosmos), role, 1).tile
+        assert default.sersic_fraction == 0 and default.size_calibration == "none"
 
 
 @pytest.mark.parametrize("data, match", [
@@ -134,6 +137,9 @@ def test_training_and_validation_roles_switch_on(cosmos):
      "test half"),
     ({"tile": {"augment_max_shear": 0.06}}, "augment_max_shear"),
     ({"tile": {"augment_max_dilation": 0.2}}, "augment_max_dilation"),
+    ({"tile": {"galaxy_kind": "real", "size_calibration": "real_train"}},
+     "size_calibration: 'real_train' needs tile.galaxy_kind"),
+    ({"tile": {"size_calibration": "real_test"}}, "size_calibration"),
 ])
 def test_options_refused_where_they_do_not_belong(data, match):
     with pytest.raises(ConfigError, match=match):
@@ -372,7 +378,10 @@ def test_augmentation_only_on_real_galaxies_within_its_bounds(cosmos):
     kinds, extras, _ = tile_draws(tileset.simulate_config(tiles, "train", 101))
     aug = [x for k, x in zip(kinds, extras) if k == "real"]
     assert len(aug) > 10 and all(x is not None for x in aug)
-    assert all(x is None for k, x in zip(kinds, extras) if k in ("parametric", "star"))
+    assert all(x is None for k, x in zip(kinds, extras) if k == "star")
+    # a parametric galaxy carries only the size calibration's offset, never an augmentation
+    assert all(set(x) == {"size_offset_dex"} for k, x in zip(kinds, extras)
+               if k == "parametric")
     g = np.hypot([x["g1"] for x in aug], [x["g2"] for x in aug])
     d = np.array([x["dilation"] for x in aug])
     assert g.max() <= 0.05 and 0.9 <= d.min() and d.max() <= 1.1
@@ -395,6 +404,18 @@ def test_diverse_tile_draws_and_is_finite(cosmos):
     d = truth["KIND"] == b"sersicdraw"
     np.testing.assert_allclose(truth["FLUX_ADU"][d], 10 ** (-0.4 * (truth["MAG"][d] - zp)),
                                rtol=1e-3)
+    # the size calibration's offset is in the header, and is the plan's
+    from bh_stage.study.simulate import tile_draws
+
+    kinds, extras, _ = tile_draws(cfg)
+    offset = next(x["size_offset_dex"] for k, x in zip(kinds, extras) if k == "parametric")
+    assert dict((k, v) for k, v, _ in cards)["BH_SZOFF"] == pytest.approx(offset, abs=1e-6)
+    # regression: its first comment was too long for an 80-character card (astropy truncated
+    # it with a VerifyWarning when the tile was written)
+    from astropy.io import fits
+
+    for key, value, comment in cards:
+        assert len(str(fits.Card(key, value, comment)).rstrip()) <= 80, key
 
 
 @pytest.mark.parametrize("content, message", [
@@ -423,3 +444,161 @@ def test_a_bad_sersic_file_is_one_line_exit_2_and_no_output(cosmos, tmp_path, ca
     assert not out.exists() or not any(out.iterdir())
     if content is not None:
         assert fits.read_text() == content
+
+
+# --- one size-magnitude relation: the real training half's ------------------------------
+
+def _hlr_fine_arcsec(gal):
+    """Half-light radius of a profile through a 0.1" Gaussian, GalSim's ``calculateHLR`` on
+    0.02" pixels (an estimator of its own, not ``simulate.blurred_hlr_arcsec``)."""
+    import galsim
+
+    img = galsim.Convolve(gal, galsim.Gaussian(fwhm=0.1)).drawImage(
+        nx=320, ny=320, scale=0.02, method="no_pixel")
+    return img.calculateHLR()
+
+
+def _training_half_from_the_file(cosmos):
+    """Catalogue rows of the real training and test halves, worked out here from the file's
+    F814W MAG: sorted (stable), even ranks train, odd ranks test; and the magnitudes."""
+    import fitsio
+
+    mag = np.asarray(fitsio.read(str(cosmos / REAL_CAT))["MAG"], dtype=float)
+    order = np.argsort(mag, kind="stable")
+    return set(order[0::2].tolist()), set(order[1::2].tolist()), mag
+
+
+def _median_interval(x, rng, n=4000):
+    boot = np.median(x[rng.integers(x.size, size=(n, x.size))], axis=1)
+    return np.percentile(boot, [2.5, 97.5])
+
+
+@pytest.mark.parametrize("s, rel", [(0.01, 0.05), (0.03, 0.05), (0.05, 0.05), (0.1, 0.02),
+                                    (0.2, 0.005), (0.4, 0.005)])
+def test_blurred_half_light_radius_of_a_gaussian(s, rel):
+    """A Gaussian of sigma s through a Gaussian of FWHM 0.1" is a Gaussian of sigma
+    sqrt(s**2 + (0.1 / 2.3548)**2), whose half-light radius is sigma sqrt(2 ln 2). The
+    estimator works on 0.02" pixels: within 5 % of the exact radius at 0.05-0.08", 2 % at
+    0.13", 0.5 % from 0.24" (the tolerances; measured -4.8 % at s = 0.03, +1.9 % at 0.1)."""
+    import galsim
+
+    from bh_stage.study.simulate import blurred_hlr_arcsec
+
+    sigma = math.sqrt(s ** 2 + (0.1 / (2 * math.sqrt(2 * math.log(2)))) ** 2)
+    assert blurred_hlr_arcsec(galsim.Gaussian(sigma=s)) == pytest.approx(
+        sigma * math.sqrt(2 * math.log(2)), rel=rel)
+
+
+def test_size_offset_is_a_dilation_at_fixed_flux(cosmos):
+    """``size_offset_dex`` d scales a parametric galaxy and a Sersic draw by exactly 10**d:
+    the profile drawn on pixels 10**d times larger is the same array (no pixel response,
+    no PSF), and the flux does not change."""
+    from bh_stage.study.simulate import DRAW_KIND, _galaxy, _settings
+
+    settings = _settings(draws_cfg(cosmos))
+    d = -0.16
+    e = {"n": 1.5, "hlr_arcsec": 0.5, "g": 0.2, "m_ref": 21.0, "fit_ident": 1,
+         "knots_seed": 0, "knots_npoints": 30, "knots_flux_fraction": 0.3}
+    for kind, index, plain, moved in (
+            ("parametric", 3, None, {"size_offset_dex": d}),
+            (DRAW_KIND, 0, {**e, "size_offset_dex": 0.0}, {**e, "size_offset_dex": d})):
+        g0 = _galaxy(settings, kind, index, 24.0, 0.3, plain)[0]
+        g1 = _galaxy(settings, kind, index, 24.0, 0.3, moved)[0]
+        assert g1.flux == pytest.approx(g0.flux, rel=1e-12)
+        a0 = g0.drawImage(nx=101, ny=101, scale=0.03, method="no_pixel").array
+        a1 = g1.drawImage(nx=101, ny=101, scale=0.03 * 10 ** d, method="no_pixel").array
+        np.testing.assert_allclose(a1, a0, rtol=1e-6, atol=1e-9 * a0.max())
+
+
+def test_diverse_samples_on_the_real_training_half_size_relation(cosmos):
+    """The size cue is gone: on a diverse training tile, at m = 25 (where the calibration
+    matches) and m = 26, the median half-light radius of the parametric galaxies and of the
+    Sersic draws lies inside the 95 % bootstrap interval of the median of the real training
+    half as a tile draws it at m (training-half galaxies, found here from the file's MAG
+    ranks, with MAG <= m + 0.5), and at m = 25 it agrees with it within 3 %. The 3 %: the
+    calibration matches medians of its own estimator (interpolated, 0.02" pixels, to 0.0005
+    dex); this test's estimator (GalSim's calculateHLR, 0.02" pixels, not interpolated) steps
+    by about 0.01" / 0.15" at these sizes (below 1 % at the median). The intervals: the
+    real half has only 34 (m = 25) and 50 (m = 26) galaxies, so its median is known to about
+    +-15 %; a sample outside that interval would be a size cue the test can see.
+    Regression: without the offset the parametric median lies above the interval at both
+    magnitudes (measured before the fix, calculateHLR on 0.04" pixels: 0.206" against
+    0.141" [0.117, 0.162] at m = 25)."""
+    from bh_stage.study import tileset
+    from bh_stage.study.simulate import DRAW_KIND, _galaxy, _settings, tile_draws
+
+    train, _, mag = _training_half_from_the_file(cosmos)
+    cfg = tileset.simulate_config(tile_set(cosmos, training_sample="diverse", size_pix=768),
+                                  "train", 101)
+    settings = _settings(cfg)
+    kinds, extras, _ = tile_draws(cfg)
+    param_extra = next(x for k, x in zip(kinds, extras) if k == "parametric")
+    draws = [x for k, x in zip(kinds, extras) if k == DRAW_KIND][:120]
+    assert len(draws) == 120
+    import galsim
+
+    n_param = galsim.COSMOSCatalog(file_name=cfg.parametric_catalogue, dir=str(cosmos),
+                                   use_real=False).nobjects
+    rng = np.random.default_rng(1)
+    for m in (25.0, 26.0):
+        rows = sorted(i for i in train if mag[i] <= m + 0.5)
+        assert len(rows) == {25.0: 34, 26.0: 50}[m]
+        h_real = np.array([_hlr_fine_arcsec(_galaxy(settings, "real", i, m, 0.0)[0])
+                           for i in rows])
+        lo, hi = _median_interval(h_real, rng)
+        h_par = np.array([_hlr_fine_arcsec(_galaxy(settings, "parametric", i, m, 0.0,
+                                                   param_extra)[0]) for i in range(n_param)])
+        h_draw = np.array([_hlr_fine_arcsec(_galaxy(settings, DRAW_KIND, 0, m, 0.0, x)[0])
+                           for x in draws])
+        h_before = np.array([_hlr_fine_arcsec(_galaxy(settings, "parametric", i, m, 0.0)[0])
+                             for i in range(n_param)])
+        for name, h in (("parametric", h_par), ("draws", h_draw)):
+            assert lo <= np.median(h) <= hi, (m, name, np.median(h), lo, hi)
+        assert np.median(h_before) > hi, (m, np.median(h_before), hi)
+        if m == 25.0:
+            assert np.median(h_par) == pytest.approx(np.median(h_real), rel=0.03)
+
+
+def test_size_calibration_never_reads_the_test_half(cosmos, monkeypatch):
+    """Planning a diverse training tile (which runs the size calibration from scratch)
+    builds and reads the images of training-half real galaxies only: every real galaxy
+    GalSim makes, and every real image or PSF it reads, is of the training half worked out
+    here from the file (even MAG ranks); exactly those with MAG <= 25.5 (the galaxies a
+    tile draws at the calibration's 25 mag) are measured."""
+    import galsim
+
+    from bh_stage.study import simulate, tileset
+
+    train, test, mag = _training_half_from_the_file(cosmos)
+    made, read = [], []
+    make = galsim.COSMOSCatalog.makeGalaxy
+    gal_image = galsim.RealGalaxyCatalog.getGalImage
+    psf_image = galsim.RealGalaxyCatalog.getPSFImage
+
+    def spy_make(self, index=None, gal_type=None, **kw):
+        if gal_type == "real":
+            made.append(int(self.orig_index[index]))
+        return make(self, index, gal_type=gal_type, **kw)
+
+    def spy_gal(self, i):
+        read.append(int(i))
+        return gal_image(self, i)
+
+    def spy_psf(self, i):
+        read.append(int(i))
+        return psf_image(self, i)
+
+    monkeypatch.setattr(galsim.COSMOSCatalog, "makeGalaxy", spy_make)
+    monkeypatch.setattr(galsim.RealGalaxyCatalog, "getGalImage", spy_gal)
+    monkeypatch.setattr(galsim.RealGalaxyCatalog, "getPSFImage", spy_psf)
+    monkeypatch.setattr(simulate, "_SIZE_CALIBRATIONS", {})  # calibrate anew, spied
+    cfg = tileset.simulate_config(tile_set(cosmos, training_sample="diverse"), "valid", 201)
+    simulate.tile_draws(cfg)
+    eligible = {i for i in train if mag[i] <= 25.5}
+    assert set(made) == eligible and len(made) == len(eligible) == 34
+    assert read and set(read) <= eligible
+    assert not (set(made) | set(read)) & test
+    cal = simulate.size_calibration(cfg.cosmos_dir, cfg.parametric_catalogue,
+                                    cfg.real_catalogue, -0.105, 0.5)
+    assert set(cal["real_indices"]) == eligible
+    assert -0.3 < cal["offset_dex"] < 0  # the parametric galaxies were the larger ones

@@ -45,7 +45,10 @@ Models (Farrens et al. 2021, section 2):
   with ``m_ref`` such that a pooled parametric row is as large as its galaxy at every
   magnitude and the rows of a file without magnitudes share the parametric sample's median
   ``log10 hlr - slope m`` (``sersic_fits``). Real galaxies of the training
-  half can be augmented (flip, shear, dilation). The draws use their own random streams
+  half can be augmented (flip, shear, dilation). ``tile.size_calibration: real_train``
+  dilates the parametric galaxies and the draws by one factor that puts them on the
+  size-magnitude relation of the training-half real galaxies (``size_calibration``; the test
+  half is never read). The draws use their own random streams
   (``default_rng([seed, 21, 1])`` and ``[seed, 21, 2]``); with the options off nothing
   changes.
 
@@ -82,7 +85,8 @@ from ..extras import require
 __all__ = ["simulate_stamps", "simulate_tile", "run_simulate", "psf_image", "TRUTH_DTYPE",
            "TILE_TRUTH_DTYPE", "SPLIT_TRAIN", "SPLIT_VALID", "SPLIT_TEST", "cosmos_catalogue",
            "sample_mags", "real_galaxy_split", "lensed_positions", "sersic_fits",
-           "tile_draws", "DRAW_KIND", "SERSIC_N_STEP"]
+           "tile_draws", "DRAW_KIND", "SERSIC_N_STEP", "size_calibration",
+           "blurred_hlr_arcsec", "SIZE_CALIBRATION_MAG"]
 
 log = logging.getLogger(__name__)
 
@@ -344,17 +348,170 @@ class _SersicPool:
         return int(rng.integers(self.indices.size))
 
 
+SIZE_CALIBRATION_MAG = 25.0
+"""AB magnitude at which ``size_calibration`` matches the median sizes: the middle of the
+detected tile galaxies (counts rise 0.3 dex/mag to 26.5; most detections are 24-26 mag),
+where the size gap between the parametric and the real samples was measured."""
+SIZE_BLUR_FWHM_ARCSEC = 0.1
+"""Gaussian the sizes are measured through: about the HST F814W resolution, below which a
+real galaxy (a deconvolved HST image) has no information, and which point-like knots need."""
+SIZE_PIXEL_ARCSEC = 0.02
+SIZE_IMAGE_PIX = 256
+SIZE_CALIBRATION_TOL_DEX = 5e-4
+
+_SIZE_CALIBRATIONS = {}
+
+
+def blurred_hlr_arcsec(gal):
+    """Half-light radius (arcsec) of ``gal`` seen through a ``SIZE_BLUR_FWHM_ARCSEC``
+    Gaussian: drawn without pixel response on ``SIZE_IMAGE_PIX`` square pixels of
+    ``SIZE_PIXEL_ARCSEC``, centred on the profile's origin; the radius where the flux
+    enclosed by the pixel centres, sorted by radius, reaches half the image's sum (linear
+    interpolation between two pixels)."""
+    galsim = require("galsim", "study")
+
+    n, scale = SIZE_IMAGE_PIX, SIZE_PIXEL_ARCSEC
+    arr = galsim.Convolve(gal, galsim.Gaussian(fwhm=SIZE_BLUR_FWHM_ARCSEC)).drawImage(
+        nx=n, ny=n, scale=scale, method="no_pixel", dtype=np.float64).array
+    y, x = np.indices(arr.shape) - (n - 1) / 2.0  # an even image: its centre is a corner
+    r = np.hypot(x, y).ravel() * scale
+    order = np.argsort(r, kind="stable")
+    cum = np.cumsum(arr.ravel()[order])
+    half = 0.5 * cum[-1]
+    k = max(int(np.searchsorted(cum, half)), 1)
+    return float(np.interp(half, cum[k - 1:k + 1], r[order][k - 1:k + 1]))
+
+
+def size_calibration(cosmos_dir, parametric_catalogue, real_catalogue, slope_dex_per_mag,
+                     max_brightening_mag, exptime_s=300.0, area_cm2=80216.0,
+                     mag=SIZE_CALIBRATION_MAG):
+    """Size offset that puts the parametric sample on the real training half's relation.
+
+    Every sample follows one law, a galaxy drawn at m dilated by ``10**(slope (m - m_i))``
+    from its size at its own magnitude; ``tile.size_calibration: real_train`` multiplies the
+    parametric galaxies and the Sersic draws by ``10**offset_dex`` on top (the same as
+    moving their reference magnitudes by ``-offset_dex / slope``; the slope is unchanged).
+    ``offset_dex`` is solved by bisection so that, at ``mag``, the median of
+    ``blurred_hlr_arcsec`` over the parametric sample drawn at ``mag`` equals the median over
+    the real galaxies of the **training half** (``real_galaxy_split``) that a tile draws at
+    ``mag`` (those with F814W magnitude <= ``mag + max_brightening_mag``), each drawn at
+    ``mag``, unrotated, unaugmented. The test half is never drawn nor measured. The Sersic
+    draws follow the parametric sample (``sersic_fits``), so one offset serves both.
+
+    Parameters
+    ----------
+    cosmos_dir : str or Path
+        Folder of the COSMOS samples.
+    parametric_catalogue, real_catalogue : str
+        The two samples' catalogues.
+    slope_dex_per_mag : float
+        ``magnitude.size_slope_dex_per_mag``.
+    max_brightening_mag : float
+        ``magnitude.max_brightening_mag`` (which real galaxies a tile draws at ``mag``).
+    exptime_s, area_cm2 : float
+        Flux scaling of the catalogues (sizes do not depend on it).
+    mag : float
+        AB magnitude of the match; default ``SIZE_CALIBRATION_MAG``.
+
+    Returns
+    -------
+    dict
+        ``offset_dex`` (log10 of the extra dilation), ``mag``, ``real_indices`` (catalogue
+        indices of the training-half galaxies measured), ``real_median_hlr_arcsec``,
+        ``parametric_median_hlr_arcsec`` (before the offset) and
+        ``calibrated_median_hlr_arcsec`` (after), all at ``mag`` through the blur.
+
+    Raises
+    ------
+    InputFileError
+        A COSMOS catalogue is missing or unreadable.
+    """
+    key = (str(cosmos_dir), parametric_catalogue, real_catalogue, float(slope_dex_per_mag),
+           float(max_brightening_mag), float(exptime_s), float(area_cm2), float(mag))
+    if key in _SIZE_CALIBRATIONS:
+        return _SIZE_CALIBRATIONS[key]
+    t0 = time.perf_counter()
+    settings = {"cosmos_dir": str(cosmos_dir), "parametric_catalogue": parametric_catalogue,
+                "real_catalogue": real_catalogue, "exptime_s": exptime_s,
+                "area_cm2": area_cm2, "size_slope_dex_per_mag": slope_dex_per_mag}
+    rcat = cosmos_catalogue(cosmos_dir, real_catalogue, True, exptime_s, area_cm2)
+    r_mags = sample_mags(rcat, True)
+    train, _ = real_galaxy_split(r_mags)  # the test half is dropped here, unread
+    sample = _Sample("real", train, r_mags, rcat.orig_index)
+    n_ok = max(int(np.searchsorted(sample.sorted_mags, mag + max_brightening_mag,
+                                   side="right")), 1)  # as _Sample.choose
+    real_idx = np.sort(sample.sorted_indices[:n_ok])
+    target = float(np.median(np.log10(
+        [blurred_hlr_arcsec(_galaxy(settings, "real", int(i), mag, 0.0)[0])
+         for i in real_idx])))
+    pcat = cosmos_catalogue(cosmos_dir, parametric_catalogue, False, exptime_s, area_cm2)
+    params = [_galaxy(settings, "parametric", i, mag, 0.0)[0] for i in range(pcat.nobjects)]
+
+    def median_log_hlr(offset_dex):
+        return float(np.median(np.log10([blurred_hlr_arcsec(g.dilate(10.0 ** offset_dex))
+                                         for g in params])))
+
+    before = median_log_hlr(0.0)
+    # the blur shrinks size differences, so the offset is beyond target - before: bracket
+    # from there, widened until it holds the root (the median grows with the offset)
+    lo, hi = sorted((0.0, 1.5 * (target - before)))
+    f_lo, f_hi = median_log_hlr(lo) - target, median_log_hlr(hi) - target
+    while f_lo > 0:
+        lo -= 0.25
+        f_lo = median_log_hlr(lo) - target
+    while f_hi < 0:
+        hi += 0.25
+        f_hi = median_log_hlr(hi) - target
+    while hi - lo > SIZE_CALIBRATION_TOL_DEX:
+        mid = 0.5 * (lo + hi)
+        if median_log_hlr(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    offset = 0.5 * (lo + hi)
+    out = {"offset_dex": offset, "mag": float(mag),
+           "real_indices": tuple(int(i) for i in real_idx),
+           "real_median_hlr_arcsec": 10.0 ** target,
+           "parametric_median_hlr_arcsec": 10.0 ** before,
+           "calibrated_median_hlr_arcsec": 10.0 ** median_log_hlr(offset)}
+    log.info("size calibration: parametric galaxies and Sersic draws x 10**(%.4f) = %.3f; "
+             "median half-light radius at %.1f mag through a %.2f\" Gaussian: %.3f\" -> "
+             "%.3f\" (real training half, %d galaxies: %.3f\"); %.1f s", offset,
+             10.0 ** offset, mag, SIZE_BLUR_FWHM_ARCSEC, out["parametric_median_hlr_arcsec"],
+             out["calibrated_median_hlr_arcsec"], len(real_idx),
+             out["real_median_hlr_arcsec"], time.perf_counter() - t0)
+    _SIZE_CALIBRATIONS[key] = out
+    return out
+
+
+def _size_offset_dex(cfg):
+    """``offset_dex`` of ``size_calibration`` for a tile config (0 when it is 'none')."""
+    if cfg.tile.size_calibration == "none":
+        return 0.0
+    return size_calibration(cfg.cosmos_dir, cfg.parametric_catalogue, cfg.real_catalogue,
+                            cfg.magnitude.size_slope_dex_per_mag,
+                            cfg.magnitude.max_brightening_mag, cfg.exptime_s,
+                            cfg.area_cm2)["offset_dex"]
+
+
 def _draw_extras(cfg, tile_samples, which, cat_index):
     """Per-object parameters of the Sersic draws and of the real-galaxy augmentation.
 
     Every galaxy takes the same number of values from two streams of its own,
     ``default_rng([seed, 21, 1])`` (Sersic jitter, knots) and ``[seed, 21, 2]``
     (augmentation), whatever its kind, so a draw depends only on the seed and its row.
-    Returns one dict (or None) per galaxy.
+    With ``tile.size_calibration`` a parametric galaxy's dict is ``{"size_offset_dex": ...}``
+    (a draw's carries the same key; ``size_calibration``). Returns one dict (or None) per
+    galaxy.
     """
     t = cfg.tile
     n = len(which)
     extras = [None] * n
+    offset = _size_offset_dex(cfg)
+    if t.size_calibration != "none":
+        for i in range(n):
+            if tile_samples[which[i]].kind == "parametric":
+                extras[i] = {"size_offset_dex": offset}
     pool = next((smp for smp in tile_samples if smp.kind == DRAW_KIND), None)
     if pool is not None:
         f = pool.fits
@@ -379,7 +536,7 @@ def _draw_extras(cfg, tile_samples, which, cat_index):
             knots = sersic_n < t.knots_max_sersic_n and u_knots[i] < t.knots_fraction
             extras[i] = {"n": round(sersic_n, 6), "hlr_arcsec": float(10 ** v[1]),
                          "g": float(v[2]), "m_ref": float(f["m_ref"][row]),
-                         "fit_ident": int(f["ident"][row]),
+                         "fit_ident": int(f["ident"][row]), "size_offset_dex": offset,
                          "knots_seed": int(knots_seed[i]) if knots else 0,
                          "knots_npoints": t.knots_npoints,
                          "knots_flux_fraction": t.knots_flux_fraction}
@@ -570,17 +727,21 @@ def _flux_adu(settings, mag):
                                                        settings["area_cm2"])))
 
 
-def _size_magnitude(settings, gal, mag, m_ref):
+def _size_magnitude(settings, gal, mag, m_ref, offset_dex=0.0):
     """The size-magnitude law of every sample: ``gal`` (its size at ``m_ref``) dilated by
-    ``10**(size_slope_dex_per_mag (mag - m_ref))``, flux kept."""
+    ``10**(size_slope_dex_per_mag (mag - m_ref) + offset_dex)``, flux kept
+    (``offset_dex``: ``size_calibration``'s, 0 without it)."""
     slope = settings["size_slope_dex_per_mag"]
-    return gal.dilate(10.0 ** (slope * (mag - m_ref))) if slope else gal
+    if not slope and not offset_dex:
+        return gal
+    return gal.dilate(10.0 ** (slope * (mag - m_ref) + offset_dex))
 
 
 def _galaxy(settings, kind, cat_index, mag, theta_rad, extra=None):
     """Return the rotated galaxy (a point source for kind 'star') at magnitude ``mag`` (flux
-    in ADU) and its flux. ``extra``: a Sersic draw's parameters (kind ``DRAW_KIND``) or a
-    real galaxy's augmentation (``_draw_extras``)."""
+    in ADU) and its flux. ``extra``: a Sersic draw's parameters (kind ``DRAW_KIND``), a
+    real galaxy's augmentation or a parametric galaxy's ``size_offset_dex``
+    (``_draw_extras``)."""
     galsim = require("galsim", "study")
 
     if kind == "star":
@@ -595,7 +756,8 @@ def _galaxy(settings, kind, cat_index, mag, theta_rad, extra=None):
                                            half_light_radius=e["hlr_arcsec"], flux=knots_flux,
                                            rng=galsim.BaseDeviate(e["knots_seed"]))
         gal = gal.shear(g=e["g"], beta=0.0 * galsim.radians)
-        gal = _size_magnitude(settings, gal.withFlux(_flux_adu(settings, mag)), mag, e["m_ref"])
+        gal = _size_magnitude(settings, gal.withFlux(_flux_adu(settings, mag)), mag, e["m_ref"],
+                              e.get("size_offset_dex", 0.0))
         gal = gal.rotate(theta_rad * galsim.radians)
         return gal, float(gal.flux)
     real = kind == "real"
@@ -607,8 +769,9 @@ def _galaxy(settings, kind, cat_index, mag, theta_rad, extra=None):
     else:
         gal = cat.makeGalaxy(int(cat_index), gal_type="parametric")
     m_sample = sample_mags(cat, real)[int(cat_index)]
+    offset = extra["size_offset_dex"] if extra is not None and not real else 0.0
     gal = _size_magnitude(settings, gal.withScaledFlux(10.0 ** (-0.4 * (mag - m_sample))),
-                          mag, m_sample)
+                          mag, m_sample, offset)
     if extra is not None and real:  # augmentation; flux kept, the rotation below follows
         if extra["flip"]:
             gal = gal.transform(-1.0, 0.0, 0.0, 1.0)
@@ -1172,6 +1335,9 @@ def simulate_tile(cfg, progress=None, keep_models=False):
         ("BH_OSHG1", t.other_shear_g1, "shear g1 of the second plane"),
         ("BH_OSHG2", t.other_shear_g2, "shear g2 of the second plane"),
     ]
+    if t.size_calibration != "none":
+        cards.append(("BH_SZOFF", round(_size_offset_dex(cfg), 6),
+                      f"log10 dilation, parametric+draws ({t.size_calibration})"))
     log.info("tile simulated in %.1f s", time.perf_counter() - t0)
     if keep_models:
         return image, weight, truth, cards, models

@@ -136,8 +136,11 @@ def simulate_config(tiles, role, seed, shear_g1=0.0, shear_g2=0.0, **tile_option
 
     Roles 'train' and 'valid' with ``training_sample: diverse`` add the per-object Sersic
     draws (``diverse_sersic_fraction``, fits pooled with the parametric sample's), knots on
-    ``diverse_knots_fraction`` of their discs and augmented training-half real galaxies.
-    Role 'test' is the test half of the real galaxies only, whatever ``training_sample``."""
+    ``diverse_knots_fraction`` of their discs and augmented training-half real galaxies, and
+    put the parametric galaxies and the draws on the size-magnitude relation of the
+    training-half real galaxies (``tile.size_calibration: real_train``,
+    ``simulate.size_calibration``). Role 'test' is the test half of the real galaxies only,
+    whatever ``training_sample``."""
     from ..config import SimulateConfig, config_from_dict
 
     pairs = tiles.train_close_pair_fraction if role == "train" else tiles.close_pair_fraction
@@ -145,7 +148,8 @@ def simulate_config(tiles, role, seed, shear_g1=0.0, shear_g2=0.0, **tile_option
         tile_options = {"sersic_fraction": tiles.diverse_sersic_fraction,
                         "sersic_pool_parametric": True,
                         "knots_fraction": tiles.diverse_knots_fraction,
-                        "augment_real": True, **tile_options}
+                        "augment_real": True, "size_calibration": "real_train",
+                        **tile_options}
     return config_from_dict(SimulateConfig, {
         "mode": "tile", "seed": seed, "cosmos_dir": tiles.cosmos_dir,
         "n_workers": tiles.n_workers, "real_half": "test",
