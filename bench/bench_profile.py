@@ -3,14 +3,14 @@
     python bench/bench_profile.py TILE.fits --catalogue TILE.cat [--weight TILE.weight.fits] \
         [--set KEY=VALUE ...] [--repeats 3]
 
-Each run is a new process, as `bh-stage run` is (Python, bh_stage and, in the stage, TensorFlow
-imported in it): its wall time is the total, and its ``run_stage`` runs under cProfile (the
-main thread), each phase the cumulative time of the functions that do it (reading the
-catalogue, reading tile and weight, background, building the tile head's network with
-TensorFlow's import, loading the paper head, cutting stamps, catalogue cues, tile head, paper
-head, waiting for the SEP processes, writing);
-"start-up" is the process's time outside ``run_stage``. SEP runs in child processes beside
-the network, so "waiting for SEP" is only the part the main thread could not hide. The
+Each run is a new process, as `bh-stage run` is (Python and bh_stage imported in it; since
+issue 24 TensorFlow in the stage's network process): its wall time is the total, and its
+``run_stage`` runs under cProfile (the main thread), each phase the cumulative time of the
+functions that do it (``PHASES``: reading the catalogue, cues, reading tile and weight, bad
+pixels and background, waiting for the tile head's network, cutting stamps, the networks
+when they run in this process, waiting for the SEP and network processes, writing);
+"start-up" is the process's time outside ``run_stage``. SEP and the networks run in child
+processes beside the main thread, so "waiting" is only the part it could not hide. The
 median of ``--repeats`` runs of each phase is reported, and `source-extractor` on the same
 tile (example_config/sextractor/bh.sex), timed in the same run after each, gives the ratio
 of the medians. `import tensorflow` alone is timed in a new process for reference. Writes
@@ -36,26 +36,34 @@ import benchlib
 PHASES = {
     "reading the catalogue": [("bh_stage/io.py", "read_catalogue"),
                               ("bh_stage/io.py", "read_columns")],
-    "reading tile and weight": [("bh_stage/io.py", "read_tile")],
+    "catalogue cues": [("bh_stage/cues.py", "catalogue_features", "run_stage"),
+                       ("bh_stage/cues.py", "nearest_detection_pix", "run_stage"),
+                       ("bh_stage/cues.py", "detections_in_stamp", "run_stage"),
+                       ("bh_stage/features.py", "position_cues", "run_stage")],
+    "loading the tile head (its files)": [("bh_stage/tilehead.py", "load_tile_head")],
+    "starting the network process": [("bh_stage/stage.py", "_start_networks")],
+    "reading tile and weight": [("bh_stage/io.py", "read_tile"),
+                                ("bh_stage/io.py", "tile_row_blocks")],
     "bad pixels and background": [("bh_stage/pixels.py", "bad_pixels"),
+                                  ("bh_stage/pixels.py", "_bad_block"),
                                   ("bh_stage/pixels.py", "subtract_background")],
-    "cutting stamps": [("bh_stage/stamps.py", "cut_stamps")],
-    "catalogue cues": [("bh_stage/cues.py", "catalogue_features"),
-                       ("bh_stage/cues.py", "nearest_detection_pix"),
-                       ("bh_stage/cues.py", "detections_in_stamp"),
-                       ("bh_stage/features.py", "position_cues")],
-    "building the tile head's network (TensorFlow's import)": [
-        ("bh_stage/tilehead.py", "build")],
-    "loading the networks": [("bh_stage/tilehead.py", "load_tile_head"),
-                             ("bh_stage/model.py", "load_classifier")],
-    "tile head network": [("bh_stage/tilehead.py", "predict_proba")],
-    "paper head network": [("bh_stage/nets/vgg.py", "predict_proba"),
-                           ("bh_stage/model.py", "predict_proba")],
-    "waiting for SEP processes": [("concurrent/futures/_base.py", "result")],
+    "waiting for the tile head's network (TensorFlow's import, the build)": [
+        ("", "build", "run_stage")],
+    "loading the paper head": [("", "load_classifier", "run_stage")],
     "starting SEP processes": [("bh_stage/sep_flags.py", "__init__")],
+    "cutting stamps": [("bh_stage/stamps.py", "cut_stamps")],
+    "tile head network (in this process)": [("bh_stage/tilehead.py", "predict_proba")],
+    "paper head network (in this process)": [("bh_stage/nets/vgg.py", "predict_proba"),
+                                             ("bh_stage/model.py", "predict_proba")],
+    "waiting for the SEP processes (and the network process)": [
+        ("concurrent/futures/_base.py", "result", "finish_oldest"),
+        ("concurrent/futures/_base.py", "result", "_stamp_features")],
     "writing the output": [("bh_stage/io.py", "write_catalogue")],
 }
-"""Phase -> (file suffix, function) whose cumulative times add up to it."""
+"""Phase -> (file suffix, function[, calling function]) whose cumulative times add up to it
+(with a calling function: only the time of the calls it makes). Only the main thread is
+profiled: what the network process, the SEP processes and the threads that talk to them do
+shows as waiting."""
 
 
 def startup_seconds(code):
@@ -68,10 +76,16 @@ def startup_seconds(code):
 def phase_seconds(stats):
     """Cumulative seconds of each phase from a ``pstats.Stats``."""
     out = {name: 0.0 for name in PHASES}
-    for (path, _, func), (_, _, _, cumulative, _) in stats.stats.items():
+    for (path, _, func), (_, _, _, cumulative, callers) in stats.stats.items():
         for name, keys in PHASES.items():
-            if any(path.endswith(suffix) and func == fn for suffix, fn in keys):
-                out[name] += cumulative
+            for suffix, fn, *caller in keys:
+                if not (path.endswith(suffix) and func == fn):
+                    continue
+                if not caller:
+                    out[name] += cumulative
+                else:
+                    out[name] += sum(times[3] for (_, _, by), times in callers.items()
+                                     if by == caller[0])
     return out
 
 

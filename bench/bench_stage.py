@@ -7,10 +7,11 @@ compact paper head; ``--head cfis_sigma15_clip_80k``: with the VGG16 one; ``--he
 tile head and SEP only; ``--tile-head``: the tile head). The ratio is of the medians of the
 runs (``--repeats``, default 3; the fastest runs are recorded too), and the machine's load
 (1-minute average) is read before each run; the CPU seconds (user + system) of each command,
-the stage's SEP children included, are recorded too (a measure of work that another job on
-the machine changes less than the wall time). Then times each network alone on the same number
-of stamps (same runtime and precision) and reads the stage's peak RSS (the largest of the
-runs). Prints the ratios and writes
+the stage's network and SEP children included, are recorded too (a measure of work that
+another job on the machine changes less than the wall time). Then times each network alone
+on the same number of stamps (same runtime and precision) and reads the stage's peak RSS (the
+largest of the runs: of the ``bh-stage`` process, and of it with its children at any one
+time, polled from /proc). Prints the ratios and writes
 bench/results/stage_<head name or none>_<tile head name>_<precision>_<size>[_<tile name>].json.
 
 A second kind of tile: ``--tile-set KEY=VALUE`` passes ``tile.KEY=VALUE`` to the simulation
@@ -31,6 +32,7 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -97,21 +99,56 @@ def time_sextractor(workdir, tile):
     return seconds, usage.ru_utime + usage.ru_stime
 
 
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss_gb(pid):
+    """Resident memory of process ``pid`` and all its descendants (the network and SEP
+    processes), GB, read from /proc (0 where there is none)."""
+    procs = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        procs[int(stat.parent.name)] = (int(fields[1]), int(fields[21]))  # ppid, rss pages
+    tree, total = {pid}, 0
+    for _ in range(4):  # children, grandchildren, ...
+        tree |= {p for p, (ppid, _) in procs.items() if ppid in tree}
+    for p in tree:
+        total += procs.get(p, (0, 0))[1]
+    return total * PAGE_BYTES / 1024**3
+
+
 def time_stage(tile, settings):
-    """Seconds, summary line, peak RSS (GB) and CPU seconds (user + system, its SEP children
-    included) of ``bh-stage run`` on the tile with ``--set`` ``settings``."""
+    """Seconds, summary line, peak RSS (GB: of the process alone, as ``wait4`` gives it, and
+    of the process with its children at any one time, polled every 0.2 s) and CPU seconds
+    (user + system, its network and SEP children included) of ``bh-stage run`` on the tile
+    with ``--set`` ``settings``."""
     t0 = time.perf_counter()
+    peak = [0.0]
     with tempfile.TemporaryFile("w+") as stdout:
         proc = subprocess.Popen(["bh-stage", "run", "example_config/config.yml", str(tile),
                                  *[f"--set={s}" for s in settings]], cwd=REPO, stdout=stdout,
                                 text=True)
+        done = threading.Event()
+
+        def poll():
+            while not done.wait(0.2):
+                peak[0] = max(peak[0], tree_rss_gb(proc.pid))
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
+        done.set()
+        poller.join()
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"bh-stage run failed (exit status {status})")
         stdout.seek(0)
         summary = stdout.read().strip().splitlines()[-1]
-    return seconds, summary, usage.ru_maxrss / 1024**2, usage.ru_utime + usage.ru_stime
+    return (seconds, summary, usage.ru_maxrss / 1024**2, usage.ru_utime + usage.ru_stime,
+            peak[0])
 
 
 def network_rate(predict, n_stamps, batch_size):
@@ -159,14 +196,16 @@ def main():
                 f"tile_head={args.tile_head}", f"precision={args.precision}",
                 f"batch_size={args.batch_size}", "overwrite=true", "output={dir}/{stem}_bh.cat"]
     sex_runs, stage_runs, loads, rss_runs, sex_cpu, stage_cpu = [], [], [], [], [], []
+    tree_rss_runs = []
     for _ in range(args.repeats):
         loads.append(load_1min())
         seconds, cpu = time_sextractor(workdir, tile)
         sex_runs.append(seconds)
         sex_cpu.append(cpu)
-        seconds, summary, rss_gb, cpu = time_stage(tile, settings)
+        seconds, summary, rss_gb, cpu, tree_gb = time_stage(tile, settings)
         stage_runs.append(seconds)
         rss_runs.append(rss_gb)
+        tree_rss_runs.append(tree_gb)
         stage_cpu.append(cpu)
     loads.append(load_1min())
     sex_seconds, stage_seconds = float(np.median(sex_runs)), float(np.median(stage_runs))
@@ -204,6 +243,8 @@ def main():
            "sextractor_cpu_seconds_runs": sex_cpu, "stage_cpu_seconds_runs": stage_cpu,
            "cpu_seconds_ratio_of_medians": float(np.median(stage_cpu) / np.median(sex_cpu)),
            "load_1min_before_each_run_and_after": loads, "peak_rss_gb_runs": rss_runs,
+           "peak_rss_with_children_gb_runs": tree_rss_runs,
+           "peak_rss_with_children_gb": max(tree_rss_runs),
            "stage_stamps_per_s": stage_rate,
            **{f"{name}_only_stamps_per_s": rate for name, rate in rates.items()},
            "networks_stamps_per_s": net_rate, "stage_over_networks": stage_rate / net_rate,
@@ -214,7 +255,8 @@ def main():
           f"with head none, <= 2.5 with the paper head); end-to-end "
           f"{stage_rate:.1f} stamps/s / networks alone {net_rate:.1f} = "
           f"{stage_rate / net_rate:.2f}; CPU seconds {np.median(stage_cpu):.1f} / "
-          f"{np.median(sex_cpu):.1f}; peak RSS {rss_gb:.2f} GB (target <= 2); "
+          f"{np.median(sex_cpu):.1f}; peak RSS {rss_gb:.2f} GB, with its children "
+          f"{max(tree_rss_runs):.2f} GB (target <= 2); "
           f"load {', '.join(f'{v:.2f}' for v in loads)}")
     suffix = f"_{args.tile_name}" if args.tile_name else ""
     benchlib.write_result(

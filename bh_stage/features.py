@@ -138,12 +138,19 @@ def measure_stamps(stamps, rms_adu):
     return out
 
 
-def position_cues(x_pix, y_pix, half_pix=25):
+def position_cues(x_pix, y_pix, half_pix=25, nearest_pix=None, ndet_stamp=None):
     """The position cues of ``FEATURE_NAMES`` (``LOG10_NEAREST_PIX``, ``NDET_STAMP``) of every
-    detection, from the 0-based positions of all of them: float32 ``(n, 2)``."""
-    nearest = np.log10(np.clip(np.nan_to_num(cues.nearest_detection_pix(x_pix, y_pix),
-                                             nan=cues.FAR_PIX), 0.1, None))
-    ndet = np.maximum(cues.detections_in_stamp(x_pix, y_pix, half_pix), 0)
+    detection, from the 0-based positions of all of them: float32 ``(n, 2)``.
+
+    ``nearest_pix`` and ``ndet_stamp``, if given, are ``cues.nearest_detection_pix(x_pix,
+    y_pix)`` and ``cues.detections_in_stamp(x_pix, y_pix, half_pix)``, already computed (the
+    stage writes them as columns too)."""
+    if nearest_pix is None:
+        nearest_pix = cues.nearest_detection_pix(x_pix, y_pix)
+    if ndet_stamp is None:
+        ndet_stamp = cues.detections_in_stamp(x_pix, y_pix, half_pix)
+    nearest = np.log10(np.clip(np.nan_to_num(nearest_pix, nan=cues.FAR_PIX), 0.1, None))
+    ndet = np.maximum(ndet_stamp, 0)
     return np.column_stack([nearest, ndet]).astype(np.float32)
 
 

@@ -16,7 +16,9 @@ tile head scores each of them as it scores the stamp (``BLEND_PROB_1P``, ...).
 import collections
 import dataclasses
 import datetime
+import functools
 import logging
+import sys
 import time
 import typing
 from pathlib import Path
@@ -30,7 +32,7 @@ from .metacal import METACAL_TYPES, SHEAR_TYPES, metacal_images
 from .psf import moffat_or_gaussian_psf, psfex_psf, read_psfex
 from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProcesses,
                         decode_flags, hybrid_flag)
-from .pixels import read_weight, tile_pixels
+from .pixels import read_bad_pixels, tile_pixels
 from .stamps import (cut_stamps, fill_and_pad, nearest_pixel, off_image, off_image_any,
                      shift_stamps, window_pixels)
 
@@ -244,6 +246,83 @@ def _no_progress(done, total, step):
 SEP_PROCESSES = 2
 """SEP child processes of a run (``sep_flags.SepProcesses``)."""
 
+BATCHES_IN_FLIGHT = 16
+"""Batches cut and handed to SEP and the networks before the stage waits for the oldest
+(it finishes any batch whose scores are back before): while the network process still
+imports TensorFlow, the SEP processes measure these (16 x 256 stamps: about 2 CPU-s of
+SEP, 70 MB of stamps)."""
+
+_NETWORK_PROCESSES = 0
+"""Runs of this process that scored in a ``tilehead.NetworkProcess``."""
+
+
+def _start_networks(tile_head, classifier_loader, network_process):
+    """The networks of a run: a ``tilehead.NetworkProcess`` (started now) or
+    ``_LocalNetworks``, as ``run_stage``'s ``network_process`` says. Its default (None): a
+    process for a ``TileHead`` loaded from files and not built here, without a
+    ``classifier_loader``, in a process that has not imported TensorFlow nor run the stage
+    in a network process before."""
+    global _NETWORK_PROCESSES
+    if not isinstance(tile_head, tilehead.TileHead):
+        network_process = False  # a stand-in: no files for a child to load
+    elif network_process is None:
+        network_process = (not tile_head.built and classifier_loader is None
+                           and "tensorflow" not in sys.modules and _NETWORK_PROCESSES == 0)
+    if not network_process:
+        return _LocalNetworks(tile_head, classifier_loader)
+    _NETWORK_PROCESSES += 1
+    return tilehead.NetworkProcess(tile_head)
+
+
+class _Deferred:
+    """A call made when its result is first asked for (``result()``, as a future's)."""
+
+    def __init__(self, func, *args):
+        self._func, self._args, self._done, self._value = func, args, False, None
+
+    def done(self):
+        """Whether the call was made (a future's ``done``: the stage waits to finish the
+        batch until it must)."""
+        return self._done
+
+    def result(self):
+        if not self._done:
+            self._value, self._done = self._func(*self._args), True
+            self._func = self._args = None
+        return self._value
+
+
+class _LocalNetworks:
+    """The networks in this process, with ``tilehead.NetworkProcess``'s methods: each
+    prediction is made (by the main thread, TensorFlow using the cores) when its batch is
+    finished."""
+
+    def __init__(self, tile_head, classifier_loader=None):
+        self.tile_head, self.loader, self.clf = tile_head, classifier_loader, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def prepare(self):
+        """Build the tile head's network now (TensorFlow's import)."""
+        self.tile_head.build()
+        return self
+
+    def load_classifier(self, head_json, precision="f32", batch_size=256):
+        loader = model.load_classifier if self.loader is None else self.loader
+        self.clf = loader(head_json, precision=precision, batch_size=batch_size)
+        return self.clf
+
+    def submit(self, stamps, rms_adu, feats):
+        return _Deferred(lambda: self.tile_head.predict_proba(
+            stamps, rms_adu, feats() if callable(feats) else feats))
+
+    def submit_paper(self, stamps, rms_adu):
+        return _Deferred(self.clf.predict_proba, stamps, rms_adu)
+
 METACAL_CELL_STRIDE = 2**32
 """The correction noise of the metacalibration images of the object of rank ``r`` among the
 objects of PSF cell ``c`` is ``metacal_images``' noise of index ``c * METACAL_CELL_STRIDE +
@@ -392,19 +471,27 @@ def _batches(n, batch_size, stamps_of, mcal):
                    mask[part], {name: images[part] for name, images in sheared.items()})
 
 
-def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, progress,
-           mcal=None):
-    """Stream the catalogue in batches (``stamps_of(rows)`` gives the stamps and fractions of
-    a slice of rows); return BLEND_PROB, BH_PAPER_PROB (NaN without a paper head, ``clf``
-    None), SEP columns, the fractions and the BLEND_PROB of each sheared image (a dict by
-    ``MCAL_IMAGE_TYPES``; empty without ``mcal``, a ``_Metacal``).
+def _stamp_features(measured, position_features):
+    """``features.stamp_features`` of a batch once SEP has measured it (``measured``: the
+    future of ``SepProcesses.submit_measure``)."""
+    return features.stamp_features(measured.result(), position_features)
 
-    ``head_inputs`` holds, per row, the tile head's catalogue features, or for a
-    position-only head the position cues; its pixel features are then measured on each
-    batch's stamps in the SEP processes and the batch is scored when they come back. With
-    ``mcal`` the same is done on each sheared image of the stamps (made here, measured in
-    the SEP processes with the sheared images' rms, scored with it), beside the same
-    position cues."""
+
+def _score(cfg, networks, paper_head, stamp_features, head_inputs, stamps_of, rms_adu, n,
+           scorable, progress, mcal=None):
+    """Stream the catalogue in batches (``stamps_of(rows)`` gives the stamps and fractions of
+    a slice of rows); return BLEND_PROB, BH_PAPER_PROB (NaN without a paper head,
+    ``paper_head`` False), SEP columns, the fractions and the BLEND_PROB of each sheared
+    image (a dict by ``MCAL_IMAGE_TYPES``; empty without ``mcal``, a ``_Metacal``).
+
+    ``networks`` (``tilehead.NetworkProcess`` or ``_LocalNetworks``) scores each batch with
+    the tile head (``submit``) and the paper head (``submit_paper``); the batch is finished,
+    in order, ``BATCHES_IN_FLIGHT`` batches later. ``head_inputs`` holds, per row, the tile
+    head's catalogue features, or for a position-only head (``stamp_features``) the
+    position cues; its pixel features are then measured on each batch's stamps in the SEP
+    processes and the batch is scored when they come back. With ``mcal`` the same is done on
+    each sheared image of the stamps (made here, measured in the SEP processes with the
+    sheared images' rms, scored with it), beside the same position cues."""
     prob = np.full(n, np.nan, dtype=np.float64)
     sheared_prob = {t: np.full(n, np.nan, dtype=np.float64)
                     for t in (MCAL_IMAGE_TYPES if mcal is not None else ())}
@@ -413,16 +500,16 @@ def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, pr
     edge = np.zeros(n, dtype=np.float32)
     mask = np.zeros(n, dtype=np.float32)
     progress(0, n, "objects")
-    pending = collections.deque()  # batches SEP is working on, oldest first
+    pending = collections.deque()  # batches being scored, oldest first
+
+    def oldest_done():
+        _, _, job, _, scores = pending[0]
+        return job.done() and all(score.done() for _, score in scores)
 
     def finish_oldest():
-        rows, ok, job, idx, kept, measured, sheared = pending.popleft()
-        if measured is not None:
-            feats = features.stamp_features(measured.result(), head_inputs[idx])
-            prob[idx] = tile_head.predict_proba(kept, rms_adu, feats)
-        for name, (images, measured_sheared) in sheared.items():
-            feats = features.stamp_features(measured_sheared.result(), head_inputs[idx])
-            sheared_prob[name][idx] = tile_head.predict_proba(images, mcal.rms_adu, feats)
+        rows, ok, job, idx, scores = pending.popleft()
+        for out, score in scores:
+            out[idx] = score.result()
         batch_sep = job.result()
         batch_sep[~ok] = (-1, 0, False)  # no pixels of the object, no SEP verdict
         sep_out[rows] = batch_sep
@@ -435,21 +522,21 @@ def _score(cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, n, scorable, pr
             ok = scorable[rows] & (edge[rows] < 1) & (mask[rows] < 1)
             idx = np.arange(rows.start, rows.stop)[ok]
             job = sep_workers.submit(stamps, cfg.sep, rows.start)
-            kept = measured = None
-            sheared = {}
-            if ok.any() and tile_head.stamp_features:
-                kept = stamps[ok]
-                measured = sep_workers.submit_measure(kept, rms_adu)
+            scores = []  # (output array, future of its values at idx)
             if ok.any():
+                kept = stamps[ok]
+                feats = (functools.partial(_stamp_features, sep_workers.submit_measure(
+                    kept, rms_adu), head_inputs[idx]) if stamp_features else head_inputs[idx])
+                scores.append((prob, networks.submit(kept, rms_adu, feats)))
                 for name, images in sheared_images.items():
-                    sheared[name] = (images[ok], sep_workers.submit_measure(images[ok],
-                                                                            mcal.rms_adu))
-            if ok.any() and clf is not None:
-                paper[idx] = clf.predict_proba(stamps[ok], rms_adu)
-            if ok.any() and measured is None:
-                prob[idx] = tile_head.predict_proba(stamps[ok], rms_adu, head_inputs[idx])
-            pending.append((rows, ok, job, idx, kept, measured, sheared))
-            while len(pending) > SEP_PROCESSES:
+                    feats = functools.partial(_stamp_features, sep_workers.submit_measure(
+                        images[ok], mcal.rms_adu), head_inputs[idx])
+                    scores.append((sheared_prob[name],
+                                   networks.submit(images[ok], mcal.rms_adu, feats)))
+                if paper_head:
+                    scores.append((paper, networks.submit_paper(kept, rms_adu)))
+            pending.append((rows, ok, job, idx, scores))
+            while pending and (len(pending) > BATCHES_IN_FLIGHT or oldest_done()):
                 finish_oldest()
         while pending:
             finish_oldest()
@@ -495,7 +582,7 @@ def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr, mcal=None):
     ]
 
 
-def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
+def run_stage(cfg, tile_path, progress=None, classifier_loader=None, network_process=None):
     """Score every detection of one tile and write the output catalogue.
 
     Parameters
@@ -512,6 +599,16 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
         ``classifier_loader(head_path, precision=..., batch_size=...)`` returning a classifier;
         default ``model.load_classifier``. ``bh_stage.tiles`` passes a per-process cache so a
         worker loads the network once for many tiles. The classifier is not modified.
+    network_process : bool, optional
+        Run the networks in a child process (``tilehead.NetworkProcess``) started before the
+        tile is read, so that TensorFlow's import and the build run beside the reading; the
+        probabilities are the same to the bit. Default (None): when it pays, that is when
+        this process has not imported TensorFlow, has not built the tile head, and has not
+        run the stage in a child process before, and no ``classifier_loader`` is given: the
+        command line's single tile and the ceci stage, not a loop of runs in one process
+        (it imports TensorFlow once, in the second run, and keeps the networks) nor
+        ``bh_stage.tiles``' workers (their cache). A tile head that is not a ``TileHead``
+        loaded from files (a test's stand-in) is always scored in this process.
 
     Returns
     -------
@@ -602,71 +699,85 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
                           "tile_head to a position-only head (compact_cnn_stamp_v1, `bh-stage "
                           "train-tile --set features=stamp`) or metacal.enabled: false")
     half_pix = cfg.stamp.size_pix // 2
-    if tile_head.stamp_features:  # position-only: no catalogue column but x, y
-        head_inputs = features.position_cues(cat.x_pix, cat.y_pix, half_pix)
-    else:
-        columns = io.read_columns(cat_path, tile_head.catalogue_columns, cfg.catalogue_hdu)
-        head_inputs = (cues.catalogue_features(columns, cat.x_pix, cat.y_pix, half_pix)
-                       if columns else np.zeros((cat.nrows, 0), np.float32))
-
+    columns = (None if tile_head.stamp_features else
+               io.read_columns(cat_path, tile_head.catalogue_columns, cfg.catalogue_hdu))
     _check_head_shape(cfg, tile_head.path, tile_head.metadata)
-    progress(0, 1, "reading tile")
-    image = bad = None
-    if read_tile:
-        image, bad, rms_adu = tile_pixels(tile, weight_path)
-        log.info("tile rms %.3g ADU, %.2g %% of pixels masked", rms_adu, 100 * bad.mean())
-    elif weight_path is not None:
-        bad = ~(read_weight(weight_path, shape) > 0)
-    if cfg.stamp.rms_adu is not None:
-        rms_adu = cfg.stamp.rms_adu
-        log.info("sky rms from stamp.rms_adu: %.3g ADU", rms_adu)
-    x = np.where(finite, cat.x_pix, 0.0)  # 0: a placeholder position, never scored
-    y = np.where(finite, cat.y_pix, 0.0)
-    if vignet:
-        image = None  # VIGNET is already background-subtracted by SExtractor
-        xv = nearest_pixel(np.where(finite, centre.x_pix, 0.0))
-        yv = nearest_pixel(np.where(finite, centre.y_pix, 0.0))
-        xc, yc = nearest_pixel(x), nearest_pixel(y)
-        log.info("stamps from %s's %s (centred on %s), shifted to %s/%s: %d objects by "
-                 "1 px or more", cat_path, VIGNET_COLUMN, "/".join(VIGNET_CENTRE_COLUMNS),
-                 cfg.x_column, cfg.y_column, int(((xc != xv) | (yc != yv))[finite].sum()))
+    # every check that needs no pixel is done: the networks' process starts now, and imports
+    # TensorFlow and builds the tile head beside the reading below
+    networks = _start_networks(tile_head, classifier_loader, network_process)
+    with networks:
+        nearest_pix = cues.nearest_detection_pix(cat.x_pix, cat.y_pix)
+        ndet_stamp = cues.detections_in_stamp(cat.x_pix, cat.y_pix, half_pix)
+        if tile_head.stamp_features:  # position-only: no catalogue column but x, y
+            head_inputs = features.position_cues(cat.x_pix, cat.y_pix, half_pix, nearest_pix,
+                                                 ndet_stamp)
+        else:
+            head_inputs = (cues.catalogue_features(columns, cat.x_pix, cat.y_pix, half_pix)
+                           if columns else np.zeros((cat.nrows, 0), np.float32))
 
-        def stamps_of(rows):
-            return _vignet_stamps(cfg, cat_path, rows, (xv, yv), xc, yc, shape, bad, rms_adu)
-    else:
-        def stamps_of(rows):
-            return cut_stamps(image, x[rows], y[rows], cfg.stamp.size_pix, cfg.stamp.pad_pix,
-                              bad=bad, fill_sigma=rms_adu, seed=cfg.seed,
-                              first_index=rows.start)
+        progress(0, 1, "reading tile")
+        image = bad = None
+        if read_tile:
+            image, bad, rms_adu = tile_pixels(tile, weight_path)
+            log.info("tile rms %.3g ADU, %.2g %% of pixels masked", rms_adu,
+                     100 * np.count_nonzero(bad) / bad.size)
+        elif weight_path is not None:
+            bad = read_bad_pixels(None, weight_path, shape)
+        if cfg.stamp.rms_adu is not None:
+            rms_adu = cfg.stamp.rms_adu
+            log.info("sky rms from stamp.rms_adu: %.3g ADU", rms_adu)
+        x = np.where(finite, cat.x_pix, 0.0)  # 0: a placeholder position, never scored
+        y = np.where(finite, cat.y_pix, 0.0)
+        if vignet:
+            image = None  # VIGNET is already background-subtracted by SExtractor
+            xv = nearest_pixel(np.where(finite, centre.x_pix, 0.0))
+            yv = nearest_pixel(np.where(finite, centre.y_pix, 0.0))
+            xc, yc = nearest_pixel(x), nearest_pixel(y)
+            log.info("stamps from %s's %s (centred on %s), shifted to %s/%s: %d objects by "
+                     "1 px or more", cat_path, VIGNET_COLUMN, "/".join(VIGNET_CENTRE_COLUMNS),
+                     cfg.x_column, cfg.y_column, int(((xc != xv) | (yc != yv))[finite].sum()))
 
-    progress(1, 1, "reading tile")
-    progress(0, 1, "loading network")
-    tile_head.build()  # imports TensorFlow: every input is checked and the tile read by now
-    clf = None
-    if cfg.head != "none":
-        head = heads.head_path(cfg.head, noise_sigma_adu=rms_adu)
-        loader = model.load_classifier if classifier_loader is None else classifier_loader
-        clf = loader(head, precision=cfg.precision, batch_size=cfg.batch_size)
-    progress(1, 1, "loading network")
-    if clf is not None:
-        _check_head_shape(cfg, clf.head_path, clf.metadata)
-    blend_thr = (tile_head.blend_threshold if cfg.blend_threshold is None
-                 else cfg.blend_threshold)
-    log.info("tile head %s, BLEND_FLAG threshold %.3g", tile_head.path, blend_thr)
+            def stamps_of(rows):
+                return _vignet_stamps(cfg, cat_path, rows, (xv, yv), xc, yc, shape, bad,
+                                      rms_adu)
+        else:
+            def stamps_of(rows):
+                return cut_stamps(image, x[rows], y[rows], cfg.stamp.size_pix,
+                                  cfg.stamp.pad_pix, bad=bad, fill_sigma=rms_adu,
+                                  seed=cfg.seed, first_index=rows.start)
+
+        progress(1, 1, "reading tile")
+        progress(0, 1, "loading network")
+        # in this process: TensorFlow's import, now that every input is checked and the tile
+        # read; in the network process: nothing to wait for, the first scores wait for it
+        networks.prepare()
+        clf = None
+        if cfg.head != "none":
+            head = heads.head_path(cfg.head, noise_sigma_adu=rms_adu)
+            clf = networks.load_classifier(head, precision=cfg.precision,
+                                           batch_size=cfg.batch_size)
+        progress(1, 1, "loading network")
+        if clf is not None:
+            _check_head_shape(cfg, clf.head_path, clf.metadata)
+        blend_thr = (tile_head.blend_threshold if cfg.blend_threshold is None
+                     else cfg.blend_threshold)
+        log.info("tile head %s, BLEND_FLAG threshold %.3g%s", tile_head.path, blend_thr,
+                 "" if isinstance(networks, _LocalNetworks) else ", in a child process")
+
+        mcal = None
+        if cfg.metacal.enabled:
+            mcal = _Metacal(cfg, psf_model, x, y, shape, rms_adu)
+            log.info("metacal: PSF %s, step %g, sheared images' noise rms %.3g ADU (tile "
+                     "%.3g)", mcal.source, mcal.step, mcal.rms_adu, rms_adu)
+        prob, paper, sep_out, edge, mask, sheared_prob = _score(
+            cfg, networks, clf is not None, tile_head.stamp_features, head_inputs, stamps_of,
+            rms_adu, cat.nrows, finite, progress, mcal)
     hybrid_thr = None
     if clf is not None:
         hybrid_thr = (clf.hybrid_threshold if cfg.hybrid_threshold is None
                       else cfg.hybrid_threshold)
         log.info("paper head %s (trained at sigma %.3g ADU), BH_PAPER_FLAG threshold %.3f",
                  head, clf.metadata["noise_sigma_adu"], hybrid_thr)
-
-    mcal = None
-    if cfg.metacal.enabled:
-        mcal = _Metacal(cfg, psf_model, x, y, shape, rms_adu)
-        log.info("metacal: PSF %s, step %g, sheared images' noise rms %.3g ADU (tile %.3g)",
-                 mcal.source, mcal.step, mcal.rms_adu, rms_adu)
-    prob, paper, sep_out, edge, mask, sheared_prob = _score(
-        cfg, clf, tile_head, head_inputs, stamps_of, rms_adu, cat.nrows, finite, progress, mcal)
     del image, bad, stamps_of
 
     scored = np.isfinite(prob)
@@ -684,8 +795,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None):
     values = {"BLEND_PROB": prob, "BLEND_FLAG": flag, "BH_PAPER_PROB": paper,
               "BH_PAPER_FLAG": paper_flag, "SEP_NSRC": sep_out["nsrc"],
               "SEP_BLEND_FLAG": sep_flag,
-              "BH_NEAREST_PIX": cues.nearest_detection_pix(cat.x_pix, cat.y_pix),
-              "BH_NDET_STAMP": cues.detections_in_stamp(cat.x_pix, cat.y_pix, half_pix),
+              "BH_NEAREST_PIX": nearest_pix, "BH_NDET_STAMP": ndet_stamp,
               "BH_FLAGS": flags, "BH_EDGE_FRAC": edge, "BH_MASK_FRAC": mask}
     for name, values_t in sheared_prob.items():
         values[f"BLEND_PROB_{name.upper()}"] = values_t

@@ -14,7 +14,12 @@ calibration and the ``BLEND_FLAG`` threshold are ``bh_stage.study.train_tile`` (
 the docs for why not the VGG16 base).
 """
 
+import concurrent.futures
 import logging
+import os
+import pickle
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -27,7 +32,7 @@ from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, cent
                            orientation_logits, scale_stamps, sigmoid)
 
 __all__ = ["TARGET", "TileHead", "DEFAULT_TILE_HEAD", "reads_stamp_features", "feature_names",
-           "tile_head_path", "load_tile_head"]
+           "tile_head_path", "load_tile_head", "NetworkProcess"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,11 @@ class TileHead:
                                        autograph=False, reduce_retracing=True)
                 self._model = model
         return self
+
+    @property
+    def built(self):
+        """Whether this process has built the network (``build``)."""
+        return self._model is not None
 
     @property
     def model(self):
@@ -188,3 +198,211 @@ def load_tile_head(path_json):
     return _LOADED[key]
 
 
+
+
+class NetworkProcess:
+    """The stage's networks in a child process, started before the tile is read.
+
+    TensorFlow's import and the tile head's build (about 4 s on one core) then run beside
+    the reading of the tile, its bad pixels and its background, and beside the first
+    batches' SEP work, instead of before them; the parent never imports TensorFlow. A plain
+    subprocess, ``python -m bh_stage.tilehead HEAD.json``, fed pickled calls through a pipe
+    as ``sep_flags.SepProcesses`` feeds SEP's: it loads the tile head from ``HEAD.json`` and
+    builds it at once, then answers the calls in order. Each call is the method the stage
+    calls in its own process otherwise (``TileHead.predict_proba``, ``model.load_classifier``
+    and the paper head's ``predict_proba``) on the same arrays, so the probabilities are the
+    same to the bit. One thread of the parent talks to it: every method returns at once (a
+    future), the calls wait in that thread for the build, and an error of the build is
+    raised by every call's result.
+
+    Its own session, so Ctrl-C reaches only the parent; the child is killed at once when the
+    block ends on an exception (an error, Ctrl-C, SIGTERM), and exits at EOF otherwise. Use
+    as a context manager.
+
+    Parameters
+    ----------
+    tile_head : TileHead
+        The tile head, loaded in this process (``load_tile_head``); the child loads it again
+        from its files.
+    """
+
+    def __init__(self, tile_head):
+        self._side = int(tile_head.metadata["stamp_side_pix"])
+        self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(tile_head.path)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      start_new_session=True)
+        self._thread = concurrent.futures.ThreadPoolExecutor(1)
+        self._built = self._thread.submit(self._answer)
+
+    def prepare(self):
+        """Nothing to wait for: the child builds the network on its own, and its errors come
+        with the calls' results (``build`` waits for it). Returns self."""
+        return self
+
+    def build(self):
+        """Wait until the child has built the tile head's network; raise what it raised
+        (``ModelShapeError``: its weights do not fit). Returns self."""
+        self._built.result()
+        return self
+
+    def submit(self, stamps, rms_adu, features):
+        """Future of ``TileHead.predict_proba(stamps, rms_adu, features)``; ``features`` may
+        be a function of no argument returning them, called by the talking thread (the
+        stamp features, once SEP has measured them). Only the central square the network
+        reads (``centre_stamps``) is sent."""
+        return self._thread.submit(lambda: self._call(
+            "tile", (centre_stamps(stamps, self._side), rms_adu,
+                     features() if callable(features) else features)))
+
+    def load_classifier(self, head_json, precision="f32", batch_size=256):
+        """``model.load_classifier(head_json, precision=..., batch_size=...)`` in the child:
+        a ``RemoteClassifier``, returned once this process has read the head's files
+        (``heads.load_head``: its metadata, and its errors, come before TensorFlow's)."""
+        head = load_head(head_path(head_json))
+        return RemoteClassifier(self, head.metadata, head.path, self._thread.submit(
+            lambda: self._call("load_paper", (str(head.path), precision, batch_size))))
+
+    def submit_paper(self, stamps, rms_adu):
+        """Future of the paper head's ``predict_proba(stamps, rms_adu)`` (``load_classifier``
+        first)."""
+        return self._thread.submit(lambda: self._call("paper", (np.asarray(stamps), rms_adu)))
+
+    def _answer(self):
+        try:
+            ok, value = pickle.load(self._proc.stdout)
+        except (EOFError, pickle.UnpicklingError, OSError) as err:
+            raise RuntimeError(f"the network process stopped (exit code "
+                               f"{self._proc.poll()}); its error, if any, is above") from err
+        if not ok:
+            raise value
+        return value
+
+    def _call(self, name, args):
+        self._built.result()  # done (this thread read it first); raises the build's error
+        try:
+            pickle.dump((name, args), self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self._proc.stdin.flush()
+        except OSError as err:  # BrokenPipeError: the child is gone
+            raise RuntimeError(f"the network process stopped (exit code "
+                               f"{self._proc.poll()}); its error, if any, is above") from err
+        return self._answer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """On an exception, kill the child at once; otherwise let the calls made finish,
+        end the child (EOF), and raise the build's error if no call's result did."""
+        if exc_type is not None:
+            self._proc.kill()  # an error, Ctrl-C or SIGTERM: end it now, mid-call or not
+        self._thread.shutdown(wait=True, cancel_futures=exc_type is not None)
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            try:
+                pipe.close()  # stdin: EOF, the child exits
+            except OSError:  # the child is gone and the pipe broken
+                pass
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if exc_type is None:
+            self._built.result()
+
+
+class RemoteClassifier:
+    """A paper head loaded by a ``NetworkProcess``: its ``metadata`` and ``head_path`` (its
+    files, read in this process), the other attributes (``CLASSIFIER_ATTRIBUTES``) of the
+    classifier ``model.load_classifier`` returned in the child, read when first asked for
+    (they wait for the load, and raise its error), and its ``predict_proba``, computed
+    there."""
+
+    def __init__(self, process, metadata, head_path, attributes):
+        self._process, self._attributes = process, attributes
+        self.metadata, self.head_path = metadata, head_path
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._attributes.result()[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def submit(self, stamps, rms_adu=None):
+        """Future of ``predict_proba(stamps, rms_adu)``."""
+        return self._process.submit_paper(stamps, rms_adu)
+
+    def predict_proba(self, stamps, rms_adu=None):
+        """P(blend) of each stamp, computed in the child."""
+        return self.submit(stamps, rms_adu).result()
+
+
+NETWORK_INTEROP_THREADS = 1
+"""TensorFlow's inter-op threads in a ``NetworkProcess`` (its default: one per core). The
+networks are chains of layers, with nothing to run side by side; one thread spent 2 CPU-s
+less of 33 on a 10k tile beside the SEP processes (3 alternated pairs, docs/speed.md), with
+the same bits (the scheduling of independent ops, not their arithmetic)."""
+
+CLASSIFIER_ATTRIBUTES = ("metadata", "head_path", "precision", "batch_size",
+                         "blend_threshold", "hybrid_threshold")
+"""What a ``RemoteClassifier`` holds of the classifier loaded in the child."""
+
+
+def _serve(head_json):
+    """Child of ``NetworkProcess``: build the tile head of ``head_json``, answer
+    ``(ok, value)`` (``value``: None, or the exception), then answer pickled
+    ``(name, args)`` calls in order until EOF."""
+    from . import model
+
+    stdin = sys.stdin.buffer
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, never into the answers
+    sys.stdout = sys.stderr
+
+    def answer(call):
+        try:
+            reply = (True, call())
+        except Exception as err:  # sent back to the parent, raised there
+            reply = (False, err)
+        try:
+            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as err:  # an exception that does not pickle
+            data = pickle.dumps((False, RuntimeError(f"{type(reply[1]).__name__}: "
+                                                     f"{reply[1]} ({err})")))
+        stdout.write(data)
+        stdout.flush()
+
+    head = None
+    classifier = None
+
+    def build():
+        nonlocal head
+        import tensorflow as tf
+
+        tf.config.threading.set_inter_op_parallelism_threads(NETWORK_INTEROP_THREADS)
+        head = load_tile_head(head_json).build()
+
+    def load_paper(path, precision, batch_size):
+        nonlocal classifier
+        classifier = model.load_classifier(path, precision=precision, batch_size=batch_size)
+        return {name: getattr(classifier, name) for name in CLASSIFIER_ATTRIBUTES
+                if hasattr(classifier, name)}
+
+    calls = {"tile": lambda stamps, rms, feats: head.predict_proba(stamps, rms, feats),
+             "load_paper": load_paper,
+             "paper": lambda stamps, rms: classifier.predict_proba(stamps, rms)}
+    answer(build)
+    while True:
+        try:
+            name, args = pickle.load(stdin)
+        except EOFError:
+            break
+        answer(lambda: calls[name](*args))
+    stdout.close()
+    sys.stderr.flush()
+    os._exit(0)  # nothing to tear down: skip TensorFlow's exit
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])

@@ -4,6 +4,10 @@ psfex, fitsverify)."""
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +71,58 @@ def real_frame():
     if not path.is_file():
         _missing(f"real frame not found: {path}; set BH_STAGE_REALDATA_DIR")
     return path
+
+
+def children_of(pid):
+    """Pids whose parent is ``pid`` (read from /proc)."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
+                          if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            out.append(int(status.parent.name))
+    return out
+
+
+def alive(pid):
+    """A process that exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _default_sigint():
+    """In the child before exec: Ctrl-C's default disposition. A shell's background job
+    starts its commands with SIGINT ignored, and Python then raises no KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def signal_when_ready(args, signum, ready, cwd=None, env=None, wait_s=60):
+    """Run ``python *args``, wait (up to ``wait_s``) until ``ready(children)`` is true of its
+    live child processes, send it ``signum`` and wait for its end (up to 30 s).
+
+    Returns ``(exit code, stdout, stderr, the children seen when signalled)``.
+    """
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
+    try:
+        children = []
+        for _ in range(int(wait_s * 10)):
+            children = [pid for pid in children_of(proc.pid) if alive(pid)]
+            if ready(children) or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready(children), proc.communicate()
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err, children
 
 
 def gaussian_image(shape, sources_xy, flux_adu=4000.0, sigma_pix=1.8, noise_adu=5.0, seed=0):

@@ -1,15 +1,12 @@
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from bh_stage.cli import HideNativeLogLines, main, parse_args
 
-from conftest import REPO
+from conftest import REPO, alive, signal_when_ready
 
 
 @pytest.mark.parametrize("name, key", [("run", "x_column: XWIN_IMAGE"),
@@ -115,32 +112,10 @@ sys.exit(main(["-q", "run", str(folder / "config.yml"), str(folder / "tile.fits"
 """
 
 
-def _children(pid):
-    """Pids whose parent is ``pid`` (read from /proc)."""
-    out = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
-                          if ":\t" in line)
-        except OSError:
-            continue
-        if fields.get("PPid", "").strip() == str(pid):
-            out.append(int(status.parent.name))
-    return out
-
-
-def _alive(pid):
-    """A process that exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
-@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated"),
-                                                (signal.SIGINT, 130, "interrupted")])
-def test_real_signal_mid_run_leaves_nothing(small_tile, signum, code, word):
+@pytest.mark.parametrize("signum, expected_code, word", [(signal.SIGTERM, 143, "terminated"),
+                                                         (signal.SIGINT, 130, "interrupted")])
+def test_real_signal_mid_run_leaves_nothing(small_tile, signum, expected_code, word):
     """The real signal sent to a running `bh-stage run` while it scores: exit 143 for SIGTERM
     (what batch schedulers send first) and 130 for SIGINT, one line on stderr, no output and
     no temporary file, the SEP child processes ended."""
@@ -148,22 +123,12 @@ def test_real_signal_mid_run_leaves_nothing(small_tile, signum, code, word):
     (small_tile / "out").mkdir()
     before = sorted(p.name for p in small_tile.rglob("*"))
     env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(small_tile)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):  # up to 60 s for imports and the first batch
-            if (small_tile / "scoring").exists() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert (small_tile / "scoring").exists(), proc.communicate()
-        children = _children(proc.pid)
-        assert len(children) == 2  # stage.SEP_PROCESSES
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == code
+    code, out, err, children = signal_when_ready(
+        ["-c", SLOW_RUN, str(small_tile)], signum,
+        lambda children: (small_tile / "scoring").exists(), env=env)
+    assert len(children) == 2  # stage.SEP_PROCESSES
+    assert code == expected_code
     assert err == f"bh-stage run: {word}\n" and out == ""
     (small_tile / "scoring").unlink()
     assert sorted(p.name for p in small_tile.rglob("*")) == before
-    assert not [pid for pid in children if _alive(pid)]
+    assert not [pid for pid in children if alive(pid)]

@@ -383,9 +383,10 @@ class BuildingHead(FakeTileHead):
 
 def test_network_is_built_after_the_reading_and_its_error_raised(small_tile, fake_classifier,
                                                                  monkeypatch):
-    """Issue 24: the stage builds the tile head's network (TensorFlow's import) once, after
-    the input checks and the reading of the tile; an error there is raised by ``run_stage``
-    and nothing is written."""
+    """Issue 24: in this process (a stand-in head is never sent to a network process;
+    tests/test_network_process.py has the other case) the stage builds the tile head's
+    network (TensorFlow's import) once, after the input checks and the reading of the tile;
+    an error there is raised by ``run_stage`` and nothing is written."""
     from bh_stage import stage, tilehead
     from bh_stage.errors import ModelShapeError
 
