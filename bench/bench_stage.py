@@ -169,6 +169,8 @@ def main():
                         help="paper head: default (the compact one at sigma 15), a name, or none")
     parser.add_argument("--tile-head", default="default", help="tile_head of the run")
     parser.add_argument("--precision", default="f32", choices=("f32", "bf16"))
+    parser.add_argument("--tile-head-precision", default="f32", choices=("f32", "bf16"),
+                        help="tile_head_precision of the run (bf16: result name ends _tbf16)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bh_bench_stage"))
@@ -194,6 +196,7 @@ def main():
         return
     settings = ["weight={dir}/{stem}.weight.fits", f"head={args.head}",
                 f"tile_head={args.tile_head}", f"precision={args.precision}",
+                f"tile_head_precision={args.tile_head_precision}",
                 f"batch_size={args.batch_size}", "overwrite=true", "output={dir}/{stem}_bh.cat"]
     sex_runs, stage_runs, loads, rss_runs, sex_cpu, stage_cpu = [], [], [], [], [], []
     tree_rss_runs = []
@@ -217,7 +220,8 @@ def main():
 
     n_objects = fitsio.FITS(str(workdir / "tile.cat"))["LDAC_OBJECTS"].get_nrows()
     stage_rate = n_objects / stage_seconds
-    tile_head = tilehead.load_tile_head(tilehead.tile_head_path(args.tile_head))
+    tile_head = tilehead.load_tile_head(tilehead.tile_head_path(args.tile_head),
+                                        args.tile_head_precision)
     features = np.zeros((args.batch_size, len(tile_head.feature_names)), np.float32)
     rates = {"tile_head": network_rate(lambda s: tile_head.predict_proba(s, 14.5, features),
                                        n_objects, args.batch_size)}
@@ -235,6 +239,7 @@ def main():
            "tile_set": args.tile_set, "nan_rows": args.nan_rows,
            "nan_fraction": args.nan_fraction, "head": head, "tile_head": tile_head_name,
            "tile_head_orientations": tile_head.n_orientations, "precision": args.precision,
+           "tile_head_precision": args.tile_head_precision,
            "objects": n_objects, "statistic": f"median of {args.repeats}",
            "sextractor_seconds": sex_seconds,
            "stage_seconds": stage_seconds, "stage_over_sextractor": stage_seconds / sex_seconds,
@@ -259,6 +264,7 @@ def main():
           f"{max(tree_rss_runs):.2f} GB (target <= 2); "
           f"load {', '.join(f'{v:.2f}' for v in loads)}")
     suffix = f"_{args.tile_name}" if args.tile_name else ""
+    suffix += "_tbf16" if args.tile_head_precision == "bf16" else ""
     benchlib.write_result(
         args.output
         or f"stage_{head}_{tile_head_name}_{args.precision}_{args.size_pix}{suffix}.json", out)

@@ -9,7 +9,9 @@ position-only heads (their features measured on the stamps) can be compared. Tes
 never read.
 
     python bench/bench_tile_head_variants.py --work-dir WORKDIR/tiles HEAD.json [HEAD.json ...] \
-        [--orientations 1,2,4,8]
+        [--orientations 1,2,4,8] [--precisions f32,bf16]
+
+``--precisions``: each head also in these arithmetics (``tilehead.PRECISIONS``).
 
 Writes bench/results/tile_head_variants.json.
 """
@@ -33,6 +35,8 @@ def main():
     parser.add_argument("--work-dir", required=True, help="tiles.work_dir of train-tile")
     parser.add_argument("--orientations", default=None,
                         help="comma-separated orientation counts; default: each head's own")
+    parser.add_argument("--precisions", default="f32",
+                        help="comma-separated tile_head_precision values (default f32)")
     parser.add_argument("--n-bootstrap", type=int, default=300)
     args = parser.parse_args()
 
@@ -41,16 +45,17 @@ def main():
     arrays = {}  # the heads' inputs by kind of features: 'catalogue' or 'stamp'
     names, logits = [], []
     for path in args.heads:
-        head = tilehead.load_tile_head(path)
-        kind = train_tile.source_features(head.metadata)
-        if kind not in arrays:
-            arrays[kind] = train_tile.role_arrays(folders, 0, kind)
-        img, feats, cls = arrays[kind]
-        counts = ([int(n) for n in args.orientations.split(",")] if args.orientations
-                  else [head.n_orientations])
-        for n in counts:
-            names.append(f"{path} ({n} orientations)")
-            logits.append(head.input_logits(img, feats, n))
+        for precision in args.precisions.split(","):
+            head = tilehead.load_tile_head(path, precision)
+            kind = train_tile.source_features(head.metadata)
+            if kind not in arrays:
+                arrays[kind] = train_tile.role_arrays(folders, 0, kind)
+            img, feats, cls = arrays[kind]
+            counts = ([int(n) for n in args.orientations.split(",")] if args.orientations
+                      else [head.n_orientations])
+            for n in counts:
+                names.append(f"{path} ({n} orientations, {precision})")
+                logits.append(head.input_logits(img, feats, n))
     labels = cls["UNRECOGNISED"]
     groups = galaxy_groups(cls)
     if len(logits) > 1:

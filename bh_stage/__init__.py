@@ -5,4 +5,4 @@ unrecognised blend (the tile head), for the paper's blend (a BlendHunter network
 al. 2021) and with SEP, and writes blend columns.
 """
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"

@@ -179,6 +179,10 @@ class RunConfig:
     precision: str = option("f32", "Network arithmetic: 'f32' (TensorFlow) or 'bf16' "
                             "(OpenVINO, paper head only; |dP| <= 0.05 for 99 % of stamps).",
                             choices=("f32", "bf16"))
+    tile_head_precision: str = option(
+        "f32", "The tile head's arithmetic: 'f32', or 'bf16' (bfloat16 products, float32 "
+        "weights): faster on CPUs with bfloat16 matrix units (Intel AMX), slower elsewhere, "
+        "and BLEND_PROB moves slightly (docs/speed.md).", choices=("f32", "bf16"))
     output: str = option("{dir}/{stem}_bh.cat", "Output catalogue, path or pattern.")
     output_mode: str = option("add", "'add': a copy of the input catalogue with the new "
                               "columns; 'new': a sidecar with the id column and the new "

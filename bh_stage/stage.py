@@ -560,6 +560,7 @@ def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr, mcal=None):
         ("BH_TARGET", tile_head.metadata["target"], "what BLEND_PROB is the probability of"),
         ("BH_THEAD", Path(tile_head.path).name, "tile head (BLEND_PROB)"),
         ("BH_TSHA", tile_head.metadata["weights_sha256"][:64], "sha256 of its weights"),
+        ("BH_TPREC", tile_head.precision, "tile head network precision"),
         ("BH_THR", float(blend_thr), "BLEND_FLAG threshold on BLEND_PROB"),
         *([] if "isolated_threshold" not in tile_head.metadata else [
             ("BH_THRI", float(tile_head.metadata["isolated_threshold"]),
@@ -692,7 +693,8 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None, network_pro
                                    cfg.catalogue_hdu)
         finite &= np.isfinite(centre.x_pix) & np.isfinite(centre.y_pix)
     log.info("%s: %d objects from %s (HDU %s)", tile, cat.nrows, cat_path, cat.extname)
-    tile_head = tilehead.load_tile_head(tilehead.tile_head_path(cfg.tile_head))
+    tile_head = tilehead.load_tile_head(tilehead.tile_head_path(cfg.tile_head),
+                                        cfg.tile_head_precision)
     if cfg.metacal.enabled and not tile_head.stamp_features:
         raise ConfigError(f"metacal.enabled: tile head {Path(tile_head.path).name} reads "
                           "SExtractor columns, which the sheared images do not have; set "

@@ -63,9 +63,11 @@ class TileHead:
         Names of the features it reads beside the pixels, in order.
     """
 
-    def __init__(self, head):
+    def __init__(self, head, precision="f32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
         meta = head.metadata
-        self.metadata, self.path = meta, head.path
+        self.metadata, self.path, self.precision = meta, head.path, precision
         self.blend_threshold = float(meta["blend_threshold"])
         self.stamp_features = reads_stamp_features(meta)
         self.feature_names = feature_names(meta)
@@ -94,7 +96,7 @@ class TileHead:
 
                 meta = self.metadata
                 model = build_compact(meta["stamp_side_pix"], len(self.feature_names),
-                                      meta["architecture"])
+                                      meta["architecture"], PRECISIONS[self.precision])
                 try:
                     model.set_weights(self._weights)
                 except ValueError as err:
@@ -103,8 +105,9 @@ class TileHead:
                         f"network on {meta['stamp_side_pix']}px stamps with "
                         f"{len(self.feature_names)} features ({err}); use a head made by "
                         "`bh-stage train-tile`") from err
-                self._fn = tf.function(lambda x, f: model([x, f], training=False),
-                                       autograph=False, reduce_retracing=True)
+                self._fn = tf.function(  # the logit in float32 (bfloat16: cast up)
+                    lambda x, f: tf.cast(model([x, f], training=False), tf.float32),
+                    autograph=False, reduce_retracing=True)
                 self._model = model
         return self
 
@@ -148,7 +151,13 @@ orientations) and ``tile_unrecognised_o2`` (2)."""
 
 
 _LOADED = {}
-"""Per-process cache of loaded tile heads, by (path, modification time)."""
+"""Per-process cache of loaded tile heads, by (path, modification time, precision)."""
+
+PRECISIONS = {"f32": None, "bf16": "mixed_bfloat16"}
+"""The tile head's arithmetic (``tile_head_precision``) and its Keras dtype policy: float32,
+or bfloat16 products with float32 weights (Keras' mixed precision), several times faster
+where the CPU multiplies bfloat16 matrices (Intel AMX), slower where it emulates them;
+docs/speed.md gives both and what it changes."""
 
 
 def reads_stamp_features(metadata):
@@ -168,9 +177,10 @@ def tile_head_path(name_or_path="default"):
     return head_path(DEFAULT_TILE_HEAD if name_or_path == "default" else name_or_path)
 
 
-def load_tile_head(path_json):
-    """Load a tile head written by ``train_tile`` (once per process): its files only; the
-    network is built, and TensorFlow imported, on first use (``TileHead.build``).
+def load_tile_head(path_json, precision="f32"):
+    """Load a tile head written by ``train_tile`` (once per process and ``precision``, a key
+    of ``PRECISIONS``): its files only; the network is built, and TensorFlow imported, on
+    first use (``TileHead.build``).
 
     Raises
     ------
@@ -178,7 +188,7 @@ def load_tile_head(path_json):
         The JSON is not a tile head, names an unknown architecture, or reads features other
         than those this version computes (by name and order).
     """
-    key = (str(Path(path_json).resolve()), Path(path_json).stat().st_mtime_ns)
+    key = (str(Path(path_json).resolve()), Path(path_json).stat().st_mtime_ns, precision)
     if key in _LOADED:
         return _LOADED[key]
     head = load_head(path_json)
@@ -194,7 +204,7 @@ def load_tile_head(path_json):
         raise ModelShapeError(f"{path_json}: the head reads the features {', '.join(names)}; "
                               f"this bh-stage computes {', '.join(expected)}; use a head made "
                               f"by this version's `bh-stage train-tile`")
-    _LOADED[key] = TileHead(head)
+    _LOADED[key] = TileHead(head, precision)
     return _LOADED[key]
 
 
@@ -206,7 +216,7 @@ class NetworkProcess:
     TensorFlow's import and the tile head's build (about 4 s on one core) then run beside
     the reading of the tile, its bad pixels and its background, and beside the first
     batches' SEP work, instead of before them; the parent never imports TensorFlow. A plain
-    subprocess, ``python -m bh_stage.tilehead HEAD.json``, fed pickled calls through a pipe
+    subprocess, ``python -m bh_stage.tilehead HEAD.json PRECISION``, fed pickled calls through a pipe
     as ``sep_flags.SepProcesses`` feeds SEP's: it loads the tile head from ``HEAD.json`` and
     builds it at once, then answers the calls in order. Each call is the method the stage
     calls in its own process otherwise (``TileHead.predict_proba``, ``model.load_classifier``
@@ -228,7 +238,8 @@ class NetworkProcess:
 
     def __init__(self, tile_head):
         self._side = int(tile_head.metadata["stamp_side_pix"])
-        self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(tile_head.path)],
+        self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(tile_head.path),
+                                       tile_head.precision],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       start_new_session=True)
         self._thread = concurrent.futures.ThreadPoolExecutor(1)
@@ -349,8 +360,8 @@ CLASSIFIER_ATTRIBUTES = ("metadata", "head_path", "precision", "batch_size",
 """What a ``RemoteClassifier`` holds of the classifier loaded in the child."""
 
 
-def _serve(head_json):
-    """Child of ``NetworkProcess``: build the tile head of ``head_json``, answer
+def _serve(head_json, precision):
+    """Child of ``NetworkProcess``: build the tile head of ``head_json`` in ``precision``, answer
     ``(ok, value)`` (``value``: None, or the exception), then answer pickled
     ``(name, args)`` calls in order until EOF."""
     from . import model
@@ -381,7 +392,7 @@ def _serve(head_json):
         import tensorflow as tf
 
         tf.config.threading.set_inter_op_parallelism_threads(NETWORK_INTEROP_THREADS)
-        head = load_tile_head(head_json).build()
+        head = load_tile_head(head_json, precision).build()
 
     def load_paper(path, precision, batch_size):
         nonlocal classifier
@@ -405,4 +416,4 @@ def _serve(head_json):
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1])
+    _serve(*sys.argv[1:3])

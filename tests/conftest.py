@@ -227,8 +227,8 @@ class FakeTileHead:
     stamp_features = False
     blend_threshold = 0.5
 
-    def __init__(self, path):
-        self.path = Path(path)
+    def __init__(self, path, precision="f32"):
+        self.path, self.precision = Path(path), precision
         self.metadata = {"target": "unrecognised_blend", "weights_sha256": "1" * 64,
                          "size_pix": 51, "pad_pix": 7}
 
@@ -252,10 +252,10 @@ class FakeStampHead(FakeTileHead):
 
     stamp_features = True
 
-    def __init__(self, path):
+    def __init__(self, path, precision="f32"):
         from bh_stage.features import FEATURE_NAMES
 
-        super().__init__(path)
+        super().__init__(path, precision)
         self.feature_names = FEATURE_NAMES
 
     def predict_proba(self, stamps, rms_adu, features):

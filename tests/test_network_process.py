@@ -52,6 +52,16 @@ def test_child_scores_as_this_process():
         assert getattr(remote, name) == getattr(clf, name), name
 
 
+def test_child_builds_the_precision_it_is_given():
+    """A bfloat16 tile head (``tile_head_precision: bf16``) is built in bfloat16 in the
+    child too: the same bytes as in this process."""
+    head = tilehead.load_tile_head(tilehead.tile_head_path("default"), "bf16")
+    stamps, feats = _inputs(head, n=64)
+    with tilehead.NetworkProcess(head) as net:
+        child = net.submit(stamps, 14.5, feats).result()
+    assert child.tobytes() == head.predict_proba(stamps, 14.5, feats).tobytes()
+
+
 def test_build_error_is_raised_by_the_parent_and_the_child_killed(tmp_path):
     """A head whose weights do not fit its network loads here (files only); the child's
     ModelShapeError comes out of ``build``, and leaving the block on it kills the child."""

@@ -61,6 +61,7 @@ def test_columns_added_and_input_preserved(small_tile, fake_classifier):
                                                        np.hypot(3, 1.5)], rtol=1e-6)
     assert new["BH_NDET_STAMP"].tolist() == [0, 1, 1]
     assert hout["BH_TARGET"] == "unrecognised_blend" and hout["BH_THR"] == 0.5
+    assert hout["BH_TPREC"] == "f32"  # tile_head_precision's default
 
 
 def test_head_none_skips_the_paper_head(small_tile, fake_classifier):
@@ -435,8 +436,8 @@ def test_isolated_threshold_goes_into_the_header(small_tile, fake_classifier, mo
     from bh_stage import tilehead
 
     class IsolatedHead(FakeTileHead):
-        def __init__(self, path):
-            super().__init__(path)
+        def __init__(self, path, precision="f32"):
+            super().__init__(path, precision)
             self.metadata = dict(self.metadata, isolated_threshold=0.3125, isolated_fpr=0.05)
 
     run_stage(cfg(output="{dir}/plain.cat"), small_tile / "tile.fits")

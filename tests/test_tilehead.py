@@ -65,3 +65,33 @@ def test_weights_that_do_not_fit_are_refused_when_built(tmp_path):
     head = tilehead.load_tile_head(path)
     with pytest.raises(ModelShapeError, match="bad.json: its weights do not fit"):
         head.build()
+
+
+def test_bf16_head_computes_in_bfloat16_with_the_same_weights():
+    """``tile_head_precision: bf16``: a head of its own in the cache, whose layers compute in
+    bfloat16 from the stored float32 weights; its logits move from the float32 ones (the
+    arithmetic changed) by less than bfloat16's rounding can explain, and any other
+    precision is refused."""
+    import pytest
+
+    path = tilehead.tile_head_path("default")
+    f32, bf16 = tilehead.load_tile_head(path), tilehead.load_tile_head(path, "bf16")
+    assert bf16 is not f32 and bf16 is tilehead.load_tile_head(path, "bf16")
+    assert (f32.precision, bf16.precision) == ("f32", "bf16")
+    convs = [layer for layer in bf16.model.layers if "conv" in layer.name]
+    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    for built, saved in zip(bf16.model.get_weights(), load_head(path).weights):
+        assert built.dtype == np.float32
+        np.testing.assert_array_equal(built, saved)
+    rng = np.random.default_rng(2)
+    stamps = rng.normal(0, 14.5, (64, 65, 65)).astype(np.float32)
+    stamps[:, 28:37, 28:37] += 200.0  # a bright source at the centre
+    feats = np.tile(np.asarray(f32.metadata["feature_mean"], np.float32), (64, 1))
+    z32, z16 = f32.logits(stamps, 14.5, feats), bf16.logits(stamps, 14.5, feats)
+    assert z16.dtype == np.float64 and np.isfinite(z16).all()
+    assert not np.array_equal(z16, z32)
+    # bfloat16 keeps 8 significant bits (relative rounding 2**-9 per value); through 7
+    # layers the logit moves by a few hundredths of its scale, never by a whole unit
+    assert np.abs(z16 - z32).max() < 0.05 * max(1.0, np.abs(z32).max())
+    with pytest.raises(ValueError, match="precision 'f16'"):
+        tilehead.TileHead(load_head(path), "f16")

@@ -88,22 +88,24 @@ def orientation_logits(predict, stamps, features, n_orientations, batch_size=409
 
 
 def build_compact(side_pix=STAMP_SIDE_PIX, n_features=len(cues.FEATURE_NAMES),
-                  architecture=ARCHITECTURE):
+                  architecture=ARCHITECTURE, dtype=None):
     """A compact network of ``COMPACT_LAYERS``: ``[stamp (s, s, 1), features (k,)] -> logit``
-    (k = 0: the stamp alone)."""
+    (k = 0: the stamp alone). ``dtype``: the layers' Keras dtype policy (None: float32;
+    ``"mixed_bfloat16"``: bfloat16 arithmetic, float32 weights; the logit is then bfloat16)."""
     import keras
 
     img = keras.Input((side_pix, side_pix, 1), name="stamp")
     feats = keras.Input((n_features,), name="catalogue")
     x = img
     for filters, pool in COMPACT_LAYERS[architecture]:
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", dtype=dtype)(x)
         if pool:
-            x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Concatenate()([keras.layers.Flatten()(x), feats])
-    x = keras.layers.Dense(128, activation="relu")(x)
-    x = keras.layers.Dropout(0.2)(x)
-    return keras.Model([img, feats], keras.layers.Dense(1)(x), name="bh_tile_head")
+            x = keras.layers.MaxPooling2D(dtype=dtype)(x)
+    x = keras.layers.Concatenate(dtype=dtype)([keras.layers.Flatten(dtype=dtype)(x), feats])
+    x = keras.layers.Dense(128, activation="relu", dtype=dtype)(x)
+    x = keras.layers.Dropout(0.2, dtype=dtype)(x)
+    return keras.Model([img, feats], keras.layers.Dense(1, dtype=dtype)(x),
+                       name="bh_tile_head")
 
 
 def dihedral_tf(x, k):
