@@ -6,3 +6,6 @@ al. 2021) and with SEP, and writes blend columns.
 """
 
 __version__ = "0.9.0"
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+"""Format of bh-stage's log lines on stderr: the command line's and its network process's."""

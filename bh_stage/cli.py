@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 
-from . import __version__
+from . import LOG_FORMAT, __version__
 from .errors import BhStageError
 
 __all__ = ["main", "run_main", "run_guarded", "Terminated", "sigterm_as_interrupt",
@@ -311,7 +311,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     code, summary = run_guarded(f"bh-stage {args.command}", lambda: args.func(args),
                                 hide_native=not args.verbose)
     if code == 0:

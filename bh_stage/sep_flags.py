@@ -230,12 +230,18 @@ class SepProcesses:
     def __init__(self, n_processes):
         self._idle = queue.Queue()
         self._procs = []
-        for _ in range(n_processes):
-            self._procs.append(subprocess.Popen(
-                [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, start_new_session=True))
-            self._idle.put(self._procs[-1])
-        self._threads = concurrent.futures.ThreadPoolExecutor(n_processes)
+        try:
+            for _ in range(n_processes):
+                self._procs.append(subprocess.Popen(
+                    [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, start_new_session=True))
+                self._idle.put(self._procs[-1])
+            self._threads = concurrent.futures.ThreadPoolExecutor(n_processes)
+        except BaseException:  # Ctrl-C or SIGTERM before the block: no child left behind
+            for proc in self._procs:
+                proc.kill()
+                proc.wait()
+            raise
 
     def submit(self, stamps, sep_cfg, first_index=0):
         """Future of ``classify_stamps(stamps, sep_cfg, None, first_index)``."""

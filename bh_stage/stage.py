@@ -247,10 +247,12 @@ SEP_PROCESSES = 2
 """SEP child processes of a run (``sep_flags.SepProcesses``)."""
 
 BATCHES_IN_FLIGHT = 16
-"""Batches cut and handed to SEP and the networks before the stage waits for the oldest
-(it finishes any batch whose scores are back before): while the network process still
-imports TensorFlow, the SEP processes measure these (16 x 256 stamps: about 2 CPU-s of
-SEP, 70 MB of stamps)."""
+"""Images of stamps (a batch's stamps, each of its metacalibration images) cut and handed to
+SEP and a ``tilehead.NetworkProcess`` before the stage waits for the oldest batch (it
+finishes any batch whose scores are back before): while the network process still imports
+TensorFlow, the SEP processes measure these (16 x 256 stamps: about 2 CPU-s of SEP, 70 MB of
+stamps). With the networks in this process (nothing to overlap), ``SEP_PROCESSES``
+batches."""
 
 _NETWORK_PROCESSES = 0
 """Runs of this process that scored in a ``tilehead.NetworkProcess``."""
@@ -263,6 +265,9 @@ def _start_networks(tile_head, classifier_loader, network_process):
     ``classifier_loader``, in a process that has not imported TensorFlow nor run the stage
     in a network process before."""
     global _NETWORK_PROCESSES
+    if network_process and classifier_loader is not None:
+        raise ValueError("a classifier_loader loads the paper head in this process; "
+                         "network_process must then be False or None")
     if not isinstance(tile_head, tilehead.TileHead):
         network_process = False  # a stand-in: no files for a child to load
     elif network_process is None:
@@ -485,8 +490,9 @@ def _score(cfg, networks, paper_head, stamp_features, head_inputs, stamps_of, rm
     image (a dict by ``MCAL_IMAGE_TYPES``; empty without ``mcal``, a ``_Metacal``).
 
     ``networks`` (``tilehead.NetworkProcess`` or ``_LocalNetworks``) scores each batch with
-    the tile head (``submit``) and the paper head (``submit_paper``); the batch is finished,
-    in order, ``BATCHES_IN_FLIGHT`` batches later. ``head_inputs`` holds, per row, the tile
+    the tile head (``submit``) and the paper head (``submit_paper``); batches are finished
+    in order, each once its scores are back or when more wait than ``BATCHES_IN_FLIGHT``
+    allows. ``head_inputs`` holds, per row, the tile
     head's catalogue features, or for a position-only head (``stamp_features``) the
     position cues; its pixel features are then measured on each batch's stamps in the SEP
     processes and the batch is scored when they come back. With ``mcal`` the same is done on
@@ -501,6 +507,8 @@ def _score(cfg, networks, paper_head, stamp_features, head_inputs, stamps_of, rm
     mask = np.zeros(n, dtype=np.float32)
     progress(0, n, "objects")
     pending = collections.deque()  # batches being scored, oldest first
+    in_flight = (SEP_PROCESSES if isinstance(networks, _LocalNetworks) else
+                 max(SEP_PROCESSES, BATCHES_IN_FLIGHT // (1 + len(sheared_prob))))
 
     def oldest_done():
         _, _, job, _, scores = pending[0]
@@ -536,7 +544,7 @@ def _score(cfg, networks, paper_head, stamp_features, head_inputs, stamps_of, rm
                 if paper_head:
                     scores.append((paper, networks.submit_paper(kept, rms_adu)))
             pending.append((rows, ok, job, idx, scores))
-            while pending and (len(pending) > BATCHES_IN_FLIGHT or oldest_done()):
+            while pending and (len(pending) > in_flight or oldest_done()):
                 finish_oldest()
         while pending:
             finish_oldest()
@@ -609,7 +617,8 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None, network_pro
         command line's single tile and the ceci stage, not a loop of runs in one process
         (it imports TensorFlow once, in the second run, and keeps the networks) nor
         ``bh_stage.tiles``' workers (their cache). A tile head that is not a ``TileHead``
-        loaded from files (a test's stand-in) is always scored in this process.
+        loaded from files (a test's stand-in) is always scored in this process. True with a
+        ``classifier_loader`` raises ValueError.
 
     Returns
     -------
@@ -706,8 +715,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None, network_pro
     _check_head_shape(cfg, tile_head.path, tile_head.metadata)
     # every check that needs no pixel is done: the networks' process starts now, and imports
     # TensorFlow and builds the tile head beside the reading below
-    networks = _start_networks(tile_head, classifier_loader, network_process)
-    with networks:
+    with _start_networks(tile_head, classifier_loader, network_process) as networks:
         nearest_pix = cues.nearest_detection_pix(cat.x_pix, cat.y_pix)
         ndet_stamp = cues.detections_in_stamp(cat.x_pix, cat.y_pix, half_pix)
         if tile_head.stamp_features:  # position-only: no catalogue column but x, y

@@ -105,9 +105,8 @@ class TileHead:
                         f"network on {meta['stamp_side_pix']}px stamps with "
                         f"{len(self.feature_names)} features ({err}); use a head made by "
                         "`bh-stage train-tile`") from err
-                self._fn = tf.function(  # the logit in float32 (bfloat16: cast up)
-                    lambda x, f: tf.cast(model([x, f], training=False), tf.float32),
-                    autograph=False, reduce_retracing=True)
+                self._fn = tf.function(lambda x, f: model([x, f], training=False),
+                                       autograph=False, reduce_retracing=True)
                 self._model = model
         return self
 
@@ -216,7 +215,7 @@ class NetworkProcess:
     TensorFlow's import and the tile head's build (about 4 s on one core) then run beside
     the reading of the tile, its bad pixels and its background, and beside the first
     batches' SEP work, instead of before them; the parent never imports TensorFlow. A plain
-    subprocess, ``python -m bh_stage.tilehead HEAD.json PRECISION``, fed pickled calls through a pipe
+    subprocess, ``python -m bh_stage.tilehead HEAD.json PRECISION LOG_LEVEL``, fed pickled calls through a pipe
     as ``sep_flags.SepProcesses`` feeds SEP's: it loads the tile head from ``HEAD.json`` and
     builds it at once, then answers the calls in order. Each call is the method the stage
     calls in its own process otherwise (``TileHead.predict_proba``, ``model.load_classifier``
@@ -238,12 +237,18 @@ class NetworkProcess:
 
     def __init__(self, tile_head):
         self._side = int(tile_head.metadata["stamp_side_pix"])
+        log_level = logging.getLogger("bh_stage").getEffectiveLevel()
         self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(tile_head.path),
-                                       tile_head.precision],
+                                       tile_head.precision, str(log_level)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       start_new_session=True)
-        self._thread = concurrent.futures.ThreadPoolExecutor(1)
-        self._built = self._thread.submit(self._answer)
+        try:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1)
+            self._built = self._thread.submit(self._answer)
+        except BaseException:  # Ctrl-C or SIGTERM before the block: no child left behind
+            self._proc.kill()
+            self._proc.wait()
+            raise
 
     def prepare(self):
         """Nothing to wait for: the child builds the network on its own, and its errors come
@@ -278,12 +283,20 @@ class NetworkProcess:
         first)."""
         return self._thread.submit(lambda: self._call("paper", (np.asarray(stamps), rms_adu)))
 
+    def _stopped(self):
+        """The error of a child that is gone (its exit code, once it is reaped)."""
+        try:
+            code = self._proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = None
+        return RuntimeError(f"the network process stopped (exit code {code}); its error, if "
+                            "any, is above")
+
     def _answer(self):
         try:
             ok, value = pickle.load(self._proc.stdout)
-        except (EOFError, pickle.UnpicklingError, OSError) as err:
-            raise RuntimeError(f"the network process stopped (exit code "
-                               f"{self._proc.poll()}); its error, if any, is above") from err
+        except Exception as err:  # EOF, a broken pipe, an answer that does not unpickle
+            raise self._stopped() from err
         if not ok:
             raise value
         return value
@@ -294,8 +307,7 @@ class NetworkProcess:
             pickle.dump((name, args), self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             self._proc.stdin.flush()
         except OSError as err:  # BrokenPipeError: the child is gone
-            raise RuntimeError(f"the network process stopped (exit code "
-                               f"{self._proc.poll()}); its error, if any, is above") from err
+            raise self._stopped() from err
         return self._answer()
 
     def __enter__(self):
@@ -360,11 +372,14 @@ CLASSIFIER_ATTRIBUTES = ("metadata", "head_path", "precision", "batch_size",
 """What a ``RemoteClassifier`` holds of the classifier loaded in the child."""
 
 
-def _serve(head_json, precision):
-    """Child of ``NetworkProcess``: build the tile head of ``head_json`` in ``precision``, answer
-    ``(ok, value)`` (``value``: None, or the exception), then answer pickled
-    ``(name, args)`` calls in order until EOF."""
-    from . import model
+def _serve(head_json, precision, log_level):
+    """Child of ``NetworkProcess``: build the tile head of ``head_json`` in ``precision``,
+    answer ``(ok, value)`` (``value``: None, or the exception), then answer pickled
+    ``(name, args)`` calls in order until EOF; log records of ``log_level`` (the parent's
+    level of ``bh_stage``) and above go to stderr as the command line's do."""
+    from . import LOG_FORMAT, model
+
+    logging.basicConfig(level=int(log_level), format=LOG_FORMAT)
 
     stdin = sys.stdin.buffer
     stdout = os.fdopen(os.dup(1), "wb")
@@ -386,6 +401,7 @@ def _serve(head_json, precision):
 
     head = None
     classifier = None
+    load_error = None  # the paper head's, raised again by every call that needs it
 
     def build():
         nonlocal head
@@ -394,15 +410,24 @@ def _serve(head_json, precision):
         tf.config.threading.set_inter_op_parallelism_threads(NETWORK_INTEROP_THREADS)
         head = load_tile_head(head_json, precision).build()
 
-    def load_paper(path, precision, batch_size):
-        nonlocal classifier
-        classifier = model.load_classifier(path, precision=precision, batch_size=batch_size)
+    def load_paper(path, paper_precision, batch_size):
+        nonlocal classifier, load_error
+        try:
+            classifier = model.load_classifier(path, precision=paper_precision,
+                                               batch_size=batch_size)
+        except Exception as err:
+            load_error = err
+            raise
         return {name: getattr(classifier, name) for name in CLASSIFIER_ATTRIBUTES
                 if hasattr(classifier, name)}
 
+    def paper(stamps, rms):
+        if classifier is None:
+            raise load_error or RuntimeError("no paper head loaded")
+        return classifier.predict_proba(stamps, rms)
+
     calls = {"tile": lambda stamps, rms, feats: head.predict_proba(stamps, rms, feats),
-             "load_paper": load_paper,
-             "paper": lambda stamps, rms: classifier.predict_proba(stamps, rms)}
+             "load_paper": load_paper, "paper": paper}
     answer(build)
     while True:
         try:
@@ -416,4 +441,4 @@ def _serve(head_json, precision):
 
 
 if __name__ == "__main__":
-    _serve(*sys.argv[1:3])
+    _serve(*sys.argv[1:4])

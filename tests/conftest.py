@@ -4,7 +4,6 @@ psfex, fitsverify)."""
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -95,21 +94,21 @@ def alive(pid):
         return False
 
 
-def _default_sigint():
-    """In the child before exec: Ctrl-C's default disposition. A shell's background job
-    starts its commands with SIGINT ignored, and Python then raises no KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+SIGINT_DEFAULT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+"""First line of a signalled child's code: Ctrl-C raises KeyboardInterrupt even where the
+tests run from a shell's background job, which starts commands with SIGINT ignored (Python
+then installs no handler)."""
 
 
-def signal_when_ready(args, signum, ready, cwd=None, env=None, wait_s=60):
-    """Run ``python *args``, wait (up to ``wait_s``) until ``ready(children)`` is true of its
-    live child processes, send it ``signum`` and wait for its end (up to 30 s).
+def signal_when_ready(code, argv, signum, ready, cwd=None, env=None, wait_s=60):
+    """Run ``python -c code *argv``, wait (up to ``wait_s``) until ``ready(children)`` is
+    true of its live child processes, send it ``signum`` and wait for its end (up to 30 s).
 
     Returns ``(exit code, stdout, stderr, the children seen when signalled)``.
     """
-    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=_default_sigint)
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_DEFAULT + code, *argv], cwd=cwd,
+                            env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     try:
         children = []
         for _ in range(int(wait_s * 10)):
@@ -117,7 +116,9 @@ def signal_when_ready(args, signum, ready, cwd=None, env=None, wait_s=60):
             if ready(children) or proc.poll() is not None:
                 break
             time.sleep(0.1)
-        assert ready(children), proc.communicate()
+        if not ready(children):
+            proc.kill()
+            raise AssertionError(f"not ready after {wait_s} s: {proc.communicate(timeout=30)}")
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:

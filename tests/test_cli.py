@@ -124,7 +124,7 @@ def test_real_signal_mid_run_leaves_nothing(small_tile, signum, expected_code, w
     before = sorted(p.name for p in small_tile.rglob("*"))
     env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
     code, out, err, children = signal_when_ready(
-        ["-c", SLOW_RUN, str(small_tile)], signum,
+        SLOW_RUN, [str(small_tile)], signum,
         lambda children: (small_tile / "scoring").exists(), env=env)
     assert len(children) == 2  # stage.SEP_PROCESSES
     assert code == expected_code

@@ -102,6 +102,18 @@ def test_stage_writes_the_same_bytes_with_the_networks_in_a_child(small_tile, he
     assert np.isfinite(child["BLEND_PROB"]).all()
 
 
+@pytest.mark.parametrize("in_child", [True, False])
+def test_paper_head_that_does_not_load_gives_the_loaders_error(small_tile, in_child):
+    """``head:`` naming a tile head: the loader's ModelShapeError, whether the paper head is
+    loaded in the network process (its error raised again by the scoring calls) or here;
+    nothing written, no child left."""
+    cfg = config_from_dict(RunConfig, {"head": str(tilehead.tile_head_path("default"))})
+    with pytest.raises(ModelShapeError, match="not a paper head"):
+        run_stage(cfg, small_tile / "tile.fits", network_process=in_child)
+    assert not (small_tile / "tile_bh.cat").exists()
+    assert not [pid for pid in children_of(os.getpid()) if alive(pid)]
+
+
 def test_bad_weight_found_after_the_start_ends_the_child(small_tile):
     """A weight map of the wrong shape is found by the reading, after the network process
     started: the error is raised and no child is left."""
@@ -144,7 +156,7 @@ def test_signal_while_reading_ends_the_network_process(small_tile, signum, expec
     (small_tile / "out").mkdir()
     before = sorted(p.name for p in small_tile.rglob("*"))
     code, out, err, children = signal_when_ready(
-        ["-c", SLOW_READ, str(small_tile)], signum,
+        SLOW_READ, [str(small_tile)], signum,
         lambda children: (small_tile / "reading").exists(), cwd=REPO)
     assert len(children) == 1  # the network process; SEP's start after the reading
     assert code == expected_code
@@ -173,7 +185,7 @@ def test_signal_while_scoring_ends_every_child(tmp_path, signum, expected_code, 
                  f"{str(tmp_path / 'tile.fits')!r}, '--output', "
                  f"{str(tmp_path / 'out' / 'tile_bh.cat')!r}]))")
     code, out, err, children = signal_when_ready(
-        ["-c", code_text], signum, lambda children: len(children) == 3, cwd=REPO)
+        code_text, [], signum, lambda children: len(children) == 3, cwd=REPO)
     assert code == expected_code  # 3 children: the network process, 2 SEP processes
     assert err == f"bh-stage run: {word}\n" and out == ""
     assert sorted(p.name for p in tmp_path.rglob("*")) == before

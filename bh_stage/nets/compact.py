@@ -91,7 +91,8 @@ def build_compact(side_pix=STAMP_SIDE_PIX, n_features=len(cues.FEATURE_NAMES),
                   architecture=ARCHITECTURE, dtype=None):
     """A compact network of ``COMPACT_LAYERS``: ``[stamp (s, s, 1), features (k,)] -> logit``
     (k = 0: the stamp alone). ``dtype``: the layers' Keras dtype policy (None: float32;
-    ``"mixed_bfloat16"``: bfloat16 arithmetic, float32 weights; the logit is then bfloat16)."""
+    ``"mixed_bfloat16"``: bfloat16 arithmetic, float32 weights), but for the last layer,
+    float32 always (a bfloat16 logit would keep 8 bits: ties in the probability)."""
     import keras
 
     img = keras.Input((side_pix, side_pix, 1), name="stamp")
@@ -104,8 +105,8 @@ def build_compact(side_pix=STAMP_SIDE_PIX, n_features=len(cues.FEATURE_NAMES),
     x = keras.layers.Concatenate(dtype=dtype)([keras.layers.Flatten(dtype=dtype)(x), feats])
     x = keras.layers.Dense(128, activation="relu", dtype=dtype)(x)
     x = keras.layers.Dropout(0.2, dtype=dtype)(x)
-    return keras.Model([img, feats], keras.layers.Dense(1, dtype=dtype)(x),
-                       name="bh_tile_head")
+    logit = keras.layers.Dense(1, dtype=None if dtype is None else "float32")(x)
+    return keras.Model([img, feats], logit, name="bh_tile_head")
 
 
 def dihedral_tf(x, k):
