@@ -25,9 +25,10 @@ class CompactClassifier(Classifier):
     ``Classifier``'s interface, f32 only (another ``precision`` is logged and ignored).
 
     It reads the central ``stamp_side_pix`` square of each padded stamp, scaled by
-    ``compact.scale_stamps`` with the sky rms, and returns the sigmoid of its mean logit over
-    ``n_orientations`` flips and quarter turns (``compact.orientation_logits``), as trained.
-    Build it with ``load_classifier``.
+    ``compact.scale_stamps`` with the sky rms; its logit is the mean over ``n_orientations``
+    flips and quarter turns (``compact.orientation_logits``), as trained, and its probability
+    ``Classifier.probability`` of it (calibrated where the head says). Build it with
+    ``load_classifier``.
     """
 
     def __init__(self, net, head, batch_size=256):
@@ -39,8 +40,8 @@ class CompactClassifier(Classifier):
         self._fn = tf.function(lambda x, f: net([x, f], training=False), autograph=False,
                                reduce_retracing=True)
 
-    def predict_proba(self, stamps, rms_adu=None):
-        """Return P(blend) of each stamp, float64 (the sigmoid of the logit).
+    def predict_logits(self, stamps, rms_adu=None):
+        """The network's mean logit of each stamp, float64, before any calibration.
 
         Parameters
         ----------
@@ -52,9 +53,8 @@ class CompactClassifier(Classifier):
         stamps = self._check_stamps(stamps)
         rms = float(self.metadata["noise_sigma_adu"] if rms_adu is None else rms_adu)
         x = compact.scale_stamps(compact.centre_stamps(stamps, self.side_pix), rms)
-        logits = compact.orientation_logits(self._fn, x, np.zeros((len(x), 0), np.float32),
-                                             self.n_orientations, self.batch_size)
-        return compact.sigmoid(logits)
+        return compact.orientation_logits(self._fn, x, np.zeros((len(x), 0), np.float32),
+                                          self.n_orientations, self.batch_size)
 
 
 def _load_compact(head, precision, batch_size):

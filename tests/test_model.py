@@ -371,3 +371,45 @@ def test_tile_head_given_as_paper_head_is_refused():
 
     with pytest.raises(ModelShapeError, match="not a paper head; give it as tile_head"):
         bh_model.load_classifier(tile_head_path("default"))
+
+
+def test_calibration_of_a_head_is_applied_to_its_logits(tmp_path):
+    """A head whose metadata has ``calibration`` {a, b} gives sigmoid(a z + b) of the same raw
+    logits z (checked with scipy's expit), float64; the same head without it sigmoid(z)."""
+    from scipy.special import expit
+
+    shipped = heads.head_path("compact_paper_sigma15")
+    meta = json.loads(shipped.read_text())
+    meta.pop("calibration", None)
+    for name in ("plain", "cal"):
+        (tmp_path / meta["weights_file"]).write_bytes(
+            shipped.with_name(meta["weights_file"]).read_bytes())
+        if name == "cal":
+            meta["calibration"] = {"a": 0.5, "b": -1.25}
+        (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+    plain = bh_model.load_classifier(tmp_path / "plain.json")
+    cal = bh_model.load_classifier(tmp_path / "cal.json")
+    stamps = np.random.default_rng(4).normal(0, 15, (20, 65, 65)).astype(np.float32)
+    stamps[:10, 30:35, 20:25] += 300.0  # a second source in half of them
+    z = plain.predict_logits(stamps, 15.0)
+    np.testing.assert_array_equal(cal.predict_logits(stamps, 15.0), z)
+    assert z.dtype == np.float64 and z.std() > 0.5
+    np.testing.assert_allclose(plain.predict_proba(stamps, 15.0), expit(z), rtol=1e-12)
+    np.testing.assert_allclose(cal.predict_proba(stamps, 15.0), expit(0.5 * z - 1.25),
+                               rtol=1e-12)
+
+
+def test_shipped_calibrated_thresholds_flag_the_same_logits():
+    """The shipped compact paper head's thresholds, mapped by its calibration
+    (``bench/calibrate_paper_head.py --write``), cut the same logits as the uncalibrated
+    thresholds cut the uncalibrated probability: BH_PAPER_FLAG is unchanged by it."""
+    meta = heads.load_head(heads.head_path("compact_paper_sigma15")).metadata
+    a, b = meta["calibration"]["a"], meta["calibration"]["b"]
+    assert 0 < a
+    for key in ("hybrid_threshold", "blend_threshold"):
+        raw = meta[f"uncalibrated_{key}"]
+        z_cut = np.log(raw / (1 - raw))  # the logit the uncalibrated threshold cuts at
+        z = z_cut + np.array([-1e-6, -1e-9, 1e-9, 1e-6, -3.0, 3.0])
+        before = 1 / (1 + np.exp(-z)) >= raw
+        after = 1 / (1 + np.exp(-(a * z + b))) >= meta[key]
+        assert before.tolist() == after.tolist() == [False, False, True, True, False, True]

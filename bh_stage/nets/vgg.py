@@ -294,7 +294,10 @@ class Classifier:
     """Backbone and head fused into one model that scores stamps.
 
     The fused model outputs the head's logit (``build_head(..., logit=True)``); the
-    probability is its sigmoid in float64. Build it with ``load_classifier``.
+    probability is the sigmoid, in float64, of the logit or, for a head whose metadata has a
+    ``calibration`` ``{"a", "b"}`` (fitted on validation tiles,
+    ``bench/calibrate_paper_head.py``), of ``a * logit + b``. Build it with
+    ``load_classifier``.
 
     Attributes
     ----------
@@ -335,6 +338,16 @@ class Classifier:
         self.preprocess_mode = meta["preprocess"]
         self.input_shape = tuple(meta["input_shape"])
         self.precision, self.batch_size = precision, int(batch_size)
+        calibration = meta.get("calibration") or {"a": 1.0, "b": 0.0}
+        self.calibration = (float(calibration["a"]), float(calibration["b"]))
+
+    def probability(self, logits):
+        """P(blend) of logits (``predict_logits``), float64: the sigmoid of the calibrated
+        logit (``calibration``; (1, 0) for a head without one)."""
+        from .compact import sigmoid
+
+        a, b = self.calibration
+        return sigmoid(a * np.asarray(logits, dtype=np.float64) + b)
 
     def _check_stamps(self, stamps):
         stamps = np.asarray(stamps, dtype=np.float32)
@@ -346,8 +359,8 @@ class Classifier:
                 f"{stamps.shape}; set stamp.size_pix/pad_pix to the head's")
         return stamps
 
-    def predict_proba(self, stamps, rms_adu=None):
-        """Return P(blend) of each stamp.
+    def predict_logits(self, stamps, rms_adu=None):
+        """The network's logit of each stamp, float64, before any calibration.
 
         Parameters
         ----------
@@ -356,21 +369,19 @@ class Classifier:
         rms_adu : float, optional
             Sky rms of the stamps; unused here (the VGG16 preprocessing is fixed in ADU; a
             head is chosen by its training noise instead), used by ``CompactClassifier``.
-
-        Returns
-        -------
-        ndarray, float64, shape (n,)
-            The sigmoid of the logit in float64: no saturation at 1 below a logit of ~37.
         """
-        from .compact import sigmoid
-
         stamps = self._check_stamps(stamps)
         logits = np.empty(len(stamps), dtype=np.float64)
         for start in range(0, len(stamps), self.batch_size):
             chunk = stamps[start:start + self.batch_size]
             logits[start:start + len(chunk)] = np.asarray(
                 self._run(preprocess(chunk, self.preprocess_mode))).reshape(-1)
-        return sigmoid(logits)
+        return logits
+
+    def predict_proba(self, stamps, rms_adu=None):
+        """Return P(blend) of each stamp, float64: ``probability(predict_logits(...))`` (no
+        saturation at 1 below a calibrated logit of ~37)."""
+        return self.probability(self.predict_logits(stamps, rms_adu))
 
     def predict_proba_stream(self, batches):
         """Yield P(blend) for each batch of an iterator of stamp arrays.
