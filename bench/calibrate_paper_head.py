@@ -1,7 +1,8 @@
 """Calibrate a paper head's probability on the validation tiles: ``BH_PAPER_PROB`` at tile
 prevalence, without ties at 1.
 
-Fits P(paper blend) = sigmoid(a z + b) to the head's raw logit z (``predict_logits``) of the
+Fits P(paper blend) = sigmoid(a z + b) (``train_tile.calibrate_logits``, the tile head's
+maximum-likelihood fit) to the head's raw logit z (``predict_logits``) of the
 stage's stamp of every detection of the validation tiles (training galaxies; labels
 ``PAPER_BLEND`` of the tile truth: another object inside the 51x51 stamp). Test tiles are
 never fitted on; ``--report-work-dir`` only reports, with the fitted a and b, on the test
@@ -27,6 +28,7 @@ from bh_stage import heads, io, model
 from bh_stage.config import TileSetConfig, config_from_dict
 from bh_stage.nets.compact import sigmoid
 from bh_stage.study import tileset
+from bh_stage.study.train_tile import calibrate_logits
 from bh_stage.study.metrics import roc_auc
 
 import benchlib
@@ -44,19 +46,6 @@ def role_logits(clf, work_dir, role):
         z.append(clf.predict_logits(stamps, rms))
         y.append(cls["PAPER_BLEND"].astype(int))
     return np.concatenate(z), np.concatenate(y), [f.name for f in folders]
-
-
-def fit(z, y):
-    """(a, b) of the maximum-likelihood logistic regression of y on z (Newton's method)."""
-    x = np.column_stack([z, np.ones_like(z)])
-    w = np.zeros(2)
-    for _ in range(100):
-        p = sigmoid(x @ w)
-        step = np.linalg.solve((x * (p * (1 - p))[:, None]).T @ x, x.T @ (y - p))
-        w += step
-        if np.abs(step).max() < 1e-10:
-            break
-    return float(w[0]), float(w[1])
 
 
 def summary(p, y):
@@ -78,7 +67,7 @@ def main():
     path = heads.head_path(args.head, noise_sigma_adu=14.5)
     clf = model.load_classifier(path)
     z, y, names = role_logits(clf, args.work_dir, "valid")
-    a, b = fit(z, y)
+    a, b = calibrate_logits(z, y)  # the tile head's Platt fit
     before, after = summary(sigmoid(z), y), summary(sigmoid(a * z + b), y)
     out = {"head": path.name, "fitted_on": names, "a": a, "b": b,
            "valid_before": before, "valid_after": after}

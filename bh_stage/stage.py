@@ -558,6 +558,9 @@ def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr, mcal=None):
         ("BH_BACKB", clf.metadata["backbone"], "backbone of the paper head"),
         ("BH_HARCH", clf.metadata.get("architecture", "vgg16"), "paper head network"),
         ("BH_PREC", clf.precision, "paper head network precision"),
+        ("BH_HCAL", "none" if clf.calibration == (1.0, 0.0) else
+         f"{clf.calibration[0]:.6g} {clf.calibration[1]:+.6g}",
+         "BH_PAPER_PROB = sigmoid(a logit + b): a b"),
         ("BH_HTHR", float(hybrid_thr), "BH_PAPER_FLAG threshold on BH_PAPER_PROB"),
     ]
     return [

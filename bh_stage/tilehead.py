@@ -368,7 +368,7 @@ less of 33 on a 10k tile beside the SEP processes (3 alternated pairs, docs/spee
 the same bits (the scheduling of independent ops, not their arithmetic)."""
 
 CLASSIFIER_ATTRIBUTES = ("metadata", "head_path", "precision", "batch_size",
-                         "blend_threshold", "hybrid_threshold")
+                         "blend_threshold", "hybrid_threshold", "calibration")
 """What a ``RemoteClassifier`` holds of the classifier loaded in the child."""
 
 

@@ -208,6 +208,7 @@ class FakeClassifier:
                          "weights_sha256": "0" * 64, "backbone": "fake"}
         self.blend_threshold = 0.5
         self.hybrid_threshold = 0.9
+        self.calibration = (1.0, 0.0)
         self.calls = 0
 
     def predict_proba(self, stamps, rms_adu=None):
