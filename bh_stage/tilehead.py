@@ -215,14 +215,14 @@ class NetworkProcess:
     TensorFlow's import and the tile head's build (about 4 s on one core) then run beside
     the reading of the tile, its bad pixels and its background, and beside the first
     batches' SEP work, instead of before them; the parent never imports TensorFlow. A plain
-    subprocess, ``python -m bh_stage.tilehead HEAD.json PRECISION LOG_LEVEL``, fed pickled calls through a pipe
-    as ``sep_flags.SepProcesses`` feeds SEP's: it loads the tile head from ``HEAD.json`` and
-    builds it at once, then answers the calls in order. Each call is the method the stage
-    calls in its own process otherwise (``TileHead.predict_proba``, ``model.load_classifier``
-    and the paper head's ``predict_proba``) on the same arrays, so the probabilities are the
-    same to the bit. One thread of the parent talks to it: every method returns at once (a
-    future), the calls wait in that thread for the build, and an error of the build is
-    raised by every call's result.
+    subprocess, ``python -m bh_stage.tilehead HEAD.json PRECISION LOG_LEVEL``, fed pickled
+    calls through a pipe as ``sep_flags.SepProcesses`` feeds SEP's: it loads the tile head
+    from ``HEAD.json`` and builds it at once, then answers the calls in order. Each call is
+    the method the stage calls in its own process otherwise (``TileHead.predict_proba``,
+    ``model.load_classifier`` and the paper head's ``predict_proba``) on the same arrays, so
+    the probabilities are the same to the bit. One thread of the parent talks to it: every
+    method returns at once (a future), the calls wait in that thread for the build, and an
+    error of the build is raised by every call's result.
 
     Its own session, so Ctrl-C reaches only the parent; the child is killed at once when the
     block ends on an exception (an error, Ctrl-C, SIGTERM), and exits at EOF otherwise. Use
