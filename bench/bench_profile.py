@@ -53,8 +53,7 @@ PHASES = {
     "starting SEP processes": [("bh_stage/sep_flags.py", "__init__")],
     "cutting stamps": [("bh_stage/stamps.py", "cut_stamps")],
     "tile head network (in this process)": [("bh_stage/tilehead.py", "predict_proba")],
-    "paper head network (in this process)": [("bh_stage/nets/vgg.py", "predict_proba"),
-                                             ("bh_stage/model.py", "predict_proba")],
+    "paper head network (in this process)": [("bh_stage/nets/vgg.py", "predict_proba")],
     "waiting for the SEP processes (and the network process)": [
         ("concurrent/futures/_base.py", "result", "finish_oldest"),
         ("concurrent/futures/_base.py", "result", "_stamp_features")],
