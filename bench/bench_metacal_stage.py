@@ -2,7 +2,8 @@
 images, and their ratio (issue target: <= 5x the plain stage on a 10k tile).
 
     python bench/bench_metacal_stage.py TILE.fits --tile-head HEAD.json \\
-        [--psf fwhm --psf-fwhm-arcsec 0.65 --psf-moffat-beta 4.765 | --psf psfex]
+        [--psf fwhm --psf-fwhm-arcsec 0.65 --psf-moffat-beta 4.765 | --psf psfex] \
+        [--set KEY=VALUE ...]
 
 Each repeat runs the whole `bh-stage run` command (a new process: Python start, imports and
 the tile head's load included) without metacal, then with it, on the same tile, catalogue
@@ -35,11 +36,13 @@ SEX_DIR = REPO / "example_config" / "sextractor"
 
 
 def time_run(tile, settings):
-    """``bench_stage.time_stage`` (seconds, summary line, peak RSS in GB of one `bh-stage
-    run`) as a dict, with the load averages (1 min) before and after the run."""
+    """``bench_stage.time_stage`` of one `bh-stage run` (seconds, summary line, peak RSS in
+    GB of the process and of it with its children, CPU seconds) as a dict, with the load
+    averages (1 min) before and after the run."""
     load_before = os.getloadavg()[0]
-    seconds, summary, rss_gb = time_stage(tile, settings)
+    seconds, summary, rss_gb, cpu_s, tree_rss_gb = time_stage(tile, settings)
     return {"seconds": seconds, "summary": summary, "peak_rss_gb": rss_gb,
+            "peak_rss_with_children_gb": tree_rss_gb, "cpu_seconds": cpu_s,
             "load_1min_before": load_before, "load_1min_after": os.getloadavg()[0]}
 
 
@@ -72,14 +75,16 @@ def main():
     parser.add_argument("--psf-fwhm-arcsec", type=float, default=0.65)
     parser.add_argument("--psf-moffat-beta", type=float, default=4.765)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override of both runs (e.g. tile_head_precision=bf16)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bh_bench_metacal_stage"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     tile = args.tile.resolve()
     weight = tile.parent / f"{tile.name.removesuffix('.fits')}.weight.fits"
-    common = [f"weight={weight}", f"tile_head={args.tile_head}", "overwrite=true"]
+    common = [f"weight={weight}", f"tile_head={args.tile_head}", "overwrite=true", *args.set]
     out = {"tile": str(tile), "tile_head": args.tile_head, "psf": args.psf,
-           "repeats": args.repeats}
+           "repeats": args.repeats, "settings": args.set}
     if args.psf == "psfex":
         psf_file, sex_s, psfex_s = make_psfex(tile, weight, args.workdir)
         metacal = [f"metacal.psf_file={psf_file}"]
