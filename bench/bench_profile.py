@@ -44,8 +44,7 @@ PHASES = {
     "starting the network process": [("bh_stage/stage.py", "_start_networks")],
     "reading tile and weight": [("bh_stage/io.py", "read_tile"),
                                 ("bh_stage/io.py", "tile_row_blocks")],
-    "bad pixels and background": [("bh_stage/pixels.py", "bad_pixels"),
-                                  ("bh_stage/pixels.py", "_bad_block"),
+    "bad pixels and background": [("bh_stage/pixels.py", "_bad_block"),
                                   ("bh_stage/pixels.py", "subtract_background")],
     "waiting for the tile head's network (TensorFlow's import, the build)": [
         ("", "build", "run_stage")],

@@ -1,7 +1,7 @@
 """Step 1 of the stage: tile pixels as the stage cuts its stamps.
 
 ``tile_pixels`` reads a tile (and its weight map) through ``io``, marks the pixels that must
-not reach a network (``bad_pixels``: non-finite, SExtractor nulls, zero weight) and subtracts
+not reach a network (``read_bad_pixels``: non-finite, SExtractor nulls, zero weight) and subtracts
 SEP's background (``subtract_background``). Arrays are 0-based ``[y, x]``.
 """
 
@@ -12,23 +12,16 @@ import numpy as np
 from . import io
 from .errors import InputFileError
 
-__all__ = ["bad_pixels", "read_bad_pixels", "subtract_background", "tile_pixels",
-           "read_weight"]
+__all__ = ["read_bad_pixels", "subtract_background", "tile_pixels"]
 
 log = logging.getLogger(__name__)
 
 
-def bad_pixels(image, weight):
-    """Pixels that must not reach the network: non-finite, SExtractor nulls, zero weight."""
-    bad = ~np.isfinite(image) | (image <= io.SEXTRACTOR_NULL)
-    if weight is not None:
-        bad |= ~(weight > 0)
-    return bad
-
-
 def _bad_block(image, weight, out, scratch):
-    """``bad_pixels(image, weight)`` of a block of rows into ``out``, without temporaries
-    (``scratch``: a bool array of the block's shape); ``image`` or ``weight`` may be None."""
+    """The pixels of a block of rows that must not reach the network, into ``out``: the
+    image's non-finite pixels and SExtractor nulls, and the weight map's pixels not above 0
+    (NaN included). No temporaries (``scratch``: a bool array of the block's shape);
+    ``image`` or ``weight`` may be None."""
     out[...] = False
     if image is not None:
         np.isfinite(image, out=scratch)
@@ -42,12 +35,10 @@ def _bad_block(image, weight, out, scratch):
 
 
 def read_bad_pixels(image, weight_path, shape=None):
-    """``bad_pixels(image, read_weight(weight_path, shape))``, the weight map read a block of
-    rows at a time (``io.tile_row_blocks``) and never whole.
-
-    The same mask, without the tile-sized arrays of the whole-array form (the weight map,
-    ``weight > 0`` and each comparison's result: on a 10k x 10k tile, 0.8 GB to allocate and
-    fill, about 1 s; this form: 0.3 s).
+    """Pixels that must not reach the network (``_bad_block``), the weight map read a block
+    of rows at a time (``io.tile_row_blocks``) and never whole: no tile-sized temporaries
+    (the whole-array form of 0.8: the weight map, ``weight > 0`` and each comparison's
+    result, 0.8 GB to allocate and fill on a 10k x 10k tile, about 1 s; this form: 0.3 s).
 
     Parameters
     ----------
@@ -131,12 +122,3 @@ def tile_pixels(tile_path, weight_path=None):
     image, _ = io.read_tile(tile_path)
     bad = read_bad_pixels(image, weight_path)
     return image, bad, subtract_background(image, bad)
-
-
-def read_weight(weight_path, shape):
-    """Read a weight map, refusing one whose shape ``(ny, nx)`` is not the tile's."""
-    weight, _ = io.read_tile(weight_path)
-    if weight.shape != tuple(shape):
-        raise InputFileError(f"{weight_path}: weight map is {weight.shape[1]}x"
-                             f"{weight.shape[0]}, the tile {shape[1]}x{shape[0]}")
-    return weight
