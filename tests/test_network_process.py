@@ -114,6 +114,17 @@ def test_paper_head_that_does_not_load_gives_the_loaders_error(small_tile, in_ch
     assert not [pid for pid in children_of(os.getpid()) if alive(pid)]
 
 
+def test_network_process_with_a_classifier_loader_is_refused(small_tile):
+    """A classifier_loader loads the paper head in this process: asking for a network
+    process as well is a ValueError before anything starts or is written."""
+    cfg = config_from_dict(RunConfig, {"head": "default"})
+    with pytest.raises(ValueError, match="network_process must then be False or None"):
+        run_stage(cfg, small_tile / "tile.fits", classifier_loader=model.load_classifier,
+                  network_process=True)
+    assert not (small_tile / "tile_bh.cat").exists()
+    assert not [pid for pid in children_of(os.getpid()) if alive(pid)]
+
+
 def test_bad_weight_found_after_the_start_ends_the_child(small_tile):
     """A weight map of the wrong shape is found by the reading, after the network process
     started: the error is raised and no child is left."""
