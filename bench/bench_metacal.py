@@ -2,8 +2,8 @@
 
 Speed, one thread (BLAS and OpenMP pinned to 1 before numpy loads): ``metacal_images`` of N
 noisy exponential galaxies (the stamps of bh_stage.study.ringtest) with the correlated-noise
-correction and all five images, per route (``fft``: N stamps, ``galsim``: fewer, it is
-slower), and ``adaptive_moments`` of those five images; the median of 3 runs, in objects per
+correction and all five images, per route (``fft``: N stamps, in float64 and in the stage's
+float32; ``galsim``: fewer, it is slower), and ``adaptive_moments`` of those five images; the median of 3 runs, in objects per
 second, and the ratio to the whole stage's stamps per second as recorded in
 ``bench/results/stage_none_tile_unrecognised_o2_f32_10000.json`` (the example config's heads;
 that run used every core of its machine, see its provenance).
@@ -69,20 +69,24 @@ def speed(galsim, psf, n_fft, n_galsim):
     stamps = tm.simulate_ring_pairs(galsim, (n_fft + 3) // 4, (0.02, 0.0), seed=1)
     stamps = stamps.reshape(-1, tm.SIDE_PIX, tm.SIDE_PIX)[:n_fft]
     out = {}
-    for method, n in (("fft", n_fft), ("galsim", n_galsim)):
-        out[method] = rates(timed(lambda: metacal.metacal_images(
+    for key, method, n, dtype in (("fft", "fft", n_fft, np.float64),
+                                  ("fft_float32", "fft", n_fft, np.float32),
+                                  ("galsim", "galsim", n_galsim, np.float64)):
+        out[key] = rates(timed(lambda: metacal.metacal_images(
             stamps[:n], psf, noise_sigma_adu=1.0, types=metacal.METACAL_TYPES,
-            method=method)), n)
+            method=method, dtype=dtype)), n)
     images = metacal.metacal_images(stamps, psf, noise_sigma_adu=1.0, types=metacal.METACAL_TYPES)
     out["shapes_5_images"] = rates(timed(lambda: [metacal.adaptive_moments(images[t])
                                                   for t in metacal.METACAL_TYPES]), n_fft)
     out["fft_over_galsim_cpu"] = out["fft"]["objects_per_s_cpu"] / \
         out["galsim"]["objects_per_s_cpu"]
+    out["fft_float32_over_fft_cpu"] = out["fft_float32"]["objects_per_s_cpu"] / \
+        out["fft"]["objects_per_s_cpu"]
     if STAGE_RESULT.is_file():
         stage = json.loads(STAGE_RESULT.read_text())["stage_stamps_per_s"]
         out["stage_stamps_per_s_recorded"] = stage
         out["stage_result"] = STAGE_RESULT.name
-        for key in ("fft", "galsim", "shapes_5_images"):
+        for key in ("fft", "fft_float32", "galsim", "shapes_5_images"):
             out[key]["cpu_rate_over_stage_rate"] = out[key]["objects_per_s_cpu"] / stage
     return out
 
@@ -146,7 +150,7 @@ def main():
               "psf": "Moffat beta 3.5, FWHM 0.65 arcsec", "step": tm.STEP,
               "g_true": tm.G_TRUE, "default_method": metacal.METHODS[0]}
     result["speed"] = speed(galsim, psf, n_fft, n_galsim)
-    for key in ("fft", "galsim", "shapes_5_images"):
+    for key in ("fft", "fft_float32", "galsim", "shapes_5_images"):
         s = result["speed"][key]
         ratio = f"; {s['cpu_rate_over_stage_rate']:.3f} x the stage's recorded rate" \
             if "cpu_rate_over_stage_rate" in s else ""

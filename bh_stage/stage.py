@@ -431,7 +431,8 @@ class _Metacal:
             first = int(self.rank[rows.start + members[0]])
             images = metacal_images(stamps[members], self.psf(int(c)), self.step,
                                     self.noise_adu, self.seed, types=MCAL_IMAGE_TYPES,
-                                    first_index=int(c) * METACAL_CELL_STRIDE + first)
+                                    first_index=int(c) * METACAL_CELL_STRIDE + first,
+                                    dtype=np.float32)
             for t in MCAL_IMAGE_TYPES:
                 out[t][members] = images[t]
         return out
@@ -451,7 +452,8 @@ def _sheared_rms(psf, side_pix, step, noise_adu):
     """
     noise = np.random.default_rng(METACAL_RMS_SEED).normal(
         0.0, noise_adu, (METACAL_RMS_STAMPS, side_pix, side_pix))
-    images = metacal_images(noise, psf, step, noise_adu, METACAL_RMS_SEED, types=SHEAR_TYPES)
+    images = metacal_images(noise, psf, step, noise_adu, METACAL_RMS_SEED, types=SHEAR_TYPES,
+                            dtype=np.float32)
     q = side_pix // 4
     return float(np.sqrt(np.mean([np.mean(im[:, q:side_pix - q, q:side_pix - q] ** 2)
                                   for im in images.values()])))
