@@ -348,10 +348,19 @@ def _lanczos_ft(k):
 
 
 def _psf_ft(psf, kx, ky):
-    """Fourier transform of the centred PSF image at angular frequencies (kx, ky), exact."""
-    c = np.arange(psf.shape[0]) - psf.shape[0] // 2
-    ex = np.exp(-1j * np.outer(kx.ravel(), c))
-    ey = np.exp(-1j * np.outer(ky.ravel(), c))
+    """Fourier transform of the centred PSF image at angular frequencies (kx, ky), exact: a
+    sum over its pixels, separable on a grid (``kx`` the same in every row, ``ky`` in every
+    column); ``exp(-i k c)`` as powers of ``exp(-i k)`` (rounding ~1e-15)."""
+    c = psf.shape[0] // 2
+
+    def phases(k):  # exp(-i k t) for t = -c .. c, shape (len(k), 2 c + 1)
+        base = np.exp(-1j * k)
+        pos = np.cumprod(np.broadcast_to(base[:, None], (base.size, c)), axis=1)
+        return np.concatenate([np.conj(pos[:, ::-1]), np.ones((base.size, 1)), pos], axis=1)
+
+    if (kx == kx[:1]).all() and (ky == ky[:, :1]).all():
+        return phases(ky[:, 0]) @ psf @ phases(kx[0]).T
+    ex, ey = phases(kx.ravel()), phases(ky.ravel())
     return np.einsum("ky,ky->k", ey, ex @ psf.T).reshape(kx.shape)
 
 
@@ -385,11 +394,12 @@ def _shift(z, phase, axis):
     return scipy.fft.irfft(scipy.fft.rfft(z, axis=axis) * phase, n=z.shape[axis], axis=axis)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _fft_plans(psf_bytes, psf_side, side, m, step, shears, dtype_char):
     """``_fft_route``'s filters and resampling factors, ``(name, filter, plan)`` for each
-    shear: computed once per PSF, stamp side and precision (a stage's batches share them;
-    ~50 ms with a 25x25 PSF). Read-only arrays."""
+    shear: computed once per PSF, stamp side and precision (a stage's batches share them; a
+    PSFEx model's cells met in one chunk of rows are met again in the next). Read-only
+    arrays, ~0.6 MB a PSF for 65x65 stamps in float32."""
     psf = np.frombuffer(psf_bytes, np.float64).reshape(psf_side, psf_side)
     dtype = np.dtype(dtype_char)
     complex_dtype = np.result_type(dtype, np.complex64)
