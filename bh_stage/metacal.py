@@ -347,21 +347,27 @@ def _lanczos_ft(k):
     return np.interp(np.abs(k) / (2 * np.pi), u, ft, right=0.0)
 
 
-def _psf_ft(psf, kx, ky):
-    """Fourier transform of the centred PSF image at angular frequencies (kx, ky), exact: a
-    sum over its pixels, separable on a grid (``kx`` the same in every row, ``ky`` in every
-    column); ``exp(-i k c)`` as powers of ``exp(-i k)`` (rounding ~1e-15)."""
-    c = psf.shape[0] // 2
+def _psf_ft(psf, kx, ky, matrix=None):
+    """Fourier transform of the centred PSF image, exact (a sum over its pixels), at the
+    angular frequencies ``matrix @ (kx, ky)`` for every ``kx`` (1-D, columns) and ``ky``
+    (1-D, rows) of a grid; shape (len(ky), len(kx)). ``matrix`` (2x2, default identity): the
+    phase of pixel (x, y) is a product of a factor of ``kx`` and one of ``ky``, so the sum is
+    one matrix product (separable for a diagonal matrix); ``exp(-i k t)`` as powers of
+    ``exp(-i k)`` (rounding ~1e-15)."""
+    (a, b), (c, d) = np.eye(2) if matrix is None else matrix
+    half = psf.shape[0] // 2
 
-    def phases(k):  # exp(-i k t) for t = -c .. c, shape (len(k), 2 c + 1)
+    def phases(k):  # exp(-i k t) for t = -half .. half, shape (len(k), 2 half + 1)
         base = np.exp(-1j * k)
-        pos = np.cumprod(np.broadcast_to(base[:, None], (base.size, c)), axis=1)
+        pos = np.cumprod(np.broadcast_to(base[:, None], (base.size, half)), axis=1)
         return np.concatenate([np.conj(pos[:, ::-1]), np.ones((base.size, 1)), pos], axis=1)
 
-    if (kx == kx[:1]).all() and (ky == ky[:, :1]).all():
-        return phases(ky[:, 0]) @ psf @ phases(kx[0]).T
-    ex, ey = phases(kx.ravel()), phases(ky.ravel())
-    return np.einsum("ky,ky->k", ey, ex @ psf.T).reshape(kx.shape)
+    if b == 0 and c == 0:
+        return phases(d * ky) @ psf @ phases(a * kx).T
+    # k'x x + k'y y = kx (a x + c y) + ky (b x + d y)
+    u = (phases(c * kx)[:, :, None] * phases(a * kx)[:, None, :]).reshape(len(kx), -1)
+    v = (phases(d * ky)[:, :, None] * phases(b * ky)[:, None, :]).reshape(len(ky), -1)
+    return (v * psf.ravel()) @ u.T
 
 
 def _pixel_ft(kx, ky):
@@ -369,11 +375,15 @@ def _pixel_ft(kx, ky):
     return np.sinc(kx / (2 * np.pi)) * np.sinc(ky / (2 * np.pi))
 
 
-def _target_ft(psf, kx, ky, dilation):
-    """``T(k) = Pixel(k) * [P_int / Pixel]((1 + 2 step) k)``: the target PSF's transform."""
-    kxd, kyd = dilation * kx, dilation * ky
-    return (_psf_ft(psf, kxd, kyd) * _lanczos_ft(kxd) * _lanczos_ft(kyd)
-            * _pixel_ft(kx, ky) / _pixel_ft(kxd, kyd))
+def _target_ft(psf, kx, ky, matrix, dilation):
+    """``T(k) = Pixel(k) * [P_int / Pixel]((1 + 2 step) k)``, the target PSF's transform, at
+    ``k = matrix @ (kx, ky)`` on the grid of 1-D ``kx`` (columns) and ``ky`` (rows)."""
+    kx2, ky2 = np.meshgrid(kx, ky)
+    kxs = matrix[0, 0] * kx2 + matrix[0, 1] * ky2
+    kys = matrix[1, 0] * kx2 + matrix[1, 1] * ky2
+    kxd, kyd = dilation * kxs, dilation * kys
+    return (_psf_ft(psf, kx, ky, dilation * np.asarray(matrix)) * _lanczos_ft(kxd)
+            * _lanczos_ft(kyd) * _pixel_ft(kxs, kys) / _pixel_ft(kxd, kyd))
 
 
 def _dirichlet(d, m):
@@ -405,15 +415,13 @@ def _fft_plans(psf_bytes, psf_side, side, m, step, shears, dtype_char):
     complex_dtype = np.result_type(dtype, np.complex64)
     coord = np.rint(np.fft.fftfreq(m) * m)             # pixel coordinate of each index
     out_grid = np.arange(side) - side // 2
-    k_half = 2 * np.pi * np.fft.rfftfreq(m)
-    kx, ky = np.meshgrid(k_half, 2 * np.pi * np.fft.fftfreq(m))
-    psf_ft = _psf_ft(psf, kx, ky)
+    k_half, k_full = 2 * np.pi * np.fft.rfftfreq(m), 2 * np.pi * np.fft.fftfreq(m)
+    psf_ft = _psf_ft(psf, k_half, k_full)
     plans = []
     for name, g1, g2 in shears:
         b = np.linalg.inv(shear_matrix(g1, g2))       # output pixel x samples z at B x
-        kxs, kys = b[0, 0] * kx + b[0, 1] * ky, b[1, 0] * kx + b[1, 1] * ky
         with np.errstate(divide="ignore", invalid="ignore"):  # a zero of the PSF's transform
-            filt = _target_ft(psf, kxs, kys, reconvolution_dilation(step)) / psf_ft
+            filt = _target_ft(psf, k_half, k_full, b, reconvolution_dilation(step)) / psf_ft
         filt[~np.isfinite(filt)] = 0.0
         if g1 == 0 and g2 == 0:
             plan = ()

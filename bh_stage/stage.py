@@ -24,6 +24,7 @@ import typing
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from . import __version__, cues, features, heads, io, model, tilehead
 from .config import config_hash
@@ -253,6 +254,14 @@ finishes any batch whose scores are back before): while the network process stil
 TensorFlow, the SEP processes measure these (16 x 256 stamps: about 2 CPU-s of SEP, 70 MB of
 stamps). With the networks in this process (nothing to overlap), ``SEP_PROCESSES``
 batches."""
+
+MAIN_BLAS_THREADS = 1
+"""BLAS threads of the stage's own process from its networks' start to its last score
+(``threadpoolctl``; numpy's default is one a core, restored after): the SEP and network
+processes share the cores, and BLAS threads that wait for work by spinning take cycles from
+them. A metacal run with a PSFEx model on the 10k tile A of docs/speed.md: 92 s with
+numpy's default, 78 s with one thread (its PSFs' filters and the g1 resampling are matrix
+products); the plain run within the noise."""
 
 _NETWORK_PROCESSES = 0
 """Runs of this process that scored in a ``tilehead.NetworkProcess``."""
@@ -720,7 +729,8 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None, network_pro
     _check_head_shape(cfg, tile_head.path, tile_head.metadata)
     # every check that needs no pixel is done: the networks' process starts now, and imports
     # TensorFlow and builds the tile head beside the reading below
-    with _start_networks(tile_head, classifier_loader, network_process) as networks:
+    with threadpool_limits(MAIN_BLAS_THREADS, user_api="blas"), \
+            _start_networks(tile_head, classifier_loader, network_process) as networks:
         nearest_pix = cues.nearest_detection_pix(cat.x_pix, cat.y_pix)
         ndet_stamp = cues.detections_in_stamp(cat.x_pix, cat.y_pix, half_pix)
         if tile_head.stamp_features:  # position-only: no catalogue column but x, y

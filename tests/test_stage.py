@@ -410,6 +410,38 @@ def test_network_is_built_after_the_reading_and_its_error_raised(small_tile, fak
     assert sorted(p.name for p in small_tile.iterdir()) == before
 
 
+def test_one_blas_thread_while_scoring_then_numpy_default_again(small_tile, fake_classifier,
+                                                                 monkeypatch):
+    """The stage's process uses one BLAS thread while its SEP (and network) processes share
+    the cores (``MAIN_BLAS_THREADS``), from the networks' start to the last score, and gives
+    back the thread count it found, also when the run fails."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from bh_stage import stage
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    seen = []
+
+    def cutting(*args, **kwargs):
+        seen.append(blas_threads())
+        return stage_cut(*args, **kwargs)
+
+    stage_cut = stage.cut_stamps
+    monkeypatch.setattr(stage, "cut_stamps", cutting)
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        assert before and set(before) == {2}
+        run_stage(cfg(), small_tile / "tile.fits")
+        assert seen and all(threads and set(threads) == {1} for threads in seen)
+        assert blas_threads() == before
+        monkeypatch.setattr(stage, "cut_stamps", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            run_stage(cfg(overwrite=True), small_tile / "tile.fits")
+        assert blas_threads() == before
+
+
 def test_bad_input_is_refused_before_tensorflow_is_imported(small_tile):
     """With the shipped tile head, a catalogue without the position columns is refused
     (one line, exit 2, nothing written) before TensorFlow is imported (issue 24: loading
