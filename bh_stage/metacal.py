@@ -44,15 +44,16 @@ Two routes compute steps 1-5 (``method``), validated against each other in
 tests/test_metacal.py (adaptive-moment shapes agree to 6e-7, responses to 6e-5, on noisy
 exponential galaxies with the noise correction):
 
-- ``"fft"`` (default): batched FFTs (``scipy.fft``). The stamp is zero-padded to an odd
-  side ``M`` (``pad_pix`` a side, default ``max(12, side // 4)`` rounded up to a fast FFT size),
-  ``D(k) = FFT(stamp)``; the sheared, reconvolved image is ``z(A^-1 x)`` with
-  ``Z(k) = D(k) T(A^-1 k) / P(k)`` (the PSF's Fourier transform evaluated exactly at any
-  ``k`` as a sum over its pixels, and the Lanczos-15 transform from a numerical table), then
-  ``z`` is resampled at ``A^-1 x`` by trigonometric interpolation: two 1-D matrix products
-  for ``g1`` (a diagonal ``A``), three 1-D shears by Fourier phase shifts for ``g2``. It
-  keeps every frequency up to the Nyquist one and about 12 pixels of padding; one PSF for
-  all stamps (the filters are computed once per call).
+- ``"fft"`` (default): batched FFTs (``scipy.fft``), in float64 or float32 (``dtype``). The
+  stamp is zero-padded to an odd side ``M`` (``pad_pix`` a side, default ``max(12, side //
+  4)`` rounded up to a fast FFT size), ``D(k) = FFT(stamp)``; the sheared, reconvolved
+  image is ``z(A^-1 x)`` with ``Z(k) = D(k) T(A^-1 k) / P(k)`` (the PSF's Fourier
+  transform evaluated exactly at any ``k`` as a sum over its pixels, and the Lanczos-15
+  transform from a numerical table), then ``z`` is resampled at ``A^-1 x`` by
+  trigonometric interpolation: two 1-D matrix products for ``g1`` (a diagonal ``A``),
+  three 1-D shears by Fourier phase shifts for ``g2``. It keeps every frequency up to the
+  Nyquist one and about 12 pixels of padding; one PSF for all stamps (its filters are kept
+  for the next calls with the same PSF).
 - ``"galsim"``: the reference, ``galsim.InterpolatedImage`` (``lanczos15``) of stamp and PSF,
   ``galsim.Deconvolve``, ``.shear``, ``galsim.Convolve`` with ``T``, ``drawImage(method=
   'no_pixel')``; GalSim's default accuracy, which drops frequencies where the profiles fall
@@ -304,7 +305,8 @@ def _galsim_route(stamps, psf, step, shears):
 
 def shear_matrix(g1, g2):
     """GalSim's shear matrix ``A`` (symmetric, det 1) of reduced shear (g1, g2): a sheared
-    profile at ``x`` is the unsheared one at ``A^-1 x`` (``galsim.Shear(g1=, g2=).getMatrix()``)."""
+    profile at ``x`` is the unsheared one at ``A^-1 x``
+    (``galsim.Shear(g1=, g2=).getMatrix()``)."""
     c = 1.0 / np.sqrt(1.0 - g1 * g1 - g2 * g2)
     return c * np.array([[1.0 + g1, g2], [g2, 1.0 - g1]])
 
@@ -546,8 +548,8 @@ def weighted_moments(images, sigma_pix, centre_offset_pix=None, noise_sigma_adu=
         ``sqrt((Mxx + Myy) / 2)`` (for a Gaussian of sigma ``s``, ``s w / sqrt(s^2 + w^2)``
         with ``w = sigma_pix``); ``X_PIX``, ``Y_PIX`` the weight's centre (0-based pixels
         of the image); ``FLUX_ADU`` ``sum(w I)`` (for an object much smaller than the
-        weight, its flux); ``S2N``. ``FLAGS``: ``MOM_NONFINITE``, or ``MOM_FAILED`` where ``sum(w I)`` or
-        the trace is not positive; every float is then NaN.
+        weight, its flux); ``S2N``. ``FLAGS``: ``MOM_NONFINITE``, or ``MOM_FAILED`` where
+        ``sum(w I)`` or the trace is not positive; every float is then NaN.
     """
     images = np.asarray(images, dtype=np.float64)
     if images.ndim != 3 or sigma_pix is None or not float(sigma_pix) > 0:
