@@ -3,17 +3,19 @@
 Speed, one thread (BLAS and OpenMP pinned to 1 before numpy loads): ``metacal_images`` of N
 noisy exponential galaxies (the stamps of bh_stage.study.ringtest) with the correlated-noise
 correction and all five images, per route (``fft``: N stamps, in float64 and in the stage's
-float32; ``galsim``: fewer, it is slower), and ``adaptive_moments`` of those five images; the median of 3 runs, in objects per
-second, and the ratio to the whole stage's stamps per second as recorded in
+float32; ``galsim``: fewer, it is slower), and ``adaptive_moments`` of those five images;
+the median of 3 runs, in objects per second, and the ratio to the whole stage's stamps per
+second as recorded in
 ``bench/results/stage_none_tile_unrecognised_o2_f32_10000.json`` (the example config's heads;
 that run used every core of its machine, see its provenance).
 
-Bias: tests/test_metacal.py's key test (bh_stage.study.ringtest) at more pairs: ring pairs of exponential galaxies
-(S/N 50-260), Moffat PSF 0.65 arcsec at 0.187 arcsec/px, shear +-0.02 on g1 then g2 with the
-same noise, ``g = <R>^-1 <e>``; m, c and the cross-component terms with 95 % bootstrap
-intervals over pairs. Then without noise at g = 0.005, 0.02 and 0.04 (what is left is the
-response's second order, m ~ g^2), and at a quarter of the flux (S/N 12-65) with and without
-the correlated-noise correction, to show what the correction removes.
+Bias: tests/test_metacal.py's key test (bh_stage.study.ringtest) at more pairs: ring pairs
+of exponential galaxies (S/N 50-260), Moffat PSF 0.65 arcsec at 0.187 arcsec/px, shear
++-0.02 on g1 then g2 with the same noise, ``g = <R>^-1 <e>``; m, c and the cross-component
+terms with 95 % bootstrap intervals over pairs. Then without noise at g = 0.005, 0.02 and
+0.04 (what is left is the response's second order, m ~ g^2), and at a quarter of the flux
+(S/N 12-65) with and without the correlated-noise correction, to show what the correction
+removes.
 
     python bench/bench_metacal.py            # about 5 min on one idle core
     python bench/bench_metacal.py --quick    # smoke test, under a minute

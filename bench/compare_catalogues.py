@@ -2,8 +2,9 @@
 
     python bench/compare_catalogues.py OLD.cat NEW.cat [--ignore BH_VERS,BH_DATE]
 
-Prints one line per HDU (identical, or which cards / columns differ) and exits 1 if anything
-other than the ignored header keys differs. Used to show that a refactoring changed no output
+Prints one line per HDU (identical, or which cards / columns differ, and for each column
+that differs how many rows and by how much) and exits 1 if anything other than the ignored
+header keys differs. Used to show that a refactoring changed no output
 (docs/layout.md).
 """
 
@@ -39,7 +40,27 @@ def compare(old, new, ignore):
                     bad = [c for c in cols if (da[c] if da.dtype.names else da).tobytes()
                            != (db[c] if db.dtype.names else db).tobytes()]
                     diffs.append(f"HDU {i}: bytes differ in {', '.join(bad)}")
+                    for c in bad:
+                        diffs.append(f"  {c}: " + _column_difference(
+                            da[c] if da.dtype.names else da, db[c] if db.dtype.names else db))
+            for name in ("BH_MCRMS",):  # numeric header values worth a number
+                va, vb = (dict((c[0], c[1]) for c in cards).get(name) for cards in (ca, cb))
+                if isinstance(va, float) and isinstance(vb, float) and va != vb:
+                    diffs.append(f"  {name}: {va!r} -> {vb!r}")
     return diffs
+
+
+def _column_difference(a, b):
+    """How one column differs: rows that differ and, for numbers, |new - old|."""
+    differ = np.asarray(a != b).reshape(len(a), -1).any(axis=1)
+    text = f"{int(differ.sum())} of {len(a)} rows differ"
+    if np.issubdtype(a.dtype, np.number) and np.issubdtype(b.dtype, np.number):
+        d = np.abs(b.astype(np.float64) - a.astype(np.float64)).reshape(len(a), -1).max(axis=1)
+        d = d[np.isfinite(d)]
+        if d.size:
+            text += (f"; |new - old| median {np.median(d):.2g}, 99th percentile "
+                     f"{np.percentile(d, 99):.2g}, largest {d.max():.2g}")
+    return text
 
 
 def main(argv=None):

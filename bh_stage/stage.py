@@ -14,11 +14,13 @@ tile head scores each of them as it scores the stamp (``BLEND_PROB_1P``, ...).
 """
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import functools
 import logging
 import sys
+import threading
 import time
 import typing
 from pathlib import Path
@@ -256,12 +258,35 @@ stamps). With the networks in this process (nothing to overlap), ``SEP_PROCESSES
 batches."""
 
 MAIN_BLAS_THREADS = 1
-"""BLAS threads of the stage's own process from its networks' start to its last score
-(``threadpoolctl``; numpy's default is one a core, restored after): the SEP and network
+"""BLAS threads of the stage's own process while it scores (``threadpoolctl``; numpy's
+default is one a core, restored after; None: numpy's default): the SEP and network
 processes share the cores, and BLAS threads that wait for work by spinning take cycles from
-them. A metacal run with a PSFEx model on the 10k tile A of docs/speed.md: 92 s with
-numpy's default, 78 s with one thread (its PSFs' filters and the g1 resampling are matrix
-products); the plain run within the noise."""
+them, in the metacalibration images' matrix products (the g1 resampling, a PSF's filters).
+docs/metacal.md gives the A/B."""
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_RUNS = [0, None]
+"""Runs of this process inside ``_blas_limit`` and the ``threadpool_limits`` they share."""
+
+
+@contextlib.contextmanager
+def _blas_limit():
+    """``MAIN_BLAS_THREADS`` while at least one run of this process scores: runs in several
+    threads of one process (a Dask worker's) share one limit, and the last to finish gives
+    back the thread count found by the first (a process-wide setting)."""
+    with _BLAS_LOCK:
+        if _BLAS_RUNS[0] == 0 and MAIN_BLAS_THREADS is not None:
+            _BLAS_RUNS[1] = threadpool_limits(MAIN_BLAS_THREADS, user_api="blas")
+        _BLAS_RUNS[0] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_RUNS[0] -= 1
+            if _BLAS_RUNS[0] == 0 and _BLAS_RUNS[1] is not None:
+                _BLAS_RUNS[1].restore_original_limits()
+                _BLAS_RUNS[1] = None
+
 
 _NETWORK_PROCESSES = 0
 """Runs of this process that scored in a ``tilehead.NetworkProcess``."""
@@ -346,10 +371,10 @@ depends on the batching."""
 
 METACAL_CHUNK_ROWS = 1024
 """With metacal and several PSF cells (a PSFEx model) the stage cuts and shears this many
-rows at a time (a multiple of ``batch_size``): ``metacal_images`` computes its filters in each
-call (~70 ms with a 25x25 PSF), once per cell present, so larger chunks make fewer calls
-(a 4k tile: 4.8 times the plain run's time instead of 6.2; one PSF: 0.6 GB more memory
-for nothing, so batch by batch)."""
+rows at a time (a multiple of ``batch_size``), one ``metacal_images`` call per cell present,
+so larger chunks make fewer, larger calls (0.6: a 4k tile, 4.8 times the plain run's time
+instead of 6.2, when each call also computed its PSF's filters, now kept across calls; one
+PSF: 0.6 GB more memory for nothing, so batch by batch)."""
 
 METACAL_RMS_STAMPS = 16
 """Pure-noise stamps through which ``_sheared_rms`` measures the sheared images' rms."""
@@ -729,7 +754,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None, network_pro
     _check_head_shape(cfg, tile_head.path, tile_head.metadata)
     # every check that needs no pixel is done: the networks' process starts now, and imports
     # TensorFlow and builds the tile head beside the reading below
-    with threadpool_limits(MAIN_BLAS_THREADS, user_api="blas"), \
+    with _blas_limit(), \
             _start_networks(tile_head, classifier_loader, network_process) as networks:
         nearest_pix = cues.nearest_detection_pix(cat.x_pix, cat.y_pix)
         ndet_stamp = cues.detections_in_stamp(cat.x_pix, cat.y_pix, half_pix)

@@ -182,8 +182,10 @@ def test_signal_while_reading_ends_the_network_process(small_tile, signum, expec
                                                          (signal.SIGINT, 130, "interrupted")])
 def test_signal_while_scoring_ends_every_child(tmp_path, signum, expected_code, word):
     """`bh-stage run` with the shipped tile head on 3,000 detections, signalled once its
-    network process and both SEP processes run: exit 143 or 130, one line on stderr,
-    nothing written, all three children ended."""
+    network process and both SEP processes run (the SEP processes start with the first
+    batches, which the network process scores once it has built the network, so the signal
+    may come while it still builds it): exit 143 or 130, one line on stderr, nothing
+    written, all three children ended."""
     rng = np.random.default_rng(5)
     fitsio.write(str(tmp_path / "tile.fits"), rng.normal(0, 5, (600, 600)).astype(np.float32))
     fitsio.write(str(tmp_path / "tile.weight.fits"), np.ones((600, 600), np.float32))

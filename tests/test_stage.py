@@ -15,7 +15,7 @@ from bh_stage.pixels import tile_pixels
 from bh_stage.sep_flags import BH_MASKED, BH_NOT_SCORED
 from bh_stage.stage import OUTPUT_COLUMNS, output_columns, run_stage
 
-from conftest import (REPO, SOURCES_XY, TILE_SHAPE, FakeTileHead, gaussian_image,
+from conftest import (REPO, TILE_SHAPE, FakeTileHead, gaussian_image,
                       write_ldac)
 
 
@@ -414,7 +414,8 @@ def test_one_blas_thread_while_scoring_then_numpy_default_again(small_tile, fake
                                                                  monkeypatch):
     """The stage's process uses one BLAS thread while its SEP (and network) processes share
     the cores (``MAIN_BLAS_THREADS``), from the networks' start to the last score, and gives
-    back the thread count it found, also when the run fails."""
+    back the thread count it found, also when the run fails, and only when the last of
+    overlapping runs (threads of one process) ends."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from bh_stage import stage
@@ -439,6 +440,14 @@ def test_one_blas_thread_while_scoring_then_numpy_default_again(small_tile, fake
         monkeypatch.setattr(stage, "cut_stamps", lambda *a, **k: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             run_stage(cfg(overwrite=True), small_tile / "tile.fits")
+        assert blas_threads() == before
+        # runs in two threads of one process, overlapping: one thread until both are done
+        first, second = stage._blas_limit(), stage._blas_limit()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert set(blas_threads()) == {1}
+        second.__exit__(None, None, None)
         assert blas_threads() == before
 
 
