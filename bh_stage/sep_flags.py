@@ -25,6 +25,7 @@ import sys
 
 import numpy as np
 
+from .children import child_environment, die_with_parent
 from .errors import SepError
 from .features import measure_stamps, sep_pixel_stack
 
@@ -222,7 +223,8 @@ class SepProcesses:
     not ``multiprocessing``: they start from any main module (a script without a
     ``__main__`` guard, stdin, a notebook) and inside daemonic Dask workers. Each runs in its
     own session, so Ctrl-C reaches only the parent; a child exits when its pipe closes, or is
-    killed at once when the block ends on an exception (an error, Ctrl-C, SIGTERM).
+    killed at once when the block ends on an exception (an error, Ctrl-C, SIGTERM), and on
+    Linux when this process ends in any way (``children.die_with_parent``).
     Use as a context manager; ``submit`` (the SEP verdict) and ``submit_measure`` (the
     stamp features) return a ``concurrent.futures.Future``.
     """
@@ -234,7 +236,7 @@ class SepProcesses:
             for _ in range(n_processes):
                 self._procs.append(subprocess.Popen(
                     [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, start_new_session=True))
+                    stdout=subprocess.PIPE, start_new_session=True, env=child_environment()))
                 self._idle.put(self._procs[-1])
             self._threads = concurrent.futures.ThreadPoolExecutor(n_processes)
         except BaseException:  # Ctrl-C or SIGTERM before the block: no child left behind
@@ -310,4 +312,5 @@ def _serve():
 
 
 if __name__ == "__main__":
+    die_with_parent()
     _serve()

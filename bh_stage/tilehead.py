@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cues, features
+from .children import child_environment, die_with_parent
 from .errors import ModelShapeError
 from .heads import head_path, load_head
 from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, centre_stamps,
@@ -225,7 +226,8 @@ class NetworkProcess:
     error of the build is raised by every call's result.
 
     Its own session, so Ctrl-C reaches only the parent; the child is killed at once when the
-    block ends on an exception (an error, Ctrl-C, SIGTERM), and exits at EOF otherwise. Use
+    block ends on an exception (an error, Ctrl-C, SIGTERM), exits at EOF otherwise, and on
+    Linux is killed when this process ends in any way (``children.die_with_parent``). Use
     as a context manager.
 
     Parameters
@@ -241,7 +243,7 @@ class NetworkProcess:
         self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(tile_head.path),
                                        tile_head.precision, str(log_level)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      start_new_session=True)
+                                      start_new_session=True, env=child_environment())
         try:
             self._thread = concurrent.futures.ThreadPoolExecutor(1)
             self._built = self._thread.submit(self._answer)
@@ -441,4 +443,5 @@ def _serve(head_json, precision, log_level):
 
 
 if __name__ == "__main__":
+    die_with_parent()
     _serve(*sys.argv[1:4])

@@ -94,6 +94,18 @@ def alive(pid):
         return False
 
 
+def alive_after(pids, wait_s=5.0):
+    """Those of ``pids`` still alive ``wait_s`` after the call, or [] as soon as none is: a
+    killed process needs a moment to die (the kernel kills a stage's children when it ends,
+    bh_stage.children)."""
+    for _ in range(int(wait_s * 20)):
+        left = [pid for pid in pids if alive(pid)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [pid for pid in pids if alive(pid)]
+
+
 SIGINT_DEFAULT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
 """First line of a signalled child's code: Ctrl-C raises KeyboardInterrupt even where the
 tests run from a shell's background job, which starts commands with SIGINT ignored (Python

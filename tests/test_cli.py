@@ -6,7 +6,7 @@ import pytest
 
 from bh_stage.cli import HideNativeLogLines, main, parse_args
 
-from conftest import REPO, alive, signal_when_ready
+from conftest import REPO, alive_after, signal_when_ready
 
 
 @pytest.mark.parametrize("name, key", [("run", "x_column: XWIN_IMAGE"),
@@ -131,4 +131,4 @@ def test_real_signal_mid_run_leaves_nothing(small_tile, signum, expected_code, w
     assert err == f"bh-stage run: {word}\n" and out == ""
     (small_tile / "scoring").unlink()
     assert sorted(p.name for p in small_tile.rglob("*")) == before
-    assert not [pid for pid in children if alive(pid)]
+    assert not alive_after(children)

@@ -15,7 +15,7 @@ from bh_stage.errors import InputFileError, ModelShapeError
 from bh_stage.heads import load_head, save_head
 from bh_stage.stage import run_stage
 
-from conftest import REPO, alive, children_of, signal_when_ready, write_ldac
+from conftest import REPO, alive, alive_after, children_of, signal_when_ready, write_ldac
 
 
 def _inputs(head, n=300, seed=3):
@@ -174,7 +174,7 @@ def test_signal_while_reading_ends_the_network_process(small_tile, signum, expec
     assert err == f"bh-stage run: {word}\n" and out == ""
     (small_tile / "reading").unlink()
     assert sorted(p.name for p in small_tile.rglob("*")) == before
-    assert not [pid for pid in children if alive(pid)]
+    assert not alive_after(children)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
@@ -202,4 +202,4 @@ def test_signal_while_scoring_ends_every_child(tmp_path, signum, expected_code, 
     assert code == expected_code  # 3 children: the network process, 2 SEP processes
     assert err == f"bh-stage run: {word}\n" and out == ""
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
-    assert not [pid for pid in children if alive(pid)]
+    assert not alive_after(children)
