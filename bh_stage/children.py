@@ -1,20 +1,26 @@
 """The stage's child processes (``tilehead.NetworkProcess``, ``sep_flags.SepProcesses``) end
 with their run.
 
-The parent starts each child with ``child_environment()`` (its own pid in
-``PARENT_PID_VARIABLE``); the child's first step, ``die_with_parent()``, asks Linux to kill
-it (SIGKILL) when that process ends, however it ends: an error, Ctrl-C, SIGTERM, even SIGKILL,
-or a signal that came while ``subprocess.Popen`` was still starting it (the parent then never
-held its handle to kill it). Elsewhere, and without the variable, a child ends when its
-stdin closes, as before.
+A child runs ``child_command(module, *args)``: ``python -c START module args``, whose first
+step, before the module's imports, is ``die_with_parent()``: with the parent's pid in
+``PARENT_PID_VARIABLE`` (``child_environment()``) it asks Linux to kill it (SIGKILL) when the
+parent ends, however it ends (an error, Ctrl-C, SIGTERM, even SIGKILL or the out-of-memory
+killer), and exits at once if the parent has already ended (e.g. signalled while
+``subprocess.Popen`` was still starting the child, so that it never held its handle). The
+parent is the thread that called ``Popen`` (Linux's rule): the stage starts its children in
+the thread of ``run_stage``, which outlives them. Elsewhere, and without the variable, a child
+ends when its stdin closes, as before.
 """
 
 import ctypes
+import logging
 import os
 import signal
 import sys
 
-__all__ = ["PARENT_PID_VARIABLE", "child_environment", "die_with_parent"]
+__all__ = ["PARENT_PID_VARIABLE", "child_environment", "child_command", "die_with_parent"]
+
+logger = logging.getLogger(__name__)
 
 PARENT_PID_VARIABLE = "BH_STAGE_PARENT_PID"
 """Environment variable of a child: the pid of the process that started it."""
@@ -22,21 +28,36 @@ PARENT_PID_VARIABLE = "BH_STAGE_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 """``prctl`` option (linux/prctl.h): the signal a process gets when its parent ends."""
 
+START = ("import runpy, sys; from bh_stage.children import die_with_parent; "
+         "die_with_parent(); "
+         "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+"""``python -c`` code of a child: ``die_with_parent``, then the module named by the first
+argument as ``python -m`` runs it (its arguments after it)."""
+
 
 def child_environment():
     """The environment of a child process: this one's, and this process's pid."""
     return {**os.environ, PARENT_PID_VARIABLE: str(os.getpid())}
 
 
+def child_command(module, *args):
+    """The command line of a child that runs ``python -m module args`` after
+    ``die_with_parent`` (start it with ``env=child_environment()``)."""
+    return [sys.executable, "-c", START, module, *map(str, args)]
+
+
 def die_with_parent():
     """In a child: be killed when the parent ends (Linux ``prctl(PR_SET_PDEATHSIG,
     SIGKILL)``); exit now if it has already ended. Returns whether the kernel will do so
-    (False off Linux, or without ``PARENT_PID_VARIABLE``)."""
+    (False off Linux, without ``PARENT_PID_VARIABLE``, or if ``prctl`` fails)."""
     parent = os.environ.get(PARENT_PID_VARIABLE)
     if parent is None or not sys.platform.startswith("linux"):
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    prctl.restype = ctypes.c_int
+    if prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        logger.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
         return False
     if os.getppid() != int(parent):  # the parent ended before the request: no signal comes
         os._exit(1)

@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from .children import child_environment, die_with_parent
+from .children import child_command, child_environment
 from .errors import SepError
 from .features import measure_stamps, sep_pixel_stack
 
@@ -219,7 +219,8 @@ class SepProcesses:
     """``classify_stamps`` in ``n_processes`` child processes, so that SEP (which holds the
     GIL) runs beside the network instead of taking turns with it.
 
-    Plain subprocesses (``python -m bh_stage.sep_flags``) fed pickled batches through pipes,
+    Plain subprocesses (``python -m bh_stage.sep_flags`` through ``children.child_command``)
+    fed pickled batches through pipes,
     not ``multiprocessing``: they start from any main module (a script without a
     ``__main__`` guard, stdin, a notebook) and inside daemonic Dask workers. Each runs in its
     own session, so Ctrl-C reaches only the parent; a child exits when its pipe closes, or is
@@ -235,7 +236,7 @@ class SepProcesses:
         try:
             for _ in range(n_processes):
                 self._procs.append(subprocess.Popen(
-                    [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                    child_command(__name__), stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, start_new_session=True, env=child_environment()))
                 self._idle.put(self._procs[-1])
             self._threads = concurrent.futures.ThreadPoolExecutor(n_processes)
@@ -312,5 +313,4 @@ def _serve():
 
 
 if __name__ == "__main__":
-    die_with_parent()
     _serve()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cues, features
-from .children import child_environment, die_with_parent
+from .children import child_command, child_environment
 from .errors import ModelShapeError
 from .heads import head_path, load_head
 from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, centre_stamps,
@@ -216,7 +216,8 @@ class NetworkProcess:
     TensorFlow's import and the tile head's build (about 4 s on one core) then run beside
     the reading of the tile, its bad pixels and its background, and beside the first
     batches' SEP work, instead of before them; the parent never imports TensorFlow. A plain
-    subprocess, ``python -m bh_stage.tilehead HEAD.json PRECISION LOG_LEVEL``, fed pickled
+    subprocess, ``python -m bh_stage.tilehead HEAD.json PRECISION LOG_LEVEL`` (through
+    ``children.child_command``, which first ties it to this process), fed pickled
     calls through a pipe as ``sep_flags.SepProcesses`` feeds SEP's: it loads the tile head
     from ``HEAD.json`` and builds it at once, then answers the calls in order. Each call is
     the method the stage calls in its own process otherwise (``TileHead.predict_proba``,
@@ -240,8 +241,8 @@ class NetworkProcess:
     def __init__(self, tile_head):
         self._side = int(tile_head.metadata["stamp_side_pix"])
         log_level = logging.getLogger("bh_stage").getEffectiveLevel()
-        self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(tile_head.path),
-                                       tile_head.precision, str(log_level)],
+        self._proc = subprocess.Popen(child_command(__name__, tile_head.path,
+                                                    tile_head.precision, log_level),
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       start_new_session=True, env=child_environment())
         try:
@@ -443,5 +444,4 @@ def _serve(head_json, precision, log_level):
 
 
 if __name__ == "__main__":
-    die_with_parent()
     _serve(*sys.argv[1:4])

@@ -1,17 +1,21 @@
 """The stage's child processes end with their run (bh_stage.children): a child started with
-``child_environment()`` is killed when its parent dies, even by SIGKILL (Linux)."""
+``child_environment()`` is killed when its parent dies, even by SIGKILL (Linux); the SEP
+processes are started that way."""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from bh_stage.children import PARENT_PID_VARIABLE, child_environment, die_with_parent
+from bh_stage.children import (PARENT_PID_VARIABLE, child_command, child_environment,
+                               die_with_parent)
+from bh_stage.sep_flags import SepProcesses
 
-from conftest import alive
+from conftest import alive, children_of
 
 LINUX = sys.platform.startswith("linux")
 
@@ -58,6 +62,8 @@ def test_child_of_a_killed_parent_is_killed():
             assert not alive(pid)
         finally:
             parent.kill()
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG is Linux's")
@@ -68,3 +74,28 @@ def test_child_whose_parent_is_already_gone_exits():
     done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
                           timeout=30)
     assert done.returncode == 1 and done.stdout == b""
+
+
+def test_child_command_runs_the_module_with_its_arguments():
+    """``calendar 2026 12`` through ``child_command``: the same output as ``python -m
+    calendar 2026 12`` (December 2026)."""
+    done = subprocess.run(child_command("calendar", 2026, 12), env=child_environment(),
+                          capture_output=True, text=True, timeout=30)
+    want = subprocess.run([sys.executable, "-m", "calendar", "2026", "12"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "December 2026" in done.stdout
+    assert done.stdout == want.stdout
+
+
+@pytest.mark.skipif(not LINUX, reason="reads /proc")
+def test_sep_processes_are_tied_to_this_process():
+    """The SEP processes run ``child_command`` with this process's pid in their
+    environment."""
+    with SepProcesses(2):
+        pids = children_of(os.getpid())
+        assert len(pids) == 2
+        for pid in pids:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"{PARENT_PID_VARIABLE}={os.getpid()}".encode() in environ
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"die_with_parent()" in cmdline[2] and cmdline[3] == b"bh_stage.sep_flags"
