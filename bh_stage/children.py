@@ -1,5 +1,5 @@
-"""The stage's child processes (``tilehead.NetworkProcess``, ``sep_flags.SepProcesses``) end
-with their run.
+"""The stage's child processes (``tilehead.NetworkProcess``, ``sep_flags.SepProcesses``):
+started by ``start`` and ended by ``end``, they end with their run.
 
 A child runs ``child_command(module, *args)``: ``python -c START module args``, whose first
 step, before the module's imports, is ``die_with_parent()``: with the parent's pid in
@@ -16,9 +16,11 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
 import sys
 
-__all__ = ["PARENT_PID_VARIABLE", "child_environment", "child_command", "die_with_parent"]
+__all__ = ["PARENT_PID_VARIABLE", "child_environment", "child_command", "die_with_parent",
+           "start", "end"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +64,28 @@ def die_with_parent():
     if os.getppid() != int(parent):  # the parent ended before the request: no signal comes
         os._exit(1)
     return True
+
+
+def start(module, *args):
+    """Start a child of this process running ``python -m module args`` (``child_command``,
+    ``child_environment``), in its own session (Ctrl-C reaches only the parent), talked to
+    through its stdin and stdout pipes. Returns its ``subprocess.Popen``."""
+    return subprocess.Popen(child_command(module, *args), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, start_new_session=True,
+                            env=child_environment())
+
+
+def end(proc, timeout_s=10):
+    """End a child of ``start`` whose calls are done or which was killed: close its pipes
+    (EOF on stdin: it exits; a pipe already broken is no error), wait up to ``timeout_s``,
+    then kill it."""
+    for pipe in (proc.stdin, proc.stdout):
+        try:
+            pipe.close()
+        except OSError:  # the child is gone and the pipe broken
+            pass
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -20,12 +20,11 @@ import dataclasses
 import logging
 import pickle
 import queue
-import subprocess
 import sys
 
 import numpy as np
 
-from .children import child_command, child_environment
+from . import children
 from .errors import SepError
 from .features import measure_stamps, sep_pixel_stack
 
@@ -219,7 +218,7 @@ class SepProcesses:
     """``classify_stamps`` in ``n_processes`` child processes, so that SEP (which holds the
     GIL) runs beside the network instead of taking turns with it.
 
-    Plain subprocesses (``python -m bh_stage.sep_flags`` through ``children.child_command``)
+    Plain subprocesses (``python -m bh_stage.sep_flags`` through ``children.start``)
     fed pickled batches through pipes,
     not ``multiprocessing``: they start from any main module (a script without a
     ``__main__`` guard, stdin, a notebook) and inside daemonic Dask workers. Each runs in its
@@ -235,9 +234,7 @@ class SepProcesses:
         self._procs = []
         try:
             for _ in range(n_processes):
-                self._procs.append(subprocess.Popen(
-                    child_command(__name__), stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, start_new_session=True, env=child_environment()))
+                self._procs.append(children.start(__name__))
                 self._idle.put(self._procs[-1])
             self._threads = concurrent.futures.ThreadPoolExecutor(n_processes)
         except BaseException:  # Ctrl-C or SIGTERM before the block: no child left behind
@@ -279,16 +276,7 @@ class SepProcesses:
                 proc.kill()
         self._threads.shutdown(wait=True, cancel_futures=True)
         for proc in self._procs:
-            try:
-                proc.stdin.close()
-            except OSError:  # the child is gone and the pipe broken
-                pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+            children.end(proc)
 
 
 _SERVED = {"classify": classify_stamps, "measure": measure_stamps}

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cues, features
-from .children import child_command, child_environment
+from . import children
 from .errors import ModelShapeError
 from .heads import head_path, load_head
 from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, centre_stamps,
@@ -217,7 +217,7 @@ class NetworkProcess:
     the reading of the tile, its bad pixels and its background, and beside the first
     batches' SEP work, instead of before them; the parent never imports TensorFlow. A plain
     subprocess, ``python -m bh_stage.tilehead HEAD.json PRECISION LOG_LEVEL`` (through
-    ``children.child_command``, which first ties it to this process), fed pickled
+    ``children.start``, which first ties it to this process), fed pickled
     calls through a pipe as ``sep_flags.SepProcesses`` feeds SEP's: it loads the tile head
     from ``HEAD.json`` and builds it at once, then answers the calls in order. Each call is
     the method the stage calls in its own process otherwise (``TileHead.predict_proba``,
@@ -241,10 +241,7 @@ class NetworkProcess:
     def __init__(self, tile_head):
         self._side = int(tile_head.metadata["stamp_side_pix"])
         log_level = logging.getLogger("bh_stage").getEffectiveLevel()
-        self._proc = subprocess.Popen(child_command(__name__, tile_head.path,
-                                                    tile_head.precision, log_level),
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      start_new_session=True, env=child_environment())
+        self._proc = children.start(__name__, tile_head.path, tile_head.precision, log_level)
         try:
             self._thread = concurrent.futures.ThreadPoolExecutor(1)
             self._built = self._thread.submit(self._answer)
@@ -322,16 +319,7 @@ class NetworkProcess:
         if exc_type is not None:
             self._proc.kill()  # an error, Ctrl-C or SIGTERM: end it now, mid-call or not
         self._thread.shutdown(wait=True, cancel_futures=exc_type is not None)
-        for pipe in (self._proc.stdin, self._proc.stdout):
-            try:
-                pipe.close()  # stdin: EOF, the child exits
-            except OSError:  # the child is gone and the pipe broken
-                pass
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        children.end(self._proc)
         if exc_type is None:
             self._built.result()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bh_stage.children import (PARENT_PID_VARIABLE, child_command, child_environment,
-                               die_with_parent)
+                               die_with_parent, end, start)
 from bh_stage.sep_flags import SepProcesses
 
 from conftest import alive, children_of
@@ -99,3 +99,14 @@ def test_sep_processes_are_tied_to_this_process():
             assert f"{PARENT_PID_VARIABLE}={os.getpid()}".encode() in environ
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             assert b"die_with_parent()" in cmdline[2] and cmdline[3] == b"bh_stage.sep_flags"
+
+
+def test_end_closes_stdin_then_kills_a_child_that_does_not_exit():
+    """``end``: a SEP child exits at EOF (code 0); a child that ignores its stdin (``python
+    -m timeit`` of a 60 s sleep) is killed after the timeout (SIGKILL: code -9)."""
+    served = start("bh_stage.sep_flags")
+    end(served)
+    assert served.returncode == 0 and served.stdin.closed and served.stdout.closed
+    sleeper = start("timeit", "-n", "1", "-r", "1", "import time; time.sleep(60)")
+    end(sleeper, timeout_s=0.5)
+    assert sleeper.returncode == -signal.SIGKILL
