@@ -376,6 +376,10 @@ so larger chunks make fewer, larger calls (0.6: a 4k tile, 4.8 times the plain r
 instead of 6.2, when each call also computed its PSF's filters, now kept across calls; one
 PSF: 0.6 GB more memory for nothing, so batch by batch)."""
 
+METACAL_DTYPE = np.float32
+"""Precision of the stage's metacalibration images (``metacal_images``' ``dtype``): that of
+the stamps its networks and SEP read."""
+
 METACAL_RMS_STAMPS = 16
 """Pure-noise stamps through which ``_sheared_rms`` measures the sheared images' rms."""
 METACAL_RMS_SEED = 2022
@@ -456,9 +460,9 @@ class _Metacal:
         return self._psfs[cell]
 
     def images(self, stamps, rows):
-        """The sheared images of the stamps of catalogue rows ``rows`` (a slice): float32,
-        type of ``MCAL_IMAGE_TYPES`` -> (n, side, side)."""
-        out = {t: np.empty(stamps.shape, np.float32) for t in MCAL_IMAGE_TYPES}
+        """The sheared images of the stamps of catalogue rows ``rows`` (a slice):
+        ``METACAL_DTYPE``, type of ``MCAL_IMAGE_TYPES`` -> (n, side, side)."""
+        out = {t: np.empty(stamps.shape, METACAL_DTYPE) for t in MCAL_IMAGE_TYPES}
         cells = self.cell[rows]
         for c in np.unique(cells):
             members = np.flatnonzero(cells == c)  # ranks first .. first + len - 1 of cell c
@@ -466,7 +470,7 @@ class _Metacal:
             images = metacal_images(stamps[members], self.psf(int(c)), self.step,
                                     self.noise_adu, self.seed, types=MCAL_IMAGE_TYPES,
                                     first_index=int(c) * METACAL_CELL_STRIDE + first,
-                                    dtype=np.float32)
+                                    dtype=METACAL_DTYPE)
             for t in MCAL_IMAGE_TYPES:
                 out[t][members] = images[t]
         return out
@@ -487,7 +491,7 @@ def _sheared_rms(psf, side_pix, step, noise_adu):
     noise = np.random.default_rng(METACAL_RMS_SEED).normal(
         0.0, noise_adu, (METACAL_RMS_STAMPS, side_pix, side_pix))
     images = metacal_images(noise, psf, step, noise_adu, METACAL_RMS_SEED, types=SHEAR_TYPES,
-                            dtype=np.float32)
+                            dtype=METACAL_DTYPE)
     q = side_pix // 4
     return float(np.sqrt(np.mean([np.mean(im[:, q:side_pix - q, q:side_pix - q] ** 2)
                                   for im in images.values()])))
