@@ -169,8 +169,10 @@ def main():
                         help="paper head: default (the compact one at sigma 15), a name, or none")
     parser.add_argument("--tile-head", default="default", help="tile_head of the run")
     parser.add_argument("--precision", default="f32", choices=("f32", "bf16"))
-    parser.add_argument("--tile-head-precision", default="f32", choices=("f32", "bf16"),
-                        help="tile_head_precision of the run (bf16: result name ends _tbf16)")
+    parser.add_argument("--tile-head-precision", default="auto",
+                        choices=("auto", "int8", "f32", "bf16"),
+                        help="tile_head_precision of the run (the result's name ends _tint8 or "
+                        "_tbf16 where the tile head ran so)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bh_bench_stage"))
@@ -239,7 +241,8 @@ def main():
            "tile_set": args.tile_set, "nan_rows": args.nan_rows,
            "nan_fraction": args.nan_fraction, "head": head, "tile_head": tile_head_name,
            "tile_head_orientations": tile_head.n_orientations, "precision": args.precision,
-           "tile_head_precision": args.tile_head_precision,
+           "tile_head_precision": tile_head.precision,
+           "tile_head_precision_setting": args.tile_head_precision,
            "objects": n_objects, "statistic": f"median of {args.repeats}",
            "sextractor_seconds": sex_seconds,
            "stage_seconds": stage_seconds, "stage_over_sextractor": stage_seconds / sex_seconds,
@@ -264,7 +267,7 @@ def main():
           f"{max(tree_rss_runs):.2f} GB (target <= 2); "
           f"load {', '.join(f'{v:.2f}' for v in loads)}")
     suffix = f"_{args.tile_name}" if args.tile_name else ""
-    suffix += "_tbf16" if args.tile_head_precision == "bf16" else ""
+    suffix += "" if tile_head.precision == "f32" else f"_t{tile_head.precision}"
     benchlib.write_result(
         args.output
         or f"stage_{head}_{tile_head_name}_{args.precision}_{args.size_pix}{suffix}.json", out)

@@ -6,10 +6,10 @@ other detections of the validation tiles (training galaxies), the paired AUC dif
 the first head with a 95 % interval from resampling galaxy units (one per true galaxy
 across the tiles), and the same for the mean logit of all heads. Catalogue heads and
 position-only heads (their features measured on the stamps) can be compared. Test tiles are
-never read.
+read only with ``--role test``, to report on heads already chosen on validation.
 
     python bench/bench_tile_head_variants.py --work-dir WORKDIR/tiles HEAD.json [HEAD.json ...] \
-        [--orientations 1,2,4,8] [--precisions f32,bf16]
+        [--orientations 1,2,4,8] [--precisions f32,bf16] [--role test]
 
 ``--precisions``: each head also in these arithmetics (``tilehead.PRECISIONS``).
 
@@ -38,10 +38,12 @@ def main():
     parser.add_argument("--precisions", default="f32",
                         help="comma-separated tile_head_precision values (default f32)")
     parser.add_argument("--n-bootstrap", type=int, default=300)
+    parser.add_argument("--role", default="valid", choices=("valid", "test"),
+                        help="tiles to read (test: reporting only, after the choice)")
     args = parser.parse_args()
 
     tiles = config_from_dict(TileSetConfig, {"work_dir": args.work_dir})
-    folders = tileset.tile_folders(tiles, "valid")
+    folders = tileset.tile_folders(tiles, args.role)
     arrays = {}  # the heads' inputs by kind of features: 'catalogue' or 'stamp'
     names, logits = [], []
     for path in args.heads:
@@ -74,7 +76,8 @@ def main():
               f"{rows[-1]['roc_auc_minus_first']:+.4f} "
               f"[{rows[-1]['roc_auc_minus_first_95'][0]:+.4f}, "
               f"{rows[-1]['roc_auc_minus_first_95'][1]:+.4f}]", flush=True)
-    out = {"valid_seeds": tiles.valid_seeds, "n_detections": int(len(labels)),
+    out = {"role": args.role, "seeds": getattr(tiles, f"{args.role}_seeds"),
+           "n_detections": int(len(labels)),
            "units": unit_counts(cls),
            "prevalence": float(labels.mean()), "n_bootstrap": args.n_bootstrap, "rows": rows}
     benchlib.write_result(args.output, out)

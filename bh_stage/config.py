@@ -180,9 +180,13 @@ class RunConfig:
                             "(OpenVINO, paper head only; |dP| <= 0.05 for 99 % of stamps).",
                             choices=("f32", "bf16"))
     tile_head_precision: str = option(
-        "f32", "The tile head's arithmetic: 'f32', or 'bf16' (bfloat16 products, float32 "
-        "weights): faster on CPUs with bfloat16 matrix units (Intel AMX), slower elsewhere, "
-        "and BLEND_PROB moves slightly (docs/speed.md).", choices=("f32", "bf16"))
+        "auto", "The tile head's arithmetic: 'auto' (the head's 8-bit network where it has "
+        "one, as the shipped default head does, else f32; BH_TPREC says which ran), 'int8' "
+        "(that network: weights and activations in 8-bit integers, TensorFlow Lite; the same "
+        "bits on every x86 CPU measured), 'f32', or 'bf16' (bfloat16 products, float32 "
+        "weights: faster on CPUs with bfloat16 matrix units, Intel AMX, slower elsewhere). "
+        "int8 and bf16 move BLEND_PROB slightly from f32 (docs/speed.md).",
+        choices=("auto", "int8", "f32", "bf16"))
     output: str = option("{dir}/{stem}_bh.cat", "Output catalogue, path or pattern.")
     output_mode: str = option("add", "'add': a copy of the input catalogue with the new "
                               "columns; 'new': a sidecar with the id column and the new "

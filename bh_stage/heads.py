@@ -20,7 +20,8 @@ from .errors import ConfigError, InputFileError, ModelShapeError
 from .io import atomic_write_bytes, file_sha256
 
 __all__ = ["HEADS_DIR", "PAPER_TARGET", "DEFAULT_HEAD_SIGMA_ADU", "BACKBONES", "Head",
-           "save_head", "load_head", "head_path", "check_head_compatible", "is_compact"]
+           "save_head", "write_metadata", "load_head", "head_path", "check_head_compatible",
+           "is_compact"]
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,15 @@ def save_head(path_json, weights, metadata, overwrite=True):
     meta.update(bh_stage_version=__version__, weights_file=path_w.name,
                 weights_sha256=file_sha256(path_w), n_weight_arrays=len(arrays))
     meta["input_shape"] = [int(v) for v in meta["input_shape"]]
-    text = json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n"
-    atomic_write_bytes(path_json, lambda f: f.write(text.encode()))
+    write_metadata(path_json, meta)
     log.info("saved head %s (weights %s)", path_json, path_w.name)
     return path_json
+
+
+def write_metadata(path_json, metadata):
+    """Write a head's JSON metadata (sorted keys, indented; replaced only when complete)."""
+    text = json.dumps(metadata, indent=2, sort_keys=True, default=_json_default) + "\n"
+    atomic_write_bytes(path_json, lambda f: f.write(text.encode()))
 
 
 def _json_default(value):

@@ -21,6 +21,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,13 @@ from . import cues, features
 from . import children
 from .errors import ModelShapeError
 from .heads import head_path, load_head
+from .io import file_sha256
 from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, centre_stamps,
                            orientation_logits, scale_stamps, sigmoid)
 
-__all__ = ["TARGET", "TileHead", "DEFAULT_TILE_HEAD", "reads_stamp_features", "feature_names",
-           "tile_head_path", "load_tile_head", "NetworkProcess"]
+__all__ = ["TARGET", "TileHead", "DEFAULT_TILE_HEAD", "PRECISIONS", "INT8_KEY",
+           "reads_stamp_features", "feature_names", "int8_network_path", "tile_head_path",
+           "load_tile_head", "NetworkProcess"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class TileHead:
         self._a, self._b = meta["calibration"]["a"], meta["calibration"]["b"]
         self.n_orientations = int(meta.get("n_orientations", 1))
         self._weights = head.weights
+        self._int8_path = int8_network_path(head) if precision == "int8" else None
         self._model = self._fn = None
         self._lock = threading.Lock()
 
@@ -92,12 +96,15 @@ class TileHead:
             The head's weights do not fit its architecture.
         """
         with self._lock:
-            if self._model is None:
+            if self._model is None and self._int8_path is not None:
+                self._fn = Int8Network(self._int8_path, *self._weights[-2:])
+                self._model = self._fn
+            elif self._model is None:
                 import tensorflow as tf
 
                 meta = self.metadata
                 model = build_compact(meta["stamp_side_pix"], len(self.feature_names),
-                                      meta["architecture"], PRECISIONS[self.precision])
+                                      meta["architecture"], KERAS_POLICIES[self.precision])
                 try:
                     model.set_weights(self._weights)
                 except ValueError as err:
@@ -118,7 +125,8 @@ class TileHead:
 
     @property
     def model(self):
-        """The network (keras.Model), built on first use."""
+        """The network (keras.Model; ``Int8Network`` in precision 'int8'), built on first
+        use."""
         return self.build()._model
 
     def logits(self, stamps, rms_adu, features):
@@ -153,11 +161,124 @@ orientations) and ``tile_unrecognised_o2`` (2)."""
 _LOADED = {}
 """Per-process cache of loaded tile heads, by (path, modification time, precision)."""
 
-PRECISIONS = {"f32": None, "bf16": "mixed_bfloat16"}
-"""The tile head's arithmetic (``tile_head_precision``) and its Keras dtype policy: float32,
-or bfloat16 products with float32 weights (Keras' mixed precision), several times faster
-where the CPU multiplies bfloat16 matrices (Intel AMX), slower where it emulates them;
-docs/speed.md gives both and what it changes."""
+PRECISIONS = ("f32", "bf16", "int8")
+"""The tile head's arithmetic (``tile_head_precision``): float32; bfloat16 products with
+float32 weights (Keras' mixed precision), several times faster where the CPU multiplies
+bfloat16 matrices (Intel AMX), slower where it emulates them; or the head's network quantized
+to 8-bit integers (``INT8_KEY``, TensorFlow Lite). docs/speed.md gives each and what it
+changes."""
+
+KERAS_POLICIES = {"f32": None, "bf16": "mixed_bfloat16"}
+"""Keras dtype policy of the network built for the precisions that TensorFlow runs."""
+
+INT8_KEY = "int8"
+"""Key of a tile head's JSON naming its 8-bit network (``bh_stage.study.quantize``): ``file``
+(a TensorFlow Lite model beside the JSON), its ``sha256``, the ``weights_sha256`` of the
+float32 weights it was made from, and the tiles and stamps that set its ranges."""
+
+
+def int8_network_path(head):
+    """The checked ``.tflite`` file of a loaded head's 8-bit network (``INT8_KEY``).
+
+    Raises
+    ------
+    ModelShapeError
+        The head has no 8-bit network, or it was made from other weights.
+    InputFileError
+        Its file is missing or its sha256 differs from the JSON's.
+    """
+    from .errors import InputFileError
+
+    entry = head.metadata.get(INT8_KEY)
+    if not entry:
+        raise ModelShapeError(f"{head.path}: the head has no 8-bit network for "
+                              "tile_head_precision int8 (train-tile makes one for a head it "
+                              "trains; bench/quantize_tile_head.py for others); use auto or "
+                              "f32")
+    if entry["weights_sha256"] != head.metadata["weights_sha256"]:
+        raise ModelShapeError(f"{head.path}: its 8-bit network was made from other weights "
+                              f"(sha256 {entry['weights_sha256']}); quantize the head again")
+    path = Path(head.path).with_name(entry["file"])
+    try:
+        sha = file_sha256(path)
+    except OSError as err:
+        raise InputFileError(f"{path}: cannot read the head's 8-bit network "
+                             f"({err.strerror})") from err
+    if sha != entry["sha256"]:
+        raise InputFileError(f"{path}: sha256 {sha} differs from {entry['sha256']} recorded "
+                             f"in {head.path}; the file was changed or corrupted")
+    return path
+
+
+def _logged_stderr(call):
+    """``call()`` with file descriptor 2 sent to a temporary file, whose lines then go to this
+    module's log: TensorFlow Lite's C++ logger prints "INFO: Created TensorFlow Lite XNNPACK
+    delegate" there (at DEBUG now), whatever TF_CPP_MIN_LOG_LEVEL says; other lines at
+    WARNING. Returns what ``call`` returns."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:  # unlinked at once: nothing left by a signal
+        os.dup2(tmp.fileno(), 2)
+        try:
+            return call()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                log.log(logging.DEBUG if line.startswith("INFO:") else logging.WARNING,
+                        "%s", line)
+
+
+class Int8Network:
+    """A tile head's 8-bit network (``INT8_KEY``): ``network(x, features)`` returns the
+    logits of network input ``x`` (n, s, s, 1) and normalised features (n, k), as the Keras
+    network's ``model([x, f])`` does. TensorFlow Lite's interpreter (its XNNPACK kernels,
+    one thread) runs the layers up to the last hidden one, weights (per channel) and
+    activations in 8-bit integers, products summed in 32-bit integers; the logit is their
+    sum with the float32 weights of the last layer, ``logit_kernel`` (h, 1) and
+    ``logit_bias`` (1,), in float64 (an 8-bit logit would be clipped to the training tiles'
+    range). Calls are serialised (the interpreter is not thread-safe)."""
+
+    def __init__(self, path, logit_kernel, logit_bias, num_threads=1):
+        import tensorflow as tf
+
+        with warnings.catch_warnings():  # tf.lite's notice that LiteRT will replace it
+            warnings.simplefilter("ignore")
+            self._interpreter = tf.lite.Interpreter(model_path=str(path),
+                                                    num_threads=num_threads)
+        inputs = self._interpreter.get_input_details()
+        self._inputs = {len(d["shape"]): d for d in inputs}  # 4: stamps, 2: features
+        output = self._interpreter.get_output_details()[0]
+        if sorted(self._inputs) != [2, 4] or len(inputs) != 2 \
+                or output["shape"][-1] != len(logit_kernel):
+            raise ModelShapeError(f"{path}: not the hidden layers of this tile head (inputs "
+                                  f"{[tuple(d['shape']) for d in inputs]}, output "
+                                  f"{tuple(output['shape'])})")
+        self._output = output["index"]
+        self._kernel = np.asarray(logit_kernel, np.float64).reshape(-1)
+        self._bias = float(np.asarray(logit_bias).reshape(-1)[0])
+        self._rows = None
+        self._lock = threading.Lock()
+
+    def __call__(self, x, features):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        with self._lock:
+            if len(x) != self._rows:  # batch size changed: resize (costs one allocation)
+                for d in self._inputs.values():
+                    self._interpreter.resize_tensor_input(d["index"],
+                                                          [len(x), *d["shape"][1:]])
+                _logged_stderr(self._interpreter.allocate_tensors)
+                self._rows = len(x)
+            self._interpreter.set_tensor(self._inputs[4]["index"], x)
+            self._interpreter.set_tensor(self._inputs[2]["index"], features)
+            self._interpreter.invoke()
+            hidden = self._interpreter.get_tensor(self._output)
+            # a sum along each row: the same bits whatever the batch (a matrix product is not)
+            return (hidden.astype(np.float64) * self._kernel).sum(axis=1) + self._bias
 
 
 def reads_stamp_features(metadata):
@@ -178,9 +299,10 @@ def tile_head_path(name_or_path="default"):
 
 
 def load_tile_head(path_json, precision="f32"):
-    """Load a tile head written by ``train_tile`` (once per process and ``precision``, a key
-    of ``PRECISIONS``): its files only; the network is built, and TensorFlow imported, on
-    first use (``TileHead.build``).
+    """Load a tile head written by ``train_tile`` (once per process and ``precision``, one of
+    ``PRECISIONS`` or 'auto': 'int8' where the head has an 8-bit network, else 'f32'; the
+    head's ``precision`` says which): its files only; the network is built, and TensorFlow
+    imported, on first use (``TileHead.build``).
 
     Raises
     ------
@@ -204,6 +326,8 @@ def load_tile_head(path_json, precision="f32"):
         raise ModelShapeError(f"{path_json}: the head reads the features {', '.join(names)}; "
                               f"this bh-stage computes {', '.join(expected)}; use a head made "
                               f"by this version's `bh-stage train-tile`")
+    if precision == "auto":
+        precision = "int8" if meta.get(INT8_KEY) else "f32"
     _LOADED[key] = TileHead(head, precision)
     return _LOADED[key]
 

@@ -242,7 +242,8 @@ class FakeTileHead:
     blend_threshold = 0.5
 
     def __init__(self, path, precision="f32"):
-        self.path, self.precision = Path(path), precision
+        # 'auto' (the default) runs a head with no 8-bit network, as this one, in f32
+        self.path, self.precision = Path(path), "f32" if precision == "auto" else precision
         self.metadata = {"target": "unrecognised_blend", "weights_sha256": "1" * 64,
                          "size_pix": 51, "pad_pix": 7}
 

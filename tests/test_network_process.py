@@ -52,10 +52,11 @@ def test_child_scores_as_this_process():
         assert getattr(remote, name) == getattr(clf, name), name
 
 
-def test_child_builds_the_precision_it_is_given():
-    """A bfloat16 tile head (``tile_head_precision: bf16``) is built in bfloat16 in the
-    child too: the same bytes as in this process."""
-    head = tilehead.load_tile_head(tilehead.tile_head_path("default"), "bf16")
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_child_builds_the_precision_it_is_given(precision):
+    """A bfloat16 or 8-bit tile head (``tile_head_precision``) is built so in the child too:
+    the same bytes as in this process."""
+    head = tilehead.load_tile_head(tilehead.tile_head_path("default"), precision)
     stamps, feats = _inputs(head, n=64)
     with tilehead.NetworkProcess(head) as net:
         child = net.submit(stamps, 14.5, feats).result()

@@ -61,7 +61,7 @@ def test_columns_added_and_input_preserved(small_tile, fake_classifier):
                                                        np.hypot(3, 1.5)], rtol=1e-6)
     assert new["BH_NDET_STAMP"].tolist() == [0, 1, 1]
     assert hout["BH_TARGET"] == "unrecognised_blend" and hout["BH_THR"] == 0.5
-    assert hout["BH_TPREC"] == "f32"  # tile_head_precision's default
+    assert hout["BH_TPREC"] == "f32"  # tile_head_precision 'auto', a head with no int8 network
 
 
 def test_head_none_skips_the_paper_head(small_tile, fake_classifier):

@@ -172,6 +172,10 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     assert meta["architecture"] == compact.ARCHITECTURE
     assert 0 < meta["valid"]["prevalence"] < 1 and meta["calibration"]["a"] != 0
     assert meta["tiles"]["train_seeds"] == [1, 2]
+    # its 8-bit network, ranges from the training tiles, made from these weights
+    assert meta["int8"]["ranges_from"]["tiles"] == ["train1", "train2"]
+    assert meta["int8"]["weights_sha256"] == meta["weights_sha256"]
+    assert tilehead.load_tile_head(heads / "tile_unrecognised.json", "auto").precision == "int8"
     # weights_from: the same network calibrated again; in the head's own orientations that
     # gives back its calibration and threshold, in 2 orientations new ones
     for name, n in (("again", 4), ("o2", 2)):
@@ -187,6 +191,8 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     assert o2["calibrated_from"] == {"head": "tile_unrecognised.json", "n_orientations": 4,
                                      "weights_sha256": meta["weights_sha256"]}
     assert o2["history"] == meta["history"] and o2["tiles"] == meta["tiles"]
+    assert "int8" not in o2  # the source's 8-bit network is the source's file
+    assert tilehead.load_tile_head(heads / "o2.json", "auto").precision == "f32"
     for x, y in zip(load_head(heads / "o2.json").weights,
                     load_head(heads / "tile_unrecognised.json").weights):
         np.testing.assert_array_equal(x, y)

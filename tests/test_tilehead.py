@@ -1,6 +1,7 @@
 """Tests of bh_stage.tilehead: loading a head reads its files only; its network (and
 TensorFlow) is built once, on first use or by ``build``, from any thread."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -8,6 +9,7 @@ import threading
 import numpy as np
 
 from bh_stage import tilehead
+from bh_stage.errors import ModelShapeError
 from bh_stage.heads import load_head
 from bh_stage.nets import compact
 
@@ -95,3 +97,99 @@ def test_bf16_head_computes_in_bfloat16_with_the_same_weights():
     assert np.abs(z16 - z32).max() < 0.05 * max(1.0, np.abs(z32).max())
     with pytest.raises(ValueError, match="precision 'f16'"):
         tilehead.TileHead(load_head(path), "f16")
+
+
+def _source_stamps(n, seed=2):
+    """Noise stamps (65x65, rms 14.5 ADU) with a source of random flux at the centre."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:65, :65] - 32
+    stamps = rng.normal(0, 14.5, (n, 65, 65)).astype(np.float32)
+    flux = rng.uniform(20, 500, n)[:, None, None]
+    size = rng.uniform(1.0, 4.0, n)[:, None, None]
+    return stamps + (flux * np.exp(-(xx ** 2 + yy ** 2) / (2 * size ** 2))).astype(np.float32)
+
+
+def test_int8_head_is_the_float_network_in_8_bits():
+    """``tile_head_precision: int8``: the shipped default head's 8-bit network, checked
+    against its JSON, scores stamps of sources as the float32 network does up to 8-bit
+    rounding (logits correlated at > 0.99, median move below a tenth), and a row's logit
+    does not depend on the rows scored with it (the interpreter resized between calls)."""
+    path = tilehead.tile_head_path("default")
+    f32, int8 = tilehead.load_tile_head(path), tilehead.load_tile_head(path, "int8")
+    assert isinstance(int8.model, tilehead.Int8Network) and int8.precision == "int8"
+    stamps = _source_stamps(64)
+    feats = np.tile(np.asarray(f32.metadata["feature_mean"], np.float32), (64, 1))
+    z32, z8 = f32.logits(stamps, 14.5, feats), int8.logits(stamps, 14.5, feats)
+    assert z8.dtype == np.float64 and not np.array_equal(z8, z32)
+    assert np.corrcoef(z8, z32)[0, 1] > 0.99
+    assert np.median(np.abs(z8 - z32)) < 0.1
+    alone = np.concatenate([int8.logits(stamps[i:i + 7], 14.5, feats[i:i + 7])
+                            for i in range(0, 64, 7)])
+    np.testing.assert_array_equal(alone, z8)
+
+
+def test_int8_network_checked_against_the_head(tmp_path):
+    """``study.quantize.quantize_tile_head`` writes the 8-bit network beside the head and its
+    entry in the head's JSON, leaving the other keys as they were, and makes the same bytes
+    twice; a head with no 8-bit network, one made from other weights, and a changed file are
+    refused with the file and the fix named."""
+    import json
+    import shutil
+
+    import pytest
+
+    from bh_stage.errors import InputFileError
+    from bh_stage.study import quantize
+
+    src = tilehead.tile_head_path("tile_unrecognised_positions")
+    for f in src.parent.glob(src.name[:-len(".json")] + ".*"):
+        shutil.copy(f, tmp_path)
+    path = tmp_path / src.name
+    before = json.loads(path.read_text())
+    with pytest.raises(ModelShapeError, match=f"{path}: the head has no 8-bit network"):
+        tilehead.load_tile_head(path, "int8")
+    head = tilehead.load_tile_head(path)
+    stamps = _source_stamps(40, seed=5)
+    x = compact.scale_stamps(compact.centre_stamps(stamps), 14.5)
+    raw = np.tile(np.asarray(head.metadata["feature_mean"], np.float32), (40, 1))
+    out = quantize.quantize_tile_head(path, x, raw, ["train101"])
+    first = out.read_bytes()
+    assert out == tmp_path / "tile_unrecognised_positions.int8.tflite"
+    after = json.loads(path.read_text())
+    entry = after.pop(tilehead.INT8_KEY)
+    assert after == before
+    assert entry["weights_sha256"] == before["weights_sha256"]
+    assert entry["ranges_from"] == {"tiles": ["train101"], "n_stamps": 40, "seed": 0}
+    assert quantize.quantize_tile_head(path, x, raw, ["train101"]).read_bytes() == first
+    int8 = tilehead.load_tile_head(path, "int8")
+    z8 = int8.input_logits(x, raw)
+    assert np.corrcoef(z8, head.input_logits(x, raw))[0, 1] > 0.99
+
+    stale = dict(after, int8=dict(entry, weights_sha256="0" * 64))
+    path.write_text(json.dumps(stale))
+    with pytest.raises(ModelShapeError, match="made from other weights"):
+        tilehead.load_tile_head(path, "int8")
+    path.write_text(json.dumps(dict(after, int8=entry)))
+    out.write_bytes(first[:-1] + bytes([first[-1] ^ 1]))
+    with pytest.raises(InputFileError, match=f"{out}: sha256 .* differs"):
+        tilehead.load_tile_head(path, "int8")
+
+
+def test_int8_network_prints_nothing():
+    """TensorFlow Lite's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate"
+    on stderr when a process's first interpreter allocates its tensors, whatever
+    TF_CPP_MIN_LOG_LEVEL says; ``Int8Network`` sends it to the log at DEBUG, so that
+    ``bh-stage -q`` prints only its summary (a new process: the line comes once)."""
+    code = ("import logging, sys, numpy as np; from bh_stage import tilehead; "
+            "from bh_stage.heads import load_head; "
+            "logging.basicConfig(stream=sys.stdout, level=logging.DEBUG, format='%(message)s'); "
+            "h = tilehead.load_tile_head(tilehead.tile_head_path('default')); "
+            "n = tilehead.Int8Network(tilehead.int8_network_path(h), "
+            "*load_head(h.path).weights[-2:]); "
+            "print(n(np.zeros((3, 33, 33, 1), np.float32), "
+            "np.zeros((3, len(h.feature_names)), np.float32)).shape)")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, check=True)
+    assert "XNNPACK delegate" in done.stdout and done.stdout.rstrip().endswith("(3,)")
+    assert "XNNPACK" not in done.stderr

@@ -92,20 +92,24 @@ def build_compact(side_pix=STAMP_SIDE_PIX, n_features=len(cues.FEATURE_NAMES),
     """A compact network of ``COMPACT_LAYERS``: ``[stamp (s, s, 1), features (k,)] -> logit``
     (k = 0: the stamp alone). ``dtype``: the layers' Keras dtype policy (None: float32;
     ``"mixed_bfloat16"``: bfloat16 arithmetic, float32 weights), but for the last layer,
-    float32 always (a bfloat16 logit would keep 8 bits: ties in the probability)."""
+    float32 always (a bfloat16 logit would keep 8 bits: ties in the probability). Layers
+    are named, not numbered by Keras' counter, so a converted network (``study.quantize``)
+    has the same bytes whatever else the process built."""
     import keras
 
     img = keras.Input((side_pix, side_pix, 1), name="stamp")
     feats = keras.Input((n_features,), name="catalogue")
     x = img
-    for filters, pool in COMPACT_LAYERS[architecture]:
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", dtype=dtype)(x)
+    for i, (filters, pool) in enumerate(COMPACT_LAYERS[architecture]):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", dtype=dtype,
+                                name=f"conv{i}")(x)
         if pool:
-            x = keras.layers.MaxPooling2D(dtype=dtype)(x)
-    x = keras.layers.Concatenate(dtype=dtype)([keras.layers.Flatten(dtype=dtype)(x), feats])
-    x = keras.layers.Dense(128, activation="relu", dtype=dtype)(x)
-    x = keras.layers.Dropout(0.2, dtype=dtype)(x)
-    logit = keras.layers.Dense(1, dtype=None if dtype is None else "float32")(x)
+            x = keras.layers.MaxPooling2D(dtype=dtype, name=f"pool{i}")(x)
+    x = keras.layers.Concatenate(dtype=dtype, name="concatenate")(
+        [keras.layers.Flatten(dtype=dtype, name="flatten")(x), feats])
+    x = keras.layers.Dense(128, activation="relu", dtype=dtype, name="dense")(x)
+    x = keras.layers.Dropout(0.2, dtype=dtype, name="dropout")(x)
+    logit = keras.layers.Dense(1, dtype=None if dtype is None else "float32", name="logit")(x)
     return keras.Model([img, feats], logit, name="bh_tile_head")
 
 

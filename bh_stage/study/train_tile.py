@@ -7,7 +7,10 @@ stopping (and, with ``lr_drop_epochs``, a lower learning rate from the best epoc
 validation tiles, whose natural prevalence also fixes the calibration (``calibrate_logits``,
 Platt scaling of the mean logit over the head's ``n_orientations``) and the ``BLEND_FLAG``
 threshold. ``weights_from`` refits only the calibration and threshold of a trained network,
-e.g. in fewer orientations (the shipped ``tile_unrecognised_o2``).
+e.g. in fewer orientations (the shipped ``tile_unrecognised_o2``). A trained head gets its
+8-bit network too (``study.quantize``, ranges from the training tiles); a recalibrated one
+has none (``tile_head_precision: auto`` runs it in f32; ``bench/quantize_tile_head.py``
+makes one).
 
 Why not the VGG16 base: on the validation tiles its frozen ``block5_pool`` / ``block4_pool``
 features, with or without a 3x magnified centre, ranked unrecognised blends at ROC AUC
@@ -26,7 +29,7 @@ from ..nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, STAMP_SIDE_PIX, as
                             build_compact,
                             centre_stamps, dihedral_tf, orientation_logits, scale_stamps,
                             sigmoid)
-from ..tilehead import TARGET, load_tile_head, reads_stamp_features, tile_head_path
+from ..tilehead import INT8_KEY, TARGET, load_tile_head, reads_stamp_features, tile_head_path
 
 __all__ = ["fit_tile_head", "tile_logits", "calibrate_logits", "reliability", "role_arrays",
            "stamp_feature_table", "source_features", "train_tile", "run_train_tile",
@@ -237,6 +240,7 @@ def train_tile(cfg, progress=None):
     y_va = va_cls["UNRECOGNISED"]
     if source:
         meta, model = dict(source.metadata), source.model
+        meta.pop(INT8_KEY, None)  # the source's 8-bit network stays with the source's files
         mean, scale = (np.asarray(meta[k], np.float32) for k in ("feature_mean", "feature_scale"))
         meta["calibrated_from"] = {"head": Path(source.path).name,
                                    "n_orientations": meta.get("n_orientations", 1),
@@ -289,7 +293,12 @@ def train_tile(cfg, progress=None):
                  "blend_threshold": threshold, "hybrid_threshold": None,
                  "flag_fraction": cfg.flag_fraction, "valid": valid,
                  "isolated_fpr": ISOLATED_FPR, "isolated_threshold": iso_threshold})
-    return save_head(out, model.get_weights(), meta, overwrite=cfg.overwrite), valid
+    save_head(out, model.get_weights(), meta, overwrite=cfg.overwrite)
+    if not source:  # its 8-bit network (tile_head_precision auto, int8), from training tiles
+        from .quantize import quantize_tile_head
+
+        quantize_tile_head(out, tr_img, tr_cat, [f.name for f in folders["train"]])
+    return out, valid
 
 
 ISOLATED_FPR = 0.05
