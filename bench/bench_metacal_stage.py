@@ -118,7 +118,8 @@ def main():
                         for p, m in zip(runs["plain"], runs["metacal"])],
         "metacal_extra_ms_per_object": 1e3 * (median["metacal"] - median["plain"]) / len(mcal),
         "runs": runs, "bh_mcrms_over_bh_rms": header["BH_MCRMS"] / header["BH_RMS"],
-        "bh_psfsr": header["BH_PSFSR"], "flagged": flagged,
+        "bh_psfsr": header["BH_PSFSR"], "tile_head_precision": header["BH_TPREC"],
+        "flagged": flagged,
         "median_abs_dprob_1p_vs_plain": float(np.median(np.abs(
             mcal["BLEND_PROB_1P"] - mcal["BLEND_PROB"])[scored])),
         "median_abs_dprob_1p_vs_1m": float(np.median(np.abs(
@@ -130,7 +131,8 @@ def main():
           f"(target <= 5; minima {out['ratio_of_minima']:.2f}x, pairs "
           f"{', '.join(f'{r:.2f}' for r in out['pair_ratios'])}); load average now "
           f"{os.getloadavg()}")
-    benchlib.write_result(args.output or f"metacal_stage_{args.psf}.json", out)
+    tprec = "" if header["BH_TPREC"] == "f32" else f"_t{header['BH_TPREC']}"
+    benchlib.write_result(args.output or f"metacal_stage_{args.psf}{tprec}.json", out)
 
 
 if __name__ == "__main__":

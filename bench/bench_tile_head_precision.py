@@ -9,7 +9,7 @@ precision (validation AUC) is ``bench_tile_head_variants.py --precisions f32,bf1
     python bench/bench_tile_head_precision.py WORKDIR/tiles/valid201/tile.fits \
         WORKDIR/tiles/valid202/tile.fits [--precision int8 --output NAME.json]
 
-Writes bench/results/tile_head_precision_outputs.json (bf16) by default.
+Writes bench/results/tile_head_precision_outputs.json (bf16) or tile_head_int8_outputs.json.
 """
 
 import subprocess
@@ -34,7 +34,7 @@ def stage_output(tile, precision, folder, settings):
 
 
 def main():
-    parser = benchlib.parser(__doc__, "tile_head_precision_outputs.json")
+    parser = benchlib.parser(__doc__)
     parser.add_argument("tiles", nargs="+", type=Path)
     parser.add_argument("--precision", default="bf16", choices=("bf16", "int8"),
                         help="the precision compared with f32")
@@ -61,7 +61,10 @@ def main():
                   f", 99 % {r['p99_abs_dprob']:.2e}, max {r['max_abs_dprob']:.2e}; BLEND_FLAG "
                   f"{r['blend_flag_f32']} -> {int(f16.sum())}, {r['blend_flag_changed']} "
                   f"changed", flush=True)
-    benchlib.write_result(args.output, {"precision": args.precision, "settings": args.set,
+    name = ("tile_head_precision_outputs.json" if args.precision == "bf16"
+            else f"tile_head_{args.precision}_outputs.json")
+    benchlib.write_result(args.output or name, {"precision": args.precision,
+                                                "settings": args.set,
                                         "rows": rows})
 
 

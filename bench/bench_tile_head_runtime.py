@@ -1,4 +1,4 @@
-"""Compact network inference: TensorFlow (what the stage runs) against OpenVINO f32 (issue 15).
+"""Compact network inference: TensorFlow (the stage's f32) against OpenVINO f32 (issue 15).
 
 Times the shipped tile head's network (or, with ``--paper-head``, a compact paper head's),
 one orientation, on random input in batches of 1024, both runtimes interleaved, best of

@@ -99,7 +99,7 @@ def main():
             best = (history[-1]["valid_mse"], student.get_weights(), epoch)
     out_meta = {k: v for k, v in meta.items()
                 if k not in ("weights_file", "weights_sha256", "n_weight_arrays",
-                             "bh_stage_version", "calibrated_from")}
+                             "bh_stage_version", "calibrated_from", tilehead.INT8_KEY)}
     out_meta.update({
         "n_orientations": 1,
         "distilled_from": {"head": Path(teacher.path).name, "n_orientations": n_teacher,

@@ -2,7 +2,7 @@
 
 Converts the head's network to TensorFlow Lite with 8-bit weights and activations, the
 activations' ranges set on detections of training tiles (``study.quantize``; prepared here
-if missing), writes ``<name>.int8.tflite`` beside the head and records it in the head's
+if missing, with the settings the head records of its training tiles), writes ``<name>.int8.tflite`` beside the head and records it in the head's
 JSON. Validation and test tiles are not read; measure the result on the validation tiles
 with ``bench/bench_tile_head_variants.py HEAD.json --precisions f32,int8``.
 
@@ -12,6 +12,7 @@ with ``bench/bench_tile_head_variants.py HEAD.json --precisions f32,int8``.
 """
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from bh_stage.config import TileSetConfig, config_from_dict
@@ -28,12 +29,16 @@ def main():
     parser.add_argument("--n-stamps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    meta = load_tile_head(args.head).metadata
+    # the tiles the head was trained on (its recorded settings), at the seeds asked for
+    known = {f.name for f in dataclasses.fields(TileSetConfig)} - {"train_seeds", "valid_seeds"}
     tiles = config_from_dict(TileSetConfig, {
+        **{k: v for k, v in meta.get("tiles", {}).items() if k in known},
         "work_dir": args.work_dir,
         "train_seeds": [int(s) for s in args.train_seeds.split(",")]})
     folders = tileset.prepare_role(tiles, "train")
-    kind = train_tile.source_features(load_tile_head(args.head).metadata)
-    img, feats, _ = train_tile.role_arrays(folders, 0, kind)
+    img, feats, _ = train_tile.role_arrays(folders, meta.get("seed", 0),
+                                           train_tile.source_features(meta))
     path = quantize.quantize_tile_head(args.head, img, feats, [f.name for f in folders],
                                        args.n_stamps, args.seed)
     print(f"wrote {path} ({path.stat().st_size} bytes) and its entry in {args.head}")

@@ -35,7 +35,7 @@ from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, cent
                            orientation_logits, scale_stamps, sigmoid)
 
 __all__ = ["TARGET", "TileHead", "DEFAULT_TILE_HEAD", "PRECISIONS", "INT8_KEY",
-           "reads_stamp_features", "feature_names", "int8_network_path", "tile_head_path",
+           "reads_stamp_features", "feature_names", "read_int8_network", "tile_head_path",
            "load_tile_head", "NetworkProcess"]
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ class TileHead:
         self._a, self._b = meta["calibration"]["a"], meta["calibration"]["b"]
         self.n_orientations = int(meta.get("n_orientations", 1))
         self._weights = head.weights
-        self._int8_path = int8_network_path(head) if precision == "int8" else None
+        # the 8-bit network's bytes, checked and kept at load (as the weights are)
+        self._int8 = read_int8_network(head) if precision == "int8" else None
         self._model = self._fn = None
         self._lock = threading.Lock()
 
@@ -96,8 +97,8 @@ class TileHead:
             The head's weights do not fit its architecture.
         """
         with self._lock:
-            if self._model is None and self._int8_path is not None:
-                self._fn = Int8Network(self._int8_path, *self._weights[-2:])
+            if self._model is None and self._int8 is not None:
+                self._fn = Int8Network(self._int8, *self._weights[-2:])
                 self._model = self._fn
             elif self._model is None:
                 import tensorflow as tf
@@ -177,8 +178,9 @@ INT8_KEY = "int8"
 float32 weights it was made from, and the tiles and stamps that set its ranges."""
 
 
-def int8_network_path(head):
-    """The checked ``.tflite`` file of a loaded head's 8-bit network (``INT8_KEY``).
+def read_int8_network(head):
+    """The bytes of a loaded head's 8-bit network (``INT8_KEY``, a file beside its JSON),
+    checked against the JSON.
 
     Raises
     ------
@@ -187,9 +189,12 @@ def int8_network_path(head):
     InputFileError
         Its file is missing or its sha256 differs from the JSON's.
     """
+    import hashlib
+
     from .errors import InputFileError
 
     entry = head.metadata.get(INT8_KEY)
+    fix = "set tile_head_precision: f32, or quantize the head again"
     if not entry:
         raise ModelShapeError(f"{head.path}: the head has no 8-bit network for "
                               "tile_head_precision int8 (train-tile makes one for a head it "
@@ -197,39 +202,56 @@ def int8_network_path(head):
                               "f32")
     if entry["weights_sha256"] != head.metadata["weights_sha256"]:
         raise ModelShapeError(f"{head.path}: its 8-bit network was made from other weights "
-                              f"(sha256 {entry['weights_sha256']}); quantize the head again")
+                              f"(sha256 {entry['weights_sha256']}); {fix}")
+    if Path(entry["file"]).name != entry["file"]:
+        raise ModelShapeError(f"{head.path}: its 8-bit network {entry['file']!r} is not a "
+                              "file name beside the head")
     path = Path(head.path).with_name(entry["file"])
     try:
-        sha = file_sha256(path)
+        data = path.read_bytes()
     except OSError as err:
-        raise InputFileError(f"{path}: cannot read the head's 8-bit network "
-                             f"({err.strerror})") from err
+        raise InputFileError(f"{path}: cannot read the 8-bit network named in {head.path} "
+                             f"({err.strerror}); copy it beside the head or {fix}") from err
+    sha = hashlib.sha256(data).hexdigest()
     if sha != entry["sha256"]:
         raise InputFileError(f"{path}: sha256 {sha} differs from {entry['sha256']} recorded "
-                             f"in {head.path}; the file was changed or corrupted")
-    return path
+                             f"in {head.path}; the file was changed or corrupted; {fix}")
+    return data
+
+
+_STDERR_LOCK = threading.Lock()
+"""Serialises ``_logged_stderr``: file descriptor 2 belongs to the whole process."""
+
+_STDERR_QUIETED = False
+"""Whether this process's first interpreter has allocated its tensors (``_logged_stderr``)."""
 
 
 def _logged_stderr(call):
-    """``call()`` with file descriptor 2 sent to a temporary file, whose lines then go to this
-    module's log: TensorFlow Lite's C++ logger prints "INFO: Created TensorFlow Lite XNNPACK
-    delegate" there (at DEBUG now), whatever TF_CPP_MIN_LOG_LEVEL says; other lines at
+    """``call()``, the first time in this process with file descriptor 2 sent to a temporary
+    file, whose lines then go to this module's log: TensorFlow Lite's C++ logger prints
+    "INFO: Created TensorFlow Lite XNNPACK delegate" there once a process (at DEBUG now),
+    whatever TF_CPP_MIN_LOG_LEVEL says; other lines (another thread's, in that window) at
     WARNING. Returns what ``call`` returns."""
+    global _STDERR_QUIETED
     import tempfile
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:  # unlinked at once: nothing left by a signal
-        os.dup2(tmp.fileno(), 2)
-        try:
+    with _STDERR_LOCK:
+        if _STDERR_QUIETED:
             return call()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode(errors="replace").splitlines():
-                log.log(logging.DEBUG if line.startswith("INFO:") else logging.WARNING,
-                        "%s", line)
+        _STDERR_QUIETED = True
+        with tempfile.TemporaryFile() as tmp:  # unlinked at once: nothing left by a signal
+            sys.stderr.flush()
+            saved = os.dup(2)
+            try:
+                os.dup2(tmp.fileno(), 2)
+                return call()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                for line in tmp.read().decode(errors="replace").splitlines():
+                    log.log(logging.DEBUG if line.startswith("INFO:") else logging.WARNING,
+                            "%s", line)
 
 
 class Int8Network:
@@ -240,21 +262,27 @@ class Int8Network:
     activations in 8-bit integers, products summed in 32-bit integers; the logit is their
     sum with the float32 weights of the last layer, ``logit_kernel`` (h, 1) and
     ``logit_bias`` (1,), in float64 (an 8-bit logit would be clipped to the training tiles'
-    range). Calls are serialised (the interpreter is not thread-safe)."""
+    range). ``model_content``: the network's bytes (``read_int8_network``). Calls are
+    serialised (the interpreter is not thread-safe)."""
 
-    def __init__(self, path, logit_kernel, logit_bias, num_threads=1):
+    def __init__(self, model_content, logit_kernel, logit_bias, num_threads=1):
         import tensorflow as tf
 
+        interpreter = getattr(getattr(tf, "lite", None), "Interpreter", None)
+        if interpreter is None:  # announced to move to the ai_edge_litert package
+            raise ModelShapeError(f"TensorFlow {tf.__version__} has no "
+                                  "tf.lite.Interpreter to run the tile head's 8-bit network; "
+                                  "set tile_head_precision: f32")
         with warnings.catch_warnings():  # tf.lite's notice that LiteRT will replace it
             warnings.simplefilter("ignore")
-            self._interpreter = tf.lite.Interpreter(model_path=str(path),
-                                                    num_threads=num_threads)
+            self._interpreter = interpreter(model_content=model_content,
+                                            num_threads=num_threads)
         inputs = self._interpreter.get_input_details()
         self._inputs = {len(d["shape"]): d for d in inputs}  # 4: stamps, 2: features
         output = self._interpreter.get_output_details()[0]
         if sorted(self._inputs) != [2, 4] or len(inputs) != 2 \
                 or output["shape"][-1] != len(logit_kernel):
-            raise ModelShapeError(f"{path}: not the hidden layers of this tile head (inputs "
+            raise ModelShapeError(f"not the hidden layers of this tile head (inputs "
                                   f"{[tuple(d['shape']) for d in inputs]}, output "
                                   f"{tuple(output['shape'])})")
         self._output = output["index"]
@@ -326,9 +354,13 @@ def load_tile_head(path_json, precision="f32"):
         raise ModelShapeError(f"{path_json}: the head reads the features {', '.join(names)}; "
                               f"this bh-stage computes {', '.join(expected)}; use a head made "
                               f"by this version's `bh-stage train-tile`")
-    if precision == "auto":
+    if precision == "auto":  # one head for 'auto' and what it resolves to
         precision = "int8" if meta.get(INT8_KEY) else "f32"
-    _LOADED[key] = TileHead(head, precision)
+        resolved = key[:2] + (precision,)
+        _LOADED[key] = _LOADED.get(resolved) or TileHead(head, precision)
+        _LOADED[resolved] = _LOADED[key]
+    else:
+        _LOADED[key] = TileHead(head, precision)
     return _LOADED[key]
 
 

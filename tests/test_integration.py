@@ -255,7 +255,8 @@ def test_psfex_models_the_psf_from_the_output(real_run, psfex):
 
 @pytest.mark.slow
 def test_quiet_run_prints_only_the_summary(tmp_path):
-    """`bh-stage run -q` (option after the subcommand) prints no TensorFlow C++ line."""
+    """`bh-stage run -q` (option after the subcommand) prints no TensorFlow C++ line, nor
+    TensorFlow Lite's, whose 8-bit network the default config runs (BH_TPREC int8)."""
     out = tmp_path / "example_bh.cat"
     run = subprocess.run([sys.executable, "-c", "from bh_stage.cli import run_main; run_main()",
                           "run", "-q", str(REPO / "example_config" / "config.yml"),
@@ -264,3 +265,4 @@ def test_quiet_run_prints_only_the_summary(tmp_path):
     assert run.returncode == 0 and run.stderr == ""
     n_rows = fitsio.FITS(str(REPO / "data" / "example_tile.cat"))["LDAC_OBJECTS"].get_nrows()
     assert run.stdout.startswith(f"{out}: {n_rows} objects") and run.stdout.count("\n") == 1
+    assert fitsio.read_header(str(out), ext="LDAC_OBJECTS")["BH_TPREC"] == "int8"

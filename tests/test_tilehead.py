@@ -117,10 +117,11 @@ def test_int8_head_is_the_float_network_in_8_bits():
     path = tilehead.tile_head_path("default")
     f32, int8 = tilehead.load_tile_head(path), tilehead.load_tile_head(path, "int8")
     assert isinstance(int8.model, tilehead.Int8Network) and int8.precision == "int8"
+    assert tilehead.load_tile_head(path, "auto") is int8  # the stage's default
     stamps = _source_stamps(64)
     feats = np.tile(np.asarray(f32.metadata["feature_mean"], np.float32), (64, 1))
     z32, z8 = f32.logits(stamps, 14.5, feats), int8.logits(stamps, 14.5, feats)
-    assert z8.dtype == np.float64 and not np.array_equal(z8, z32)
+    assert not np.array_equal(z8, z32)
     assert np.corrcoef(z8, z32)[0, 1] > 0.99
     assert np.median(np.abs(z8 - z32)) < 0.1
     alone = np.concatenate([int8.logits(stamps[i:i + 7], 14.5, feats[i:i + 7])
@@ -131,8 +132,11 @@ def test_int8_head_is_the_float_network_in_8_bits():
 def test_int8_network_checked_against_the_head(tmp_path):
     """``study.quantize.quantize_tile_head`` writes the 8-bit network beside the head and its
     entry in the head's JSON, leaving the other keys as they were, and makes the same bytes
-    twice; a head with no 8-bit network, one made from other weights, and a changed file are
-    refused with the file and the fix named."""
+    twice; 'auto' runs a head in int8 where it has that network (the same head as 'int8',
+    its bytes read at load, so a later change of directory does not matter) and in f32
+    where it has none; a head with no 8-bit network, one made from other weights, a changed
+    file and a missing one are refused with the file and the fix named."""
+    import os
     import json
     import shutil
 
@@ -148,6 +152,7 @@ def test_int8_network_checked_against_the_head(tmp_path):
     before = json.loads(path.read_text())
     with pytest.raises(ModelShapeError, match=f"{path}: the head has no 8-bit network"):
         tilehead.load_tile_head(path, "int8")
+    assert tilehead.load_tile_head(path, "auto").precision == "f32"
     head = tilehead.load_tile_head(path)
     stamps = _source_stamps(40, seed=5)
     x = compact.scale_stamps(compact.centre_stamps(stamps), 14.5)
@@ -161,18 +166,31 @@ def test_int8_network_checked_against_the_head(tmp_path):
     assert entry["weights_sha256"] == before["weights_sha256"]
     assert entry["ranges_from"] == {"tiles": ["train101"], "n_stamps": 40, "seed": 0}
     assert quantize.quantize_tile_head(path, x, raw, ["train101"]).read_bytes() == first
-    int8 = tilehead.load_tile_head(path, "int8")
-    z8 = int8.input_logits(x, raw)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        int8 = tilehead.load_tile_head(src.name, "int8")  # a path relative to tmp_path
+    finally:
+        os.chdir(cwd)
+    assert tilehead.load_tile_head(path, "auto") is int8
+    z8 = int8.input_logits(x, raw)  # built here, in another directory
     assert np.corrcoef(z8, head.input_logits(x, raw))[0, 1] > 0.99
 
     stale = dict(after, int8=dict(entry, weights_sha256="0" * 64))
     path.write_text(json.dumps(stale))
-    with pytest.raises(ModelShapeError, match="made from other weights"):
+    with pytest.raises(ModelShapeError, match=f"{path}: its 8-bit network was made from "
+                                              "other weights .* tile_head_precision: f32"):
         tilehead.load_tile_head(path, "int8")
     path.write_text(json.dumps(dict(after, int8=entry)))
     out.write_bytes(first[:-1] + bytes([first[-1] ^ 1]))
-    with pytest.raises(InputFileError, match=f"{out}: sha256 .* differs"):
-        tilehead.load_tile_head(path, "int8")
+    with pytest.raises(InputFileError, match=f"{out}: sha256 .* differs .* in {path}; .*"
+                                             "tile_head_precision: f32"):
+        tilehead.load_tile_head(path, "auto")
+    out.unlink()
+    path.write_text(json.dumps(dict(after, int8=entry)) + " ")  # a new mtime, a new load
+    with pytest.raises(InputFileError, match=f"{out}: cannot read the 8-bit network named "
+                                             f"in {path} .* copy it beside the head"):
+        tilehead.load_tile_head(path, "auto")
 
 
 def test_int8_network_prints_nothing():
@@ -184,7 +202,7 @@ def test_int8_network_prints_nothing():
             "from bh_stage.heads import load_head; "
             "logging.basicConfig(stream=sys.stdout, level=logging.DEBUG, format='%(message)s'); "
             "h = tilehead.load_tile_head(tilehead.tile_head_path('default')); "
-            "n = tilehead.Int8Network(tilehead.int8_network_path(h), "
+            "n = tilehead.Int8Network(tilehead.read_int8_network(h), "
             "*load_head(h.path).weights[-2:]); "
             "print(n(np.zeros((3, 33, 33, 1), np.float32), "
             "np.zeros((3, len(h.feature_names)), np.float32)).shape)")
@@ -193,3 +211,17 @@ def test_int8_network_prints_nothing():
                           env=env, check=True)
     assert "XNNPACK delegate" in done.stdout and done.stdout.rstrip().endswith("(3,)")
     assert "XNNPACK" not in done.stderr
+
+
+def test_int8_network_without_tflite_names_the_fix(monkeypatch):
+    """TensorFlow has announced that ``tf.lite.Interpreter`` moves to another package; a
+    TensorFlow without it refuses the 8-bit network with the setting that avoids it."""
+    import pytest
+    import tensorflow as tf
+
+    head = tilehead.load_tile_head(tilehead.tile_head_path("default"))
+    data = tilehead.read_int8_network(head)
+    monkeypatch.setattr(tf.lite, "Interpreter", None)
+    with pytest.raises(ModelShapeError, match=r"has no tf.lite.Interpreter .* "
+                                              r"tile_head_precision: f32"):
+        tilehead.Int8Network(data, *load_head(head.path).weights[-2:])

@@ -298,6 +298,8 @@ def train_tile(cfg, progress=None):
         from .quantize import quantize_tile_head
 
         quantize_tile_head(out, tr_img, tr_cat, [f.name for f in folders["train"]])
+    else:  # an 8-bit network left by an earlier head of this name no longer belongs to it
+        out.with_name(f"{cfg.head_name}.int8.tflite").unlink(missing_ok=True)
     return out, valid
 
 
