@@ -30,7 +30,6 @@ from . import cues, features
 from . import children
 from .errors import ModelShapeError
 from .heads import head_path, load_head
-from .io import file_sha256
 from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, centre_stamps,
                            orientation_logits, scale_stamps, sigmoid)
 

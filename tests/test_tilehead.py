@@ -100,13 +100,18 @@ def test_bf16_head_computes_in_bfloat16_with_the_same_weights():
 
 
 def _source_stamps(n, seed=2):
-    """Noise stamps (65x65, rms 14.5 ADU) with a source of random flux at the centre."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:65, :65] - 32
-    stamps = rng.normal(0, 14.5, (n, 65, 65)).astype(np.float32)
-    flux = rng.uniform(20, 500, n)[:, None, None]
-    size = rng.uniform(1.0, 4.0, n)[:, None, None]
-    return stamps + (flux * np.exp(-(xx ** 2 + yy ** 2) / (2 * size ** 2))).astype(np.float32)
+    """Noise stamps (65x65, rms 14.5 ADU) with a Gaussian source at the centre: those of
+    bench/bench_int8_isa.py (``source_stamps``, run from the script's folder)."""
+    import runpy
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))  # the bench imports benchlib from there
+    try:
+        bench = runpy.run_path(str(REPO / "bench" / "bench_int8_isa.py"))
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return bench["source_stamps"](n, seed)
 
 
 def test_int8_head_is_the_float_network_in_8_bits():
