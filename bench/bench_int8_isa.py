@@ -33,8 +33,9 @@ def source_stamps(n, seed=11):
 
 def main():
     parser = benchlib.parser(__doc__, "int8_isa.json")
-    parser.add_argument("--save", help="score the stamps here and save the logits (.npz)")
-    parser.add_argument("--compare", nargs=2, metavar="NPZ", help="compare two saved runs")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--save", help="score the stamps here and save the logits (.npz)")
+    mode.add_argument("--compare", nargs=2, metavar="NPZ", help="compare two saved runs")
     parser.add_argument("--n-stamps", type=int, default=64)
     args = parser.parse_args()
     if args.save:

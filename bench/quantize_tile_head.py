@@ -1,9 +1,9 @@
 """A tile head's 8-bit network (``tile_head_precision: int8``; issue 24: a cheaper stage).
 
 Converts the head's network to TensorFlow Lite with 8-bit weights and activations, the
-activations' ranges set on detections of training tiles (``study.quantize``; prepared here
-if missing, with the settings the head records of its training tiles), writes ``<name>.int8.tflite`` beside the head and records it in the head's
-JSON. Validation and test tiles are not read; measure the result on the validation tiles
+activations' ranges set on detections of training tiles (``study.quantize``; prepared
+here if missing, with the settings the head records of its training tiles), writes
+``<name>.int8.tflite`` beside the head and records it in the head's JSON. Validation and test tiles are not read; measure the result on the validation tiles
 with ``bench/bench_tile_head_variants.py HEAD.json --precisions f32,int8``.
 
     python bench/quantize_tile_head.py --work-dir WORKDIR/tiles \\
@@ -32,8 +32,9 @@ def main():
     meta = load_tile_head(args.head).metadata
     # the tiles the head was trained on (its recorded settings), at the seeds asked for
     known = {f.name for f in dataclasses.fields(TileSetConfig)} - {"train_seeds", "valid_seeds"}
+    recorded = {"noise_sigma_adu": meta.get("noise_sigma_adu"), **meta.get("tiles", {})}
     tiles = config_from_dict(TileSetConfig, {
-        **{k: v for k, v in meta.get("tiles", {}).items() if k in known},
+        **{k: v for k, v in recorded.items() if k in known and v is not None},
         "work_dir": args.work_dir,
         "train_seeds": [int(s) for s in args.train_seeds.split(",")]})
     folders = tileset.prepare_role(tiles, "train")

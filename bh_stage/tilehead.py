@@ -97,7 +97,10 @@ class TileHead:
         """
         with self._lock:
             if self._model is None and self._int8 is not None:
-                self._fn = Int8Network(self._int8, *self._weights[-2:])
+                try:
+                    self._fn = Int8Network(self._int8, *self._weights[-2:])
+                except ModelShapeError as err:
+                    raise ModelShapeError(f"{self.path}: {err}") from err
                 self._model = self._fn
             elif self._model is None:
                 import tensorflow as tf
@@ -194,6 +197,9 @@ def read_int8_network(head):
 
     entry = head.metadata.get(INT8_KEY)
     fix = "set tile_head_precision: f32, or quantize the head again"
+    if entry and not all(entry.get(k) for k in ("file", "sha256", "weights_sha256")):
+        raise ModelShapeError(f"{head.path}: its {INT8_KEY!r} entry lacks file, sha256 or "
+                              f"weights_sha256; {fix}")
     if not entry:
         raise ModelShapeError(f"{head.path}: the head has no 8-bit network for "
                               "tile_head_precision int8 (train-tile makes one for a head it "
@@ -226,24 +232,30 @@ _STDERR_QUIETED = False
 
 
 def _logged_stderr(call):
-    """``call()``, the first time in this process with file descriptor 2 sent to a temporary
-    file, whose lines then go to this module's log: TensorFlow Lite's C++ logger prints
-    "INFO: Created TensorFlow Lite XNNPACK delegate" there once a process (at DEBUG now),
-    whatever TF_CPP_MIN_LOG_LEVEL says; other lines (another thread's, in that window) at
-    WARNING. Returns what ``call`` returns."""
+    """``call()``, until it has once succeeded in this process with file descriptor 2 sent to
+    a temporary file, whose lines then go to this module's log: TensorFlow Lite's C++ logger
+    prints "INFO: Created TensorFlow Lite XNNPACK delegate" there once a process (at DEBUG
+    now), whatever TF_CPP_MIN_LOG_LEVEL says; other lines (another thread's, in that
+    window of a few milliseconds) at WARNING. Best effort: without a temporary file, plain
+    ``call()``. Returns what ``call`` returns."""
     global _STDERR_QUIETED
     import tempfile
 
     with _STDERR_LOCK:
         if _STDERR_QUIETED:
             return call()
-        _STDERR_QUIETED = True
-        with tempfile.TemporaryFile() as tmp:  # unlinked at once: nothing left by a signal
+        try:
+            tmp = tempfile.TemporaryFile()  # unlinked at once: nothing left by a signal
+        except OSError:
+            return call()
+        with tmp:
             sys.stderr.flush()
             saved = os.dup(2)
             try:
                 os.dup2(tmp.fileno(), 2)
-                return call()
+                result = call()
+                _STDERR_QUIETED = True
+                return result
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
@@ -340,7 +352,7 @@ def load_tile_head(path_json, precision="f32"):
     key = (str(Path(path_json).resolve()), Path(path_json).stat().st_mtime_ns, precision)
     if key in _LOADED:
         return _LOADED[key]
-    head = load_head(path_json)
+    head = load_head(Path(path_json).resolve())  # absolute: the network process reads it too
     meta = head.metadata
     if meta.get("target") != TARGET or meta.get("architecture") not in (ARCHITECTURE,
                                                                           STAMP_ARCHITECTURE):

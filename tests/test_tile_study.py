@@ -178,6 +178,8 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     assert tilehead.load_tile_head(heads / "tile_unrecognised.json", "auto").precision == "int8"
     # weights_from: the same network calibrated again; in the head's own orientations that
     # gives back its calibration and threshold, in 2 orientations new ones
+    stale = heads / "o2.int8.tflite"  # left by an earlier head of that name
+    stale.write_bytes(b"not this head's")
     for name, n in (("again", 4), ("o2", 2)):
         assert main(["-q", "train-tile", "example_config/train-tile.yml",
                      *tiles, f"--set=output_dir={heads}",
@@ -192,6 +194,7 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
                                      "weights_sha256": meta["weights_sha256"]}
     assert o2["history"] == meta["history"] and o2["tiles"] == meta["tiles"]
     assert "int8" not in o2  # the source's 8-bit network is the source's file
+    assert not stale.exists()
     assert tilehead.load_tile_head(heads / "o2.json", "auto").precision == "f32"
     for x, y in zip(load_head(heads / "o2.json").weights,
                     load_head(heads / "tile_unrecognised.json").weights):

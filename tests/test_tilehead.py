@@ -134,14 +134,14 @@ def test_int8_head_is_the_float_network_in_8_bits():
     np.testing.assert_array_equal(alone, z8)
 
 
-def test_int8_network_checked_against_the_head(tmp_path):
+def test_int8_network_checked_against_the_head(tmp_path, monkeypatch):
     """``study.quantize.quantize_tile_head`` writes the 8-bit network beside the head and its
     entry in the head's JSON, leaving the other keys as they were, and makes the same bytes
     twice; 'auto' runs a head in int8 where it has that network (the same head as 'int8',
-    its bytes read at load, so a later change of directory does not matter) and in f32
-    where it has none; a head with no 8-bit network, one made from other weights, a changed
-    file and a missing one are refused with the file and the fix named."""
-    import os
+    its path made absolute and its bytes read at load, so a later change of directory does
+    not matter) and in f32 where it has none; a head with no 8-bit network, one made from
+    other weights, a changed file, a missing one and an incomplete entry are refused with
+    the file and the fix named."""
     import json
     import shutil
 
@@ -171,12 +171,10 @@ def test_int8_network_checked_against_the_head(tmp_path):
     assert entry["weights_sha256"] == before["weights_sha256"]
     assert entry["ranges_from"] == {"tiles": ["train101"], "n_stamps": 40, "seed": 0}
     assert quantize.quantize_tile_head(path, x, raw, ["train101"]).read_bytes() == first
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        int8 = tilehead.load_tile_head(src.name, "int8")  # a path relative to tmp_path
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp_path)
+    int8 = tilehead.load_tile_head(src.name, "int8")  # a path relative to tmp_path
+    assert int8.path == path  # absolute, for the network process too
+    monkeypatch.undo()
     assert tilehead.load_tile_head(path, "auto") is int8
     z8 = int8.input_logits(x, raw)  # built here, in another directory
     assert np.corrcoef(z8, head.input_logits(x, raw))[0, 1] > 0.99
@@ -192,9 +190,12 @@ def test_int8_network_checked_against_the_head(tmp_path):
                                              "tile_head_precision: f32"):
         tilehead.load_tile_head(path, "auto")
     out.unlink()
-    path.write_text(json.dumps(dict(after, int8=entry)) + " ")  # a new mtime, a new load
+    path.write_text(json.dumps(dict(after, int8=entry)))
     with pytest.raises(InputFileError, match=f"{out}: cannot read the 8-bit network named "
                                              f"in {path} .* copy it beside the head"):
+        tilehead.load_tile_head(path, "auto")
+    path.write_text(json.dumps(dict(after, int8=dict(entry, file=""))))
+    with pytest.raises(ModelShapeError, match=f"{path}: its 'int8' entry lacks file"):
         tilehead.load_tile_head(path, "auto")
 
 
