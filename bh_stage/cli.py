@@ -79,17 +79,21 @@ class _ProgressBar:
 
 
 class HideNativeLogLines:
-    """Drop TensorFlow's C++ start-up lines (absl INFO and WARNING) from file descriptor 2.
+    """Drop TensorFlow's C++ start-up lines (absl INFO and WARNING, and TensorFlow Lite's
+    "INFO: Created TensorFlow Lite XNNPACK delegate", which its 8-bit tile head prints once a
+    process) from file descriptor 2.
 
     ``TF_CPP_MIN_LOG_LEVEL`` does not silence the lines absl prints before
-    ``absl::InitializeLog()`` (oneDNN, CUDA drivers), so stderr goes through a pipe and a
+    ``absl::InitializeLog()`` (oneDNN, CUDA drivers), nor TensorFlow Lite's own logger, so
+    stderr goes through a pipe and a
     thread copies everything else unchanged: errors, warnings, Python's own lines, and the
     progress bar (its writes start with ``\\r`` and are copied at once; other pieces wait
     for the end of their line). Child processes inherit the pipe.
     """
 
     NATIVE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog\(\)"
-                        rb"|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
+                        rb"|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+                        rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)")
 
     def __enter__(self):
         sys.stderr.flush()

@@ -224,47 +224,6 @@ def read_int8_network(head):
     return data
 
 
-_STDERR_LOCK = threading.Lock()
-"""Serialises ``_logged_stderr``: file descriptor 2 belongs to the whole process."""
-
-_STDERR_QUIETED = False
-"""Whether this process's first interpreter has allocated its tensors (``_logged_stderr``)."""
-
-
-def _logged_stderr(call):
-    """``call()``, until it has once succeeded in this process with file descriptor 2 sent to
-    a temporary file, whose lines then go to this module's log: TensorFlow Lite's C++ logger
-    prints "INFO: Created TensorFlow Lite XNNPACK delegate" there once a process (at DEBUG
-    now), whatever TF_CPP_MIN_LOG_LEVEL says; other lines (another thread's, in that
-    window of a few milliseconds) at WARNING. Best effort: without a temporary file, plain
-    ``call()``. Returns what ``call`` returns."""
-    global _STDERR_QUIETED
-    import tempfile
-
-    with _STDERR_LOCK:
-        if _STDERR_QUIETED:
-            return call()
-        try:
-            tmp = tempfile.TemporaryFile()  # unlinked at once: nothing left by a signal
-        except OSError:
-            return call()
-        with tmp:
-            sys.stderr.flush()
-            saved = os.dup(2)
-            try:
-                os.dup2(tmp.fileno(), 2)
-                result = call()
-                _STDERR_QUIETED = True
-                return result
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                tmp.seek(0)
-                for line in tmp.read().decode(errors="replace").splitlines():
-                    log.log(logging.DEBUG if line.startswith("INFO:") else logging.WARNING,
-                            "%s", line)
-
-
 class Int8Network:
     """A tile head's 8-bit network (``INT8_KEY``): ``network(x, features)`` returns the
     logits of network input ``x`` (n, s, s, 1) and normalised features (n, k), as the Keras
@@ -310,7 +269,7 @@ class Int8Network:
                 for d in self._inputs.values():
                     self._interpreter.resize_tensor_input(d["index"],
                                                           [len(x), *d["shape"][1:]])
-                _logged_stderr(self._interpreter.allocate_tensors)
+                self._interpreter.allocate_tensors()
                 self._rows = len(x)
             self._interpreter.set_tensor(self._inputs[4]["index"], x)
             self._interpreter.set_tensor(self._inputs[2]["index"], features)

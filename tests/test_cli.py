@@ -54,8 +54,9 @@ def test_quiet_and_verbose_exclude_each_other(capsys):
 
 
 def test_native_start_up_lines_are_hidden(capfd):
-    """TensorFlow's C++ lines (absl, before InitializeLog; TF_CPP_MIN_LOG_LEVEL does not stop
-    them) are dropped from fd 2; errors, Python's lines and the progress bar pass."""
+    """TensorFlow's C++ lines (absl, before InitializeLog, and TensorFlow Lite's delegate
+    line; TF_CPP_MIN_LOG_LEVEL stops neither) are dropped from fd 2; errors, Python's lines,
+    other INFO lines and the progress bar pass."""
     with HideNativeLogLines():
         for text in [
             b"WARNING: All log messages before absl::InitializeLog() is called are written "
@@ -63,12 +64,15 @@ def test_native_start_up_lines_are_hidden(capfd):
             b"I0000 00:00:1795599285.163114    6206 port.cc:153] oneDNN custom operations "
             b"are on.\n",
             b"W0000 00:00:1795599285.1 6206 cudart_stub.cc:31] Could not find cuda drivers\n",
+            b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n",
+            b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU and more\n",
             b"\robjects:  50%|#####     | 1/2", b"\robjects: 100%|##########| 2/2\n",
             b"E0000 00:00:1795599697.040891    9307 cuda_platform.cc:52] failed call\n",
             b"2026-11-25 bh_stage.stage WARNING: a warning you can act on\n", b"no newline"]:
             os.write(2, text)
     err = capfd.readouterr().err
-    assert err == ("\robjects:  50%|#####     | 1/2\robjects: 100%|##########| 2/2\n"
+    assert err == ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU and more\n"
+                   "\robjects:  50%|#####     | 1/2\robjects: 100%|##########| 2/2\n"
                    "E0000 00:00:1795599697.040891    9307 cuda_platform.cc:52] failed call\n"
                    "2026-11-25 bh_stage.stage WARNING: a warning you can act on\nno newline")
 

@@ -1,7 +1,6 @@
 """Tests of bh_stage.tilehead: loading a head reads its files only; its network (and
 TensorFlow) is built once, on first use or by ``build``, from any thread."""
 
-import os
 import subprocess
 import sys
 import threading
@@ -197,26 +196,6 @@ def test_int8_network_checked_against_the_head(tmp_path, monkeypatch):
     path.write_text(json.dumps(dict(after, int8=dict(entry, file=""))))
     with pytest.raises(ModelShapeError, match=f"{path}: its 'int8' entry lacks file"):
         tilehead.load_tile_head(path, "auto")
-
-
-def test_int8_network_prints_nothing():
-    """TensorFlow Lite's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate"
-    on stderr when a process's first interpreter allocates its tensors, whatever
-    TF_CPP_MIN_LOG_LEVEL says; ``Int8Network`` sends it to the log at DEBUG, so that
-    ``bh-stage -q`` prints only its summary (a new process: the line comes once)."""
-    code = ("import logging, sys, numpy as np; from bh_stage import tilehead; "
-            "from bh_stage.heads import load_head; "
-            "logging.basicConfig(stream=sys.stdout, level=logging.DEBUG, format='%(message)s'); "
-            "h = tilehead.load_tile_head(tilehead.tile_head_path('default')); "
-            "n = tilehead.Int8Network(tilehead.read_int8_network(h), "
-            "*load_head(h.path).weights[-2:]); "
-            "print(n(np.zeros((3, 33, 33, 1), np.float32), "
-            "np.zeros((3, len(h.feature_names)), np.float32)).shape)")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, check=True)
-    assert "XNNPACK delegate" in done.stdout and done.stdout.rstrip().endswith("(3,)")
-    assert "XNNPACK" not in done.stderr
 
 
 def test_int8_network_without_tflite_names_the_fix(monkeypatch):
