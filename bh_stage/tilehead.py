@@ -253,8 +253,9 @@ class Int8Network:
         if sorted(self._inputs) != [2, 4] or len(inputs) != 2 \
                 or output["shape"][-1] != len(logit_kernel):
             raise ModelShapeError(f"not the hidden layers of this tile head (inputs "
-                                  f"{[tuple(d['shape']) for d in inputs]}, output "
-                                  f"{tuple(output['shape'])})")
+                                  f"{[d['shape'].tolist() for d in inputs]}, output "
+                                  f"{output['shape'].tolist()}, {len(logit_kernel)} logit "
+                                  "weights)")
         self._output = output["index"]
         self._kernel = np.asarray(logit_kernel, np.float64).reshape(-1)
         self._bias = float(np.asarray(logit_bias).reshape(-1)[0])

@@ -218,6 +218,37 @@ def test_bad_input_is_one_line_exit_2_no_output(small_tile, fake_classifier, cap
     assert after == before  # inputs untouched, nothing written
 
 
+@pytest.mark.parametrize("config, message", [
+    ("tile_head: tile_unrecognised_positions\ntile_head_precision: int8\n",
+     "tile_unrecognised_positions.json: the head has no 8-bit network"),
+    ("tile_head: {dir}/heads/copy.json\n",
+     "copy.int8.tflite: cannot read the 8-bit network named in"),
+])
+def test_bad_8bit_tile_head_is_one_line_exit_2_no_output(small_tile, capsys, config, message):
+    """The real tile heads (no fake): int8 asked of a head without an 8-bit network, and the
+    default head copied without its .tflite (its JSON names it; 'auto' runs it in int8), are
+    refused in one line naming the file, before any output."""
+    import json
+    import shutil
+
+    from bh_stage import tilehead
+
+    src = tilehead.tile_head_path("default")
+    heads_dir = small_tile / "heads"
+    heads_dir.mkdir()
+    meta = json.loads(src.read_text())
+    meta["int8"]["file"] = "copy.int8.tflite"
+    (heads_dir / "copy.json").write_text(json.dumps(meta))
+    shutil.copy(src.with_name(meta["weights_file"]), heads_dir)
+    (small_tile / "config.yml").write_text(config.format(dir=small_tile))
+    before = {p.name: sha(p) for p in small_tile.iterdir()}
+    assert run_cli(small_tile) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert "tile_head_precision" in err  # the setting that avoids it
+    assert {p.name: sha(p) for p in small_tile.iterdir()} == before
+
+
 def test_existing_output_needs_overwrite(small_tile, fake_classifier, capsys):
     (small_tile / "config.yml").write_text("")
     assert run_cli(small_tile) == 0

@@ -196,6 +196,10 @@ def test_int8_network_checked_against_the_head(tmp_path, monkeypatch):
     path.write_text(json.dumps(dict(after, int8=dict(entry, file=""))))
     with pytest.raises(ModelShapeError, match=f"{path}: its 'int8' entry lacks file"):
         tilehead.load_tile_head(path, "auto")
+    path.write_text(json.dumps(dict(after, int8=dict(entry, file="../x.int8.tflite"))))
+    with pytest.raises(ModelShapeError, match=f"{path}: its 8-bit network '../x.int8.tflite' "
+                                              "is not a file name beside the head"):
+        tilehead.load_tile_head(path, "auto")
 
 
 def test_int8_network_without_tflite_names_the_fix(monkeypatch):
@@ -210,3 +214,15 @@ def test_int8_network_without_tflite_names_the_fix(monkeypatch):
     with pytest.raises(ModelShapeError, match=r"has no tf.lite.Interpreter .* "
                                               r"tile_head_precision: f32"):
         tilehead.Int8Network(data, *load_head(head.path).weights[-2:])
+
+
+def test_int8_network_of_another_head_is_refused():
+    """An 8-bit network whose last hidden layer does not fit the float32 logit weights it is
+    given (another architecture's) is refused, with the shapes."""
+    import pytest
+
+    head = tilehead.load_tile_head(tilehead.tile_head_path("default"))
+    kernel, bias = load_head(head.path).weights[-2:]
+    with pytest.raises(ModelShapeError, match=r"not the hidden layers of this tile head "
+                                              r".*output \[1, 128\], 64 logit weights"):
+        tilehead.Int8Network(tilehead.read_int8_network(head), kernel[:64], bias)
