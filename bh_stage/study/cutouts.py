@@ -1,0 +1,103 @@
+"""Other objects inside the real galaxies' HST cut-outs.
+
+A real galaxy is drawn from its HST cut-out, with everything the cut-out holds. When the
+cut-out holds a second source (a neighbour, or a clump the COSMOS catalogue counted as part of
+the galaxy), each tile detection of that galaxy is two light sources that the truth calls one
+galaxy: at the tiles' seeing they merge, and the truth can say "isolated" of a blend. Whether
+the two are at one redshift (one shear) or not is unknown, so the tile study reports the
+detections of such galaxies apart. The cut-outs are judged on the HST images alone, never
+with the stage or its scores, by the rule the truth uses for a merged object
+(``tiletruth.classify_detections``: a second source with at least ``min_flux_ratio`` of the
+main one's flux).
+
+Pixels are numpy/SEP 0-based; the main source is the one nearest the cut-out's centre.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CUTOUT_DTYPE", "image_components", "cutout_components", "multiple_cutouts",
+           "main_is_multiple"]
+
+CUTOUT_DTYPE = np.dtype([
+    ("INDEX", "i8"), ("IDENT", "i8"), ("MAG", "f8"), ("N_SOURCES", "i4"),
+    ("SECOND_FLUX_RATIO", "f8"), ("SECOND_SEPARATION_ARCSEC", "f8"),
+])
+"""Per real galaxy (``INDEX`` in its catalogue, as ``GAL_ID`` of the tiles' truth): the SEP
+sources of its cut-out, the largest flux of another source over the main one's (0 if none)
+and that source's distance from the main one (NaN if none)."""
+
+
+def image_components(image, noise_sigma, threshold_sigma=3.0, min_area_pix=10):
+    """Sources of one image: ``(n_sources, second_flux_ratio, second_separation_pix)``.
+
+    SEP with SExtractor's default deblending (32 levels, contrast 0.005) at
+    ``threshold_sigma`` times ``noise_sigma``, no background (the cut-outs are
+    background-subtracted). The main source is the one nearest the image centre; the second
+    is the brightest of the others (ratio 0 and separation NaN when there is none).
+    """
+    import sep
+
+    image = np.ascontiguousarray(image, dtype=np.float64)
+    objects = sep.extract(image, threshold_sigma, err=float(noise_sigma),
+                          minarea=min_area_pix, deblend_nthresh=32, deblend_cont=0.005)
+    if len(objects) < 2:
+        return len(objects), 0.0, np.nan
+    centre_y, centre_x = (np.array(image.shape) - 1) / 2.0
+    main = np.argmin(np.hypot(objects["x"] - centre_x, objects["y"] - centre_y))
+    others = np.delete(np.arange(len(objects)), main)
+    second = others[np.argmax(objects["flux"][others])]
+    ratio = objects["flux"][second] / objects["flux"][main]
+    separation = np.hypot(objects["x"][second] - objects["x"][main],
+                          objects["y"][second] - objects["y"][main])
+    return len(objects), float(ratio), float(separation)
+
+
+def cutout_components(cosmos_dir, real_catalogue="real_galaxy_catalog_26_extension_example.fits",
+                      threshold_sigma=3.0, min_area_pix=10):
+    """``CUTOUT_DTYPE`` table of every galaxy of a GalSim real-galaxy catalogue.
+
+    Reads the catalogue's images (``GAL_FILENAME``, ``GAL_HDU``), subtracts ``NOISE_MEAN``
+    and detects at ``threshold_sigma`` times ``sqrt(NOISE_VARIANCE)`` (``image_components``).
+    """
+    import fitsio
+
+    cosmos_dir = Path(cosmos_dir)
+    cat = fitsio.read(str(cosmos_dir / real_catalogue), ext=1)
+    out = np.zeros(len(cat), dtype=CUTOUT_DTYPE)
+    files = {}
+    try:
+        for i, row in enumerate(cat):
+            name = row["GAL_FILENAME"].strip()
+            name = name.decode() if isinstance(name, bytes) else name
+            if name not in files:
+                files[name] = fitsio.FITS(str(cosmos_dir / name))
+            image = files[name][int(row["GAL_HDU"])].read() - float(row["NOISE_MEAN"])
+            n, ratio, sep_pix = image_components(image, np.sqrt(float(row["NOISE_VARIANCE"])),
+                                                 threshold_sigma, min_area_pix)
+            out[i] = (i, row["IDENT"], row["MAG"], n, ratio,
+                      sep_pix * float(row["PIXEL_SCALE"]))
+    finally:
+        for f in files.values():
+            f.close()
+    return out
+
+
+def multiple_cutouts(components, min_flux_ratio=0.1):
+    """Catalogue indices of the cut-outs holding a second source with at least
+    ``min_flux_ratio`` of the main source's flux (the truth's merged-object rule)."""
+    keep = components["SECOND_FLUX_RATIO"] >= min_flux_ratio
+    return np.sort(components["INDEX"][keep]).astype(np.int64)
+
+
+def main_is_multiple(classes, multiple_indices):
+    """Per detection (``tiletruth.TRUTH_CLASS_DTYPE``): its main object is a real galaxy whose
+    cut-out is in ``multiple_indices`` (its ``GROUP`` is the galaxy's unit, ``kind code *
+    UNIT_STRIDE + GAL_ID``, ``tiletruth.object_units``)."""
+    from .tiletruth import UNIT_STRIDE
+
+    kinds = np.char.strip(np.asarray(classes["MAIN_KIND"]).astype("S"))
+    groups = np.asarray(classes["GROUP"], dtype=np.int64)
+    real = (kinds == b"real") & (groups > 0)
+    return real & np.isin(groups % UNIT_STRIDE, np.asarray(multiple_indices, dtype=np.int64))
