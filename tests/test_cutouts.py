@@ -7,6 +7,11 @@ import pytest
 from bh_stage.study import cutouts
 from bh_stage.study.tiletruth import TRUTH_CLASS_DTYPE, object_units
 
+MULTIPLE_COSMOS_INDICES = [8, 9, 10, 15, 19, 28, 36, 39, 46, 48, 50]
+"""Real galaxies (indices into ../shared/cosmos' 26_extension sample) whose HST cut-out holds
+a second source with >= 10 % of the main flux: found with a separate script calling SEP
+directly (3 sigma, 10 pixels, SExtractor's deblending), all with ratios >= 0.22."""
+
 
 def gaussian(shape, x0, y0, flux, sigma_pix=2.0):
     y, x = np.mgrid[:shape[0], :shape[1]]
@@ -82,3 +87,14 @@ def test_main_is_multiple_only_for_real_galaxies_listed():
     # the sixth detection is spurious: GROUP 0, no kind
     got = cutouts.main_is_multiple(classes, [36, 8])
     assert got.tolist() == [True, False, False, False, True, False]
+
+
+def test_shared_cosmos_cutouts(cosmos_dir):
+    table = cutouts.cutout_components(cosmos_dir)
+    assert len(table) == 100
+    assert cutouts.multiple_cutouts(table).tolist() == MULTIPLE_COSMOS_INDICES
+    # index 36 (IDENT 38, F814W 21.26): a second source at 0.66" with 37 % of its flux
+    row = table[36]
+    assert row["IDENT"] == 38
+    assert row["SECOND_FLUX_RATIO"] == pytest.approx(0.37, abs=0.03)
+    assert row["SECOND_SEPARATION_ARCSEC"] == pytest.approx(0.66, abs=0.05)

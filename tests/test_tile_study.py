@@ -11,6 +11,9 @@ from bh_stage import tilehead
 from bh_stage.nets import compact
 from bh_stage.study import train_tile
 from bh_stage.heads import load_head
+from bh_stage.study.tiletruth import UNIT_STRIDE
+
+from test_cutouts import MULTIPLE_COSMOS_INDICES
 
 
 def test_centre_and_scale_stamps():
@@ -215,6 +218,13 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
     assert len(table) == n_test > 20
     assert table["UNRECOGNISED"].sum() > 0 and table["ISOLATED"].sum() > 0
     assert np.isfinite(table["BLEND_PROB"]).mean() > 0.9
+    # detections of the real galaxies whose HST cut-out holds a second source (the 11 COSMOS
+    # indices found by SEP on the HST images, test_cutouts) are marked, and only those
+    real = np.char.strip(table["MAIN_KIND"].astype("S")) == b"real"
+    marked = real & np.isin(table["GROUP"] % UNIT_STRIDE, MULTIPLE_COSMOS_INDICES)
+    np.testing.assert_array_equal(table["MULTIPLE_CUTOUT"] == 1, marked)
+    if marked.any():
+        assert "## unrecognised vs all others (multiple cut-outs apart:" in text
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("subset,comparison,score")
     assert (out / "roc.png").stat().st_size > 10000

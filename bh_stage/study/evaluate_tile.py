@@ -26,13 +26,14 @@ import numpy as np
 
 from .. import cues
 from ..extras import require
-from . import metrics, tileset
+from . import cutouts, metrics, tileset
 
 __all__ = ["COMPARISONS", "SCORES", "comparison_labels", "galaxy_groups", "unit_counts",
            "score_table",
            "catalogue_classifiers", "BOOSTING_GRID", "LOGISTIC_C_GRID", "baseline_configs",
            "TunedBaseline", "tune_baseline", "fit_baseline", "baseline_columns",
            "baseline_matrix", "reliability_bins", "calibration_summary",
+           "MULTIPLE_CUTOUT", "MULTIPLES_APART", "multiple_cutouts_of",
            "evaluate_tile", "run_evaluate_tile"]
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,12 @@ SCORES = {
 """Scores compared, higher meaning more likely blended."""
 
 BINARY = ("BLEND_FLAG", "BH_PAPER_FLAG", "FLAGS&2", "FLAGS&1")
+
+MULTIPLE_CUTOUT = "MULTIPLE_CUTOUT"
+"""Table column: the detection's main object is a real galaxy whose HST cut-out holds a
+second source (``cutouts``): two light sources the truth calls one galaxy."""
+MULTIPLES_APART = "multiple cut-outs apart"
+"""Subset of the report without those detections (they are counted, not labelled)."""
 
 
 def comparison_labels(classes, comparison):
@@ -464,7 +471,7 @@ def evaluate_tile(cfg, progress=None):
         scores = score_table(stage_columns, feats, baseline.predict(test_base),
                              cat_predict(feats))
         table = np.zeros(len(classes), dtype=[("TILE", "S16")] + classes.dtype.descr
-                         + [(k, "f8") for k in SCORES])
+                         + [(k, "f8") for k in SCORES] + [(MULTIPLE_CUTOUT, "i1")])
         table["TILE"] = folder.name
         for name in classes.dtype.names:
             table[name] = classes[name]
@@ -472,6 +479,9 @@ def evaluate_tile(cfg, progress=None):
             table[name] = values
         tables.append(table)
     table = np.concatenate(tables)
+    multiple = multiple_cutouts_of(cfg.tiles)
+    table[MULTIPLE_CUTOUT] = cutouts.main_is_multiple(table, multiple)
+    apart = table[MULTIPLE_CUTOUT] == 1
     rows = _metric_rows(table, cfg)
     info = {"catalogue_classifier": cat_name, "catalogue_valid_auc": cat_valid_auc,
             "n_test_detections": len(table), "seconds": time.perf_counter() - t0,
@@ -490,8 +500,23 @@ def evaluate_tile(cfg, progress=None):
             "paired_auc": [r for r in rows if r["score"].startswith("BLEND_PROB - ")],
             "calibration": calibration_summary(
                 table["BLEND_PROB"], table["UNRECOGNISED"], table["BLEND_FLAG"],
-                galaxy_groups(table), 10, cfg.n_bootstrap, cfg.seed)}
+                galaxy_groups(table), 10, cfg.n_bootstrap, cfg.seed),
+            "multiple_cutouts": {
+                "gal_ids": multiple.tolist(), "detections": int(apart.sum()),
+                "galaxies": int(np.unique(table["GROUP"][apart]).size),
+                "calibration": calibration_summary(
+                    table["BLEND_PROB"][~apart], table["UNRECOGNISED"][~apart],
+                    table["BLEND_FLAG"][~apart], galaxy_groups(table[~apart]), 10,
+                    cfg.n_bootstrap, cfg.seed)}}
     return rows, table, info
+
+
+def multiple_cutouts_of(tiles):
+    """COSMOS indices of the real galaxies of a tile set whose HST cut-out holds a second
+    source (``cutouts.multiple_cutouts``); their detections are reported apart."""
+    sim = tileset.simulate_config(tiles, "test", tiles.test_seeds[0])
+    return cutouts.multiple_cutouts(cutouts.cutout_components(sim.cosmos_dir,
+                                                              sim.real_catalogue))
 
 
 def baseline_columns(folders):
@@ -575,6 +600,8 @@ def _metric_rows(table, cfg):
     """One row per (subset, comparison, score) with values and galaxy-bootstrap intervals."""
     subsets = {"all": np.ones(len(table), bool),
                f"SNR >= {cfg.snr_min:g}": table["MAIN_SNR"] >= cfg.snr_min}
+    if table[MULTIPLE_CUTOUT].any():
+        subsets[MULTIPLES_APART] = table[MULTIPLE_CUTOUT] == 0
     out = []
     for subset, keep in subsets.items():
         sub = table[keep]
@@ -659,7 +686,8 @@ def _markdown(cfg, rows, info, command):
               "of the main object's flux inside the segment and no detection of its own; "
               "*close companion*, another object with >= 10 % of the main object's flux "
               "within 10 px; *paper blend*, such an object inside the 51x51 stamp; "
-              "*isolated*, none within 36 px.", ""]
+              "*isolated*, none within 36 px.", "",
+              *_multiples_text(info["multiple_cutouts"])]
     fpr_keys = [f"tpr_at_fpr_{f:g}" for f in cfg.fpr_points]
     for subset in dict.fromkeys(r["subset"] for r in rows):
         for comparison in COMPARISONS:
@@ -683,7 +711,9 @@ def _markdown(cfg, rows, info, command):
                 lines.append(f"| {r['score']} | {_fmt(r, 'roc_auc')} | " + " | ".join(rates)
                              + f" | {flags} |")
             lines.append("")
-    lines += _calibration_text(info["calibration"]) + _trials_text(info["baseline"])
+    lines += _calibration_text(info["calibration"])
+    lines += _calibration_text(info["multiple_cutouts"]["calibration"], MULTIPLES_APART)
+    lines += _trials_text(info["baseline"])
     return "\n".join(lines) + "\n"
 
 
@@ -728,7 +758,18 @@ def _paired_text(paired):
                                   f"{_fmt(r, 'roc_auc')}" for r in sel) + ".", ""]
 
 
-def _calibration_text(cal):
+def _multiples_text(multiple):
+    """results.md paragraph on the detections of galaxies with a multiple cut-out."""
+    return [f"*{MULTIPLES_APART}*: without the {multiple['detections']} detections whose main "
+            f"object is one of the {multiple['galaxies']} real galaxies here whose HST cut-out "
+            "holds a second source with >= 10 % of the main one's flux (COSMOS indices "
+            f"{', '.join(str(g) for g in multiple['gal_ids'])} of both halves; "
+            "`bh_stage.study.cutouts`, SEP on the HST images). Each is two light sources the "
+            "truth calls one galaxy, usually \"isolated\"; whether the two share a redshift is "
+            "unknown, so they are reported apart, not labelled.", ""]
+
+
+def _calibration_text(cal, subset=None):
     """results.md section on the calibration of BLEND_PROB on the test tiles."""
     names = {"mean_prob": "mean BLEND_PROB",
              "positive_fraction": "fraction of unrecognised blends",
@@ -737,7 +778,8 @@ def _calibration_text(cal):
              "positives_flagged": "fraction of the unrecognised blends flagged",
              "flagged_positive": "fraction of the flagged detections that are unrecognised "
                                  "blends"}
-    lines = ["## Calibration of BLEND_PROB on the test tiles", "",
+    title = "## Calibration of BLEND_PROB on the test tiles" + (f" ({subset})" if subset else "")
+    lines = [title, "",
              "The tile head's calibration and BLEND_FLAG's threshold were fitted on the "
              "validation tiles, never here. Probability rows: the "
              f"{cal['n_scored']} detections with a BLEND_PROB; BLEND_FLAG rows: all "
