@@ -762,8 +762,8 @@ def _multiples_text(multiple):
     """results.md paragraph on the detections of galaxies with a multiple cut-out."""
     return [f"*{MULTIPLES_APART}*: without the {multiple['detections']} detections whose main "
             f"object is one of the {multiple['galaxies']} real galaxies here whose HST cut-out "
-            "holds a second source with >= 10 % of the main one's flux (COSMOS indices "
-            f"{', '.join(str(g) for g in multiple['gal_ids'])} of both halves; "
+            "holds a second source with >= 10 % of the main one's flux (of such galaxies in "
+            f"both halves, COSMOS indices {', '.join(str(g) for g in multiple['gal_ids'])}; "
             "`bh_stage.study.cutouts`, SEP on the HST images). Each is two light sources the "
             "truth calls one galaxy, usually \"isolated\"; whether the two share a redshift is "
             "unknown, so they are reported apart, not labelled.", ""]
