@@ -18,7 +18,9 @@ share of unrecognised blends it holds, and mean ``BLEND_PROB`` against the true 
 once over all detections (issue 21's definition) and once with the detections whose main
 object is such a galaxy reported apart. Also, per real galaxy, how often it is the main
 object and how many of its isolated detections are flagged. Role test is read to report
-only. Writes bench/results/cutout_multiples_<role>.json.
+only. Also the field's unrecognised fraction estimated from BLEND_PROB alone by prior-shift
+EM (``prior_shift_prevalence``; tried as a remedy for the calibration's drift with the field,
+not in the stage). Writes bench/results/cutout_multiples_<role>.json.
 """
 
 import dataclasses
@@ -70,6 +72,18 @@ def summary(prob, flag, baseline, labels, groups, n_boot):
         out[key] = float(point[k])
         out[key + "_95"] = metrics.interval(boot[:, k], 0.95)
     return out
+
+
+def prior_shift_prevalence(prob, prevalence_fit, n_iter=500):
+    """The field's fraction of unrecognised blends estimated from BLEND_PROB alone, assuming
+    only the prior changed since calibration (EM of Saerens, Latinne & Decaestecker 2002):
+    rescale every probability to a trial prevalence until the rescaled mean equals it."""
+    p = np.clip(prob[np.isfinite(prob)], 1e-12, 1 - 1e-12)
+    pi = prevalence_fit
+    for _ in range(n_iter):
+        r, s = pi / prevalence_fit, (1 - pi) / (1 - prevalence_fit)
+        pi = float(np.mean(r * p / (r * p + s * (1 - p))))
+    return pi
 
 
 def options_of(tiles_set, k):
@@ -126,7 +140,7 @@ def main():
     from bh_stage.study.evaluate_tile import (baseline_columns, baseline_matrix, fit_baseline,
                                               galaxy_groups, unit_counts)
     from bh_stage.study.simulate import real_galaxy_split
-    from bh_stage.tilehead import tile_head_path
+    from bh_stage.tilehead import load_tile_head, tile_head_path
 
     tile_set_options = [options_of(args.tiles_set, k) for k in range(len(args.work_dir))]
     tiles = load_config(None, TileSetConfig, [f"work_dir={args.work_dir[0]}",
@@ -144,6 +158,7 @@ def main():
     model = fit_baseline(train_folders, columns, info["model"], info["params"], 0)
 
     head_path = tile_head_path(args.head)
+    prevalence_fit = float(load_tile_head(head_path).metadata["valid"]["prevalence"])
     run_cfg = config_from_dict(RunConfig, {"tile_head": args.head, "overwrite": True})
     result = {"role": args.role, "head": str(head_path), "tiles_set": args.tiles_set,
               "min_flux_ratio": args.min_flux_ratio, "multiple_cutouts": multiple.tolist(),
@@ -180,6 +195,10 @@ def main():
                    "multiples": float(flag[iso & apart].mean()) if (iso & apart).any() else None,
                    "rest": float(flag[iso & rest].mean())},
                "per_galaxy": per_galaxy(classes, flag, set(multiple.tolist()), test_ids)}
+        for name, sel in (("all", np.ones(len(prob), bool)), ("multiples_apart", rest)):
+            pi = prior_shift_prevalence(prob[sel], prevalence_fit)
+            one[name]["prior_shift_prevalence"] = pi
+            one[name]["prior_shift_relative_difference"] = pi / labels[sel].mean() - 1.0
         result["tile_sets"].append(one)
         print(f"{work_dir} {args.role}: {apart.sum()} of {len(prob)} detections have a "
               f"multiple cut-out as main object")
@@ -189,7 +208,8 @@ def main():
                   f"{s['tpr_at_fpr_0.05']:.3f}, - baseline {s['roc_auc_minus_baseline']:+.3f} "
                   f"{s['roc_auc_minus_baseline_95']}, flags {s['flagged_fraction']:.3f} "
                   f"holding {s['positives_flagged']:.3f}, mean P / true - 1 "
-                  f"{s['relative_difference']:+.3f} {s['relative_difference_95']}")
+                  f"{s['relative_difference']:+.3f} {s['relative_difference_95']}; prior-shift "
+                  f"estimate / true - 1 {s['prior_shift_relative_difference']:+.3f}")
         print(f"  isolated detections flagged: {one['isolated_flagged']}")
     benchlib.write_result(args.output or f"cutout_multiples_{args.role}.json", result)
 
