@@ -161,6 +161,16 @@ bh-stage train-tile example_config/train-tile.yml --set tiles.work_dir=$work/til
 # the truth, galaxy-bootstrap intervals -> docs/history/results_tile_0.5/.
 bh-stage evaluate-tile example_config/evaluate-tile.yml --set tiles.work_dir=$work/tiles \
     --set output_dir=docs/results_tile --set overwrite=true
+# 0.12: the shipped default head's report, with the real galaxies whose HST cut-out holds
+# two sources reported apart, and the same at 5 and 30 % pairs (docs/tile_study_v2.md).
+echo "tile_head: default" > $work/run_default.yml
+bh-stage evaluate-tile example_config/evaluate-tile.yml --set tiles.work_dir=$work/tiles \
+    --set run_config=$work/run_default.yml --set output_dir=docs/results_tile_v2_default \
+    --set overwrite=true
+python bench/bench_cutout_multiples.py --role valid --work-dir $work/tiles
+python bench/bench_cutout_multiples.py --role test --work-dir $work/tiles \
+    --work-dir $work/tiles_p05 --tiles-set 1:close_pair_fraction=0.05 \
+    --work-dir $work/tiles_p30 --tiles-set 2:close_pair_fraction=0.3
 # How the shipped tile head was chosen (validation tiles only): the 0.2.0 head (git show
 # ca92e30:data/heads/tile_unrecognised.json and .weights.npz into $work/heads_0.2.0) in 1, 2, 4
 # and 8 orientations, then the 6-tile head in 4 orientations (row 2 of README), the 12-tile one
