@@ -117,6 +117,40 @@ def per_galaxy(classes, flag, multiple, test_ids):
     return sorted(rows, key=lambda r: -r["detections"])
 
 
+def figure(path, cosmos_dir, components, multiple, test_ids, psf_fwhm_arcsec=0.65):
+    """The multiple cut-outs' HST images (arcsinh stretch) with the tiles' PSF FWHM."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bh_stage.study import cutouts
+
+    n_col = 6
+    n_row = -(-len(multiple) // n_col)
+    fig, axes = plt.subplots(n_row, n_col, figsize=(2.2 * n_col, 2.4 * n_row))
+    for ax in np.ravel(axes):
+        ax.set_axis_off()
+    for ax, (i, row, image) in zip(np.ravel(axes), cutouts.cutout_images(
+            cosmos_dir, indices=multiple.tolist())):
+        sigma = np.sqrt(float(row["NOISE_VARIANCE"]))
+        ax.imshow(np.arcsinh(image / (3 * sigma)), origin="lower", cmap="gray_r")
+        scale = float(row["PIXEL_SCALE"])  # arcsec per HST pixel
+        radius_pix = psf_fwhm_arcsec / 2 / scale
+        ax.add_patch(plt.Circle((radius_pix + 1, radius_pix + 1), radius_pix, fill=False,
+                                color="tab:red", lw=1))
+        c = components[components["INDEX"] == i][0]
+        ax.set_title(f"{i} ({'test' if i in test_ids else 'train'}), {c['MAG']:.1f} mag\n"
+                     f"2nd: {c['SECOND_FLUX_RATIO']:.2f} at {c['SECOND_SEPARATION_ARCSEC']:.2f}\"",
+                     fontsize=8)
+    fig.suptitle(f"HST cut-outs holding a second source (red: the tiles' {psf_fwhm_arcsec}\" "
+                 "PSF FWHM)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main():
     parser = benchlib.parser(__doc__)
     parser.add_argument("--work-dir", required=True, type=Path, action="append",
@@ -133,6 +167,8 @@ def main():
                              " N: prefix: of the N-th --work-dir only (0-based)")
     parser.add_argument("--min-flux-ratio", type=float, default=0.1)
     parser.add_argument("--n-bootstrap", type=int, default=500)
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="PNG of the multiple cut-outs' HST images")
     args = parser.parse_args()
 
     from bh_stage.config import RunConfig, TileSetConfig, config_from_dict, load_config
@@ -150,6 +186,9 @@ def main():
     test_ids = set(real_galaxy_split(components["MAG"])[1].tolist())
     print(f"cut-outs with a second source >= {args.min_flux_ratio:g} of the main flux: "
           f"{multiple.tolist()} ({sum(g in test_ids for g in multiple)} in the test half)")
+
+    if args.figure is not None:
+        figure(args.figure, tiles.cosmos_dir, components, multiple, test_ids)
 
     info = json.loads(args.baseline_from.read_text())["baseline"]
     train = load_config(None, TileSetConfig, [f"work_dir={args.tiles_dir or args.work_dir[0]}"])

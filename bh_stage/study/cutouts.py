@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CUTOUT_DTYPE", "image_components", "cutout_components", "multiple_cutouts",
-           "main_is_multiple"]
+__all__ = ["CUTOUT_DTYPE", "REAL_CATALOGUE", "image_components", "cutout_images",
+           "cutout_components", "multiple_cutouts", "main_is_multiple"]
 
 CUTOUT_DTYPE = np.dtype([
     ("INDEX", "i8"), ("IDENT", "i8"), ("MAG", "f8"), ("N_SOURCES", "i4"),
@@ -54,34 +54,45 @@ def image_components(image, noise_sigma, threshold_sigma=3.0, min_area_pix=10):
     return len(objects), float(ratio), float(separation)
 
 
-def cutout_components(cosmos_dir, real_catalogue="real_galaxy_catalog_26_extension_example.fits",
-                      threshold_sigma=3.0, min_area_pix=10):
-    """``CUTOUT_DTYPE`` table of every galaxy of a GalSim real-galaxy catalogue.
+REAL_CATALOGUE = "real_galaxy_catalog_26_extension_example.fits"
+"""The shared sample's real-galaxy catalogue (``SimulateConfig.real_catalogue``'s default)."""
 
-    Reads the catalogue's images (``GAL_FILENAME``, ``GAL_HDU``), subtracts ``NOISE_MEAN``
-    and detects at ``threshold_sigma`` times ``sqrt(NOISE_VARIANCE)`` (``image_components``).
-    """
+
+def cutout_images(cosmos_dir, real_catalogue=REAL_CATALOGUE, indices=None):
+    """Yield ``(index, catalogue row, image)`` of each galaxy of a GalSim real-galaxy catalogue
+    (all, or those of ``indices``): its HST cut-out (``GAL_FILENAME``, ``GAL_HDU``) minus
+    ``NOISE_MEAN``, float64."""
     import fitsio
 
     cosmos_dir = Path(cosmos_dir)
     cat = fitsio.read(str(cosmos_dir / real_catalogue), ext=1)
-    out = np.zeros(len(cat), dtype=CUTOUT_DTYPE)
     files = {}
     try:
-        for i, row in enumerate(cat):
+        for i in range(len(cat)) if indices is None else indices:
+            row = cat[i]
             name = row["GAL_FILENAME"].strip()
             name = name.decode() if isinstance(name, bytes) else name
             if name not in files:
                 files[name] = fitsio.FITS(str(cosmos_dir / name))
-            image = files[name][int(row["GAL_HDU"])].read() - float(row["NOISE_MEAN"])
-            n, ratio, sep_pix = image_components(image, np.sqrt(float(row["NOISE_VARIANCE"])),
-                                                 threshold_sigma, min_area_pix)
-            out[i] = (i, row["IDENT"], row["MAG"], n, ratio,
-                      sep_pix * float(row["PIXEL_SCALE"]))
+            image = files[name][int(row["GAL_HDU"])].read().astype(np.float64)
+            yield int(i), row, image - float(row["NOISE_MEAN"])
     finally:
         for f in files.values():
             f.close()
-    return out
+
+
+def cutout_components(cosmos_dir, real_catalogue=REAL_CATALOGUE, threshold_sigma=3.0,
+                      min_area_pix=10):
+    """``CUTOUT_DTYPE`` table of every galaxy of a GalSim real-galaxy catalogue: SEP at
+    ``threshold_sigma`` times ``sqrt(NOISE_VARIANCE)`` on each ``cutout_images`` image
+    (``image_components``)."""
+    rows = []
+    for i, row, image in cutout_images(cosmos_dir, real_catalogue):
+        n, ratio, sep_pix = image_components(image, np.sqrt(float(row["NOISE_VARIANCE"])),
+                                             threshold_sigma, min_area_pix)
+        rows.append((i, row["IDENT"], row["MAG"], n, ratio,
+                     sep_pix * float(row["PIXEL_SCALE"])))
+    return np.array(rows, dtype=CUTOUT_DTYPE)
 
 
 def multiple_cutouts(components, min_flux_ratio=0.1):
