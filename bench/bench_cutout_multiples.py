@@ -86,12 +86,14 @@ def prior_shift_prevalence(prob, prevalence_fit, n_iter=500):
     return pi
 
 
-def options_of(tiles_set, k):
+def options_of(tiles_set, k, n_work_dirs):
     """The ``--tiles-set`` options of the k-th ``--work-dir``: unprefixed ones and ``k:``."""
     out = []
     for option in tiles_set:
         prefix, colon, rest = option.partition(":")
         if colon and prefix.isdigit():
+            if int(prefix) >= n_work_dirs:
+                raise SystemExit(f"--tiles-set {option}: there are {n_work_dirs} --work-dir")
             if int(prefix) == k:
                 out.append(rest)
         else:
@@ -178,7 +180,8 @@ def main():
     from bh_stage.study.simulate import real_galaxy_split
     from bh_stage.tilehead import load_tile_head, tile_head_path
 
-    tile_set_options = [options_of(args.tiles_set, k) for k in range(len(args.work_dir))]
+    n_dirs = len(args.work_dir)
+    tile_set_options = [options_of(args.tiles_set, k, n_dirs) for k in range(n_dirs)]
     tiles = load_config(None, TileSetConfig, [f"work_dir={args.work_dir[0]}",
                                               *tile_set_options[0]])
     components = cutouts.cutout_components(tiles.cosmos_dir)
@@ -219,20 +222,24 @@ def main():
             classes.append(cls)
         prob, flag, base = np.concatenate(prob), np.concatenate(flag), np.concatenate(base)
         classes = np.concatenate(classes)
+        scored = np.isfinite(prob)  # BLEND_PROB is NaN where a stamp could not be scored
+        prob, flag, base, classes = prob[scored], flag[scored], base[scored], classes[scored]
         labels = classes["UNRECOGNISED"] == 1
         groups = galaxy_groups(classes)
         apart = cutouts.main_is_multiple(classes, multiple)
         rest, iso = ~apart, classes["ISOLATED"] == 1
+        real = np.char.strip(classes["MAIN_KIND"].astype("S")) == b"real"
         one = {"work_dir": str(work_dir), "tiles_set": options,
                "units_all": unit_counts(classes), "units_rest": unit_counts(classes[rest]),
                "detections_apart": int(apart.sum()),
                "all": summary(prob, flag, base, labels, groups, args.n_bootstrap),
                "multiples_apart": summary(prob[rest], flag[rest], base[rest], labels[rest],
                                           groups[rest], args.n_bootstrap),
-               "isolated_flagged": {
-                   "all": float(flag[iso].mean()),
+               "n_unscored": int((~scored).sum()),
+               "isolated_flagged": {  # isolated detections of real galaxies (no stars)
+                   "real_galaxies": float(flag[iso & real].mean()),
                    "multiples": float(flag[iso & apart].mean()) if (iso & apart).any() else None,
-                   "rest": float(flag[iso & rest].mean())},
+                   "other_real_galaxies": float(flag[iso & real & rest].mean())},
                "per_galaxy": per_galaxy(classes, flag, set(multiple.tolist()), test_ids)}
         for name, sel in (("all", np.ones(len(prob), bool)), ("multiples_apart", rest)):
             pi = prior_shift_prevalence(prob[sel], prevalence_fit)
@@ -249,7 +256,7 @@ def main():
                   f"holding {s['positives_flagged']:.3f}, mean P / true - 1 "
                   f"{s['relative_difference']:+.3f} {s['relative_difference_95']}; prior-shift "
                   f"estimate / true - 1 {s['prior_shift_relative_difference']:+.3f}")
-        print(f"  isolated detections flagged: {one['isolated_flagged']}")
+        print(f"  isolated real-galaxy detections flagged: {one['isolated_flagged']}")
     benchlib.write_result(args.output or f"cutout_multiples_{args.role}.json", result)
 
 

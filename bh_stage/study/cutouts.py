@@ -30,7 +30,8 @@ and that source's distance from the main one (NaN if none)."""
 
 
 def image_components(image, noise_sigma, threshold_sigma=3.0, min_area_pix=10):
-    """Sources of one image: ``(n_sources, second_flux_ratio, second_separation_pix)``.
+    """Sources of one image: ``(n_sources, second_flux_ratio, second_separation_pix)``;
+    ``noise_sigma`` is the pixel noise in the image's units.
 
     SEP with SExtractor's default deblending (32 levels, contrast 0.005) at
     ``threshold_sigma`` times ``noise_sigma``, no background (the cut-outs are

@@ -435,6 +435,7 @@ def evaluate_tile(cfg, progress=None):
     t0 = time.perf_counter()
     folders = {role: tileset.prepare_role(cfg.tiles, role, progress)
                for role in tileset.ROLES}
+    multiple = multiple_cutouts_of(cfg.tiles)  # before any scoring: a missing file warns
     # the baseline reads the BASELINE_COLUMNS that every tile's catalogue has (the test
     # catalogues' column names only), so its features are the same on every tile
     # the baseline's columns are chosen from the training and validation catalogues only
@@ -479,7 +480,6 @@ def evaluate_tile(cfg, progress=None):
             table[name] = values
         tables.append(table)
     table = np.concatenate(tables)
-    multiple = multiple_cutouts_of(cfg.tiles)
     table[MULTIPLE_CUTOUT] = cutouts.main_is_multiple(table, multiple)
     apart = table[MULTIPLE_CUTOUT] == 1
     rows = _metric_rows(table, cfg)
@@ -513,8 +513,13 @@ def evaluate_tile(cfg, progress=None):
 
 def multiple_cutouts_of(tiles):
     """COSMOS indices of the real galaxies of a tile set whose HST cut-out holds a second
-    source (``cutouts.multiple_cutouts``); their detections are reported apart."""
+    source (``cutouts.multiple_cutouts``); their detections are reported apart. Without the
+    real-galaxy catalogue (tiles made elsewhere): none, with a warning."""
     sim = tileset.simulate_config(tiles, "test", tiles.test_seeds[0])
+    path = Path(sim.cosmos_dir) / sim.real_catalogue
+    if not path.is_file():
+        log.warning("%s not found: no detection is reported apart as a multiple cut-out", path)
+        return np.zeros(0, dtype=np.int64)
     return cutouts.multiple_cutouts(cutouts.cutout_components(sim.cosmos_dir,
                                                               sim.real_catalogue))
 
@@ -712,7 +717,8 @@ def _markdown(cfg, rows, info, command):
                              + f" | {flags} |")
             lines.append("")
     lines += _calibration_text(info["calibration"])
-    lines += _calibration_text(info["multiple_cutouts"]["calibration"], MULTIPLES_APART)
+    if info["multiple_cutouts"]["detections"]:
+        lines += _calibration_text(info["multiple_cutouts"]["calibration"], MULTIPLES_APART)
     lines += _trials_text(info["baseline"])
     return "\n".join(lines) + "\n"
 
@@ -760,6 +766,8 @@ def _paired_text(paired):
 
 def _multiples_text(multiple):
     """results.md paragraph on the detections of galaxies with a multiple cut-out."""
+    if not multiple["detections"]:
+        return []
     return [f"*{MULTIPLES_APART}*: without the {multiple['detections']} detections whose main "
             f"object is one of the {multiple['galaxies']} real galaxies here whose HST cut-out "
             "holds a second source with >= 10 % of the main one's flux (of such galaxies in "
