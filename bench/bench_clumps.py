@@ -94,6 +94,7 @@ def main():
     from bh_stage import io
     from bh_stage.config import RunConfig, config_from_dict
     from bh_stage.stage import run_stage
+    from bh_stage.study import metrics
     from bh_stage.study.sextractor import run_sextractor
 
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -126,16 +127,18 @@ def main():
     flag[obj[order]] = cols["BLEND_FLAG"][order] == 1
     found = n_det > 0
 
-    rng = np.random.default_rng(0)
     result = {"head": args.head, "seed": args.seed, "size_pix": args.size_pix,
               "n_detections": int(len(cols)), "kinds": {}}
     print(f"{len(cols)} detections; {x0.size} objects on the grid")
     for kind in KINDS:
         idx = np.flatnonzero((kinds == kind) & found)
-        stats = lambda i: (flag[i].mean(), np.median(prob[i]), (n_det[i] > 1).mean())  # noqa: E731
-        point = stats(idx)
-        boot = np.array([stats(rng.choice(idx, idx.size)) for _ in range(args.n_bootstrap)])
-        lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+        def stats(rows, idx=idx):
+            i = idx[rows]
+            return np.array([flag[i].mean(), np.median(prob[i]), (n_det[i] > 1).mean()])
+
+        point = stats(np.arange(idx.size))
+        boot = metrics.group_bootstrap(np.arange(idx.size), stats, args.n_bootstrap)
+        lo, hi = np.array([metrics.interval(boot[:, k], 0.95) for k in range(3)]).T
         result["kinds"][kind] = {
             "objects": int((kinds == kind).sum()), "detected": int(idx.size),
             "flagged": float(point[0]), "flagged_95": [float(lo[0]), float(hi[0])],
