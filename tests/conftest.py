@@ -26,6 +26,12 @@ def _missing(reason):
     pytest.skip(reason)
 
 
+MULTIPLE_COSMOS_INDICES = [8, 9, 10, 15, 19, 28, 36, 39, 46, 48, 50]
+"""Real galaxies (indices into ../shared/cosmos' 26_extension sample) whose HST cut-out holds
+a second source with >= 10 % of the main flux: found with a separate script calling SEP
+directly (3 sigma, 10 pixels, SExtractor's deblending), all with ratios >= 0.22."""
+
+
 @pytest.fixture(scope="session")
 def cosmos_dir():
     """The COSMOS samples folder: $BH_STAGE_COSMOS_DIR, default ../shared/cosmos."""

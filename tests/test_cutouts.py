@@ -7,10 +7,7 @@ import pytest
 from bh_stage.study import cutouts
 from bh_stage.study.tiletruth import TRUTH_CLASS_DTYPE, object_units
 
-MULTIPLE_COSMOS_INDICES = [8, 9, 10, 15, 19, 28, 36, 39, 46, 48, 50]
-"""Real galaxies (indices into ../shared/cosmos' 26_extension sample) whose HST cut-out holds
-a second source with >= 10 % of the main flux: found with a separate script calling SEP
-directly (3 sigma, 10 pixels, SExtractor's deblending), all with ratios >= 0.22."""
+from conftest import MULTIPLE_COSMOS_INDICES
 
 
 def gaussian(shape, x0, y0, flux, sigma_pix=2.0):

@@ -12,7 +12,7 @@ from bh_stage.nets import compact
 from bh_stage.study import train_tile
 from bh_stage.heads import load_head
 
-from test_cutouts import MULTIPLE_COSMOS_INDICES
+from conftest import MULTIPLE_COSMOS_INDICES
 
 
 def test_centre_and_scale_stamps():
