@@ -2,16 +2,19 @@
 
     python bench/bench_clumps.py --work-dir WORKDIR/clumps [--head default] [--seed 1]
 
-One 4000x4000 tile (0.187"/px, sigma 14.5 ADU, Moffat PSF of 0.65" FWHM, beta 4.765) holds
-isolated objects on a grid 80 px apart, no other neighbour, of four kinds drawn alike (the
-same disc, magnitude and shape laws), a quarter each:
+One 4000x4000 tile (0.187"/px, sigma 14.5 ADU; a plain Moffat PSF of 0.65" FWHM, beta
+4.765, where the study's tiles convolve a Moffat with a Kolmogorov of that FWHM) holds
+isolated objects on a grid 80 px apart, no other neighbour, of five kinds drawn alike (the
+same disc, magnitude and shape laws, the same random draws), a fifth each:
 
 - ``smooth``: an exponential disc (half-light radius 0.3-0.6", |e| up to 0.5, 22-24 mag);
-- ``clumps2``, ``clumps4``: the same disc holding 2 or 4 compact Gaussian knots (sigma 0.06")
-  with 30 % of the light between them, each 0.4-0.7" from the centre: one galaxy, one shear
-  (as COSMOS index 36 and 8 look in their HST cut-outs; tile_study_v2.md);
-- ``companion``: the same disc and, 0.4-0.7" away, a second galaxy with 30 % of the light, an
-  exponential of half-light radius 0.2": an unrecognised blend when SExtractor merges it.
+- ``clumps1``, ``clumps2``, ``clumps4``: the same disc with 1, 2 or 4 compact Gaussian knots
+  (sigma 0.06") holding 30 % of the light between them, each 0.4-0.7" from the disc's
+  centre whatever its size: one galaxy (as COSMOS index 36 and 8 look in their HST
+  cut-outs; tile_study_v2.md);
+- ``companion``: the same disc and, where ``clumps1`` puts its knot, a second galaxy with
+  30 % of the light, an exponential of half-light radius 0.2": an unrecognised blend when
+  SExtractor merges it. It differs from ``clumps1`` only in the second source's profile.
 
 The tile is SExtracted (the study's config) and run through ``bh-stage run``; each
 detection is matched to the nearest grid object within 3 px. Reports per kind: detections
@@ -30,7 +33,7 @@ import numpy as np
 import benchlib
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("smooth", "clumps2", "clumps4", "companion")
+KINDS = ("smooth", "clumps1", "clumps2", "clumps4", "companion")
 PIXEL_SCALE_ARCSEC = 0.187
 NOISE_SIGMA_ADU = 14.5
 SPACING_PIX = 80
@@ -117,14 +120,17 @@ def main():
                               np.asarray(det.y_pix) - y0[np.clip(obj, 0, None)]) < 3.0)
     # (row-major grid: object k sits at grid[k % n_side], grid[k // n_side], as meshgrid)
     n_det = np.bincount(obj[near], minlength=x0.size)
-    # each object's detection nearest its centre carries its score (assigned last)
+    # each object's detection nearest its centre carries its score
     dist = np.hypot(np.asarray(det.x_pix) - x0[np.clip(obj, 0, None)],
                     np.asarray(det.y_pix) - y0[np.clip(obj, 0, None)])
-    order = np.flatnonzero(near)[np.argsort(-dist[near], kind="stable")]
+    rows = np.flatnonzero(near)
+    rows = rows[np.lexsort((dist[rows], obj[rows]))]  # by object, nearest first
+    _, first = np.unique(obj[rows], return_index=True)
+    rows = rows[first]
     prob = np.full(x0.size, np.nan)
     flag = np.zeros(x0.size, bool)
-    prob[obj[order]] = cols["BLEND_PROB"][order]
-    flag[obj[order]] = cols["BLEND_FLAG"][order] == 1
+    prob[obj[rows]] = cols["BLEND_PROB"][rows]
+    flag[obj[rows]] = cols["BLEND_FLAG"][rows] == 1
     found = n_det > 0
 
     result = {"head": args.head, "seed": args.seed, "size_pix": args.size_pix,

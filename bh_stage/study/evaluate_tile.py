@@ -515,13 +515,17 @@ def multiple_cutouts_of(tiles):
     """COSMOS indices of the real galaxies of a tile set whose HST cut-out holds a second
     source (``cutouts.multiple_cutouts``); their detections are reported apart. Without the
     real-galaxy catalogue (tiles made elsewhere): none, with a warning."""
+    from ..errors import ConfigError
+
+    if not tiles.test_seeds:
+        raise ConfigError("tiles.test_seeds is empty: evaluate-tile reports on test tiles")
     sim = tileset.simulate_config(tiles, "test", tiles.test_seeds[0])
-    path = Path(sim.cosmos_dir) / sim.real_catalogue
-    if not path.is_file():
-        log.warning("%s not found: no detection is reported apart as a multiple cut-out", path)
+    try:
+        return cutouts.multiple_cutouts(cutouts.cutout_components(sim.cosmos_dir,
+                                                                  sim.real_catalogue))
+    except OSError as err:  # tiles made elsewhere, without the COSMOS files here
+        log.warning("%s: no detection is reported apart as a multiple cut-out", err)
         return np.zeros(0, dtype=np.int64)
-    return cutouts.multiple_cutouts(cutouts.cutout_components(sim.cosmos_dir,
-                                                              sim.real_catalogue))
 
 
 def baseline_columns(folders):
