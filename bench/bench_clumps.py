@@ -21,7 +21,8 @@ detection is matched to the nearest grid object within 3 px. Reports per kind: d
 per object (deblended or not), the fraction ``BLEND_FLAG`` flags and the median
 ``BLEND_PROB``, with 95 % bootstrap intervals over objects (each object a distinct draw).
 Galaxies are simulated here, not taken from COSMOS: neither half of the real sample is read.
-Writes bench/results/clumps.json.
+``--second-fraction`` and ``--radius-arcsec`` change the 30 % and 0.4-0.7" (name the
+``--output`` for each). Writes bench/results/clumps.json.
 """
 
 import dataclasses
@@ -39,8 +40,11 @@ NOISE_SIGMA_ADU = 14.5
 SPACING_PIX = 80
 
 
-def draw_tile(path_image, path_weight, size_pix, seed):
-    """Simulate the probe tile; return the objects' 0-based positions (x, y) and kinds."""
+def draw_tile(path_image, path_weight, size_pix, seed, second_fraction=0.3,
+              radius_arcsec=(0.4, 0.7)):
+    """Simulate the probe tile; return the objects' 0-based positions (x, y) and kinds.
+    ``second_fraction``: the knots' (or the companion's) share of the light; ``radius_arcsec``:
+    the range of their distances from the disc's centre."""
     import galsim
 
     from bh_stage.study.simulate import magnitude_zeropoint
@@ -60,19 +64,20 @@ def draw_tile(path_image, path_weight, size_pix, seed):
         e = rng.uniform(0.0, 0.5)
         disc = galsim.Exponential(half_light_radius=rng.uniform(0.3, 0.6)).shear(
             e=e, beta=rng.uniform(0, np.pi) * galsim.radians)
-        radius = rng.uniform(0.4, 0.7, 4)  # arcsec
+        radius = rng.uniform(*radius_arcsec, 4)  # arcsec
         angle = rng.uniform(0, 2 * np.pi, 4)
         if kind == "smooth":
             gal = disc.withFlux(flux)
         elif kind.startswith("clumps"):
             n = int(kind[-1])
-            knots = [galsim.Gaussian(sigma=0.06).withFlux(0.3 * flux / n).shift(
+            knots = [galsim.Gaussian(sigma=0.06).withFlux(second_fraction * flux / n).shift(
                 r * np.cos(a), r * np.sin(a)) for r, a in zip(radius[:n], angle[:n])]
-            gal = galsim.Add([disc.withFlux(0.7 * flux), *knots])
+            gal = galsim.Add([disc.withFlux((1 - second_fraction) * flux), *knots])
         else:
-            other = galsim.Exponential(half_light_radius=0.2).withFlux(0.3 * flux).shift(
+            other = galsim.Exponential(half_light_radius=0.2).withFlux(
+                second_fraction * flux).shift(
                 radius[0] * np.cos(angle[0]), radius[0] * np.sin(angle[0]))
-            gal = galsim.Add([disc.withFlux(0.7 * flux), other])
+            gal = galsim.Add([disc.withFlux((1 - second_fraction) * flux), other])
         # GalSim images are 1-based: 0-based pixel x is GalSim's x + 1
         ix, iy, h = int(round(x)) + 1, int(round(y)) + 1, SPACING_PIX // 2 - 4
         bounds = galsim.BoundsI(ix - h, ix + h, iy - h, iy + h) & image.bounds
@@ -92,6 +97,10 @@ def main():
     parser.add_argument("--size-pix", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--n-bootstrap", type=int, default=1000)
+    parser.add_argument("--second-fraction", type=float, default=0.3,
+                        help="the knots' (or the companion's) share of the light")
+    parser.add_argument("--radius-arcsec", type=float, nargs=2, default=(0.4, 0.7),
+                        metavar=("MIN", "MAX"), help="their distance from the disc's centre")
     args = parser.parse_args()
 
     from bh_stage import io
@@ -103,7 +112,8 @@ def main():
     args.work_dir.mkdir(parents=True, exist_ok=True)
     image, weight = args.work_dir / "tile.fits", args.work_dir / "tile.weight.fits"
     cat, out = args.work_dir / "tile.cat", args.work_dir / "tile_bh.cat"
-    x0, y0, kinds = draw_tile(image, weight, args.size_pix, args.seed)
+    x0, y0, kinds = draw_tile(image, weight, args.size_pix, args.seed, args.second_fraction,
+                              tuple(args.radius_arcsec))
     run_sextractor(image, weight, cat, REPO / "example_config/sextractor/bh.sex")
     run_cfg = config_from_dict(RunConfig, {"tile_head": args.head, "overwrite": True})
     run_stage(dataclasses.replace(run_cfg, catalogue=str(cat), weight=str(weight),
@@ -134,6 +144,8 @@ def main():
     found = n_det > 0
 
     result = {"head": args.head, "seed": args.seed, "size_pix": args.size_pix,
+              "second_fraction": args.second_fraction,
+              "radius_arcsec": list(args.radius_arcsec),
               "n_detections": int(len(cols)), "kinds": {}}
     print(f"{len(cols)} detections; {x0.size} objects on the grid")
     for kind in KINDS:
