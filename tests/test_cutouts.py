@@ -71,6 +71,10 @@ def test_cutout_components_reads_catalogue_images(tmp_path):
     assert table["SECOND_FLUX_RATIO"][1] == pytest.approx(0.5, rel=0.1)
     assert table["SECOND_SEPARATION_ARCSEC"][1] == pytest.approx(12 * 0.03, abs=0.02)
     assert cutouts.multiple_cutouts(table).tolist() == [1]
+    # only the galaxies asked for (those a set of tiles draws)
+    one = cutouts.cutout_components(tmp_path, "cat.fits", indices=[1])
+    assert one["INDEX"].tolist() == [1] and one["N_SOURCES"].tolist() == [2]
+    assert len(cutouts.cutout_components(tmp_path, "cat.fits", indices=[])) == 0
 
 
 def test_main_is_multiple_only_for_real_galaxies_listed():

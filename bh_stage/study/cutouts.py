@@ -83,12 +83,13 @@ def cutout_images(cosmos_dir, real_catalogue=REAL_CATALOGUE, indices=None):
 
 
 def cutout_components(cosmos_dir, real_catalogue=REAL_CATALOGUE, threshold_sigma=3.0,
-                      min_area_pix=10):
-    """``CUTOUT_DTYPE`` table of every galaxy of a GalSim real-galaxy catalogue: SEP at
-    ``threshold_sigma`` times ``sqrt(NOISE_VARIANCE)`` on each ``cutout_images`` image
-    (``image_components``)."""
+                      min_area_pix=10, indices=None):
+    """``CUTOUT_DTYPE`` table of the galaxies of a GalSim real-galaxy catalogue (all, or
+    ``indices``, e.g. those a set of tiles draws: the full COSMOS catalogue holds ~87,000):
+    SEP at ``threshold_sigma`` times ``sqrt(NOISE_VARIANCE)`` on each ``cutout_images``
+    image (``image_components``)."""
     rows = []
-    for i, row, image in cutout_images(cosmos_dir, real_catalogue):
+    for i, row, image in cutout_images(cosmos_dir, real_catalogue, indices):
         n, ratio, sep_pix = image_components(image, np.sqrt(float(row["NOISE_VARIANCE"])),
                                              threshold_sigma, min_area_pix)
         rows.append((i, row["IDENT"], row["MAG"], n, ratio,

@@ -435,7 +435,8 @@ def evaluate_tile(cfg, progress=None):
     t0 = time.perf_counter()
     folders = {role: tileset.prepare_role(cfg.tiles, role, progress)
                for role in tileset.ROLES}
-    multiple = multiple_cutouts_of(cfg.tiles)  # before any scoring: a missing file warns
+    # before any scoring (a missing file warns), for the real galaxies the test tiles draw
+    multiple = multiple_cutouts_of(cfg.tiles, folders["test"])
     # the baseline reads the BASELINE_COLUMNS that every tile's catalogue has (the test
     # catalogues' column names only), so its features are the same on every tile
     # the baseline's columns are chosen from the training and validation catalogues only
@@ -511,18 +512,27 @@ def evaluate_tile(cfg, progress=None):
     return rows, table, info
 
 
-def multiple_cutouts_of(tiles):
-    """COSMOS indices of the real galaxies of a tile set whose HST cut-out holds a second
-    source (``cutouts.multiple_cutouts``); their detections are reported apart. Without the
-    real-galaxy catalogue (tiles made elsewhere): none, with a warning."""
+def multiple_cutouts_of(tiles, folders):
+    """COSMOS indices of the real galaxies drawn by the prepared tile ``folders`` (their
+    truth tables) whose HST cut-out holds a second source (``cutouts.multiple_cutouts``);
+    their detections are reported apart. Without the real-galaxy catalogue (tiles made
+    elsewhere): none, with a warning."""
+    import fitsio
+
     from ..errors import ConfigError
 
     if not tiles.test_seeds:
         raise ConfigError("tiles.test_seeds is empty: evaluate-tile reports on test tiles")
+    drawn = set()
+    for folder in folders:
+        truth = fitsio.read(str(Path(folder) / tileset.TILE_FILES["truth"]), ext="TRUTH",
+                            columns=["KIND", "GAL_ID"])
+        real = np.char.strip(np.asarray(truth["KIND"]).astype("S")) == b"real"
+        drawn.update(int(g) for g in truth["GAL_ID"][real])
     sim = tileset.simulate_config(tiles, "test", tiles.test_seeds[0])
     try:
-        return cutouts.multiple_cutouts(cutouts.cutout_components(sim.cosmos_dir,
-                                                                  sim.real_catalogue))
+        return cutouts.multiple_cutouts(cutouts.cutout_components(
+            sim.cosmos_dir, sim.real_catalogue, indices=sorted(drawn)))
     except OSError as err:  # tiles made elsewhere, without the COSMOS files here
         log.warning("%s: no detection is reported apart as a multiple cut-out", err)
         return np.zeros(0, dtype=np.int64)
@@ -774,8 +784,9 @@ def _multiples_text(multiple):
         return []
     return [f"*{MULTIPLES_APART}*: without the {multiple['detections']} detections whose main "
             f"object is one of the {multiple['galaxies']} real galaxies here whose HST cut-out "
-            "holds a second source with >= 10 % of the main one's flux (of such galaxies in "
-            f"both halves, COSMOS indices {', '.join(str(g) for g in multiple['gal_ids'])}; "
+            "holds a second source with >= 10 % of the main one's flux (COSMOS indices "
+            f"{', '.join(str(g) for g in multiple['gal_ids'])} of the real galaxies the test "
+            "tiles draw; "
             "`bh_stage.study.cutouts`, SEP on the HST images). Each is two light sources the "
             "truth calls one galaxy, usually \"isolated\"; whether the two share a redshift is "
             "unknown, so they are reported apart, not labelled.", ""]
