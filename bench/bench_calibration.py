@@ -16,7 +16,6 @@ here: all detections, isolated galaxies, unrecognised blends. Only the test tile
 (reporting, not choosing). Writes bench/results/calibration_<set>.json.
 """
 
-import dataclasses
 from pathlib import Path
 
 import fitsio
@@ -35,7 +34,6 @@ def main():
     args = parser.parse_args()
 
     from bh_stage.config import RunConfig, TileSetConfig, config_from_dict, load_config
-    from bh_stage.stage import run_stage
     from bh_stage.study import tileset
     from bh_stage.study.evaluate_tile import calibration_summary, galaxy_groups, unit_counts
     from bh_stage.tilehead import load_tile_head, tile_head_path
@@ -44,11 +42,7 @@ def main():
     run_cfg = config_from_dict(RunConfig, {"tile_head": args.head, "overwrite": True})
     prob, flag, classes = [], [], []
     for folder in tileset.tile_folders(tiles, "test"):
-        files = {k: folder / v for k, v in tileset.TILE_FILES.items()}
-        out = folder / "tile_bh_calibration.cat"
-        run_stage(dataclasses.replace(run_cfg, catalogue=str(files["catalogue"]),
-                                      weight=str(files["weight"]), output=str(out)),
-                  files["image"])
+        out = tileset.run_stage_on_tile(folder, run_cfg, "tile_bh_calibration.cat")
         columns = fitsio.read(str(out), ext="LDAC_OBJECTS")
         prob.append(columns["BLEND_PROB"])
         flag.append(columns["BLEND_FLAG"])

@@ -23,7 +23,6 @@ EM (``prior_shift_prevalence``; tried as a remedy for the calibration's drift wi
 not in the stage). Writes bench/results/cutout_multiples_<role>.json.
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -37,14 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def stage_columns(folder, run_cfg, head_name):
     """BLEND_PROB and BLEND_FLAG of ``bh-stage run`` on a tile folder."""
-    from bh_stage.stage import run_stage
     from bh_stage.study import tileset
 
-    files = {k: folder / v for k, v in tileset.TILE_FILES.items()}
-    out = folder / f"tile_bh_{head_name}.cat"
-    run_stage(dataclasses.replace(run_cfg, catalogue=str(files["catalogue"]),
-                                  weight=str(files["weight"]), output=str(out)),
-              files["image"])
+    out = tileset.run_stage_on_tile(folder, run_cfg, f"tile_bh_{head_name}.cat")
     return fitsio.read(str(out), ext="LDAC_OBJECTS", columns=["BLEND_PROB", "BLEND_FLAG"])
 
 
@@ -103,14 +97,12 @@ def options_of(tiles_set, k, n_work_dirs):
 
 def per_galaxy(classes, flag, multiple, test_ids):
     """Per real galaxy: detections it is the main object of, isolated ones, share flagged."""
-    from bh_stage.study.tiletruth import UNIT_STRIDE
+    from bh_stage.study import cutouts
 
-    kinds = np.char.strip(classes["MAIN_KIND"].astype("S"))
-    real = (kinds == b"real") & (classes["GROUP"] > 0)
-    ids = classes["GROUP"] % UNIT_STRIDE
+    ids = cutouts.real_galaxy_indices(classes)
     rows = []
-    for g in np.unique(ids[real]):
-        mine = real & (ids == g)
+    for g in np.unique(ids[ids >= 0]):
+        mine = ids == g
         iso = mine & (classes["ISOLATED"] == 1)
         rows.append({"gal_id": int(g), "half": "test" if g in test_ids else "train",
                      "multiple_cutout": bool(g in multiple), "detections": int(mine.sum()),
@@ -228,7 +220,7 @@ def main():
         groups = galaxy_groups(classes)
         apart = cutouts.main_is_multiple(classes, multiple)
         rest, iso = ~apart, classes["ISOLATED"] == 1
-        real = np.char.strip(classes["MAIN_KIND"].astype("S")) == b"real"
+        real = cutouts.real_galaxy_indices(classes) >= 0
         one = {"work_dir": str(work_dir), "tiles_set": options,
                "units_all": unit_counts(classes), "units_rest": unit_counts(classes[rest]),
                "detections_apart": int(apart.sum()),

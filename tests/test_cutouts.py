@@ -86,6 +86,7 @@ def test_main_is_multiple_only_for_real_galaxies_listed():
     classes["GROUP"][:5] = units
     classes["MAIN_KIND"][:5] = truth["KIND"]
     # the sixth detection is spurious: GROUP 0, no kind
+    assert cutouts.real_galaxy_indices(classes).tolist() == [36, 5, -1, -1, 8, -1]
     got = cutouts.main_is_multiple(classes, [36, 8])
     assert got.tolist() == [True, False, False, False, True, False]
 

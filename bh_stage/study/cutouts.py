@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CUTOUT_DTYPE", "REAL_CATALOGUE", "image_components", "cutout_images",
-           "cutout_components", "multiple_cutouts", "main_is_multiple"]
+           "cutout_components", "multiple_cutouts", "real_galaxy_indices", "main_is_multiple"]
 
 CUTOUT_DTYPE = np.dtype([
     ("INDEX", "i8"), ("IDENT", "i8"), ("MAG", "f8"), ("N_SOURCES", "i4"),
@@ -104,13 +104,19 @@ def multiple_cutouts(components, min_flux_ratio=0.1):
     return np.sort(components["INDEX"][keep]).astype(np.int64)
 
 
-def main_is_multiple(classes, multiple_indices):
-    """Per detection (``tiletruth.TRUTH_CLASS_DTYPE``): its main object is a real galaxy whose
-    cut-out is in ``multiple_indices`` (its ``GROUP`` is the galaxy's unit, ``kind code *
-    UNIT_STRIDE + GAL_ID``, ``tiletruth.object_units``)."""
+def real_galaxy_indices(classes):
+    """Per detection (``tiletruth.TRUTH_CLASS_DTYPE``): the catalogue index (``GAL_ID``) of
+    its main object where that is a real galaxy, else -1. A real galaxy's ``GROUP`` is its
+    unit, ``kind code * UNIT_STRIDE + GAL_ID`` (``tiletruth.object_units``)."""
     from .tiletruth import UNIT_STRIDE
 
     kinds = np.char.strip(np.asarray(classes["MAIN_KIND"]).astype("S"))
     groups = np.asarray(classes["GROUP"], dtype=np.int64)
-    real = (kinds == b"real") & (groups > 0)
-    return real & np.isin(groups % UNIT_STRIDE, np.asarray(multiple_indices, dtype=np.int64))
+    return np.where((kinds == b"real") & (groups > 0), groups % UNIT_STRIDE, -1)
+
+
+def main_is_multiple(classes, multiple_indices):
+    """Per detection (``tiletruth.TRUTH_CLASS_DTYPE``): its main object is a real galaxy whose
+    cut-out is in ``multiple_indices``."""
+    index = real_galaxy_indices(classes)
+    return (index >= 0) & np.isin(index, np.asarray(multiple_indices, dtype=np.int64))

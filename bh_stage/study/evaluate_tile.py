@@ -430,7 +430,6 @@ def evaluate_tile(cfg, progress=None):
     import fitsio
 
     from ..config import RunConfig, load_config
-    from ..stage import run_stage
 
     t0 = time.perf_counter()
     folders = {role: tileset.prepare_role(cfg.tiles, role, progress)
@@ -457,15 +456,11 @@ def evaluate_tile(cfg, progress=None):
     run_cfg = load_config(cfg.run_config, RunConfig)
     tables = []
     for folder in folders["test"]:
-        files = {k: folder / v for k, v in tileset.TILE_FILES.items()}
-        out = folder / "tile_bh.cat"
         # the report compares BH_PAPER_PROB too: the paper head runs even if run_config
         # leaves it out
-        rc = dataclasses.replace(run_cfg, catalogue=str(files["catalogue"]),
-                                 weight=str(files["weight"]), output=str(out),
-                                 head="default" if run_cfg.head == "none" else run_cfg.head,
-                                 overwrite=True)
-        run_stage(rc, files["image"], progress=progress)
+        rc = dataclasses.replace(run_cfg, overwrite=True,
+                                 head="default" if run_cfg.head == "none" else run_cfg.head)
+        out = tileset.run_stage_on_tile(folder, rc, "tile_bh.cat", progress)
         (x, y), classes, feats = tileset.detection_table(folder)
         stage_columns = fitsio.read(str(out), ext="LDAC_OBJECTS")
         _require_columns(folder, base_columns)

@@ -18,7 +18,7 @@ from . import tiletruth
 from ..stamps import cut_stamps
 
 __all__ = ["TILE_FILES", "ROLES", "prepare_tile", "prepare_role", "tile_folders",
-           "simulate_config", "detection_table", "detection_stamps"]
+           "simulate_config", "detection_table", "detection_stamps", "run_stage_on_tile"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,21 @@ def prepare_tile(folder, sim_cfg, sextractor_config, progress=None):
         run_sextractor(files["image"], files["weight"], files["catalogue"], sextractor_config,
                        files["segmentation"])
     return files
+
+
+def run_stage_on_tile(folder, run_cfg, output_name, progress=None):
+    """Run ``bh-stage run`` with ``run_cfg`` on a prepared tile folder (its catalogue, weight
+    map and image); return the output catalogue, ``folder / output_name``."""
+    import dataclasses
+
+    from ..stage import run_stage
+
+    files = {k: Path(folder) / v for k, v in TILE_FILES.items()}
+    out = Path(folder) / output_name
+    run_stage(dataclasses.replace(run_cfg, catalogue=str(files["catalogue"]),
+                                  weight=str(files["weight"]), output=str(out)),
+              files["image"], progress=progress)
+    return out
 
 
 def detection_table(folder, x_column="XWIN_IMAGE", y_column="YWIN_IMAGE"):
