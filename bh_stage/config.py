@@ -978,6 +978,11 @@ class EvaluateTileConfig:
                              "and figures.")
     overwrite: bool = option(False, "Replace existing outputs.")
 
+    def validate(self):
+        if not self.tiles.test_seeds:
+            raise ConfigError("tiles.test_seeds: empty; evaluate-tile reports on the test "
+                              "tiles")
+
 
 SCHEMAS["evaluate-tile"] = EvaluateTileConfig
 __all__ += ["TileSetConfig", "TrainTileConfig", "EvaluateTileConfig"]

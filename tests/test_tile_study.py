@@ -155,6 +155,36 @@ def test_weights_from_a_paper_head_is_refused_before_any_tile(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_evaluate_tile_without_test_seeds_is_refused_before_any_tile(tmp_path, capsys):
+    """evaluate-tile --set tiles.test_seeds=[]: one line naming the key, exit code 2, no
+    tile simulated and no report written."""
+    from bh_stage.cli import main
+
+    code = main(["-q", "evaluate-tile", "example_config/evaluate-tile.yml",
+                 f"--set=tiles.work_dir={tmp_path / 'tiles'}",
+                 f"--set=output_dir={tmp_path / 'report'}", "--set=tiles.test_seeds=[]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "tiles.test_seeds: empty" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_multiple_cutouts_without_the_cosmos_files_warns(tmp_path, caplog):
+    """Tiles made elsewhere, no COSMOS real-galaxy catalogue here: none set apart, a warning
+    naming the file."""
+    import logging
+
+    from bh_stage.config import TileSetConfig, load_config
+    from bh_stage.study.evaluate_tile import multiple_cutouts_of
+
+    tiles = load_config(None, TileSetConfig, [f"cosmos_dir={tmp_path}"])
+    with caplog.at_level(logging.WARNING):
+        got = multiple_cutouts_of(tiles, [])
+    assert got.tolist() == []
+    assert f"{tmp_path / 'real_galaxy_catalog_26_extension_example.fits'}: cannot read" \
+        in caplog.text
+    assert "no detection is reported apart" in caplog.text
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):

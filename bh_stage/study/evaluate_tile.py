@@ -514,10 +514,6 @@ def multiple_cutouts_of(tiles, folders):
     elsewhere): none, with a warning."""
     import fitsio
 
-    from ..errors import ConfigError
-
-    if not tiles.test_seeds:
-        raise ConfigError("tiles.test_seeds is empty: evaluate-tile reports on test tiles")
     drawn = set()
     for folder in folders:
         truth = fitsio.read(str(Path(folder) / tileset.TILE_FILES["truth"]), ext="TRUTH",
@@ -529,7 +525,9 @@ def multiple_cutouts_of(tiles, folders):
         return cutouts.multiple_cutouts(cutouts.cutout_components(
             sim.cosmos_dir, sim.real_catalogue, indices=sorted(drawn)))
     except OSError as err:  # tiles made elsewhere, without the COSMOS files here
-        log.warning("%s: no detection is reported apart as a multiple cut-out", err)
+        log.warning("%s: cannot read the real galaxies' cut-outs (%s); no detection is "
+                    "reported apart as a multiple cut-out", Path(sim.cosmos_dir) /
+                    sim.real_catalogue, " ".join(str(err).split()))
         return np.zeros(0, dtype=np.int64)
 
 
