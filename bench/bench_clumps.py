@@ -25,7 +25,6 @@ Galaxies are simulated here, not taken from COSMOS: neither half of the real sam
 ``--output`` for each). Writes bench/results/clumps.json.
 """
 
-import dataclasses
 from pathlib import Path
 
 import fitsio
@@ -105,19 +104,17 @@ def main():
 
     from bh_stage import io
     from bh_stage.config import RunConfig, config_from_dict
-    from bh_stage.stage import run_stage
-    from bh_stage.study import metrics
+    from bh_stage.study import metrics, tileset
     from bh_stage.study.sextractor import run_sextractor
 
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    image, weight = args.work_dir / "tile.fits", args.work_dir / "tile.weight.fits"
-    cat, out = args.work_dir / "tile.cat", args.work_dir / "tile_bh.cat"
-    x0, y0, kinds = draw_tile(image, weight, args.size_pix, args.seed, args.second_fraction,
-                              tuple(args.radius_arcsec))
-    run_sextractor(image, weight, cat, REPO / "example_config/sextractor/bh.sex")
+    args.work_dir.mkdir(parents=True, exist_ok=True)  # laid out as a tile folder
+    files = {k: args.work_dir / v for k, v in tileset.TILE_FILES.items()}
+    x0, y0, kinds = draw_tile(files["image"], files["weight"], args.size_pix, args.seed,
+                              args.second_fraction, tuple(args.radius_arcsec))
+    run_sextractor(files["image"], files["weight"], files["catalogue"],
+                   REPO / "example_config/sextractor/bh.sex")
     run_cfg = config_from_dict(RunConfig, {"tile_head": args.head, "overwrite": True})
-    run_stage(dataclasses.replace(run_cfg, catalogue=str(cat), weight=str(weight),
-                                  output=str(out)), image)
+    out = tileset.run_stage_on_tile(args.work_dir, run_cfg, "tile_bh.cat")
     det = io.read_catalogue(out, "XWIN_IMAGE", "YWIN_IMAGE")  # 0-based (io converts)
     cols = fitsio.read(str(out), ext="LDAC_OBJECTS", columns=["BLEND_PROB", "BLEND_FLAG"])
     # nearest grid object of each detection (the grid is regular: round to its cell)
