@@ -69,9 +69,10 @@ wings at this side, is set to 1)."""
 FIXED_FRACTIONS = (0.95, 0.9, 0.85, 0.8, 0.7)
 """Kept fractions of the continuous cuts, beside those of the binary ones (set before any
 run)."""
-TILE_HEAD = "tile_unrecognised_positions"
-"""The tile head of the bench's stage runs (0.6's default, named so a later default does not
-change a half-done bench)."""
+TILE_HEAD = "tile_unrecognised_positions_o2"
+"""Default of ``--tile-head``: 0.12's default head (its 8-bit network, as ``bh-stage run``
+runs it), named so a later default does not change a half-done bench. Each image's cache
+records the head that scored it; a cache made with another head is refused."""
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 STAGE_PSF = {"psf_fwhm_arcsec": 0.65, "psf_moffat_beta": 4.765}
 """The stage's metacal PSF on the simulated tiles: their 0.65" FWHM as a Moffat of the optical
@@ -97,7 +98,7 @@ def parse_args(argv=None):
                    "a rerun measures only missing images)")
     p.add_argument("--tiles-dir", default="/work/tiles_v2/tiles",
                    help="the tile study's tiles (training tiles fit the baseline)")
-    p.add_argument("--baseline-from", default=str(REPO / "docs/results_tile_v2/info.json"),
+    p.add_argument("--baseline-from", default=str(REPO / "docs/results_tile_v2_default/info.json"),
                    help="evaluate-tile info.json whose tuned baseline (model, settings) is used")
     p.add_argument("--cosmos-dir", default="/work/shared/cosmos")
     p.add_argument("--estimator", choices=("weighted", "adaptive"), default="weighted",
@@ -105,6 +106,12 @@ def parse_args(argv=None):
     p.add_argument("--min-s2n", type=float, default=None,
                    help="weighted estimator: lowest S/N on each image (default "
                         "shear.MIN_S2N's, 10; 0: no S/N cut)")
+    p.add_argument("--tile-head", default=TILE_HEAD,
+                   help="tile head of the stage runs (tile_unrecognised_positions: 0.7-0.11's "
+                        "bench)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="images measured at once (processes; each runs one image's "
+                        "simulation, SExtractor, stage and shapes)")
     p.add_argument("--n-boot", type=int, default=500)
     p.add_argument("--figure", default=None, help="m vs fraction kept (PNG)")
     args = p.parse_args(argv)
@@ -142,16 +149,18 @@ def baseline(args):
     return fitted, columns, info
 
 
-def measure_image(folder, sim_cfg, tiles, estimator):
+def measure_image(folder, sim_cfg, tiles, estimator, tile_head=TILE_HEAD):
     """Simulate, SExtract, run the stage with metacal and measure the metacal shapes of one
-    image; cached in the folder: ``shear_measure.npz`` (everything, adaptive shapes), and
-    ``shapes_weighted.npz`` (the ``weighted`` estimator's shapes, which then replace them)."""
+    image; cached in the folder: ``shear_measure.npz`` (everything, adaptive shapes, the tile
+    head: ``check_cached_head``), and ``shapes_weighted.npz`` (the ``weighted`` estimator's
+    shapes, which then replace them)."""
     cache = folder / "shear_measure.npz"
     if cache.is_file():
+        check_cached_head(folder, tile_head)
         with np.load(cache) as z:
             d = {k: z[k] for k in z.files}
     else:
-        d = _measure_image(folder, sim_cfg, tiles)
+        d = _measure_image(folder, sim_cfg, tiles, tile_head)
         io.atomic_write_bytes(cache, lambda fh: np.savez(fh, **d))
     if estimator == "weighted":
         d.update(weighted_shapes(folder, d, sim_cfg))
@@ -159,7 +168,20 @@ def measure_image(folder, sim_cfg, tiles, estimator):
     return d
 
 
-def _measure_image(folder, sim_cfg, tiles):
+def check_cached_head(folder, tile_head):
+    """Exit with one line if the folder's cached measurement was scored by another tile
+    head (a cache without ``TILE_HEAD`` is 0.7-0.11's, ``tile_unrecognised_positions``)."""
+    cache = folder / "shear_measure.npz"
+    if not cache.is_file():
+        return
+    with np.load(cache) as z:
+        cached = str(z["TILE_HEAD"]) if "TILE_HEAD" in z.files else "tile_unrecognised_positions"
+    if cached != tile_head:
+        raise SystemExit(f"{cache}: scored by tile head {cached}, not {tile_head}; use "
+                         "another --work-dir")
+
+
+def _measure_image(folder, sim_cfg, tiles, tile_head):
     """``measure_image``'s work (adaptive shapes), uncached."""
     import fitsio
 
@@ -169,7 +191,7 @@ def _measure_image(folder, sim_cfg, tiles):
     out = folder / "tile_bh.cat"
     run_stage(config_from_dict(RunConfig, {
         "catalogue": str(files["catalogue"]), "weight": str(files["weight"]),
-        "output": str(out), "overwrite": True, "tile_head": TILE_HEAD,
+        "output": str(out), "overwrite": True, "tile_head": tile_head,
         "metacal": dict(STAGE_PSF, enabled=True)}),
         files["image"])
     (x, y), classes, _ = tileset.detection_table(folder)
@@ -186,6 +208,7 @@ def _measure_image(folder, sim_cfg, tiles):
         if name.startswith(("BLEND_PROB", "BLEND_FLAG")):
             d[name] = stage[name]
     d.update(shapes(folder, d, sim_cfg, "adaptive"))
+    d["TILE_HEAD"] = np.array(tile_head)
     return d
 
 
@@ -234,8 +257,8 @@ def shapes(folder, d, sim_cfg, estimator):
 
 
 def images(args, kind):
-    """Measure every image of the main (``kind='main'``) or control bench: a list of
-    ``(seed, main_component, plus, minus)``."""
+    """Measure every image of the main (``kind='main'``) or control bench, ``args.jobs`` at
+    once: a list of ``(seed, main_component, plus, minus)``."""
     size = {"work_dir": args.work_dir, "size_pix": args.size_pix}
     if kind == "main":
         pairs = {} if args.pair_fraction is None else {"close_pair_fraction": args.pair_fraction}
@@ -244,25 +267,41 @@ def images(args, kind):
         tiles = tile_set(args, **size, density_per_arcmin2=args.control_density,
                          close_pair_fraction=0.0)
         first, n = CONTROL_FIRST_SEED, args.control_seeds
-    out = []
+    tasks = []
     for k in range(n):
         seed, main = first + k, k % 2
-        pair = []
         for sign, tag in ((1, "p"), (-1, "m")):
-            t0 = time.perf_counter()
             shear = {f"shear_g{main + 1}": sign * args.g}
             if kind == "main":
                 shear.update({f"other_shear_g{2 - main}": args.g, "companion_other_plane": True,
                               "other_plane_fraction": args.other_fraction})
             sim_cfg = tileset.simulate_config(tiles, "test", seed, **shear)
             folder = Path(args.work_dir) / f"{kind}_s{seed}_{tag}"
-            pair.append(dict(measure_image(folder, sim_cfg, tiles, args.estimator),
-                             min_s2n=args.min_s2n))
-            print(f"{kind} seed {seed} g{main + 1} {sign * args.g:+g}: "
-                  f"{len(pair[-1]['x'])} detections, {time.perf_counter() - t0:.0f} s",
-                  flush=True)
-        out.append((seed, main, *pair))
+            check_cached_head(folder, args.tile_head)  # before any image is measured
+            tasks.append((folder, sim_cfg, tiles, args.estimator, args.tile_head))
+    if args.jobs > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # no TensorFlow state forked
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            measured = list(pool.map(_timed_measure, tasks))
+    else:
+        measured = [_timed_measure(t) for t in tasks]
+    out = []
+    for k in range(n):
+        pair = [dict(measured[2 * k + j], min_s2n=args.min_s2n) for j in (0, 1)]
+        out.append((first + k, k % 2, *pair))
     return out
+
+
+def _timed_measure(task):
+    """``measure_image(*task)``, printing the image's folder, detections and seconds."""
+    t0 = time.perf_counter()
+    d = measure_image(*task)
+    print(f"{task[0].name}: {len(d['x'])} detections, {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return d
 
 
 def base_selection(d):
@@ -469,6 +508,52 @@ def paired(results, boots, a, b):
             "ci95": metrics.interval(diff, 0.95)}
 
 
+def truth_shares(results, boots):
+    """Each cut against the truth at the same fraction kept (``truth ranked`` cut there; for
+    the binary cuts, whose fractions are among the continuous cuts', the oracle's ranking):
+    ``m_cut - m_truth`` with its paired 95 % interval, and the share of the truth's shift of m,
+    ``(m_cut - m_none) / (m_truth - m_none)``, with an interval only where the truth's shift
+    is resolved (its interval excludes zero; a ratio over a shift within noise of zero has
+    none). Defined where the issue's share of the oracle's reduction of ``|m|`` is not (when
+    removing the blends moves m across zero)."""
+    truth = {r["target_kept"]: r for r in results.values() if r.get("score") == "truth ranked"}
+    none = boots["none"]["m"]
+    out = []
+    for r in results.values():
+        if r["name"] in ("none", "truth oracle") or r.get("score") == "truth ranked":
+            continue
+        f = r.get("target_kept", round(r["kept_frac"], 4))
+        if f not in truth:
+            continue
+        t = truth[f]["name"]
+        shift = boots[t]["m"] - none
+        lo, hi = metrics.interval(shift, 0.95)
+        row = {"cut": r["name"], "truth": t, "kept_frac": r["kept_frac"],
+               "m_minus_truth": r["m"] - truth[f]["m"],
+               "m_minus_truth_ci95": metrics.interval(boots[r["name"]]["m"] - boots[t]["m"],
+                                                      0.95),
+               "share": (r["m"] - results["none"]["m"]) / (truth[f]["m"] - results["none"]["m"]),
+               "share_ci95": None}
+        if lo > 0 or hi < 0:
+            row["share_ci95"] = metrics.interval((boots[r["name"]]["m"] - none) / shift, 0.95)
+        out.append(row)
+    return out
+
+
+def score_differences(results, boots):
+    """m(``BLEND_PROB_NOSHEAR`` cut) - m(other cut) at the same fraction kept, paired: the
+    difference of their shifts of m, for ``FLAGS & 2`` and the catalogue classifier."""
+    out = []
+    f_sex = round(results["FLAGS & 2 == 0"]["kept_frac"], 4)
+    pairs = [(f"BLEND_PROB_NOSHEAR @ {f_sex:.3f}", "FLAGS & 2 == 0")]
+    pairs += [(f"BLEND_PROB_NOSHEAR @ {r['target_kept']:.3f}", r["name"])
+              for r in results.values() if r.get("score") == "catalogue classifier"]
+    for a, b in pairs:
+        out.append({"a": a, "b": b, "m_a_minus_m_b": results[a]["m"] - results[b]["m"],
+                    "ci95": metrics.interval(boots[a]["m"] - boots[b]["m"], 0.95)})
+    return out
+
+
 def verdicts(results, boots, control):
     """The issue's targets, each met or not, with its numbers."""
     out = {}
@@ -588,12 +673,15 @@ def main(argv=None):
                        ("m", "m_ci95", "sigma_m", "c", "c_ci95", "c_cross", "c_cross_ci95",
                         "R_shear", "R_sel", "n_kept")},
            "targets": verdicts(results, boots, control_results),
+           "truth_shares": truth_shares(results, boots),
+           "score_differences": score_differences(results, boots),
            "settings": {"g": args.g, "other_fraction": args.other_fraction,
                         "pair_fraction": args.pair_fraction,
                         "seeds": [s for s, *_ in data], "size_pix": args.size_pix,
                         "control_seeds": [s for s, *_ in control],
                         "control_density": args.control_density, "n_boot": args.n_boot,
-                        "stage_psf": STAGE_PSF, "baseline": {k: info[k] for k in
+                        "stage_psf": STAGE_PSF, "tile_head": args.tile_head,
+                        "baseline": {k: info[k] for k in
                                                              ("model", "params")},
                         "baseline_columns": columns},
            "n_units": unit_index(data)[1],
@@ -607,6 +695,15 @@ def main(argv=None):
         figure(results, args.figure)
     print(table(results))
     print("control:", out["control"])
+    for r in out["truth_shares"]:
+        ci = r["share_ci95"]
+        share = f"{r['share']:+.2f}" + ("" if ci is None else f" [{ci[0]:+.2f}, {ci[1]:+.2f}]")
+        lo, hi = r["m_minus_truth_ci95"]
+        print(f"{r['cut']}: m - m({r['truth']}) {r['m_minus_truth']:+.4f} [{lo:+.4f}, "
+              f"{hi:+.4f}], share of its shift {share}")
+    for r in out["score_differences"]:
+        print(f"m({r['a']}) - m({r['b']}): {r['m_a_minus_m_b']:+.4f} "
+              f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]")
     for name, v in out["targets"].items():
         print(f"{'MET ' if v['met'] else 'MISS'} {name}")
     print(f"done in {time.perf_counter() - t0:.0f} s")

@@ -178,21 +178,46 @@ def test_noise_index_follows_the_object():
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
-    """The bench's smoke scale runs end to end, its cuts hang together and its result file
-    holds them and the run's provenance."""
+def _bench_shear(monkeypatch):
+    """bench/bench_shear.py as a module, loaded as ``python bench/bench_shear.py`` runs it."""
     import importlib.util
-    import json
     from pathlib import Path
-
-    import bh_stage
 
     bench_dir = Path(__file__).resolve().parents[1] / "bench"
     monkeypatch.syspath_prepend(str(bench_dir))  # as `python bench/bench_shear.py` has it
-    path = bench_dir / "bench_shear.py"
-    spec = importlib.util.spec_from_file_location("bench_shear", path)
+    spec = importlib.util.spec_from_file_location("bench_shear", bench_dir / "bench_shear.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_shear_refuses_a_cache_of_another_tile_head(tmp_path, monkeypatch):
+    """An image cached with one tile head is not read as another's: a cache that names its
+    head, and one of 0.7-0.11 that does not (their head, tile_unrecognised_positions)."""
+    bench = _bench_shear(monkeypatch)
+    named, old = tmp_path / "named", tmp_path / "old"
+    for folder in (named, old):
+        folder.mkdir()
+    np.savez(named / "shear_measure.npz", x=np.zeros(2), TILE_HEAD=np.array("some_head"))
+    np.savez(old / "shear_measure.npz", x=np.zeros(2))
+    bench.check_cached_head(named, "some_head")
+    bench.check_cached_head(old, "tile_unrecognised_positions")
+    bench.check_cached_head(tmp_path, "some_head")  # nothing cached
+    with pytest.raises(SystemExit, match="named/shear_measure.npz: scored by tile head "
+                                         "some_head, not other_head"):
+        bench.check_cached_head(named, "other_head")
+    with pytest.raises(SystemExit, match="tile_unrecognised_positions, not some_head"):
+        bench.check_cached_head(old, "some_head")
+
+
+def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
+    """The bench's smoke scale runs end to end, its cuts hang together and its result file
+    holds them and the run's provenance."""
+    import json
+
+    import bh_stage
+
+    bench = _bench_shear(monkeypatch)
     figure = tmp_path / "m.png"
     res = bench.main(["--quick", "--work-dir", str(tmp_path), "--cosmos-dir", str(cosmos_dir),
                       "--figure", str(figure)])
@@ -218,6 +243,17 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
     written = json.loads((tmp_path / "shear_metacal_quick.json").read_text())
     assert written["control"]["n_kept"] == res["control"]["n_kept"] > 0
     assert written["provenance"]["bh_stage_version"] == bh_stage.__version__
+    assert written["settings"]["tile_head"] == "tile_unrecognised_positions_o2"
+    # the paired comparisons are differences of the cuts' own m
+    for d in res["score_differences"]:
+        assert d["m_a_minus_m_b"] == pytest.approx(cuts[d["a"]]["m"] - cuts[d["b"]]["m"])
+    assert {d["b"] for d in res["score_differences"]} >= {"FLAGS & 2 == 0"}
+    none = cuts["none"]["m"]
+    for r in res["truth_shares"]:
+        truth = cuts[r["truth"]]
+        assert truth["kept_frac"] == pytest.approx(cuts[r["cut"]]["kept_frac"], abs=0.02)
+        assert r["m_minus_truth"] == pytest.approx(cuts[r["cut"]]["m"] - truth["m"])
+        assert r["share"] == pytest.approx((cuts[r["cut"]]["m"] - none) / (truth["m"] - none))
 
 
 @pytest.mark.parametrize("main", [0, 1])
