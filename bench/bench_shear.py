@@ -26,8 +26,11 @@ The catalogue classifier is the tile study's tuned baseline: its model and setti
 the validation tiles (``--baseline-from``, an ``evaluate-tile`` info.json) and fitted on the
 training tiles (``--tiles-dir``).
 
-    python bench/bench_shear.py --figure docs/shear_m_vs_kept.png   # full, ~1 h on 2 cores
+    python bench/bench_shear.py --jobs 2 --figure docs/shear_m_vs_kept.png  # ~45 min, 2 cores
     python bench/bench_shear.py --quick       # smoke test, < 3 min, in /tmp/bh_shear_quick
+
+The stage runs use ``--tile-head`` (default 0.12's default head, in 8 bits as ``bh-stage run``
+runs it; the 0.8-0.12 bench used ``tile_unrecognised_positions``).
 
 Writes ``bench/results/shear_metacal.json`` (``--estimator adaptive``: ``shear_metacal_adaptive.json``,
 ``--min-s2n 0``: ``shear_metacal_s2nnone.json``, ``--pair-fraction 0.45``:
@@ -474,7 +477,10 @@ def noise_budget(args, data):
     """sigma(m) of no cut with three resampling units: true galaxies (the bench's intervals),
     object instances (a true object in one seed's pair of images) and seeds (few: a rough
     value). Where galaxies and instances give similar values the noise is per object, not
-    galaxy to galaxy."""
+    galaxy to galaxy. ``kept_on_both``: a diagnostic, not an m of any cut: sigma(m) over
+    instances of the objects kept (resolved) on both images of their pair only, whose noshear
+    shapes cancel between the two; far below the instances' value, the noise is the shapes of
+    objects kept on one image only (``pair_flips``), which no pairing cancels."""
     galaxy = unit_index(data)
     keys = sorted({(seed, i) for seed, _, p, m in data for d in (p, m)
                    for i in d["MAIN_ID"][in_sample(d)].tolist()})
@@ -491,6 +497,16 @@ def noise_budget(args, data):
         plus, minus = summed_sums(data, units, n, lambda d: binary_cuts(d)["none"])
         boot = shear_bias(plus, minus, args.g, bootstrap_weights(n, args.n_boot, seed=2))
         out[name] = {"n_units": n, "sigma_m": float(np.std(boot["m"]))}
+    both = {}
+    for _, _, p, m in data:
+        kept = [set(d["MAIN_ID"][in_sample(d) & base_selection(d).by_type["noshear"]].tolist())
+                for d in (p, m)]
+        for d in (p, m):
+            both[id(d)] = np.isin(d["MAIN_ID"], list(kept[0] & kept[1]))
+    plus, minus = summed_sums(data, instance, len(keys),
+                              lambda d: Selection.fixed("kept on both", both[id(d)]))
+    boot = shear_bias(plus, minus, args.g, bootstrap_weights(len(keys), args.n_boot, seed=2))
+    out["kept_on_both"] = {"n_units": len(keys), "sigma_m": float(np.std(boot["m"]))}
     return out
 
 

@@ -237,7 +237,7 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
     assert 0 <= res["pair_flips"]["main"] <= 1 and 0 <= res["pair_flips"]["control"] <= 1
     for kind in ("main", "control"):
         budget = res["noise_budget"][kind]
-        assert set(budget) == {"galaxy", "instance", "seed"}
+        assert set(budget) == {"galaxy", "instance", "seed", "kept_on_both"}
         assert budget["seed"]["n_units"] == 1 and budget["instance"]["n_units"] >= \
             budget["galaxy"]["n_units"]
     written = json.loads((tmp_path / "shear_metacal_quick.json").read_text())
