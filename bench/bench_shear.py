@@ -30,7 +30,7 @@ training tiles (``--tiles-dir``).
     python bench/bench_shear.py --quick       # smoke test, < 3 min, in /tmp/bh_shear_quick
 
 The stage runs use ``--tile-head`` (default 0.12's default head, in 8 bits as ``bh-stage run``
-runs it; the 0.8-0.12 bench used ``tile_unrecognised_positions``).
+runs it; the 0.7-0.12 bench used ``tile_unrecognised_positions``).
 
 Writes ``bench/results/shear_metacal.json`` (``--estimator adaptive``: ``shear_metacal_adaptive.json``,
 ``--min-s2n 0``: ``shear_metacal_s2nnone.json``, ``--pair-fraction 0.45``:
@@ -110,7 +110,7 @@ def parse_args(argv=None):
                    help="weighted estimator: lowest S/N on each image (default "
                         "shear.MIN_S2N's, 10; 0: no S/N cut)")
     p.add_argument("--tile-head", default=TILE_HEAD,
-                   help="tile head of the stage runs (tile_unrecognised_positions: 0.7-0.11's "
+                   help="tile head of the stage runs (tile_unrecognised_positions: 0.7-0.12's "
                         "bench)")
     p.add_argument("--jobs", type=int, default=1,
                    help="images measured at once (processes; each runs one image's "
@@ -173,7 +173,7 @@ def measure_image(folder, sim_cfg, tiles, estimator, tile_head=TILE_HEAD):
 
 def check_cached_head(folder, tile_head):
     """Exit with one line if the folder's cached measurement was scored by another tile
-    head (a cache without ``TILE_HEAD`` is 0.7-0.11's, ``tile_unrecognised_positions``)."""
+    head (a cache without ``TILE_HEAD`` is 0.7-0.12's, ``tile_unrecognised_positions``)."""
     cache = folder / "shear_measure.npz"
     if not cache.is_file():
         return
@@ -259,9 +259,10 @@ def shapes(folder, d, sim_cfg, estimator):
     return out
 
 
-def images(args, kind):
-    """Measure every image of the main (``kind='main'``) or control bench, ``args.jobs`` at
-    once: a list of ``(seed, main_component, plus, minus)``."""
+def image_tasks(args, kind):
+    """``measure_image``'s arguments for every image of the main (``kind='main'``) or control
+    bench, in order (seed by seed, +g then -g), each folder's cache checked
+    (``check_cached_head``)."""
     size = {"work_dir": args.work_dir, "size_pix": args.size_pix}
     if kind == "main":
         pairs = {} if args.pair_fraction is None else {"close_pair_fraction": args.pair_fraction}
@@ -280,8 +281,16 @@ def images(args, kind):
                               "other_plane_fraction": args.other_fraction})
             sim_cfg = tileset.simulate_config(tiles, "test", seed, **shear)
             folder = Path(args.work_dir) / f"{kind}_s{seed}_{tag}"
-            check_cached_head(folder, args.tile_head)  # before any image is measured
+            check_cached_head(folder, args.tile_head)
             tasks.append((folder, sim_cfg, tiles, args.estimator, args.tile_head))
+    return tasks
+
+
+def images(args, kind):
+    """Measure every image of the main or control bench (``image_tasks``), ``args.jobs`` at
+    once: a list of ``(seed, main_component, plus, minus)``."""
+    tasks = image_tasks(args, kind)
+    first = FIRST_SEED if kind == "main" else CONTROL_FIRST_SEED
     if args.jobs > 1:
         import concurrent.futures
         import multiprocessing
@@ -292,7 +301,7 @@ def images(args, kind):
     else:
         measured = [_timed_measure(t) for t in tasks]
     out = []
-    for k in range(n):
+    for k in range(len(tasks) // 2):
         pair = [dict(measured[2 * k + j], min_s2n=args.min_s2n) for j in (0, 1)]
         out.append((first + k, k % 2, *pair))
     return out
@@ -430,6 +439,21 @@ def row(name, point, boot, uncal, metacalibratable, n_none, area_arcmin2):
             "n_kept": int(point["n"]), "n_per_arcmin2": float(point["n"] / area_arcmin2)}
 
 
+def cut_fractions(results):
+    """The kept fractions of the continuous cuts, highest first: those of the binary cuts
+    (rounded to 4 decimals, so ``truth_shares`` finds them) and ``FIXED_FRACTIONS``, one per
+    3-decimal label (rows are named by it; a binary cut's own fraction wins)."""
+    by_label = {f"{f:.3f}": f for f in FIXED_FRACTIONS}
+    by_label.update({f"{f:.3f}": f for f in (round(results[n]["kept_frac"], 4) for n in
+                                             BINARY_FRACTIONS)})
+    return sorted(by_label.values(), reverse=True)
+
+
+BINARY_FRACTIONS = ("FLAGS & 2 == 0", "BLEND_FLAG == 0", "BLEND_FLAG_NOSHEAR == 0",
+                    "truth oracle")
+"""Binary cuts at whose kept fractions the continuous cuts are also made."""
+
+
 def analyse(args, data, baseline_model=None):
     """Every cut's row, the paired comparisons and the oracle fraction."""
     units = unit_index(data)
@@ -444,9 +468,7 @@ def analyse(args, data, baseline_model=None):
         results[name], boots[name] = row(name, point, boot, *rest, n_none, area), boot
     if baseline_model is None:
         return results, boots, weights
-    fractions = sorted({round(results[n]["kept_frac"], 4) for n in
-                        ("FLAGS & 2 == 0", "BLEND_FLAG_NOSHEAR == 0", "truth oracle")}
-                       | set(FIXED_FRACTIONS), reverse=True)
+    fractions = cut_fractions(results)
     cuts = thresholds(data, fractions)
     for score in SCORES:
         for f in fractions:
@@ -506,7 +528,9 @@ def noise_budget(args, data):
     plus, minus = summed_sums(data, instance, len(keys),
                               lambda d: Selection.fixed("kept on both", both[id(d)]))
     boot = shear_bias(plus, minus, args.g, bootstrap_weights(len(keys), args.n_boot, seed=2))
-    out["kept_on_both"] = {"n_units": len(keys), "sigma_m": float(np.std(boot["m"]))}
+    kept = sum(len(set(d["MAIN_ID"][both[id(d)]].tolist())) for _, _, d, _ in data)
+    out["kept_on_both"] = {"n_units": len(keys), "n_kept_on_both": kept,
+                           "sigma_m": float(np.std(boot["m"]))}
     return out
 
 
@@ -548,7 +572,8 @@ def truth_shares(results, boots):
                "m_minus_truth": r["m"] - truth[f]["m"],
                "m_minus_truth_ci95": metrics.interval(boots[r["name"]]["m"] - boots[t]["m"],
                                                       0.95),
-               "share": (r["m"] - results["none"]["m"]) / (truth[f]["m"] - results["none"]["m"]),
+               "share": ((r["m"] - results["none"]["m"]) / (truth[f]["m"] - results["none"]["m"])
+                         if truth[f]["m"] != results["none"]["m"] else float("nan")),
                "share_ci95": None}
         if lo > 0 or hi < 0:
             row["share_ci95"] = metrics.interval((boots[r["name"]]["m"] - none) / shift, 0.95)
@@ -662,6 +687,8 @@ def result_suffix(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    for kind in ("main", "control"):  # a cache of another head stops the run before any work
+        image_tasks(args, kind)
     t0 = time.perf_counter()
     fitted, columns, info = baseline(args)
     t_base = time.perf_counter() - t0
