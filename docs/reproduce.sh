@@ -171,6 +171,16 @@ python bench/bench_cutout_multiples.py --role valid --work-dir $work/tiles
 python bench/bench_cutout_multiples.py --role test --work-dir $work/tiles \
     --work-dir $work/tiles_p05 --tiles-set 1:close_pair_fraction=0.05 \
     --work-dir $work/tiles_p30 --tiles-set 2:close_pair_fraction=0.3
+# 0.13: the shear bench with the default tile head (docs/shear.md; about 30 + 45 min on 2
+# cores): 15 % pairs with its control, the adaptive and no-S/N variants of the same images,
+# and the 45 % stress test sharing the control images.
+python bench/bench_shear.py --work-dir $work/shear --tiles-dir $work/tiles --jobs 2 \
+    --figure docs/shear_m_vs_kept.png
+python bench/bench_shear.py --work-dir $work/shear --tiles-dir $work/tiles --estimator adaptive
+python bench/bench_shear.py --work-dir $work/shear --tiles-dir $work/tiles --min-s2n 0
+mkdir -p $work/shear_p45 && ln -sfn $work/shear/control_s* $work/shear_p45/
+python bench/bench_shear.py --work-dir $work/shear_p45 --tiles-dir $work/tiles --jobs 2 \
+    --pair-fraction 0.45 --seeds 12 --figure docs/shear_m_vs_kept_pairs0.45.png
 # How the shipped tile head was chosen (validation tiles only): the 0.2.0 head (git show
 # ca92e30:data/heads/tile_unrecognised.json and .weights.npz into $work/heads_0.2.0) in 1, 2, 4
 # and 8 orientations, then the 6-tile head in 4 orientations (row 2 of README), the 12-tile one
