@@ -439,6 +439,11 @@ def row(name, point, boot, uncal, metacalibratable, n_none, area_arcmin2):
             "n_kept": int(point["n"]), "n_per_arcmin2": float(point["n"] / area_arcmin2)}
 
 
+BINARY_FRACTIONS = ("FLAGS & 2 == 0", "BLEND_FLAG == 0", "BLEND_FLAG_NOSHEAR == 0",
+                    "truth oracle")
+"""Binary cuts at whose kept fractions the continuous cuts are also made."""
+
+
 def cut_fractions(results):
     """The kept fractions of the continuous cuts, highest first: those of the binary cuts
     (rounded to 4 decimals, so ``truth_shares`` finds them) and ``FIXED_FRACTIONS``, one per
@@ -447,11 +452,6 @@ def cut_fractions(results):
     by_label.update({f"{f:.3f}": f for f in (round(results[n]["kept_frac"], 4) for n in
                                              BINARY_FRACTIONS)})
     return sorted(by_label.values(), reverse=True)
-
-
-BINARY_FRACTIONS = ("FLAGS & 2 == 0", "BLEND_FLAG == 0", "BLEND_FLAG_NOSHEAR == 0",
-                    "truth oracle")
-"""Binary cuts at whose kept fractions the continuous cuts are also made."""
 
 
 def analyse(args, data, baseline_model=None):
