@@ -188,15 +188,10 @@ def _measure_image(folder, sim_cfg, tiles, tile_head):
     """``measure_image``'s work (adaptive shapes), uncached."""
     import fitsio
 
-    from bh_stage.stage import run_stage
-
     files = tileset.prepare_tile(folder, sim_cfg, tiles.sextractor_config)
-    out = folder / "tile_bh.cat"
-    run_stage(config_from_dict(RunConfig, {
-        "catalogue": str(files["catalogue"]), "weight": str(files["weight"]),
-        "output": str(out), "overwrite": True, "tile_head": tile_head,
-        "metacal": dict(STAGE_PSF, enabled=True)}),
-        files["image"])
+    out = tileset.run_stage_on_tile(folder, config_from_dict(RunConfig, {
+        "overwrite": True, "tile_head": tile_head, "metacal": dict(STAGE_PSF, enabled=True)}),
+        "tile_bh.cat")
     (x, y), classes, _ = tileset.detection_table(folder)
     stage = fitsio.read(str(out), ext="LDAC_OBJECTS")
     truth = fitsio.read(str(files["truth"]), ext="TRUTH")
