@@ -32,6 +32,10 @@ training tiles (``--tiles-dir``).
 The stage runs use ``--tile-head`` (default 0.12's default head, in 8 bits as ``bh-stage run``
 runs it; the 0.7-0.12 bench used ``tile_unrecognised_positions``).
 
+Diagnostic rows that no survey can cut on (``truth_subsets``): m of single galaxies and of the
+members of injected pairs, recognised or not; where the truth oracle's own m comes from (a
+neighbour of another shear biases metacalibration, ``bench/bench_neighbour_shear.py``).
+
 Writes ``bench/results/shear_metacal.json`` (``--estimator adaptive``: ``shear_metacal_adaptive.json``,
 ``--min-s2n 0``: ``shear_metacal_s2nnone.json``, ``--pair-fraction 0.45``:
 ``shear_metacal_pairs0.45.json``;
@@ -529,6 +533,51 @@ def noise_budget(args, data):
     return out
 
 
+def add_pair_ids(args, data):
+    """Give each detection of the main images ``PAIR_ID``, its main true object's injected
+    pair in the image's truth table (-1: a single galaxy, or not a galaxy)."""
+    import fitsio
+
+    for seed, _, plus, minus in data:
+        for d, tag in ((plus, "p"), (minus, "m")):
+            truth = fitsio.read(str(Path(args.work_dir) / f"main_s{seed}_{tag}" /
+                                    tileset.TILE_FILES["truth"]), ext="TRUTH")
+            pairs = dict(zip(truth["ID"].tolist(), truth["PAIR_ID"].tolist()))
+            d["PAIR_ID"] = np.array([pairs.get(i, -1) for i in d["MAIN_ID"].tolist()])
+
+
+TRUTH_SUBSETS = {
+    "single": lambda d: d["PAIR_ID"] < 0,
+    "single, recognised": lambda d: (d["PAIR_ID"] < 0) & (d["UNRECOGNISED"] == 0),
+    "pair member": lambda d: d["PAIR_ID"] >= 0,
+    "pair member, recognised": lambda d: (d["PAIR_ID"] >= 0) & (d["UNRECOGNISED"] == 0),
+    "pair member, unrecognised": lambda d: (d["PAIR_ID"] >= 0) & (d["UNRECOGNISED"] == 1),
+}
+"""Diagnostic subsets of the main images' measured sample, by truth: the main object a single
+galaxy or the main-plane member of an injected pair (its companion on the second plane), and
+whether its detection is an unrecognised blend. Not cuts: no survey can make them."""
+
+
+def truth_subsets(args, data):
+    """m of each ``TRUTH_SUBSETS`` subset (intervals over the bench's galaxy units and
+    resamples), and recognised pair members minus recognised singles, paired: where the
+    truth oracle's own bias comes from. Needs ``add_pair_ids``."""
+    units = unit_index(data)
+    weights = bootstrap_weights(units[1], args.n_boot, seed=1)
+    rows, boots = {}, {}
+    for name, keep in TRUTH_SUBSETS.items():
+        point, boot, *_ = measure(data, units, args.g, weights,
+                                  lambda d, keep=keep: Selection.fixed(name, keep(d)))
+        boots[name] = boot["m"]
+        rows[name] = {"name": name, "n_kept": int(point["n"]), "m": float(point["m"]),
+                      "m_ci95": metrics.interval(boot["m"], 0.95),
+                      "R_shear": float(point["r_shear"]), "c_cross": float(point["c_cross"])}
+    a, b = "pair member, recognised", "single, recognised"
+    difference = {"a": a, "b": b, "m_a_minus_m_b": rows[a]["m"] - rows[b]["m"],
+                  "ci95": metrics.interval(boots[a] - boots[b], 0.95)}
+    return {"subsets": list(rows.values()), "difference": difference}
+
+
 def minus_none(results, boots):
     """Each cut's m minus that of no cut, with its paired 95 % interval."""
     for name, r in results.items():
@@ -694,6 +743,7 @@ def main(argv=None):
             folder = Path(args.work_dir) / f"main_s{seed}_{tag}"
             d["CATALOGUE_PROB"] = fitted.predict(baseline_matrix(folder, columns, d["x"],
                                                                  d["y"])[0])
+    add_pair_ids(args, data)
     control = images(args, "control")
     t_img = time.perf_counter() - t0 - t_base
     results, boots, _ = analyse(args, data, fitted)
@@ -713,6 +763,7 @@ def main(argv=None):
            "targets": verdicts(results, boots, control_results),
            "truth_shares": truth_shares(results, boots),
            "score_differences": score_differences(results, boots),
+           "truth_subsets": truth_subsets(args, data),
            "settings": {"g": args.g, "other_fraction": args.other_fraction,
                         "pair_fraction": args.pair_fraction,
                         "seeds": [s for s, *_ in data], "size_pix": args.size_pix,
@@ -742,6 +793,13 @@ def main(argv=None):
     for r in out["score_differences"]:
         print(f"m({r['a']}) - m({r['b']}): {r['m_a_minus_m_b']:+.4f} "
               f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]")
+    for r in out["truth_subsets"]["subsets"]:
+        lo, hi = r["m_ci95"]
+        print(f"truth subset {r['name']}: {r['n_kept']} kept, m {r['m']:+.4f} [{lo:+.4f}, "
+              f"{hi:+.4f}]")
+    d = out["truth_subsets"]["difference"]
+    print(f"m({d['a']}) - m({d['b']}): {d['m_a_minus_m_b']:+.4f} [{d['ci95'][0]:+.4f}, "
+          f"{d['ci95'][1]:+.4f}]")
     for name, v in out["targets"].items():
         print(f"{'MET ' if v['met'] else 'MISS'} {name}")
     print(f"done in {time.perf_counter() - t0:.0f} s")

@@ -270,6 +270,14 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
         own = cuts[name].get("target_kept", round(cuts[name]["kept_frac"], 4))
         assert r["truth"] == truth_rows[own]
     assert len({c["name"] for c in res["cuts"]}) == len(res["cuts"])  # no row overwritten
+    # the truth subsets partition no cut's sample, and the truth oracle's
+    subsets = {r["name"]: r["n_kept"] for r in res["truth_subsets"]["subsets"]}
+    assert subsets["single"] + subsets["pair member"] == cuts["none"]["n_kept"]
+    assert subsets["pair member, recognised"] + subsets["pair member, unrecognised"] == \
+        subsets["pair member"]
+    assert subsets["single, recognised"] + subsets["pair member, recognised"] == \
+        cuts["truth oracle"]["n_kept"]
+    assert subsets["pair member"] > 0
     for kind in ("main", "control"):
         both = res["noise_budget"][kind]["kept_on_both"]
         assert 0 < both["n_kept_on_both"] <= both["n_units"]
