@@ -18,7 +18,7 @@ centre (a detection's centroid would also move with the neighbour: not modelled)
 shear bench's default, Gaussian weight of FWHM 1.2 arcsec) and ``adaptive``. The noise is a
 token 1e-6 of the flux, so what is left is the neighbour's effect.
 
-    python bench/bench_neighbour_shear.py          # about 10 min on 2 cores
+    python bench/bench_neighbour_shear.py          # about 8 min on one core
     python bench/bench_neighbour_shear.py --quick  # smoke test, under a minute
 
 Writes ``bench/results/neighbour_shear.json`` (``--quick``: ``/tmp/bh_neighbour_quick.json``).

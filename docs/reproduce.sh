@@ -181,6 +181,10 @@ python bench/bench_shear.py --work-dir $work/shear --tiles-dir $work/tiles --min
 mkdir -p $work/shear_p45 && ln -sfn $work/shear/control_s* $work/shear_p45/
 python bench/bench_shear.py --work-dir $work/shear_p45 --tiles-dir $work/tiles --jobs 2 \
     --pair-fraction 0.45 --seeds 12 --figure docs/shear_m_vs_kept_pairs0.45.png
+# 0.14: the truth subsets of these analyses (key truth_subsets; the same commands rerun on the
+# cached images without --jobs and --figure) and metacalibration with a neighbour of another
+# shear, noise-free (about 8 min on one core).
+python bench/bench_neighbour_shear.py
 # How the shipped tile head was chosen (validation tiles only): the 0.2.0 head (git show
 # ca92e30:data/heads/tile_unrecognised.json and .weights.npz into $work/heads_0.2.0) in 1, 2, 4
 # and 8 orientations, then the 6-tile head in 4 orientations (row 2 of README), the 12-tile one
