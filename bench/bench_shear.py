@@ -533,35 +533,70 @@ def noise_budget(args, data):
     return out
 
 
-def add_pair_ids(args, data):
-    """Give each detection of the main images ``PAIR_ID``, its main true object's injected
-    pair in the image's truth table (-1: a single galaxy, or not a galaxy)."""
+NEIGHBOUR_RADIUS_PIX = 16.0
+"""Truth subsets: a second-plane galaxy with at least ``NEIGHBOUR_MIN_FLUX_RATIO`` of the main
+object's flux within this distance (3.0 arcsec; beyond it a neighbour of another shear biases
+metacalibration by less than 0.035, ``bench/bench_neighbour_shear.py``) is its neighbour."""
+NEIGHBOUR_MIN_FLUX_RATIO = 0.1
+
+
+def add_truth_columns(args, data):
+    """Give each detection of the main images, from its main true object in the image's truth
+    table: ``PAIR_ID``, its injected pair (-1: a single galaxy, or not a galaxy), and
+    ``SECOND_PLANE_NEIGHBOUR``, whether a second-plane galaxy with at least
+    ``NEIGHBOUR_MIN_FLUX_RATIO`` of its flux lies within ``NEIGHBOUR_RADIUS_PIX`` (true
+    positions, as drawn)."""
     import fitsio
+    from scipy.spatial import cKDTree
 
     for seed, _, plus, minus in data:
         for d, tag in ((plus, "p"), (minus, "m")):
             truth = fitsio.read(str(Path(args.work_dir) / f"main_s{seed}_{tag}" /
                                     tileset.TILE_FILES["truth"]), ext="TRUTH")
-            pairs = dict(zip(truth["ID"].tolist(), truth["PAIR_ID"].tolist()))
-            d["PAIR_ID"] = np.array([pairs.get(i, -1) for i in d["MAIN_ID"].tolist()])
+            row = {i: k for k, i in enumerate(truth["ID"].tolist())}
+            k = np.array([row.get(i, -1) for i in d["MAIN_ID"].tolist()])
+            found = k >= 0
+            d["PAIR_ID"] = np.where(found, truth["PAIR_ID"][k], -1)
+            xy = np.stack([truth["X_PIX0"], truth["Y_PIX0"]], axis=1)  # 0-based
+            second = np.flatnonzero(truth["PLANE"] == 1)
+            neighbour = np.zeros(len(k), bool)
+            if len(second):
+                tree = cKDTree(xy[second])
+                main = np.flatnonzero(found & (truth["PLANE"][k] == 0))
+                near = tree.query_ball_point(xy[k[main]], NEIGHBOUR_RADIUS_PIX)
+                flux = truth["FLUX_ADU"]
+                for j, hits in zip(main, near):
+                    neighbour[j] = bool(hits) and bool(np.any(
+                        flux[second[hits]] >= NEIGHBOUR_MIN_FLUX_RATIO * flux[k[j]]))
+            d["SECOND_PLANE_NEIGHBOUR"] = neighbour
+
+
+def _recognised(d):
+    return d["UNRECOGNISED"] == 0
 
 
 TRUTH_SUBSETS = {
     "single": lambda d: d["PAIR_ID"] < 0,
-    "single, recognised": lambda d: (d["PAIR_ID"] < 0) & (d["UNRECOGNISED"] == 0),
+    "single, recognised": lambda d: (d["PAIR_ID"] < 0) & _recognised(d),
     "pair member": lambda d: d["PAIR_ID"] >= 0,
-    "pair member, recognised": lambda d: (d["PAIR_ID"] >= 0) & (d["UNRECOGNISED"] == 0),
-    "pair member, unrecognised": lambda d: (d["PAIR_ID"] >= 0) & (d["UNRECOGNISED"] == 1),
+    "pair member, recognised": lambda d: (d["PAIR_ID"] >= 0) & _recognised(d),
+    "pair member, unrecognised": lambda d: (d["PAIR_ID"] >= 0) & ~_recognised(d),
+    "no second-plane neighbour": lambda d: ~d["SECOND_PLANE_NEIGHBOUR"],
+    "second-plane neighbour": lambda d: d["SECOND_PLANE_NEIGHBOUR"],
+    "second-plane neighbour, recognised": lambda d: d["SECOND_PLANE_NEIGHBOUR"] & _recognised(d),
+    "second-plane neighbour, unrecognised":
+        lambda d: d["SECOND_PLANE_NEIGHBOUR"] & ~_recognised(d),
 }
 """Diagnostic subsets of the main images' measured sample, by truth: the main object a single
-galaxy or the main-plane member of an injected pair (its companion on the second plane), and
-whether its detection is an unrecognised blend. Not cuts: no survey can make them."""
+galaxy or the main-plane member of an injected pair (its companion on the second plane), with
+or without a second-plane neighbour (``add_truth_columns``), and whether its detection is an
+unrecognised blend. Not cuts: no survey can make them."""
 
 
 def truth_subsets(args, data):
     """m of each ``TRUTH_SUBSETS`` subset (intervals over the bench's galaxy units and
     resamples), and recognised pair members minus recognised singles, paired: where the
-    truth oracle's own bias comes from. Needs ``add_pair_ids``."""
+    truth oracle's own bias comes from. Needs ``add_truth_columns``."""
     units = unit_index(data)
     weights = bootstrap_weights(units[1], args.n_boot, seed=1)
     rows, boots = {}, {}
@@ -571,7 +606,8 @@ def truth_subsets(args, data):
         boots[name] = boot["m"]
         rows[name] = {"name": name, "n_kept": int(point["n"]), "m": float(point["m"]),
                       "m_ci95": metrics.interval(boot["m"], 0.95),
-                      "R_shear": float(point["r_shear"]), "c_cross": float(point["c_cross"])}
+                      "R_shear": float(point["r_shear"]), "c_cross": float(point["c_cross"]),
+                      "c_cross_ci95": metrics.interval(boot["c_cross"], 0.95)}
     a, b = "pair member, recognised", "single, recognised"
     difference = {"a": a, "b": b, "m_a_minus_m_b": rows[a]["m"] - rows[b]["m"],
                   "ci95": metrics.interval(boots[a] - boots[b], 0.95)}
@@ -743,7 +779,7 @@ def main(argv=None):
             folder = Path(args.work_dir) / f"main_s{seed}_{tag}"
             d["CATALOGUE_PROB"] = fitted.predict(baseline_matrix(folder, columns, d["x"],
                                                                  d["y"])[0])
-    add_pair_ids(args, data)
+    add_truth_columns(args, data)
     control = images(args, "control")
     t_img = time.perf_counter() - t0 - t_base
     results, boots, _ = analyse(args, data, fitted)

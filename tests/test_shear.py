@@ -278,6 +278,10 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
     assert subsets["single, recognised"] + subsets["pair member, recognised"] == \
         cuts["truth oracle"]["n_kept"]
     assert subsets["pair member"] > 0
+    assert subsets["no second-plane neighbour"] + subsets["second-plane neighbour"] == \
+        cuts["none"]["n_kept"]
+    assert subsets["second-plane neighbour, recognised"] + \
+        subsets["second-plane neighbour, unrecognised"] == subsets["second-plane neighbour"]
     for kind in ("main", "control"):
         both = res["noise_budget"][kind]["kept_on_both"]
         assert 0 < both["n_kept_on_both"] <= both["n_units"]
