@@ -595,8 +595,9 @@ unrecognised blend. Not cuts: no survey can make them."""
 
 def truth_subsets(args, data):
     """m of each ``TRUTH_SUBSETS`` subset (intervals over the bench's galaxy units and
-    resamples), and recognised pair members minus recognised singles, paired: where the
-    truth oracle's own bias comes from. Needs ``add_truth_columns``."""
+    resamples), and three paired differences (recognised pair members minus recognised
+    singles; galaxies with a second-plane neighbour, all and recognised, minus those without):
+    where the truth oracle's own bias comes from. Needs ``add_truth_columns``."""
     units = unit_index(data)
     weights = bootstrap_weights(units[1], args.n_boot, seed=1)
     rows, boots = {}, {}
@@ -608,10 +609,13 @@ def truth_subsets(args, data):
                       "m_ci95": metrics.interval(boot["m"], 0.95),
                       "R_shear": float(point["r_shear"]), "c_cross": float(point["c_cross"]),
                       "c_cross_ci95": metrics.interval(boot["c_cross"], 0.95)}
-    a, b = "pair member, recognised", "single, recognised"
-    difference = {"a": a, "b": b, "m_a_minus_m_b": rows[a]["m"] - rows[b]["m"],
-                  "ci95": metrics.interval(boots[a] - boots[b], 0.95)}
-    return {"subsets": list(rows.values()), "difference": difference}
+    differences = []
+    for a, b in (("pair member, recognised", "single, recognised"),
+                 ("second-plane neighbour", "no second-plane neighbour"),
+                 ("second-plane neighbour, recognised", "no second-plane neighbour")):
+        differences.append({"a": a, "b": b, "m_a_minus_m_b": rows[a]["m"] - rows[b]["m"],
+                            "ci95": metrics.interval(boots[a] - boots[b], 0.95)})
+    return {"subsets": list(rows.values()), "differences": differences}
 
 
 def minus_none(results, boots):
@@ -833,9 +837,9 @@ def main(argv=None):
         lo, hi = r["m_ci95"]
         print(f"truth subset {r['name']}: {r['n_kept']} kept, m {r['m']:+.4f} [{lo:+.4f}, "
               f"{hi:+.4f}]")
-    d = out["truth_subsets"]["difference"]
-    print(f"m({d['a']}) - m({d['b']}): {d['m_a_minus_m_b']:+.4f} [{d['ci95'][0]:+.4f}, "
-          f"{d['ci95'][1]:+.4f}]")
+    for d in out["truth_subsets"]["differences"]:
+        print(f"m({d['a']}) - m({d['b']}): {d['m_a_minus_m_b']:+.4f} [{d['ci95'][0]:+.4f}, "
+              f"{d['ci95'][1]:+.4f}]")
     for name, v in out["targets"].items():
         print(f"{'MET ' if v['met'] else 'MISS'} {name}")
     print(f"done in {time.perf_counter() - t0:.0f} s")

@@ -282,6 +282,9 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
         cuts["none"]["n_kept"]
     assert subsets["second-plane neighbour, recognised"] + \
         subsets["second-plane neighbour, unrecognised"] == subsets["second-plane neighbour"]
+    m_of = {r["name"]: r["m"] for r in res["truth_subsets"]["subsets"]}
+    for d in res["truth_subsets"]["differences"]:
+        assert d["m_a_minus_m_b"] == pytest.approx(m_of[d["a"]] - m_of[d["b"]])
     for kind in ("main", "control"):
         both = res["noise_budget"][kind]["kept_on_both"]
         assert 0 < both["n_kept_on_both"] <= both["n_units"]
