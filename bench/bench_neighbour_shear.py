@@ -12,8 +12,10 @@ scene by 90 degrees). The main galaxy is sheared by +-0.02 on g1 (then on g2); t
   too (``simulate.lensed_positions``' rule, the shear bench's second plane);
 Each also with the neighbour masked (``masked``): the pixels nearer the neighbour's centre
 than the main galaxy's set to the stamps' token noise before metacalibration, a crude
-stand-in for masking a neighbour's segmentation. Moments centred on the main galaxy's true
-centre (a detection's centroid would also move with the neighbour: not modelled). m and c_cross of ``g = <R>^-1 <e>`` as in
+stand-in for masking a neighbour's segmentation. The ``weighted`` moments are centred on the
+main galaxy's true centre (a detection's centroid would also move with the neighbour: not
+modelled); ``adaptive`` moments find their own centre, and with a bright neighbour they can
+drift onto the pair or fail (fewer pairs kept). m and c_cross of ``g = <R>^-1 <e>`` as in
 ``ringtest.paired_bias`` (95 % intervals over ring pairs), per estimator: ``weighted`` (the
 shear bench's default, Gaussian weight of FWHM 1.2 arcsec) and ``adaptive``. The noise is a
 token 1e-6 of the flux, so what is left is the neighbour's effect.
