@@ -582,6 +582,13 @@ class TileConfig:
     knots_npoints: int = option(30, "Number of knots of a clumpy disc.", min=1)
     knots_max_sersic_n: float = option(1.5, "Sersic draws with n below this count as discs "
                                        "for knots_fraction.", min=0)
+    compact_knots_fraction: float = option(0.0, "Fraction of the parametric galaxies given "
+                                           "1-3 compact knots (Gaussians of sigma 0.06 arcsec, "
+                                           "unresolved here) holding 10-40 % of the light "
+                                           "between them, each 0.3-0.9 arcsec from the centre: "
+                                           "one clumpy galaxy, one truth row "
+                                           "(simulate.COMPACT_KNOTS). galaxy_kind 'parametric' "
+                                           "or 'mixed' only; 0: none.", min=0, max=1)
     augment_real: bool = option(False, "Augment the real galaxies (training half only; "
                                 "refused for the test half): a random flip, a random shear "
                                 "|g| <= augment_max_shear and a dilation within "
@@ -611,6 +618,11 @@ class TileConfig:
                               f"tile.galaxy_kind 'parametric' or 'mixed', not 'real' (tiles "
                               f"of real galaxies, e.g. test tiles, hold real galaxies only); "
                               f"set it to 0 or change galaxy_kind")
+        if self.compact_knots_fraction > 0 and self.galaxy_kind == "real":
+            raise ConfigError(f"tile.compact_knots_fraction: {self.compact_knots_fraction} "
+                              f"needs tile.galaxy_kind 'parametric' or 'mixed', not 'real' "
+                              f"(knots are added to parametric galaxies); set it to 0 or "
+                              f"change galaxy_kind")
         if self.star_mag_min >= self.star_mag_max:
             raise ConfigError(f"tile.star_mag_min: {self.star_mag_min} must be < "
                               f"tile.star_mag_max ({self.star_mag_max})")
@@ -906,6 +918,10 @@ class TileSetConfig:
                                             "(tile.sersic_fraction).", min=0, max=1)
     diverse_knots_fraction: float = option(0.5, "training_sample 'diverse': "
                                            "tile.knots_fraction.", min=0, max=1)
+    compact_knots_fraction: float = option(0.0, "tile.compact_knots_fraction of the training "
+                                           "and validation tiles (never the test tiles): "
+                                           "parametric galaxies with compact knots, labelled "
+                                           "as the one galaxy they are.", min=0, max=1)
 
 
 @dataclasses.dataclass

@@ -602,3 +602,64 @@ def test_size_calibration_never_reads_the_test_half(cosmos, monkeypatch):
                                     cfg.real_catalogue, -0.105, 0.5)
     assert set(cal["real_indices"]) == eligible
     assert -0.3 < cal["offset_dex"] < 0  # the parametric galaxies were the larger ones
+
+
+# --- compact knots on parametric galaxies ---------------------------------------------------
+
+def test_compact_knots_only_on_training_and_validation_tiles(cosmos):
+    """``compact_knots_fraction`` reaches the training and validation tiles' config, never the
+    test tiles' (same config as without it), and a tile of real galaxies refuses it."""
+    from bh_stage.study import tileset
+
+    tiles = tile_set(cosmos, compact_knots_fraction=0.3)
+    for role in ("train", "valid"):
+        assert tileset.simulate_config(tiles, role, 1).tile.compact_knots_fraction == 0.3
+    for seed in (301, 302):
+        assert config_to_dict(tileset.simulate_config(tiles, "test", seed)) == config_to_dict(
+            tileset.simulate_config(tile_set(cosmos), "test", seed))
+    with pytest.raises(ConfigError, match="compact_knots_fraction: 0.5 needs tile.galaxy_kind"):
+        config_from_dict(SimulateConfig, {"mode": "tile", "tile": {
+            "galaxy_kind": "real", "compact_knots_fraction": 0.5}})
+
+
+def test_compact_knots_drawn_on_parametric_galaxies_within_their_laws(cosmos):
+    """Knots go to parametric galaxies only, about the asked fraction of them, with 1-3
+    knots, 10-40 % of the light and radii 0.3-0.9 arcsec; without the option no galaxy has
+    any, and the other draws do not move."""
+    from bh_stage.study import simulate, tileset
+
+    tiles = tile_set(cosmos, compact_knots_fraction=0.4, size_pix=1200)
+    kinds, extras, truth = simulate.tile_draws(tileset.simulate_config(tiles, "train", 3))
+    kinds0, extras0, truth0 = simulate.tile_draws(
+        tileset.simulate_config(tile_set(cosmos, size_pix=1200), "train", 3))
+    assert kinds == kinds0 and truth.tobytes() == truth0.tobytes()
+    assert not any(e and "compact_knots" in e for e in extras0)
+    knotty = [(k, e) for k, e in zip(kinds, extras) if e and "compact_knots" in e]
+    assert {k for k, _ in knotty} == {"parametric"}
+    n_parametric = kinds.count("parametric")
+    assert 0.3 < len(knotty) / n_parametric < 0.5  # binomial: 0.4 +- 0.03 for ~380 galaxies
+    counts = [len(e["compact_knots"]) for _, e in knotty]
+    assert set(counts) == {1, 2, 3}
+    assert all(0.1 <= e["compact_knots_flux"] <= 0.4 for _, e in knotty)
+    assert all(0.3 <= r <= 0.9 for _, e in knotty for r, _ in e["compact_knots"])
+
+
+def test_compact_knot_light_where_it_was_put():
+    """A round exponential with one knot holding a share f of the light at (r cos a, r sin a):
+    the flux is kept and the light's centroid moves to f (r cos a, r sin a), worked out from
+    the definition of a centroid, not from the code."""
+    import galsim
+
+    from bh_stage.study.simulate import _with_compact_knots
+
+    gal = galsim.Exponential(half_light_radius=0.3, flux=1000.0)
+    r, a, f = 0.8, 0.6, 0.25
+    knotty = _with_compact_knots(galsim, gal, {"compact_knots_flux": f,
+                                               "compact_knots": [(r, a)]})
+    assert knotty.flux == pytest.approx(1000.0)
+    scale = 0.02
+    img = knotty.drawImage(nx=301, ny=301, scale=scale, method="no_pixel").array
+    y, x = (np.mgrid[:301, :301] - 150) * scale
+    assert img.sum() == pytest.approx(1000.0, rel=2e-3)
+    assert (img * x).sum() / img.sum() == pytest.approx(f * r * math.cos(a), abs=2e-3)
+    assert (img * y).sum() / img.sum() == pytest.approx(f * r * math.sin(a), abs=2e-3)

@@ -494,6 +494,16 @@ def _size_offset_dex(cfg):
                             cfg.area_cm2)["offset_dex"]
 
 
+COMPACT_KNOTS = {"sigma_arcsec": 0.06, "max_knots": 3, "flux_fraction": (0.1, 0.4),
+                 "radius_arcsec": (0.3, 0.9)}
+"""``tile.compact_knots_fraction``: 1 to ``max_knots`` Gaussian knots (equally likely counts)
+sharing a fraction of the galaxy's light uniform in ``flux_fraction``, each at a radius
+uniform in ``radius_arcsec`` and a uniform angle, added to a parametric galaxy after its
+size-magnitude dilation (so at fixed arcsec whatever its size); set before any head was
+trained with them, around COSMOS index 36's knot (37 % of the light, 0.66 arcsec out;
+tile_study_v2.md) and bench_clumps.py's probe (30 %, 0.4-0.7 arcsec)."""
+
+
 def _draw_extras(cfg, tile_samples, which, cat_index):
     """Per-object parameters of the Sersic draws and of the real-galaxy augmentation.
 
@@ -540,6 +550,19 @@ def _draw_extras(cfg, tile_samples, which, cat_index):
                          "knots_seed": int(knots_seed[i]) if knots else 0,
                          "knots_npoints": t.knots_npoints,
                          "knots_flux_fraction": t.knots_flux_fraction}
+    if t.compact_knots_fraction:
+        k = COMPACT_KNOTS
+        rng = np.random.default_rng([cfg.seed, 21, 3])
+        u = rng.random(n)
+        count = rng.integers(1, k["max_knots"] + 1, size=n)
+        flux = rng.uniform(*k["flux_fraction"], size=n)
+        radius = rng.uniform(*k["radius_arcsec"], size=(n, k["max_knots"]))
+        angle = rng.uniform(0.0, 2 * math.pi, size=(n, k["max_knots"]))
+        for i in range(n):
+            if tile_samples[which[i]].kind == "parametric" and u[i] < t.compact_knots_fraction:
+                extras[i] = dict(extras[i] or {}, compact_knots_flux=float(flux[i]),
+                                 compact_knots=[(float(r), float(a)) for r, a in
+                                                zip(radius[i, :count[i]], angle[i, :count[i]])])
     if t.augment_real:
         rng = np.random.default_rng([cfg.seed, 21, 2])
         flip = rng.random(n) < 0.5
@@ -566,7 +589,9 @@ def tile_draws(cfg):
         Per truth row: a Sersic draw's ``n``, ``hlr_arcsec`` (before the size-magnitude
         dilation), ``g``, ``m_ref``, ``fit_ident`` (IDENT of the resampled row),
         ``knots_seed`` (0: no knots), ``knots_npoints``, ``knots_flux_fraction``; an augmented
-        real galaxy's ``flip``, ``g1``, ``g2``, ``dilation``; None otherwise.
+        real galaxy's ``flip``, ``g1``, ``g2``, ``dilation``; a parametric galaxy's
+        ``size_offset_dex`` and, with compact knots, ``compact_knots_flux`` and
+        ``compact_knots`` (radius arcsec, angle rad of each); None otherwise.
     truth : structured ndarray, ``TILE_TRUTH_DTYPE``
         The planned truth rows (positions, ``MAG``, ``GAL_ID``, ``KIND``; no fluxes).
     """
@@ -769,15 +794,26 @@ def _galaxy(settings, kind, cat_index, mag, theta_rad, extra=None):
     else:
         gal = cat.makeGalaxy(int(cat_index), gal_type="parametric")
     m_sample = sample_mags(cat, real)[int(cat_index)]
-    offset = extra["size_offset_dex"] if extra is not None and not real else 0.0
+    offset = extra.get("size_offset_dex", 0.0) if extra is not None and not real else 0.0
     gal = _size_magnitude(settings, gal.withScaledFlux(10.0 ** (-0.4 * (mag - m_sample))),
                           mag, m_sample, offset)
+    if extra is not None and not real and "compact_knots" in extra:
+        gal = _with_compact_knots(galsim, gal, extra)
     if extra is not None and real:  # augmentation; flux kept, the rotation below follows
         if extra["flip"]:
             gal = gal.transform(-1.0, 0.0, 0.0, 1.0)
         gal = gal.shear(g1=extra["g1"], g2=extra["g2"]).dilate(extra["dilation"])
     gal = gal.rotate(theta_rad * galsim.radians)
     return gal, float(gal.flux)
+
+
+def _with_compact_knots(galsim, gal, extra):
+    """``gal`` with ``extra``'s compact knots (``COMPACT_KNOTS``), the total flux kept."""
+    flux, share = gal.flux, extra["compact_knots_flux"]
+    knots = [galsim.Gaussian(sigma=COMPACT_KNOTS["sigma_arcsec"],
+                             flux=flux * share / len(extra["compact_knots"]))
+             .shift(r * math.cos(a), r * math.sin(a)) for r, a in extra["compact_knots"]]
+    return galsim.Add([gal.withScaledFlux(1.0 - share), *knots])
 
 
 def _draw(settings, gal, psf, size_pix, dx_pix, dy_pix):

@@ -155,7 +155,8 @@ def simulate_config(tiles, role, seed, shear_g1=0.0, shear_g2=0.0, **tile_option
     put the parametric galaxies and the draws on the size-magnitude relation of the
     training-half real galaxies (``tile.size_calibration: real_train``,
     ``simulate.size_calibration``). Role 'test' is the test half of the real galaxies only,
-    whatever ``training_sample``."""
+    whatever ``training_sample``. ``compact_knots_fraction`` gives parametric galaxies of
+    the training and validation tiles compact knots (``tile.compact_knots_fraction``)."""
     from ..config import SimulateConfig, config_from_dict
 
     pairs = tiles.train_close_pair_fraction if role == "train" else tiles.close_pair_fraction
@@ -164,6 +165,9 @@ def simulate_config(tiles, role, seed, shear_g1=0.0, shear_g2=0.0, **tile_option
                         "sersic_pool_parametric": True,
                         "knots_fraction": tiles.diverse_knots_fraction,
                         "augment_real": True, "size_calibration": "real_train",
+                        **tile_options}
+    if role != "test" and tiles.compact_knots_fraction:  # never on test tiles
+        tile_options = {"compact_knots_fraction": tiles.compact_knots_fraction,
                         **tile_options}
     return config_from_dict(SimulateConfig, {
         "mode": "tile", "seed": seed, "cosmos_dir": tiles.cosmos_dir,

@@ -281,7 +281,8 @@ def train_tile(cfg, progress=None):
                       "close_pair_fraction": cfg.tiles.close_pair_fraction,
                       "training_sample": cfg.tiles.training_sample,
                       "diverse_sersic_fraction": cfg.tiles.diverse_sersic_fraction,
-                      "diverse_knots_fraction": cfg.tiles.diverse_knots_fraction},
+                      "diverse_knots_fraction": cfg.tiles.diverse_knots_fraction,
+                      "compact_knots_fraction": cfg.tiles.compact_knots_fraction},
             "data_seconds": t_data, "train_seconds": time.perf_counter() - t0 - t_data,
             "seed": cfg.seed,
         }
