@@ -185,6 +185,27 @@ python bench/bench_shear.py --work-dir $work/shear_p45 --tiles-dir $work/tiles -
 # cached images without --jobs and --figure) and metacalibration with a neighbour of another
 # shear, noise-free (about 8 min on one core).
 python bench/bench_neighbour_shear.py
+# 0.14: a tile head trained with compact knots (docs/tile_study_v2.md; not shipped: it failed
+# the validation rule), about 1 h on 2 cores.
+bh-stage train-tile example_config/train-tile.yml --set features=stamp \
+    --set tiles.work_dir=$work/tiles_knots --set tiles.compact_knots_fraction=0.3 \
+    --set head_name=tile_unrecognised_positions_knots --set output_dir=$work/heads_knots
+bh-stage train-tile example_config/train-tile.yml --set features=stamp \
+    --set tiles.work_dir=$work/tiles_knots --set tiles.compact_knots_fraction=0.3 \
+    --set weights_from=$work/heads_knots/tile_unrecognised_positions_knots.json \
+    --set n_orientations=2 --set head_name=tile_unrecognised_positions_knots_o2 \
+    --set output_dir=$work/heads_knots
+for pair in tiles:cosmos tiles_knots:knots; do
+  python bench/bench_tile_head_variants.py --work-dir $work/${pair%%:*} \
+      bh_stage/data/heads/tile_unrecognised_positions_o2.json \
+      $work/heads_knots/tile_unrecognised_positions_knots_o2.json --n-bootstrap 1000 \
+      --output tile_head_knots_valid_${pair#*:}.json
+done
+python bench/quantize_tile_head.py $work/heads_knots/tile_unrecognised_positions_knots_o2.json \
+    --work-dir $work/tiles_knots --train-seeds 101
+python bench/bench_clumps.py --work-dir $work/clumps_knots \
+    --head $work/heads_knots/tile_unrecognised_positions_knots_o2.json \
+    --output clumps_knots_head.json
 # How the shipped tile head was chosen (validation tiles only): the 0.2.0 head (git show
 # ca92e30:data/heads/tile_unrecognised.json and .weights.npz into $work/heads_0.2.0) in 1, 2, 4
 # and 8 orientations, then the 6-tile head in 4 orientations (row 2 of README), the 12-tile one
