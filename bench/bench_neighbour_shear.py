@@ -3,7 +3,7 @@
 Metacalibration shears the whole stamp, so it assumes a neighbour in the stamp has the
 object's shear. A neighbour at another redshift has another one. Noise-free ring pairs
 (``bh_stage.study.ringtest``: exponential galaxies, Moffat PSF 0.65 arcsec, 0.187 arcsec/px,
-51x51) with one neighbour each, a second exponential of ``flux_ratio`` times the main
+51x51) with one neighbour each, a second exponential of 0.3, 1 or 3 times the main
 galaxy's flux, its half-light radius and intrinsic shape drawn as the main one's, at
 ``separation_pix`` from it in a random direction (the twin of a ring pair rotates the whole
 scene by 90 degrees). The main galaxy is sheared by +-0.02 on g1 (then on g2); the neighbour:
@@ -20,7 +20,7 @@ drift onto the pair or fail (fewer pairs kept). m and c_cross of ``g = <R>^-1 <e
 shear bench's default, Gaussian weight of FWHM 1.2 arcsec) and ``adaptive``. The noise is a
 token 1e-6 of the flux, so what is left is the neighbour's effect.
 
-    python bench/bench_neighbour_shear.py          # about 8 min on one core
+    python bench/bench_neighbour_shear.py          # about 12 min on one core
     python bench/bench_neighbour_shear.py --quick  # smoke test, under a minute
 
 Writes ``bench/results/neighbour_shear.json`` (``--quick``: ``/tmp/bh_neighbour_quick.json``).
@@ -38,7 +38,7 @@ from bh_stage.study.shear import WEIGHT_FWHM_ARCSEC
 import benchlib
 
 SEPARATIONS_PIX = (4, 6, 8, 10, 12, 16, 20)
-FLUX_RATIOS = (0.3, 1.0)
+FLUX_RATIOS = (0.3, 1.0, 3.0)
 PLANES = ("same", "other")
 FLUX_ADU = 1000.0
 NOISE_ADU = 1e-3
