@@ -183,7 +183,7 @@ python bench/bench_shear.py --work-dir $work/shear_p45 --tiles-dir $work/tiles -
     --pair-fraction 0.45 --seeds 12 --figure docs/shear_m_vs_kept_pairs0.45.png
 # 0.14: the truth subsets of these analyses (key truth_subsets; the same commands rerun on the
 # cached images without --jobs and --figure) and metacalibration with a neighbour of another
-# shear, noise-free (about 8 min on one core).
+# shear, noise-free (about 12 min on one core).
 python bench/bench_neighbour_shear.py
 # 0.14: a tile head trained with compact knots (docs/tile_study_v2.md; not shipped: it failed
 # the validation rule), about 1 h on 2 cores.
