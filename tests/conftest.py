@@ -32,6 +32,19 @@ a second source with >= 10 % of the main flux: found with a separate script call
 directly (3 sigma, 10 pixels, SExtractor's deblending), all with ratios >= 0.22."""
 
 
+def load_bench(name, monkeypatch):
+    """``bench/<name>.py`` as a module, loaded as ``python bench/<name>.py`` runs it (its
+    folder first on ``sys.path``, for ``benchlib``)."""
+    import importlib.util
+
+    bench_dir = REPO / "bench"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    spec = importlib.util.spec_from_file_location(name, bench_dir / f"{name}.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 @pytest.fixture(scope="session")
 def cosmos_dir():
     """The COSMOS samples folder: $BH_STAGE_COSMOS_DIR, default ../shared/cosmos."""

@@ -7,7 +7,7 @@ import pytest
 from bh_stage.study import cutouts
 from bh_stage.study.tiletruth import TRUTH_CLASS_DTYPE, object_units
 
-from conftest import MULTIPLE_COSMOS_INDICES
+from conftest import MULTIPLE_COSMOS_INDICES, load_bench
 
 
 def gaussian(shape, x0, y0, flux, sigma_pix=2.0):
@@ -102,25 +102,11 @@ def test_shared_cosmos_cutouts(cosmos_dir):
     assert row["SECOND_SEPARATION_ARCSEC"] == pytest.approx(0.66, abs=0.05)
 
 
-def _bench_cutout_multiples(monkeypatch):
-    """bench/bench_cutout_multiples.py as a module, as ``python bench/...`` loads it."""
-    import importlib.util
-    from pathlib import Path
-
-    bench_dir = Path(__file__).resolve().parents[1] / "bench"
-    monkeypatch.syspath_prepend(str(bench_dir))
-    spec = importlib.util.spec_from_file_location("bench_cutout_multiples",
-                                                  bench_dir / "bench_cutout_multiples.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_tiles_set_options_go_to_their_work_dir(monkeypatch):
     """``--tiles-set`` without a prefix applies to every ``--work-dir``, ``k:`` to the k-th
     only (0-based); a value holding a colon is not a prefix; a prefix beyond the work
     dirs stops the run with one line."""
-    bench = _bench_cutout_multiples(monkeypatch)
+    bench = load_bench("bench_cutout_multiples", monkeypatch)
     options = ["max_brightening_mag=0.5", "1:close_pair_fraction=0.05",
                "2:close_pair_fraction=0.3", "cosmos_dir=/data/c:osmos"]
     assert bench.options_of(options, 0, 3) == ["max_brightening_mag=0.5",

@@ -7,6 +7,8 @@ from bh_stage.metacal import METACAL_TYPES
 from bh_stage.study.shear import (SUM_KEYS, Selection, bootstrap_weights, metacal_shapes,
                                   psf_sigma_pix, shear_bias, size_cut, unit_sums)
 
+from conftest import load_bench
+
 STEP = 0.01
 
 
@@ -176,23 +178,10 @@ def test_noise_index_follows_the_object():
     assert np.array_equal(a, c)  # the default index is first_index + row
 
 
-def _bench_shear(monkeypatch):
-    """bench/bench_shear.py as a module, loaded as ``python bench/bench_shear.py`` runs it."""
-    import importlib.util
-    from pathlib import Path
-
-    bench_dir = Path(__file__).resolve().parents[1] / "bench"
-    monkeypatch.syspath_prepend(str(bench_dir))  # as `python bench/bench_shear.py` has it
-    spec = importlib.util.spec_from_file_location("bench_shear", bench_dir / "bench_shear.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_bench_shear_refuses_a_cache_of_another_tile_head(tmp_path, monkeypatch):
     """An image cached with one tile head is not read as another's: a cache that names its
     head, and one of 0.7-0.11 that does not (their head, tile_unrecognised_positions)."""
-    bench = _bench_shear(monkeypatch)
+    bench = load_bench("bench_shear", monkeypatch)
     named, old = tmp_path / "named", tmp_path / "old"
     for folder in (named, old):
         folder.mkdir()
@@ -212,7 +201,7 @@ def test_bench_shear_cut_fractions_one_per_label(monkeypatch):
     """The continuous cuts' fractions: every binary cut's (4 decimals) and the fixed ones, one
     per 3-decimal row label, a binary cut's own winning (0.90042 would name its row 0.900,
     as the fixed 0.9 does)."""
-    bench = _bench_shear(monkeypatch)
+    bench = load_bench("bench_shear", monkeypatch)
     kept = {"FLAGS & 2 == 0": 0.90042, "BLEND_FLAG == 0": 0.67658,
             "BLEND_FLAG_NOSHEAR == 0": 0.63367, "truth oracle": 0.91889}
     fractions = bench.cut_fractions({n: {"kept_frac": f} for n, f in kept.items()})
@@ -228,7 +217,7 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
 
     import bh_stage
 
-    bench = _bench_shear(monkeypatch)
+    bench = load_bench("bench_shear", monkeypatch)
     figure = tmp_path / "m.png"
     res = bench.main(["--quick", "--work-dir", str(tmp_path), "--cosmos-dir", str(cosmos_dir),
                       "--figure", str(figure)])
@@ -266,9 +255,16 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
     compared = {r["cut"]: r for r in res["truth_shares"]}
     assert set(compared) == {n for n, c in cuts.items() if n not in ("none", "truth oracle")
                              and c.get("score") != "truth ranked"}
+    assert {d["b"] for d in res["score_differences"]} >= {"FLAGS & 2 == 0"}
+    none = cuts["none"]["m"]
     for name, r in compared.items():
         own = cuts[name].get("target_kept", round(cuts[name]["kept_frac"], 4))
         assert r["truth"] == truth_rows[own]
+        truth = cuts[r["truth"]]
+        assert truth["kept_frac"] == pytest.approx(cuts[name]["kept_frac"], abs=0.02)
+        assert r["m_minus_truth"] == pytest.approx(cuts[name]["m"] - truth["m"])
+        if truth["m"] != none:
+            assert r["share"] == pytest.approx((cuts[name]["m"] - none) / (truth["m"] - none))
     assert len({c["name"] for c in res["cuts"]}) == len(res["cuts"])  # no row overwritten
     # the truth subsets partition no cut's sample, and the truth oracle's
     subsets = {r["name"]: r["n_kept"] for r in res["truth_subsets"]["subsets"]}
