@@ -32,6 +32,7 @@ import numpy as np
 
 from bh_stage.extras import require
 from bh_stage.metacal import shear_matrix
+from bh_stage.psf import GAUSSIAN_FWHM_PER_SIGMA
 from bh_stage.study import ringtest as tm
 from bh_stage.study.shear import WEIGHT_FWHM_ARCSEC
 
@@ -111,7 +112,7 @@ def main(argv=None):
     args = parse_args(argv)
     galsim = require("galsim", "bench_neighbour_shear")
     psf = tm.psf_image(galsim, tm.moffat_psf(galsim))
-    weight_sigma_pix = WEIGHT_FWHM_ARCSEC / tm.PIXEL_ARCSEC / (2 * np.sqrt(2 * np.log(2)))
+    weight_sigma_pix = WEIGHT_FWHM_ARCSEC / tm.PIXEL_ARCSEC / GAUSSIAN_FWHM_PER_SIGMA
     t0 = time.perf_counter()
     rows = []
     for plane in PLANES:

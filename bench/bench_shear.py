@@ -53,6 +53,7 @@ from bh_stage import io
 from bh_stage.config import RunConfig, TileSetConfig, config_from_dict
 from bh_stage.metacal import METACAL_TYPES
 from bh_stage.pixels import tile_pixels
+from bh_stage.psf import GAUSSIAN_FWHM_PER_SIGMA
 from bh_stage.study import metrics, tileset
 from bh_stage.study.evaluate_tile import baseline_columns, baseline_matrix, fit_baseline
 from bh_stage.study.shear import (MIN_S2N, MIN_SIZE_RATIO, WEIGHT_FWHM_ARCSEC, Selection,
@@ -80,7 +81,6 @@ TILE_HEAD = "tile_unrecognised_positions_o2"
 """Default of ``--tile-head``: 0.12's default head (its 8-bit network, as ``bh-stage run``
 runs it), named so a later default does not change a half-done bench. Each image's cache
 records the head that scored it; a cache made with another head is refused."""
-FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 STAGE_PSF = {"psf_fwhm_arcsec": 0.65, "psf_moffat_beta": 4.765}
 """The stage's metacal PSF on the simulated tiles: their 0.65" FWHM as a Moffat of the optical
 core's beta (the tiles' PSF is a Moffat core in Kolmogorov seeing; the shapes use the exact
@@ -233,7 +233,7 @@ def weighted_shapes(folder, d, sim_cfg):
 
 def weight_sigma_pix(sim_cfg):
     """The weighted estimator's weight sigma on the tiles' pixels."""
-    return WEIGHT_FWHM_ARCSEC / sim_cfg.pixel_scale_arcsec / FWHM_PER_SIGMA
+    return WEIGHT_FWHM_ARCSEC / sim_cfg.pixel_scale_arcsec / GAUSSIAN_FWHM_PER_SIGMA
 
 
 def shapes(folder, d, sim_cfg, estimator):
