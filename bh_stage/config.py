@@ -607,22 +607,18 @@ class TileConfig:
                                    choices=("none", "real_train"))
 
     def validate(self):
-        if self.size_calibration != "none" and self.galaxy_kind == "real":
-            raise ConfigError(f"tile.size_calibration: {self.size_calibration!r} needs "
-                              f"tile.galaxy_kind 'parametric' or 'mixed', not 'real' (it "
-                              f"rescales parametric galaxies and Sersic draws; real "
-                              f"galaxies are the reference); set it to 'none' or change "
-                              f"galaxy_kind")
-        if self.sersic_fraction > 0 and self.galaxy_kind == "real":
-            raise ConfigError(f"tile.sersic_fraction: {self.sersic_fraction} needs "
-                              f"tile.galaxy_kind 'parametric' or 'mixed', not 'real' (tiles "
-                              f"of real galaxies, e.g. test tiles, hold real galaxies only); "
-                              f"set it to 0 or change galaxy_kind")
-        if self.compact_knots_fraction > 0 and self.galaxy_kind == "real":
-            raise ConfigError(f"tile.compact_knots_fraction: {self.compact_knots_fraction} "
-                              f"needs tile.galaxy_kind 'parametric' or 'mixed', not 'real' "
-                              f"(knots are added to parametric galaxies); set it to 0 or "
-                              f"change galaxy_kind")
+        not_on_real = (  # (option, its off value, why a tile of real galaxies refuses it)
+            ("size_calibration", "none", "it rescales parametric galaxies and Sersic draws; "
+             "real galaxies are the reference"),
+            ("sersic_fraction", 0.0, "tiles of real galaxies, e.g. test tiles, hold real "
+             "galaxies only"),
+            ("compact_knots_fraction", 0.0, "knots are added to parametric galaxies"))
+        for name, off, why in not_on_real:
+            value = getattr(self, name)
+            if value != off and self.galaxy_kind == "real":
+                raise ConfigError(f"tile.{name}: {value!r} needs tile.galaxy_kind "
+                                  f"'parametric' or 'mixed', not 'real' ({why}); set it to "
+                                  f"{off!r} or change galaxy_kind")
         if self.star_mag_min >= self.star_mag_max:
             raise ConfigError(f"tile.star_mag_min: {self.star_mag_min} must be < "
                               f"tile.star_mag_max ({self.star_mag_max})")
