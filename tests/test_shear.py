@@ -237,7 +237,8 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
     assert 0 <= res["pair_flips"]["main"] <= 1 and 0 <= res["pair_flips"]["control"] <= 1
     for kind in ("main", "control"):
         budget = res["noise_budget"][kind]
-        assert set(budget) == {"galaxy", "instance", "seed", "kept_on_both"}
+        assert set(budget) == {"galaxy", "instance", "seed", "kept_on_both",
+                               "galaxy_persistence"}
         assert budget["seed"]["n_units"] == 1 and budget["instance"]["n_units"] >= \
             budget["galaxy"]["n_units"]
     written = json.loads((tmp_path / "shear_metacal_quick.json").read_text())
@@ -285,6 +286,52 @@ def test_bench_shear_quick(tmp_path, cosmos_dir, sextractor, monkeypatch):
         both = res["noise_budget"][kind]["kept_on_both"]
         assert 0 < both["n_kept_on_both"] <= both["n_units"]
         assert np.isfinite(both["sigma_m"])
+
+
+def _persistence(bench, monkeypatch, m_by_seed, g=0.02, r=0.5):
+    """``bench.galaxy_persistence`` of seeds whose one object per galaxy unit u has
+    e = r (1 + m_by_seed[s][u]) (+-g) on the main component (g1) of the +g and -g images."""
+    n_units = m_by_seed.shape[1]
+
+    def sums(data, units, n, make_selection):
+        totals = []
+        for sign in (1, -1):
+            s = [unit_sums(np.arange(n_units), n_units,
+                           _shapes(r * (1 + m_by_seed[k]) * sign * g, np.zeros(n_units),
+                                   np.full(n_units, r), np.full(n_units, r), 0),
+                           _everything(n_units), 0) for k, *_ in data]
+            totals.append({q: sum(x[q] for x in s) for q in s[0]})
+        return totals
+
+    monkeypatch.setattr(bench, "summed_sums", sums)
+    monkeypatch.setattr(bench, "unit_index", lambda data: (None, n_units))
+    args = type("Args", (), {"g": g})()
+    data = [(k, 0, None, None) for k in range(len(m_by_seed))]
+    return bench.galaxy_persistence(args, data), bench.galaxy_influences(
+        args, data, (None, n_units))
+
+
+def test_galaxy_persistence_tells_galaxies_from_instances(monkeypatch):
+    """With e = r (1 + m_u) g, m of no cut is the mean of the m_u and a galaxy's influence
+    (m_u - mean) / n: a bias each galaxy keeps in every seed is all persistent, and its floor
+    is the standard error std(m_u) / sqrt(n); noise drawn anew per seed is not."""
+    bench = load_bench("bench_shear", monkeypatch)
+    rng = np.random.default_rng(3)
+    n = 40
+    galaxy_m = rng.normal(0.0, 0.3, n)
+    kept, influences = _persistence(bench, monkeypatch, np.tile(galaxy_m, (4, 1)))
+    (d, present) = influences
+    assert present.all()
+    assert d.sum() == pytest.approx(0.0, abs=1e-9)  # m does not move if every weight does
+    assert d == pytest.approx((galaxy_m - galaxy_m.mean()) / n, rel=1e-2, abs=1e-6)
+    assert kept["n_galaxies_both"] == n
+    assert kept["correlation"] == pytest.approx(1.0)
+    assert kept["persistent_share"] == pytest.approx(1.0)
+    assert kept["sigma_m_persistent"] == pytest.approx(galaxy_m.std() / np.sqrt(n), rel=1e-2)
+    fresh, _ = _persistence(bench, monkeypatch, rng.normal(0.0, 0.3, (4, n)))
+    lo, hi = fresh["correlation_ci95"]
+    assert lo < 0 < hi and abs(fresh["persistent_share"]) < 0.5
+    assert _persistence(bench, monkeypatch, galaxy_m[None, :])[0] == {"n_galaxies_both": 0}
 
 
 @pytest.mark.parametrize("main", [0, 1])
