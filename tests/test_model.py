@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from bh_stage import heads, io
+from bh_stage import heads
 from bh_stage import model as bh_model
 from bh_stage.nets import openvino, vgg
 from bh_stage.errors import ConfigError, InputFileError, ModelShapeError

@@ -154,7 +154,6 @@ def test_feature_cache_is_keyed_on_the_data_set_content(tmp_path, monkeypatch):
     no data set has (always -1), so a data set simulated again under the same name and seed
     with other settings got the old set's features."""
     from bh_stage import io
-    from bh_stage import model as bh_model
 
     monkeypatch.setattr(vgg, "extract_features",
                         lambda stamps, *_: stamps.sum(axis=(1, 2), dtype=np.float32)[:, None])
@@ -194,7 +193,6 @@ def test_dataset_key_ignores_run_timing_only():
 @pytest.mark.slow
 def test_train_end_to_end(tmp_path, monkeypatch):
     """A tiny run writes a head that reloads, records its provenance and reuses its cache."""
-    from bh_stage import model as bh_model
 
     ds = write_fake_dataset(tmp_path / "fake.h5", 160)
     calls = []
@@ -236,7 +234,6 @@ def test_train_compact_end_to_end(tmp_path):
     probability does not change under a quarter turn (the orientations it averages are the
     same set), it runs f32 whatever the precision asked, and it is refused as a teacher."""
     from bh_stage import model as bh_model
-    from bh_stage import tilehead
 
     ds = write_fake_dataset(tmp_path / "fake.h5", 400, valid_frac=0.3)
     cfg = _cfg(datasets=[str(ds)], output_dir=str(tmp_path / "heads"), head_name="tinyc",
