@@ -548,16 +548,17 @@ def galaxy_influences(args, data, units, eps=1e-3):
 def galaxy_persistence(args, data):
     """Is part of sigma(m) galaxy to galaxy, so that more seeds of the same galaxies would not
     shrink it? Each galaxy's influence on m of no cut (``galaxy_influences``), measured on two
-    disjoint halves of the seeds (even and odd positions): their covariance over the galaxies
-    in both estimates the persistent part of the influences' spread, the rest is noise of
-    object instances. ``sigma_m_persistent``: sqrt(n_galaxies x covariance), the floor of the
+    disjoint halves of the seeds (seeds 1, 2, 5, 6, ... and 3, 4, 7, 8, ...: each half holds
+    seeds of both main components, which alternate): their covariance over the galaxies in
+    both estimates the persistent part of the influences' spread, the rest is noise of object
+    instances. ``sigma_m_persistent``: sqrt(n_galaxies x covariance), the floor of the
     galaxy-bootstrap sigma(m) with any number of seeds (0 where the covariance is negative);
     ``correlation_ci95``: Fisher's z interval of the correlation."""
-    if len(data) < 2:
+    halves = [[d for k, d in enumerate(data) if (k // 2) % 2 == h] for h in (0, 1)]
+    if not all(halves):
         return {"n_galaxies_both": 0}
     units = unit_index(data)
-    (a, in_a), (b, in_b) = (galaxy_influences(args, half, units)
-                            for half in (data[0::2], data[1::2]))
+    (a, in_a), (b, in_b) = (galaxy_influences(args, half, units) for half in halves)
     both = in_a & in_b
     n = int(both.sum())
     if n < 4:
