@@ -19,8 +19,15 @@ removes.
 
     python bench/bench_metacal.py            # about 5 min on one idle core
     python bench/bench_metacal.py --quick    # smoke test, under a minute
+    python bench/bench_metacal.py --psf-leakage   # the target PSFs under an elongated PSF
 
 Writes ``bench/results/metacal.json`` (``--quick``: ``/tmp/bh_metacal_quick.json``).
+
+``--psf-leakage`` runs only this: the same ring pairs (S/N 50-260, with the correction) seen
+through the Moffat PSF sheared by ``LEAKAGE_PSF_G1`` (an elongated PSF, fixed over the
+field), measured with each target PSF of ``metacal.TARGET_PSFS``; the additive bias c on
+each component is the PSF's leakage (the ring pairs cancel the intrinsic shapes). Writes
+``bench/results/metacal_psf_leakage.json``.
 """
 
 import os
@@ -140,10 +147,44 @@ def noise_free(galsim, psf, n_pairs, g_values):
     return out
 
 
+LEAKAGE_PSF_G1 = 0.05
+"""Shear of the Moffat PSF of ``--psf-leakage`` on g1 (|e| about 0.1)."""
+
+
+def psf_leakage(galsim, n_pairs, flux_adu):
+    """m, c of ring pairs under the elongated PSF, per target PSF and sheared component."""
+    profile = tm.moffat_psf(galsim).shear(g1=LEAKAGE_PSF_G1)
+    psf = tm.psf_image(galsim, profile)
+    out = {"psf": f"Moffat beta 3.5, FWHM 0.65 arcsec, sheared g1 = {LEAKAGE_PSF_G1}",
+           "pairs": n_pairs, "flux_adu": flux_adu,
+           "round_target_sigma_pix": metacal.round_target_sigma_pix(psf, tm.STEP)}
+    for component in (0, 1):
+        g = (tm.G_TRUE, 0.0) if component == 0 else (0.0, tm.G_TRUE)
+        stamps = tm.simulate_ring_pairs(galsim, n_pairs, g, seed=3000 + component,
+                                        flux_adu=flux_adu, psf_profile=profile)
+        for target in metacal.TARGET_PSFS:
+            e, r, ok = tm.measure_ring_pairs(stamps, psf, 1.0, target_psf=target)
+            result = tm.paired_bias(e[ok], r[ok], component)
+            result["pairs_dropped"] = int((~ok).sum())
+            out.setdefault(target, {})[f"g{component + 1}"] = result
+            print(f"target {target}, shear on g{component + 1}: "
+                  + ", ".join(f"{k} {v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]"
+                              for k, v in result.items() if isinstance(v, tuple)))
+    return out
+
+
 def main():
     parser = benchlib.parser(__doc__, None, quick="smoke test: few stamps and pairs")
+    parser.add_argument("--psf-leakage", action="store_true",
+                        help="only the target PSFs under an elongated PSF")
     args = parser.parse_args()
     galsim = require("galsim", "metacal")
+    if args.psf_leakage:
+        n = 50 if args.quick else 1000
+        benchlib.write_result(args.output or ("/tmp/bh_metacal_psf_leakage_quick.json"
+                                              if args.quick else "metacal_psf_leakage.json"),
+                              psf_leakage(galsim, n, (600.0, 2400.0)))
+        return
     psf = tm.psf_image(galsim, tm.moffat_psf(galsim))
     n_fft, n_galsim, n_pairs, n_low = (64, 8, 50, 50) if args.quick else (1024, 64, 2000, 1000)
     flux, low_flux = (600.0, 2400.0), (150.0, 600.0)

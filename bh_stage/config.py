@@ -122,6 +122,11 @@ class MetacalConfig:
     psf_cell_pix: int = option(500, "psf_file: the PSF is evaluated at the centre of square "
                                "cells of this side on the tile and used for every detection "
                                "in the cell, pixels.", min=16)
+    target_psf: str = option("dilate", "PSF of the metacalibration images: the PSF dilated by "
+                             "1 + 2 step (ngmix 'dilate'), or a round Gaussian matched to the "
+                             "PSF's major axis and dilated (ngmix 'fitgauss', metadetect's "
+                             "default): images as round as the galaxy whatever the PSF.",
+                             choices=("dilate", "gauss"))
 
     def validate(self):
         if not self.enabled:
@@ -300,12 +305,15 @@ def config_hash(cfg):
 
     ``overwrite`` is left out: it decides whether an output may be replaced, never what is
     in it. So is a ``metacal`` section that is not enabled: it changes nothing written, and
-    the runs made before it existed keep their hash.
+    the runs made before it existed keep their hash; and, for the same reason, its
+    ``target_psf`` when it is the default (``dilate``, the only target before 0.15).
     """
     values = config_to_dict(cfg)
     values.pop("overwrite", None)
     if "metacal" in values and not values["metacal"]["enabled"]:
         values.pop("metacal")
+    elif values.get("metacal", {}).get("target_psf") == "dilate":
+        values["metacal"].pop("target_psf")
     text = json.dumps(values, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

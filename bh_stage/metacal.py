@@ -28,7 +28,12 @@ and ``|A k| <= (1 + |g|) |k| / sqrt(1 - g^2) < (1 + 2|g|) |k|``, so for a PSF wh
 falls with ``|k|``, ``T(k) ~ P((1 + 2|g|) k)`` is smaller than ``P(A k)`` everywhere: the
 division by ``P`` never amplifies a frequency the reconvolution keeps (Sheldon & Huff 2017).
 ``T`` is ``P`` dilated, so it is only as round as ``P``: with an anisotropic PSF the mean
-shapes also need the PSF-leakage terms, not computed here.
+shapes also need the PSF-leakage terms, not computed here. ``target_psf="gauss"`` (ngmix's
+``fitgauss``, metadetect's default) takes instead a round Gaussian, convolved with the pixel,
+of ``round_target_sigma_pix``: the PSF's adaptive-moment sigma along its major axis (the
+Gaussian matched to its core, ``psf_gauss_moments``) times ``1 + 2 step``, so that ``T`` falls
+at least as fast as ``P(A k)`` in every direction at the core's scale; the five images are
+then as round as the galaxy sheared.
 
 Correlated-noise correction (``noise_sigma_adu``; Sheldon & Huff 2017, ngmix ``fixnoise``):
 steps 2-4 turn the stamp's white noise into noise correlated along the applied shear, which
@@ -84,7 +89,8 @@ from .extras import require
 __all__ = [
     "DEFAULT_STEP", "SHEAR_TYPES", "METACAL_TYPES", "METHODS", "X_INTERPOLANT",
     "PSF_SUM_ATOL", "MOM_FAILED", "MOM_NONFINITE", "MOMENTS_DTYPE", "ShearResponse",
-    "ESTIMATORS", "reconvolution_dilation", "metacal_images", "adaptive_moments",
+    "ESTIMATORS", "TARGET_PSFS", "reconvolution_dilation", "psf_gauss_moments",
+    "round_target_sigma_pix", "metacal_images", "adaptive_moments",
     "weighted_moments", "metacal_moments",
     "shear_response", "selection_response", "shear_matrix",
 ]
@@ -99,6 +105,8 @@ METACAL_TYPES = ("noshear",) + SHEAR_TYPES
 """Every image ``metacal_images`` can make; ``noshear`` is reconvolved but not sheared."""
 METHODS = ("fft", "galsim")
 """Routes of ``metacal_images``; the first is the default."""
+TARGET_PSFS = ("dilate", "gauss")
+"""Target PSFs of ``metacal_images`` (module docstring); the first is the default."""
 X_INTERPOLANT = "lanczos15"
 """Interpolant of the stamp and the PSF (GalSim's name; Lanczos of order 15)."""
 PSF_SUM_ATOL = 1e-3
@@ -129,6 +137,38 @@ def reconvolution_dilation(step):
     return 1.0 + 2.0 * step
 
 
+def psf_gauss_moments(psf_image, n_iter=50, rtol=1e-10):
+    """Covariance (2x2, pixels^2, rows and columns as (x, y)) of the elliptical Gaussian
+    matched to a PSF image's core: adaptive moments (Bernstein & Jarvis 2002) by fixed-point
+    iteration, a Gaussian weight of covariance ``C`` giving weighted moments ``M`` and the
+    profile's ``S = (M^-1 - C^-1)^-1`` (exact for a Gaussian), ``C <- S`` until it settles;
+    centred on the image's middle pixel. Numpy only."""
+    psf = np.asarray(psf_image, dtype=np.float64)
+    c = np.arange(psf.shape[0]) - psf.shape[0] // 2
+    x, y = np.meshgrid(c, c)
+    pos = np.stack([x.ravel(), y.ravel()])
+    value = psf.ravel()
+    cov = np.eye(2) * max(float((value * (x.ravel() ** 2)).sum() / value.sum()), 1.0)
+    for _ in range(n_iter):
+        w = value * np.exp(-0.5 * np.einsum("in,ij,jn->n", pos, np.linalg.inv(cov), pos))
+        moments = (pos * w) @ pos.T / w.sum()
+        new = np.linalg.inv(np.linalg.inv(moments) - np.linalg.inv(cov))
+        if not np.all(np.isfinite(new)) or np.linalg.eigvalsh(new)[0] <= 0:
+            raise ValueError("psf_image: adaptive moments did not converge")
+        done = np.allclose(new, cov, rtol=rtol, atol=0)
+        cov = new
+        if done:
+            break
+    return cov
+
+
+def round_target_sigma_pix(psf_image, step=DEFAULT_STEP):
+    """Sigma of the round Gaussian of ``target_psf="gauss"``, pixels: the major-axis sigma of
+    ``psf_gauss_moments`` times ``reconvolution_dilation(step)``."""
+    return float(np.sqrt(np.linalg.eigvalsh(psf_gauss_moments(psf_image))[-1])
+                 * reconvolution_dilation(step))
+
+
 NOISE_STREAM = 22
 """Third entry of the correction noise's seed, so that it is not the stream the stage fills
 padding and masked pixels from (``stamps.object_rng(seed, index)``)."""
@@ -141,7 +181,7 @@ def _noise_rng(seed, index):
 
 def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, seed=0, *,
                    types=SHEAR_TYPES, method="fft", first_index=0, pad_pix=None,
-                   batch_size=32, noise_index=None, dtype=np.float64):
+                   batch_size=32, noise_index=None, dtype=np.float64, target_psf="dilate"):
     """Return the metacalibration images of stamps (see the module docstring for the recipe).
 
     Parameters
@@ -190,6 +230,9 @@ def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, s
         (bench/bench_metacal.py, ``fft_float32`` against ``fft``), rounding below 1e-6 of a
         stamp's peak, far below its noise. Default float64; the stage, whose networks read
         float32, uses float32.
+    target_psf : {"dilate", "gauss"}
+        The reconvolution PSF (module docstring): the PSF dilated (ngmix ``dilate``, the
+        default) or a round Gaussian (``fitgauss``), whose images are round whatever the PSF.
 
     Returns
     -------
@@ -202,9 +245,11 @@ def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, s
     ValueError
         Stamps not 3-D, not square or of even side; PSF not 2-D, not square, of even side,
         not finite, not summing to 1 or not centred; ``step``, ``noise_sigma_adu``, ``types``,
-        ``method``, ``batch_size``, ``pad_pix`` or ``dtype`` out of range.
+        ``method``, ``batch_size``, ``pad_pix``, ``dtype`` or ``target_psf`` out of range.
     """
     types = tuple(types)
+    if target_psf not in TARGET_PSFS:
+        raise ValueError(f"target_psf must be one of {TARGET_PSFS}; got {target_psf!r}")
     stamps, psf = _check_inputs(stamps, psf_image, step, noise_sigma_adu, types, method)
     if int(batch_size) < 1 or (pad_pix is not None and int(pad_pix) < 0):
         raise ValueError(f"batch_size must be >= 1 and pad_pix >= 0 or None; got {batch_size}"
@@ -213,8 +258,11 @@ def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, s
     if dtype not in (np.float64, np.float32):
         raise ValueError(f"dtype must be float64 or float32; got {dtype}")
     shears = [(name, _SHEARS[name][0] * step, _SHEARS[name][1] * step) for name in types]
-    run = _galsim_route if method == "galsim" else functools.partial(
-        _fft_route, pad_pix=pad_pix, batch_size=batch_size, dtype=dtype)
+    target_sigma = None if target_psf == "dilate" else round_target_sigma_pix(psf, step)
+    run = (functools.partial(_galsim_route, target_sigma_pix=target_sigma)
+           if method == "galsim" else functools.partial(
+               _fft_route, pad_pix=pad_pix, batch_size=batch_size, dtype=dtype,
+               target_sigma_pix=target_sigma))
     finite = np.isfinite(stamps).all(axis=(1, 2))
     if not finite.all():
         logger.info("metacal: %d stamps with non-finite pixels give NaN images",
@@ -281,16 +329,19 @@ def _check_inputs(stamps, psf_image, step, noise_sigma_adu, types, method):
     return stamps, psf
 
 
-def _galsim_route(stamps, psf, step, shears):
-    """Steps 1-5 through GalSim, one stamp at a time; name -> (n, s, s)."""
+def _galsim_route(stamps, psf, step, shears, target_sigma_pix=None):
+    """Steps 1-5 through GalSim, one stamp at a time; name -> (n, s, s). ``target_sigma_pix``:
+    the round Gaussian target's sigma (``target_psf="gauss"``), or None (``dilate``)."""
     galsim = require("galsim", "metacal")
     psf_int = galsim.InterpolatedImage(galsim.Image(psf, scale=1.0),
                                        x_interpolant=X_INTERPOLANT)
     psf_inv = galsim.Deconvolve(psf_int)
     pixel = galsim.Pixel(1.0)
-    target = galsim.Convolve(
-        galsim.Convolve(psf_int, galsim.Deconvolve(pixel)).dilate(reconvolution_dilation(step)),
-        pixel)
+    if target_sigma_pix is None:
+        target = galsim.Convolve(galsim.Convolve(psf_int, galsim.Deconvolve(pixel)).dilate(
+            reconvolution_dilation(step)), pixel)
+    else:
+        target = galsim.Convolve(galsim.Gaussian(sigma=target_sigma_pix), pixel)
     side = stamps.shape[1]
     out = {name: np.empty(stamps.shape) for name, _, _ in shears}
     for i, stamp in enumerate(stamps):
@@ -389,6 +440,15 @@ def _target_ft(psf, kx, ky, matrix, dilation):
             * _lanczos_ft(kyd) * _pixel_ft(kxs, kys) / _pixel_ft(kxd, kyd))
 
 
+def _round_target_ft(sigma_pix, kx, ky, matrix):
+    """The round target's transform, ``Pixel(k) exp(-sigma^2 |k|^2 / 2)``, at ``k = matrix @
+    (kx, ky)`` on the grid of 1-D ``kx`` (columns) and ``ky`` (rows)."""
+    kx2, ky2 = np.meshgrid(kx, ky)
+    kxs = matrix[0, 0] * kx2 + matrix[0, 1] * ky2
+    kys = matrix[1, 0] * kx2 + matrix[1, 1] * ky2
+    return np.exp(-0.5 * sigma_pix ** 2 * (kxs ** 2 + kys ** 2)) * _pixel_ft(kxs, kys)
+
+
 def _dirichlet(d, m):
     """Trigonometric interpolation weight of an m-periodic sample (m odd) at distance d."""
     den = m * np.sin(np.pi * d / m)
@@ -408,14 +468,15 @@ def _shift(z, phase, axis):
 
 
 @functools.lru_cache(maxsize=64)
-def _fft_plans(psf_bytes, psf_side_pix, side, m, step, shears, dtype_char):
+def _fft_plans(psf_bytes, psf_side_pix, side, m, step, shears, dtype_char,
+               target_sigma_pix=None):
     """``_fft_route``'s filters and resampling factors, ``(name, filter, plan)`` for each
     shear: computed once per key (the PSF's float64 bytes and side, the stamp side, the
     padded side ``m``, the step, the shears, the precision), so a stage's batches share
     them, and a PSFEx model's cells met in one chunk of rows are met again in the next
     (catalogue rows in y order, as SExtractor writes them; a shuffled catalogue gets no hit
     with more than 64 cells, as before the cache). Read-only arrays, ~0.6 MB a PSF for 65x65
-    stamps in float32."""
+    stamps in float32. ``target_sigma_pix``: as ``_galsim_route``'s."""
     psf = np.frombuffer(psf_bytes, np.float64).reshape(psf_side_pix, psf_side_pix)
     dtype = np.dtype(dtype_char)
     complex_dtype = np.result_type(dtype, np.complex64)
@@ -427,7 +488,10 @@ def _fft_plans(psf_bytes, psf_side_pix, side, m, step, shears, dtype_char):
     for name, g1, g2 in shears:
         b = np.linalg.inv(shear_matrix(g1, g2))       # output pixel x samples z at B x
         with np.errstate(divide="ignore", invalid="ignore"):  # a zero of the PSF's transform
-            filt = _target_ft(psf, k_half, k_full, b, reconvolution_dilation(step)) / psf_ft
+            target = (_target_ft(psf, k_half, k_full, b, reconvolution_dilation(step))
+                      if target_sigma_pix is None
+                      else _round_target_ft(target_sigma_pix, k_half, k_full, b))
+            filt = target / psf_ft
         filt[~np.isfinite(filt)] = 0.0
         if g1 == 0 and g2 == 0:
             plan = ()
@@ -447,7 +511,8 @@ def _fft_plans(psf_bytes, psf_side_pix, side, m, step, shears, dtype_char):
     return tuple(plans)
 
 
-def _fft_route(stamps, psf, step, shears, pad_pix=None, batch_size=32, dtype=np.float64):
+def _fft_route(stamps, psf, step, shears, pad_pix=None, batch_size=32, dtype=np.float64,
+               target_sigma_pix=None):
     """Steps 1-5 with batched FFTs (``scipy.fft``) in ``dtype``; name -> (n, s, s).
 
     Arrays of side ``m`` hold pixel coordinate ``t`` at index ``t mod m`` (the stamp's centre
@@ -459,7 +524,7 @@ def _fft_route(stamps, psf, step, shears, pad_pix=None, batch_size=32, dtype=np.
     m = _fast_odd_size(side + 2 * pad)
     wrap = (np.arange(side) - side // 2) % m           # index of each stamp pixel
     plans = _fft_plans(psf.tobytes(), psf.shape[0], side, m, float(step), tuple(shears),
-                       dtype.char)
+                       dtype.char, target_sigma_pix)
     out = {name: np.empty((n, side, side), dtype) for name, _, _ in shears}
     for start in range(0, n, batch_size):
         chunk = stamps[start:start + batch_size]

@@ -415,6 +415,7 @@ class _Metacal:
     def __init__(self, cfg, psf_model, x_pix, y_pix, shape, noise_adu):
         mc = cfg.metacal
         self.step, self.noise_adu, self.seed = mc.step, noise_adu, cfg.seed
+        self.target_psf = mc.target_psf
         self._psfs, self._side = {}, mc.psf_side_pix
         n = len(x_pix)
         if psf_model is None:
@@ -447,7 +448,7 @@ class _Metacal:
             centre = int((ny // 2) // size * ncx + (nx // 2) // size)
         self.several_psfs = bool((self.cell != self.cell[:1]).any())
         self.rms_adu = _sheared_rms(self.psf(centre), cfg.stamp.size_pix + 2 * cfg.stamp.pad_pix,
-                                    self.step, noise_adu)
+                                    self.step, noise_adu, self.target_psf)
 
     def psf(self, cell):
         """The PSF image of a cell."""
@@ -470,13 +471,13 @@ class _Metacal:
             images = metacal_images(stamps[members], self.psf(int(c)), self.step,
                                     self.noise_adu, self.seed, types=MCAL_IMAGE_TYPES,
                                     first_index=int(c) * METACAL_CELL_STRIDE + first,
-                                    dtype=METACAL_DTYPE)
+                                    dtype=METACAL_DTYPE, target_psf=self.target_psf)
             for t in MCAL_IMAGE_TYPES:
                 out[t][members] = images[t]
         return out
 
 
-def _sheared_rms(psf, side_pix, step, noise_adu):
+def _sheared_rms(psf, side_pix, step, noise_adu, target_psf="dilate"):
     """Pixel rms of the noise of the sheared images (ADU) of stamps of white noise
     ``noise_adu``, measured on ``METACAL_RMS_STAMPS`` such stamps (fixed seed) in the central
     half of the stamp (the outer pixels see the zeros beyond the stamp).
@@ -491,7 +492,7 @@ def _sheared_rms(psf, side_pix, step, noise_adu):
     noise = np.random.default_rng(METACAL_RMS_SEED).normal(
         0.0, noise_adu, (METACAL_RMS_STAMPS, side_pix, side_pix))
     images = metacal_images(noise, psf, step, noise_adu, METACAL_RMS_SEED, types=SHEAR_TYPES,
-                            dtype=METACAL_DTYPE)
+                            dtype=METACAL_DTYPE, target_psf=target_psf)
     q = side_pix // 4
     return float(np.sqrt(np.mean([np.mean(im[:, q:side_pix - q, q:side_pix - q] ** 2)
                                   for im in images.values()])))
@@ -626,6 +627,7 @@ def _provenance(cfg, clf, tile_head, rms_adu, blend_thr, hybrid_thr, mcal=None):
             ("BH_MCAL", True, "BLEND_PROB_1P.. on metacalibration images"),
             ("BH_MCSTP", float(mcal.step), "shear step of the metacalibration images"),
             ("BH_PSFSR", mcal.source, "their PSF (fwhm in arcsec)"),
+            ("BH_MCTGT", mcal.target_psf, "their target PSF: dilate or gauss (round)"),
             ("BH_MCRMS", mcal.rms_adu, "[ADU] their noise rms (features, head)"),
         ]),
         ("BH_CFGSH", config_hash(cfg), "sha256 of the resolved config"),

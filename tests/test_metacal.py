@@ -74,6 +74,48 @@ def test_round_gaussian_response_is_analytic(galsim, method):
                                np.sqrt(sigma_gal**2 + target2), rtol=5e-4)
 
 
+def test_psf_gauss_moments_of_an_elliptical_gaussian():
+    """A point-sampled elliptical Gaussian of covariance C (sigma 2.4 and 1.6 px, axes at 30
+    degrees): its adaptive moments are C (to 1e-6, the sampling of a smooth profile), and the
+    round target's sigma is the major axis times 1 + 2 step."""
+    angle = np.radians(30.0)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    cov = rot @ np.diag([2.4**2, 1.6**2]) @ rot.T
+    c = np.arange(41) - 20
+    x, y = np.meshgrid(c, c)
+    pos = np.stack([x, y], axis=-1)
+    image = np.exp(-0.5 * np.einsum("...i,ij,...j->...", pos, np.linalg.inv(cov), pos))
+    np.testing.assert_allclose(metacal.psf_gauss_moments(image / image.sum()), cov, rtol=1e-6)
+    assert metacal.round_target_sigma_pix(image / image.sum(), 0.01) == pytest.approx(
+        2.4 * 1.02, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", metacal.METHODS)
+def test_round_target_psf_makes_round_images_under_an_elliptical_psf(galsim, method):
+    """A round Gaussian galaxy (sigma 2.5 px) through a Gaussian PSF elongated along x (g1 =
+    0.1, sigma 2 px, drawn with the pixel). ``target_psf="gauss"`` reconvolves with a round
+    Gaussian of sigma ``round_target_sigma_pix`` and the pixel, so the noshear image is round
+    and 1p has the analytic distortion of the round galaxy sheared by +step through a round
+    Gaussian of variance sigma_T^2 + 1/12; the dilated target keeps the PSF's elongation."""
+    sigma_gal = 2.5
+    psf_profile = galsim.Gaussian(sigma=2.0).shear(g1=0.1)
+    psf = psf_image(galsim, psf_profile, scale=1.0)
+    stamp = draw(galsim, galsim.Convolve(galsim.Gaussian(sigma=sigma_gal, flux=1e4),
+                                         psf_profile), scale=1.0)
+    gauss = metacal_moments(stamp[None], psf, STEP, method=method, target_psf="gauss")
+    dilate = metacal_moments(stamp[None], psf, STEP, method=method)
+    target2 = metacal.round_target_sigma_pix(psf, STEP)**2 + 1 / 12
+    np.testing.assert_allclose(gauss["noshear"]["E"], 0, atol=1e-5)
+    np.testing.assert_allclose(gauss["1p"]["E"][0, 0],
+                               gaussian_distortion(STEP, sigma_gal, target2), rtol=5e-4)
+    assert dilate["noshear"]["E"][0, 0] > 0.05  # the PSF's elongation, kept
+
+
+def test_target_psf_is_checked():
+    with pytest.raises(ValueError, match="target_psf"):
+        metacal_images(np.zeros((1, 21, 21)), _psf_ok(), target_psf="round")
+
+
 # ---- (b) the images against profiles GalSim draws directly ------------------------------------
 
 @pytest.mark.parametrize("method, dtype", [("fft", np.float64), ("galsim", np.float64),

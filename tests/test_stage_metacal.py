@@ -3,6 +3,8 @@ a position-only tile head (``FakeStampHead``, no TensorFlow) on the synthetic ti
 header keys, independence of the batching and of the padding's noise, and the checks made
 before any pixel is read."""
 
+import hashlib
+import json
 from types import SimpleNamespace
 
 import fitsio
@@ -11,7 +13,7 @@ import pytest
 
 from bh_stage import stage
 from bh_stage.cli import main
-from bh_stage.config import MetacalConfig, RunConfig, config_from_dict
+from bh_stage.config import MetacalConfig, RunConfig, config_from_dict, config_to_dict
 from bh_stage.errors import ConfigError, InputFileError
 from bh_stage.metacal import METACAL_TYPES
 from bh_stage.psf import moffat_or_gaussian_psf
@@ -92,6 +94,33 @@ def test_metacal_columns_and_header(small_tile, fake_stamp_head):
     # the correction doubles the variance of noise the reconvolution smoothed to 0.48 of the
     # tile's for this PSF (see stage._sheared_rms): 0.98 x the tile's rms, not sqrt(2)
     assert header["BH_MCRMS"] / header["BH_RMS"] == pytest.approx(0.98, abs=0.03)
+
+
+def test_round_target_psf_reaches_every_image_and_the_header(small_tile, fake_stamp_head,
+                                                             monkeypatch):
+    """``metacal.target_psf: gauss`` makes every metacalibration image of the run (the
+    stamps' and those that measure BH_MCRMS) with the round target, says so in BH_MCTGT
+    (``dilate`` by default) and changes the run's hash, which the default leaves as before."""
+    targets = []
+    real = stage.metacal_images
+
+    def recording(*args, **kwargs):
+        targets.append(kwargs.get("target_psf", "dilate"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "metacal_images", recording)
+    gauss = cfg(output="{dir}/gauss.cat", metacal=mcal(target_psf="gauss"))
+    _, header = read(run_stage(gauss, small_tile / "tile.fits").output)
+    assert header["BH_MCTGT"] == "gauss" and len(targets) >= 2 and set(targets) == {"gauss"}
+    dilate = cfg(output="{dir}/dilate.cat", metacal=mcal())
+    _, default = read(run_stage(dilate, small_tile / "tile.fits").output)
+    assert default["BH_MCTGT"] == "dilate"
+    assert header["BH_CFGSH"] != default["BH_CFGSH"]
+    without = config_to_dict(dilate)
+    without["metacal"].pop("target_psf")  # a metacal config written before the key existed
+    assert default["BH_CFGSH"] == hashlib.sha256(json.dumps(
+        {k: v for k, v in without.items() if k != "overwrite"}, sort_keys=True).encode()
+    ).hexdigest()
 
 
 def test_moffat_psf_in_header(small_tile, fake_stamp_head):

@@ -35,13 +35,14 @@ G_TRUE = 0.02
 
 
 def simulate_ring_pairs(galsim, n_pairs, g, seed, flux_adu=(600.0, 2400.0),
-                        noise_sigma_adu=1.0, with_offsets=False):
+                        noise_sigma_adu=1.0, with_offsets=False, psf_profile=None):
     """Stamps of ring pairs sheared by +g and by -g with the same noise.
 
     Pair ``i``: an exponential galaxy (half-light radius uniform in 0.3-0.6 arcsec, flux
     uniform in ``flux_adu``, intrinsic |g| half-normal of sigma 0.25 capped at 0.7, random
     position angle, random sub-pixel offset) and the same galaxy rotated by 90 degrees;
-    each is sheared by ``+g`` and by ``-g``, convolved with the Moffat PSF, drawn at 0.187
+    each is sheared by ``+g`` and by ``-g``, convolved with the PSF (``psf_profile``, a
+    GalSim profile; default ``moffat_psf``), drawn at 0.187
     arcsec per pixel on 51x51, and gets white noise of ``noise_sigma_adu`` drawn from
     ``default_rng([seed, i, member])``, the same for both signs.
 
@@ -52,7 +53,7 @@ def simulate_ring_pairs(galsim, n_pairs, g, seed, flux_adu=(600.0, 2400.0),
         of the galaxies' centre from the stamp's centre pixel.
     """
     rng = np.random.default_rng(seed)
-    psf = moffat_psf(galsim)
+    psf = moffat_psf(galsim) if psf_profile is None else psf_profile
     hlr_arcsec = rng.uniform(0.3, 0.6, n_pairs)
     g_int = np.minimum(np.abs(rng.normal(0.0, 0.25, n_pairs)), 0.7)
     angle = rng.uniform(0.0, np.pi, n_pairs)
@@ -73,13 +74,15 @@ def simulate_ring_pairs(galsim, n_pairs, g, seed, flux_adu=(600.0, 2400.0),
 
 
 def measure_ring_pairs(stamps, psf, noise_sigma_adu=1.0, seed=5, method="fft",
-                       estimator="adaptive", weight_sigma_pix=None, offsets_pix=None):
+                       estimator="adaptive", weight_sigma_pix=None, offsets_pix=None,
+                       target_psf="dilate"):
     """Metacal shapes of ``simulate_ring_pairs`` stamps: per pair, member and sign the
     noshear ``e`` (n, 2, 2, 2) and ``R`` (n, 2, 2, 2, 2), and ``ok`` (n,), false where any of
     the pair's 20 measurements failed. The correction noise (``seed``) of a galaxy is the
     same for both signs (same ``first_index``). ``estimator``, ``weight_sigma_pix``:
     ``metacal_moments``'s; ``offsets_pix`` (n, 2), each pair's galaxy offset from the stamp's
-    centre pixel, centres the weight on the galaxy (default: on the centre pixel)."""
+    centre pixel, centres the weight on the galaxy (default: on the centre pixel);
+    ``target_psf``: ``metacal_images``'."""
     n = len(stamps)
     e = np.empty((n, 2, 2, 2))
     r = np.empty((n, 2, 2, 2, 2))
@@ -89,7 +92,8 @@ def measure_ring_pairs(stamps, psf, noise_sigma_adu=1.0, seed=5, method="fft",
         moments = metacal_moments(stamps[:, :, sign].reshape(-1, SIDE_PIX, SIDE_PIX), psf,
                                   STEP, noise_sigma_adu=noise_sigma_adu, seed=seed,
                                   method=method, estimator=estimator,
-                                  weight_sigma_pix=weight_sigma_pix, centre_offset_pix=centres)
+                                  weight_sigma_pix=weight_sigma_pix, centre_offset_pix=centres,
+                                  target_psf=target_psf)
         e[:, :, sign] = moments["noshear"]["E"].reshape(n, 2, 2)
         r[:, :, sign] = shear_response(*(moments[t]["E"] for t in SHEAR_TYPES),
                                        step=STEP).per_object.reshape(n, 2, 2, 2)
