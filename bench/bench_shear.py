@@ -113,6 +113,10 @@ def parse_args(argv=None):
     p.add_argument("--min-s2n", type=float, default=None,
                    help="weighted estimator: lowest S/N on each image (default "
                         "shear.MIN_S2N's, 10; 0: no S/N cut)")
+    p.add_argument("--target-psf", choices=("dilate", "gauss"), default="dilate",
+                   help="target PSF of the shapes' metacalibration images (the weighted "
+                        "estimator; the stage's BLEND_PROB_* columns keep their cached "
+                        "images)")
     p.add_argument("--tile-head", default=TILE_HEAD,
                    help="tile head of the stage runs (tile_unrecognised_positions: 0.7-0.12's "
                         "bench)")
@@ -128,6 +132,9 @@ def parse_args(argv=None):
         p.error("--min-s2n needs --estimator weighted (adaptive moments give no S/N)")
     elif args.min_s2n <= 0:
         args.min_s2n = None
+    if args.target_psf != "dilate" and args.estimator != "weighted":
+        p.error("--target-psf gauss needs --estimator weighted (adaptive shapes are cached "
+                "with the stage's run)")
     if args.quick:
         args.seeds, args.control_seeds, args.size_pix, args.n_boot = 1, 1, 1500, 100
         if args.work_dir == "/tmp/bh_shear":
@@ -156,11 +163,12 @@ def baseline(args):
     return fitted, columns, info
 
 
-def measure_image(folder, sim_cfg, tiles, estimator, tile_head=TILE_HEAD):
+def measure_image(folder, sim_cfg, tiles, estimator, tile_head=TILE_HEAD, target_psf="dilate"):
     """Simulate, SExtract, run the stage with metacal and measure the metacal shapes of one
     image; cached in the folder: ``shear_measure.npz`` (everything, adaptive shapes, the tile
     head: ``check_cached_head``), and ``shapes_weighted.npz`` (the ``weighted`` estimator's
-    shapes, which then replace them)."""
+    shapes, which then replace them; ``shapes_weighted_gauss.npz`` with the round target
+    PSF)."""
     cache = folder / "shear_measure.npz"
     if cache.is_file():
         check_cached_head(folder, tile_head)
@@ -170,7 +178,7 @@ def measure_image(folder, sim_cfg, tiles, estimator, tile_head=TILE_HEAD):
         d = _measure_image(folder, sim_cfg, tiles, tile_head)
         io.atomic_write_bytes(cache, lambda fh: np.savez(fh, **d))
     if estimator == "weighted":
-        d.update(weighted_shapes(folder, d, sim_cfg))
+        d.update(weighted_shapes(folder, d, sim_cfg, target_psf))
     d["estimator"] = estimator
     return d
 
@@ -214,11 +222,13 @@ def _measure_image(folder, sim_cfg, tiles, tile_head):
     return d
 
 
-def weighted_shapes(folder, d, sim_cfg):
+def weighted_shapes(folder, d, sim_cfg, target_psf="dilate"):
     """``shapes(..., 'weighted')`` of an image's detections, cached in
-    ``shapes_weighted.npz`` with what they were measured for (the weight, the detections'
-    positions): a cache that does not match is measured again."""
-    cache = folder / "shapes_weighted.npz"
+    ``shapes_weighted.npz`` (``shapes_weighted_gauss.npz`` for the round target PSF) with
+    what they were measured for (the weight, the detections' positions): a cache that does
+    not match is measured again."""
+    cache = folder / ("shapes_weighted.npz" if target_psf == "dilate"
+                      else f"shapes_weighted_{target_psf}.npz")
     key = {"weight_sigma_pix": weight_sigma_pix(sim_cfg),
            "positions": np.stack([d["x"], d["y"]], axis=1)}
     if cache.is_file():
@@ -226,7 +236,7 @@ def weighted_shapes(folder, d, sim_cfg):
             out = {k: z[k] for k in z.files}
         if all(k in out and np.array_equal(out[k], v) for k, v in key.items()):
             return out
-    out = dict(shapes(folder, d, sim_cfg, "weighted"), **key)
+    out = dict(shapes(folder, d, sim_cfg, "weighted", target_psf), **key)
     io.atomic_write_bytes(cache, lambda fh: np.savez(fh, **out))
     return out
 
@@ -236,9 +246,10 @@ def weight_sigma_pix(sim_cfg):
     return WEIGHT_FWHM_ARCSEC / sim_cfg.pixel_scale_arcsec / GAUSSIAN_FWHM_PER_SIGMA
 
 
-def shapes(folder, d, sim_cfg, estimator):
+def shapes(folder, d, sim_cfg, estimator, target_psf="dilate"):
     """``E_<type>``, ``SIGMA_<type>`` (metacal shapes of every detection of ``d``, at its
-    0-based ``x``, ``y``) and ``psf_sigma_pix`` of one image, with one estimator."""
+    0-based ``x``, ``y``) and ``psf_sigma_pix`` of one image, with one estimator and target
+    PSF."""
     files = {k: folder / v for k, v in tileset.TILE_FILES.items()}
     _, tile_header = io.read_tile(files["image"])
     psf = psf_image(sim_cfg, tile_header["BH_PSFG1"], tile_header["BH_PSFG2"], PSF_SIDE_PIX)
@@ -248,7 +259,7 @@ def shapes(folder, d, sim_cfg, estimator):
     noise = np.where(d["MAIN_ID"] > 0, d["MAIN_ID"], NOISE_SPURIOUS + np.arange(len(d["x"])))
     options = {"estimator": estimator,
                "weight_sigma_pix": weight_sigma_pix(sim_cfg) if estimator == "weighted"
-               else None}
+               else None, "target_psf": target_psf}
     moments = metacal_shapes(image, bad, rms, d["x"], d["y"], psf, seed=0, noise_index=noise,
                              **options)
     out = {"psf_sigma_pix": psf_sigma_pix(psf, **options)}
@@ -281,7 +292,8 @@ def image_tasks(args, kind):
             sim_cfg = tileset.simulate_config(tiles, "test", seed, **shear)
             folder = Path(args.work_dir) / f"{kind}_s{seed}_{tag}"
             check_cached_head(folder, args.tile_head)
-            tasks.append((folder, sim_cfg, tiles, args.estimator, args.tile_head))
+            tasks.append((folder, sim_cfg, tiles, args.estimator, args.tile_head,
+                          args.target_psf))
     return tasks
 
 
@@ -806,8 +818,10 @@ def table(results):
 
 def result_suffix(args):
     """'' for the default estimator, cuts and tiles, else what differs (``_adaptive``,
-    ``_s2n<value>`` or ``_s2nnone``, ``_pairs<fraction>``)."""
+    ``_s2n<value>`` or ``_s2nnone``, ``_pairs<fraction>``, ``_gauss``)."""
     suffix = "" if args.pair_fraction is None else f"_pairs{args.pair_fraction:g}"
+    if args.target_psf != "dilate":
+        suffix += "_" + args.target_psf
     if args.estimator == "adaptive":
         return "_adaptive" + suffix
     if args.min_s2n == MIN_S2N["weighted"]:
@@ -856,6 +870,7 @@ def main(argv=None):
                         "control_seeds": [s for s, *_ in control],
                         "control_density": args.control_density, "n_boot": args.n_boot,
                         "stage_psf": STAGE_PSF, "tile_head": args.tile_head,
+                        "target_psf": args.target_psf,
                         "baseline": {k: info[k] for k in
                                                              ("model", "params")},
                         "baseline_columns": columns},

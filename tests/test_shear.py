@@ -133,6 +133,14 @@ def test_size_cut_and_psf_sigma():
     w, t = 2.5, np.sqrt((s * (1 + 2 * STEP)) ** 2 + 1 / 12)
     assert psf_sigma_pix(psf / psf.sum(), STEP, "weighted", w) == pytest.approx(
         t * w / np.hypot(t, w), rel=2e-3)
+    # the round target of an elongated PSF (axis ratio 1 / 1.5 at fixed area: variances
+    # 1.5 s^2 along x and s^2 / 1.5 along y, plus the pixel's 1/12 on each axis): a round
+    # Gaussian of the major axis, sqrt(1.5 s^2 + 1/12) (1 + 2 step), then the pixel again
+    long = galsim.Gaussian(sigma=s).shear(q=1 / 1.5, beta=0 * galsim.degrees)
+    psf = long.drawImage(nx=41, ny=41, scale=1.0).array
+    round_target = np.sqrt((1.5 * s * s + 1 / 12) * (1 + 2 * STEP) ** 2 + 1 / 12)
+    assert psf_sigma_pix(psf / psf.sum(), STEP, target_psf="gauss") == pytest.approx(
+        round_target, rel=2e-3)
 
 
 def test_weighted_shapes_centre_the_weight_on_the_detection():

@@ -60,7 +60,7 @@ component, cross ``e``)."""
 
 def metacal_shapes(image, bad, rms_adu, x_pix, y_pix, psf_image, seed=0, step=DEFAULT_STEP,
                    side_pix=SHAPE_STAMP_PIX, chunk_rows=1024, noise_index=None,
-                   estimator="adaptive", weight_sigma_pix=None):
+                   estimator="adaptive", weight_sigma_pix=None, target_psf="dilate"):
     """Moments of the five metacalibration images of every detection.
 
     Parameters
@@ -82,6 +82,8 @@ def metacal_shapes(image, bad, rms_adu, x_pix, y_pix, psf_image, seed=0, step=DE
     estimator, weight_sigma_pix
         ``metacal.metacal_moments``'s; the ``weighted`` estimator's weight is centred on
         ``(x_pix, y_pix)`` (its offset from the stamp's centre pixel).
+    target_psf : {"dilate", "gauss"}
+        ``metacal.metacal_images``'.
 
     Returns
     -------
@@ -101,21 +103,26 @@ def metacal_shapes(image, bad, rms_adu, x_pix, y_pix, psf_image, seed=0, step=DE
         parts.append(metacal_moments(stamps, psf_image, step, rms_adu, seed,
                                      first_index=start, noise_index=index,
                                      estimator=estimator, weight_sigma_pix=weight_sigma_pix,
-                                     centre_offset_pix=offset))
+                                     centre_offset_pix=offset, target_psf=target_psf))
     if not parts:
         return {name: adaptive_moments(np.zeros((0, side_pix, side_pix)))
                 for name in METACAL_TYPES}
     return {name: np.concatenate([p[name] for p in parts]) for name in METACAL_TYPES}
 
 
-def psf_sigma_pix(psf_image, step=DEFAULT_STEP, estimator="adaptive", weight_sigma_pix=None):
+def psf_sigma_pix(psf_image, step=DEFAULT_STEP, estimator="adaptive", weight_sigma_pix=None,
+                  target_psf="dilate"):
     """Sigma of the metacalibration images' PSF, pixels: ``adaptive``, the PSF's
-    adaptive-moment sigma times ``metacal.reconvolution_dilation(step)``; ``weighted``,
+    adaptive-moment sigma times ``metacal.reconvolution_dilation(step)`` (``target_psf``
+    ``dilate``) or the round target's adaptive-moment sigma (``gauss``); ``weighted``,
     ``weighted_moments`` of the target PSF itself (the noshear image of a point source)."""
     psf = np.asarray(psf_image, float)
-    if estimator == "weighted":
-        target = metacal_images(psf[None], psf, step, types=("noshear",))["noshear"]
-        return float(weighted_moments(target, weight_sigma_pix)["SIGMA_PIX"][0])
+    if estimator == "weighted" or target_psf != "dilate":
+        target = metacal_images(psf[None], psf, step, types=("noshear",),
+                                target_psf=target_psf)["noshear"]
+        if estimator == "weighted":
+            return float(weighted_moments(target, weight_sigma_pix)["SIGMA_PIX"][0])
+        return float(adaptive_moments(target)["SIGMA_PIX"][0])
     sigma = adaptive_moments(psf[None])["SIGMA_PIX"][0]
     return float(sigma * reconvolution_dilation(step))
 
