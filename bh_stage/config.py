@@ -124,7 +124,7 @@ class MetacalConfig:
                                "in the cell, pixels.", min=16)
     target_psf: str = option("dilate", "PSF of the metacalibration images: the PSF dilated by "
                              "1 + 2 step (ngmix 'dilate'), or a round Gaussian matched to the "
-                             "PSF's major axis and dilated (ngmix 'fitgauss', metadetect's "
+                             "PSF's major axis and dilated (like ngmix 'fitgauss', metadetect's "
                              "default): images as round as the galaxy whatever the PSF.",
                              choices=("dilate", "gauss"))
 

@@ -28,10 +28,11 @@ and ``|A k| <= (1 + |g|) |k| / sqrt(1 - g^2) < (1 + 2|g|) |k|``, so for a PSF wh
 falls with ``|k|``, ``T(k) ~ P((1 + 2|g|) k)`` is smaller than ``P(A k)`` everywhere: the
 division by ``P`` never amplifies a frequency the reconvolution keeps (Sheldon & Huff 2017).
 ``T`` is ``P`` dilated, so it is only as round as ``P``: with an anisotropic PSF the mean
-shapes also need the PSF-leakage terms, not computed here. ``target_psf="gauss"`` (ngmix's
-``fitgauss``, metadetect's default) takes instead a round Gaussian, convolved with the pixel,
-of ``round_target_sigma_pix``: the PSF's adaptive-moment sigma along its major axis (the
-Gaussian matched to its core, ``psf_gauss_moments``) times ``1 + 2 step``, so that ``T`` falls
+shapes also need the PSF-leakage terms, not computed here. ``target_psf="gauss"`` (a round
+Gaussian target like ngmix's ``fitgauss``, metadetect's default; not its exact size: ngmix
+sizes it from the trace with a capped dilation and adds no pixel) takes instead a round
+Gaussian, convolved with the unit pixel, of ``round_target_sigma_pix``: the PSF's adaptive-moment sigma along its major axis (the
+Gaussian matched to its core, ``psf_gauss_covariance_pix2``) times ``1 + 2 step``, so that ``T`` falls
 at least as fast as ``P(A k)`` in every direction at the core's scale; the five images are
 then as round as the galaxy sheared.
 
@@ -89,7 +90,7 @@ from .extras import require
 __all__ = [
     "DEFAULT_STEP", "SHEAR_TYPES", "METACAL_TYPES", "METHODS", "X_INTERPOLANT",
     "PSF_SUM_ATOL", "MOM_FAILED", "MOM_NONFINITE", "MOMENTS_DTYPE", "ShearResponse",
-    "ESTIMATORS", "TARGET_PSFS", "reconvolution_dilation", "psf_gauss_moments",
+    "ESTIMATORS", "TARGET_PSFS", "reconvolution_dilation", "psf_gauss_covariance_pix2",
     "round_target_sigma_pix", "metacal_images", "adaptive_moments",
     "weighted_moments", "metacal_moments",
     "shear_response", "selection_response", "shear_matrix",
@@ -137,12 +138,13 @@ def reconvolution_dilation(step):
     return 1.0 + 2.0 * step
 
 
-def psf_gauss_moments(psf_image, n_iter=50, rtol=1e-10):
+def psf_gauss_covariance_pix2(psf_image, n_iter=100, rtol=1e-10):
     """Covariance (2x2, pixels^2, rows and columns as (x, y)) of the elliptical Gaussian
     matched to a PSF image's core: adaptive moments (Bernstein & Jarvis 2002) by fixed-point
     iteration, a Gaussian weight of covariance ``C`` giving weighted moments ``M`` and the
-    profile's ``S = (M^-1 - C^-1)^-1`` (exact for a Gaussian), ``C <- S`` until it settles;
-    centred on the image's middle pixel. Numpy only."""
+    profile's ``S = (M^-1 - C^-1)^-1`` (exact for a Gaussian), ``C <- S`` until no element
+    moves by more than ``rtol`` times the trace; centred on the image's middle pixel. Numpy
+    only. Raises ValueError if it diverges or has not settled after ``n_iter`` steps."""
     psf = np.asarray(psf_image, dtype=np.float64)
     c = np.arange(psf.shape[0]) - psf.shape[0] // 2
     x, y = np.meshgrid(c, c)
@@ -155,17 +157,17 @@ def psf_gauss_moments(psf_image, n_iter=50, rtol=1e-10):
         new = np.linalg.inv(np.linalg.inv(moments) - np.linalg.inv(cov))
         if not np.all(np.isfinite(new)) or np.linalg.eigvalsh(new)[0] <= 0:
             raise ValueError("psf_image: adaptive moments did not converge")
-        done = np.allclose(new, cov, rtol=rtol, atol=0)
+        done = np.abs(new - cov).max() <= rtol * np.trace(new)
         cov = new
         if done:
-            break
-    return cov
+            return cov
+    raise ValueError(f"psf_image: adaptive moments did not settle in {n_iter} steps")
 
 
 def round_target_sigma_pix(psf_image, step=DEFAULT_STEP):
     """Sigma of the round Gaussian of ``target_psf="gauss"``, pixels: the major-axis sigma of
-    ``psf_gauss_moments`` times ``reconvolution_dilation(step)``."""
-    return float(np.sqrt(np.linalg.eigvalsh(psf_gauss_moments(psf_image))[-1])
+    ``psf_gauss_covariance_pix2`` times ``reconvolution_dilation(step)``."""
+    return float(np.sqrt(np.linalg.eigvalsh(psf_gauss_covariance_pix2(psf_image))[-1])
                  * reconvolution_dilation(step))
 
 
@@ -429,12 +431,17 @@ def _pixel_ft(kx, ky):
     return np.sinc(kx / (2 * np.pi)) * np.sinc(ky / (2 * np.pi))
 
 
+def _mapped_grid(kx, ky, matrix):
+    """``matrix @ (kx, ky)`` on the grid of 1-D ``kx`` (columns) and ``ky`` (rows): the two
+    components, each of shape (len(ky), len(kx))."""
+    kx2, ky2 = np.meshgrid(kx, ky)
+    return (matrix[0, 0] * kx2 + matrix[0, 1] * ky2, matrix[1, 0] * kx2 + matrix[1, 1] * ky2)
+
+
 def _target_ft(psf, kx, ky, matrix, dilation):
     """``T(k) = Pixel(k) * [P_int / Pixel]((1 + 2 step) k)``, the target PSF's transform, at
     ``k = matrix @ (kx, ky)`` on the grid of 1-D ``kx`` (columns) and ``ky`` (rows)."""
-    kx2, ky2 = np.meshgrid(kx, ky)
-    kxs = matrix[0, 0] * kx2 + matrix[0, 1] * ky2
-    kys = matrix[1, 0] * kx2 + matrix[1, 1] * ky2
+    kxs, kys = _mapped_grid(kx, ky, matrix)
     kxd, kyd = dilation * kxs, dilation * kys
     return (_psf_ft(psf, kx, ky, dilation * np.asarray(matrix)) * _lanczos_ft(kxd)
             * _lanczos_ft(kyd) * _pixel_ft(kxs, kys) / _pixel_ft(kxd, kyd))
@@ -443,9 +450,7 @@ def _target_ft(psf, kx, ky, matrix, dilation):
 def _round_target_ft(sigma_pix, kx, ky, matrix):
     """The round target's transform, ``Pixel(k) exp(-sigma^2 |k|^2 / 2)``, at ``k = matrix @
     (kx, ky)`` on the grid of 1-D ``kx`` (columns) and ``ky`` (rows)."""
-    kx2, ky2 = np.meshgrid(kx, ky)
-    kxs = matrix[0, 0] * kx2 + matrix[0, 1] * ky2
-    kys = matrix[1, 0] * kx2 + matrix[1, 1] * ky2
+    kxs, kys = _mapped_grid(kx, ky, matrix)
     return np.exp(-0.5 * sigma_pix ** 2 * (kxs ** 2 + kys ** 2)) * _pixel_ft(kxs, kys)
 
 
@@ -475,8 +480,9 @@ def _fft_plans(psf_bytes, psf_side_pix, side, m, step, shears, dtype_char,
     padded side ``m``, the step, the shears, the precision), so a stage's batches share
     them, and a PSFEx model's cells met in one chunk of rows are met again in the next
     (catalogue rows in y order, as SExtractor writes them; a shuffled catalogue gets no hit
-    with more than 64 cells, as before the cache). Read-only arrays, ~0.6 MB a PSF for 65x65
-    stamps in float32. ``target_sigma_pix``: as ``_galsim_route``'s."""
+    with more than 64 cells, as before the cache), and the round target's sigma
+    (``target_sigma_pix``, as ``_galsim_route``'s; None for ``dilate``). Read-only arrays,
+    ~0.6 MB a PSF for 65x65 stamps in float32."""
     psf = np.frombuffer(psf_bytes, np.float64).reshape(psf_side_pix, psf_side_pix)
     dtype = np.dtype(dtype_char)
     complex_dtype = np.result_type(dtype, np.complex64)

@@ -487,7 +487,8 @@ def _sheared_rms(psf, side_pix, step, noise_adu, target_psf="dilate"):
     tile's for a 0.8" FWHM Gaussian at 0.187"/px, so the rms is 0.98 times the tile's there
     (1.05 at 0.7", 1.19 for a 0.65" Moffat of beta 4.765, 1.50 for the PSFEx model of a
     simulated v2 tile, bench/bench_metacal_stage.py: the rougher the PSF image at high
-    frequencies, the more its deconvolution amplifies the noise).
+    frequencies, the more its deconvolution amplifies the noise; these with the dilated
+    target, ``target_psf`` the target of the images).
     """
     noise = np.random.default_rng(METACAL_RMS_SEED).normal(
         0.0, noise_adu, (METACAL_RMS_STAMPS, side_pix, side_pix))

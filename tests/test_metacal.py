@@ -74,7 +74,7 @@ def test_round_gaussian_response_is_analytic(galsim, method):
                                np.sqrt(sigma_gal**2 + target2), rtol=5e-4)
 
 
-def test_psf_gauss_moments_of_an_elliptical_gaussian():
+def test_psf_gauss_covariance_pix2_of_an_elliptical_gaussian():
     """A point-sampled elliptical Gaussian of covariance C (sigma 2.4 and 1.6 px, axes at 30
     degrees): its adaptive moments are C (to 1e-6, the sampling of a smooth profile), and the
     round target's sigma is the major axis times 1 + 2 step."""
@@ -85,7 +85,7 @@ def test_psf_gauss_moments_of_an_elliptical_gaussian():
     x, y = np.meshgrid(c, c)
     pos = np.stack([x, y], axis=-1)
     image = np.exp(-0.5 * np.einsum("...i,ij,...j->...", pos, np.linalg.inv(cov), pos))
-    np.testing.assert_allclose(metacal.psf_gauss_moments(image / image.sum()), cov, rtol=1e-6)
+    np.testing.assert_allclose(metacal.psf_gauss_covariance_pix2(image / image.sum()), cov, rtol=1e-6)
     assert metacal.round_target_sigma_pix(image / image.sum(), 0.01) == pytest.approx(
         2.4 * 1.02, rel=1e-6)
 
