@@ -286,3 +286,16 @@ bh-stage evaluate-tile example_config/evaluate-tile.yml --set tiles.work_dir=$wo
 # --- Speed (README "Speed and memory"): a 10k x 10k tile, the stage against source-extractor
 python bench/bench_stage.py --size-pix 10000 --head cfis_sigma15_clip_80k
 python bench/bench_tile_head_runtime.py
+# 0.15: a 30-seed control for the three shear analyses (seeds 451-480 in $work/shear, linked
+# into shear_12 and shear_p45), the round target PSF on the 12-seed bench, and the leakage of
+# each target PSF under an elongated PSF (a few minutes on one core).
+python bench/bench_shear.py --work-dir $work/shear --tiles-dir $work/tiles --control-seeds 30
+mkdir -p $work/shear_12
+for d in $work/shear_12 $work/shear_p45; do ln -sfn $work/shear/control_s* $d/; done
+python bench/bench_shear.py --work-dir $work/shear_12 --tiles-dir $work/tiles --seeds 12 \
+    --control-seeds 30 --output shear_metacal_12seeds.json
+python bench/bench_shear.py --work-dir $work/shear_p45 --tiles-dir $work/tiles \
+    --pair-fraction 0.45 --seeds 12 --control-seeds 30
+python bench/bench_shear.py --work-dir $work/shear_12 --tiles-dir $work/tiles --seeds 12 \
+    --control-seeds 30 --target-psf gauss --output shear_metacal_12seeds_gauss.json
+python bench/bench_metacal.py --psf-leakage
