@@ -288,7 +288,8 @@ python bench/bench_stage.py --size-pix 10000 --head cfis_sigma15_clip_80k
 python bench/bench_tile_head_runtime.py
 # 0.15: a 30-seed control for the three shear analyses (seeds 451-480 in $work/shear, linked
 # into shear_12 and shear_p45), the round target PSF on the 12-seed bench, and the leakage of
-# each target PSF under an elongated PSF (a few minutes on one core).
+# each target PSF under an elongated PSF (the last, a few minutes on one core; the rest
+# measures 48 control images and, in a new shear_12, 24 main images).
 python bench/bench_shear.py --work-dir $work/shear --tiles-dir $work/tiles --control-seeds 30
 mkdir -p $work/shear_12
 for d in $work/shear_12 $work/shear_p45; do ln -sfn $work/shear/control_s* $d/; done
