@@ -125,7 +125,9 @@ class MetacalConfig:
     target_psf: str = option("dilate", "PSF of the metacalibration images: the PSF dilated by "
                              "1 + 2 step (ngmix 'dilate'), or a round Gaussian matched to the "
                              "PSF's major axis and dilated (like ngmix 'fitgauss', metadetect's "
-                             "default): images as round as the galaxy whatever the PSF.",
+                             "default): images as round as the galaxy whatever the PSF, but "
+                             "smoother than the stamps the tile head was trained on, whose "
+                             "scores move (docs/metacal.md): keep dilate.",
                              choices=("dilate", "gauss"))
 
     def validate(self):
