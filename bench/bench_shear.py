@@ -565,8 +565,9 @@ def galaxy_persistence(args, data):
     estimates the persistent part of the influences' spread, the rest is noise of object
     instances. ``sigma_m_persistent``: sqrt(n_galaxies_both x covariance), the floor of the
     galaxy-bootstrap sigma(m) with any number of seeds (0 where the covariance is negative;
-    the galaxies in one half only, rare ones, are left out); ``correlation_ci95``: Fisher's
-    z interval of the correlation."""
+    the galaxies in one half only, rare ones, are left out); ``correlation_ci95``: the
+    correlation's 95 % interval over 1,000 resamples of those galaxies (a few bright galaxies
+    make the influences heavy-tailed, so Fisher's normal-theory interval is too narrow)."""
     halves = [data[:len(data) // 2], data[len(data) // 2:]]
     if not all(halves):
         return {"n_galaxies_both": 0}
@@ -576,12 +577,15 @@ def galaxy_persistence(args, data):
     n = int(both.sum())
     if n < 4:
         return {"n_galaxies_both": n}
-    r = float(np.corrcoef(a[both], b[both])[0, 1])
-    z, half_width = np.arctanh(r), 1.96 / np.sqrt(n - 3)
-    cov = float(np.mean(a[both] * b[both]))
-    spread = float(np.mean(0.5 * (a[both] ** 2 + b[both] ** 2)))
+    a, b = a[both], b[both]
+    r = float(np.corrcoef(a, b)[0, 1])
+    draws = np.random.default_rng(3).integers(0, n, (1000, n))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of one galaxy: NaN
+        boot = np.array([np.corrcoef(a[i], b[i])[0, 1] for i in draws])
+    cov = float(np.mean(a * b))
+    spread = float(np.mean(0.5 * (a ** 2 + b ** 2)))
     return {"n_galaxies_both": n, "correlation": r,
-            "correlation_ci95": [float(np.tanh(z - half_width)), float(np.tanh(z + half_width))],
+            "correlation_ci95": metrics.interval(boot[np.isfinite(boot)], 0.95),
             "persistent_share": cov / spread,
             "sigma_m_persistent": float(np.sqrt(max(cov, 0.0) * n))}
 
