@@ -250,9 +250,8 @@ def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, s
         ``method``, ``batch_size``, ``pad_pix``, ``dtype`` or ``target_psf`` out of range.
     """
     types = tuple(types)
-    if target_psf not in TARGET_PSFS:
-        raise ValueError(f"target_psf must be one of {TARGET_PSFS}; got {target_psf!r}")
-    stamps, psf = _check_inputs(stamps, psf_image, step, noise_sigma_adu, types, method)
+    stamps, psf = _check_inputs(stamps, psf_image, step, noise_sigma_adu, types, method,
+                                target_psf)
     if int(batch_size) < 1 or (pad_pix is not None and int(pad_pix) < 0):
         raise ValueError(f"batch_size must be >= 1 and pad_pix >= 0 or None; got {batch_size}"
                          f" and {pad_pix}")
@@ -260,11 +259,10 @@ def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, s
     if dtype not in (np.float64, np.float32):
         raise ValueError(f"dtype must be float64 or float32; got {dtype}")
     shears = [(name, _SHEARS[name][0] * step, _SHEARS[name][1] * step) for name in types]
-    target_sigma = None if target_psf == "dilate" else round_target_sigma_pix(psf, step)
-    run = (functools.partial(_galsim_route, target_sigma_pix=target_sigma)
+    run = (functools.partial(_galsim_route, target_psf=target_psf)
            if method == "galsim" else functools.partial(
                _fft_route, pad_pix=pad_pix, batch_size=batch_size, dtype=dtype,
-               target_sigma_pix=target_sigma))
+               target_psf=target_psf))
     finite = np.isfinite(stamps).all(axis=(1, 2))
     if not finite.all():
         logger.info("metacal: %d stamps with non-finite pixels give NaN images",
@@ -288,7 +286,7 @@ def metacal_images(stamps, psf_image, step=DEFAULT_STEP, noise_sigma_adu=None, s
     return out
 
 
-def _check_inputs(stamps, psf_image, step, noise_sigma_adu, types, method):
+def _check_inputs(stamps, psf_image, step, noise_sigma_adu, types, method, target_psf):
     """Validate ``metacal_images``' arguments; return the stamps and PSF as float64."""
     stamps = np.asarray(stamps, dtype=np.float64)
     if stamps.ndim != 3:
@@ -328,22 +326,24 @@ def _check_inputs(stamps, psf_image, step, noise_sigma_adu, types, method):
                          f"{tuple(types)}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if target_psf not in TARGET_PSFS:
+        raise ValueError(f"target_psf must be one of {TARGET_PSFS}; got {target_psf!r}")
     return stamps, psf
 
 
-def _galsim_route(stamps, psf, step, shears, target_sigma_pix=None):
-    """Steps 1-5 through GalSim, one stamp at a time; name -> (n, s, s). ``target_sigma_pix``:
-    the round Gaussian target's sigma (``target_psf="gauss"``), or None (``dilate``)."""
+def _galsim_route(stamps, psf, step, shears, target_psf="dilate"):
+    """Steps 1-5 through GalSim, one stamp at a time; name -> (n, s, s)."""
     galsim = require("galsim", "metacal")
     psf_int = galsim.InterpolatedImage(galsim.Image(psf, scale=1.0),
                                        x_interpolant=X_INTERPOLANT)
     psf_inv = galsim.Deconvolve(psf_int)
     pixel = galsim.Pixel(1.0)
-    if target_sigma_pix is None:
+    if target_psf == "dilate":
         target = galsim.Convolve(galsim.Convolve(psf_int, galsim.Deconvolve(pixel)).dilate(
             reconvolution_dilation(step)), pixel)
     else:
-        target = galsim.Convolve(galsim.Gaussian(sigma=target_sigma_pix), pixel)
+        target = galsim.Convolve(galsim.Gaussian(sigma=round_target_sigma_pix(psf, step)),
+                                 pixel)
     side = stamps.shape[1]
     out = {name: np.empty(stamps.shape) for name, _, _ in shears}
     for i, stamp in enumerate(stamps):
@@ -474,15 +474,15 @@ def _shift(z, phase, axis):
 
 @functools.lru_cache(maxsize=64)
 def _fft_plans(psf_bytes, psf_side_pix, side, m, step, shears, dtype_char,
-               target_sigma_pix=None):
+               target_psf="dilate"):
     """``_fft_route``'s filters and resampling factors, ``(name, filter, plan)`` for each
     shear: computed once per key (the PSF's float64 bytes and side, the stamp side, the
     padded side ``m``, the step, the shears, the precision), so a stage's batches share
     them, and a PSFEx model's cells met in one chunk of rows are met again in the next
     (catalogue rows in y order, as SExtractor writes them; a shuffled catalogue gets no hit
-    with more than 64 cells, as before the cache), and the round target's sigma
-    (``target_sigma_pix``, as ``_galsim_route``'s; None for ``dilate``). Read-only arrays,
-    ~0.6 MB a PSF for 65x65 stamps in float32."""
+    with more than 64 cells, as before the cache), and the target PSF (the round one's size
+    is measured here, once per PSF). Read-only arrays, ~0.6 MB a PSF for 65x65 stamps in
+    float32."""
     psf = np.frombuffer(psf_bytes, np.float64).reshape(psf_side_pix, psf_side_pix)
     dtype = np.dtype(dtype_char)
     complex_dtype = np.result_type(dtype, np.complex64)
@@ -490,13 +490,14 @@ def _fft_plans(psf_bytes, psf_side_pix, side, m, step, shears, dtype_char,
     out_grid = np.arange(side) - side // 2
     k_half, k_full = 2 * np.pi * np.fft.rfftfreq(m), 2 * np.pi * np.fft.fftfreq(m)
     psf_ft = _psf_ft(psf, k_half, k_full)
+    round_sigma = None if target_psf == "dilate" else round_target_sigma_pix(psf, step)
     plans = []
     for name, g1, g2 in shears:
         b = np.linalg.inv(shear_matrix(g1, g2))       # output pixel x samples z at B x
         with np.errstate(divide="ignore", invalid="ignore"):  # a zero of the PSF's transform
             target = (_target_ft(psf, k_half, k_full, b, reconvolution_dilation(step))
-                      if target_sigma_pix is None
-                      else _round_target_ft(target_sigma_pix, k_half, k_full, b))
+                      if round_sigma is None else _round_target_ft(round_sigma, k_half,
+                                                                   k_full, b))
             filt = target / psf_ft
         filt[~np.isfinite(filt)] = 0.0
         if g1 == 0 and g2 == 0:
@@ -518,7 +519,7 @@ def _fft_plans(psf_bytes, psf_side_pix, side, m, step, shears, dtype_char,
 
 
 def _fft_route(stamps, psf, step, shears, pad_pix=None, batch_size=32, dtype=np.float64,
-               target_sigma_pix=None):
+               target_psf="dilate"):
     """Steps 1-5 with batched FFTs (``scipy.fft``) in ``dtype``; name -> (n, s, s).
 
     Arrays of side ``m`` hold pixel coordinate ``t`` at index ``t mod m`` (the stamp's centre
@@ -530,7 +531,7 @@ def _fft_route(stamps, psf, step, shears, pad_pix=None, batch_size=32, dtype=np.
     m = _fast_odd_size(side + 2 * pad)
     wrap = (np.arange(side) - side // 2) % m           # index of each stamp pixel
     plans = _fft_plans(psf.tobytes(), psf.shape[0], side, m, float(step), tuple(shears),
-                       dtype.char, target_sigma_pix)
+                       dtype.char, target_psf)
     out = {name: np.empty((n, side, side), dtype) for name, _, _ in shears}
     for start in range(0, n, batch_size):
         chunk = stamps[start:start + batch_size]
