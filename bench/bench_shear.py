@@ -51,7 +51,7 @@ import numpy as np
 
 from bh_stage import io
 from bh_stage.config import RunConfig, TileSetConfig, config_from_dict
-from bh_stage.metacal import METACAL_TYPES
+from bh_stage.metacal import METACAL_TYPES, TARGET_PSFS
 from bh_stage.pixels import tile_pixels
 from bh_stage.psf import GAUSSIAN_FWHM_PER_SIGMA
 from bh_stage.study import metrics, tileset
@@ -113,7 +113,7 @@ def parse_args(argv=None):
     p.add_argument("--min-s2n", type=float, default=None,
                    help="weighted estimator: lowest S/N on each image (default "
                         "shear.MIN_S2N's, 10; 0: no S/N cut)")
-    p.add_argument("--target-psf", choices=("dilate", "gauss"), default="dilate",
+    p.add_argument("--target-psf", choices=TARGET_PSFS, default=TARGET_PSFS[0],
                    help="target PSF of the shapes' metacalibration images (the weighted "
                         "estimator; the stage's BLEND_PROB_* columns keep their cached "
                         "images)")
