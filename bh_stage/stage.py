@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from . import __version__, cues, features, heads, io, model, tilehead
 from .config import config_hash
 from .errors import CatalogueColumnError, ConfigError, InputFileError, ModelShapeError
-from .metacal import METACAL_TYPES, SHEAR_TYPES, metacal_images
+from .metacal import METACAL_TYPES, SHEAR_TYPES, metacal_images, round_target_sigma_pix
 from .psf import moffat_or_gaussian_psf, psfex_psf, read_psfex
 from .sep_flags import (BH_EDGE, BH_MASKED, BH_NOT_SCORED, BH_SEP_ERROR, SepProcesses,
                         decode_flags, hybrid_flag)
@@ -455,9 +455,16 @@ class _Metacal:
         if cell not in self._psfs:
             x, y = self._cell_centre(cell)
             try:
-                self._psfs[cell] = psfex_psf(self._model, x, y, self._side)
-            except ValueError as err:  # a model that sums to <= 0 there
+                psf = psfex_psf(self._model, x, y, self._side)
+            except ValueError as err:  # a model that sums to <= 0 there (names the file)
                 raise InputFileError(f"metacal.psf_file: {err}") from err
+            if self.target_psf == "gauss":  # the round target is sized on the PSF's core
+                try:
+                    round_target_sigma_pix(psf, self.step)
+                except ValueError as err:
+                    raise InputFileError(f"{self._model.path}: metacal.psf_file: the PSFEx "
+                                         f"PSF at (x, y) = ({x:.1f}, {y:.1f}): {err}") from err
+            self._psfs[cell] = psf
         return self._psfs[cell]
 
     def images(self, stamps, rows):

@@ -124,6 +124,30 @@ def test_round_target_psf_reaches_every_image_and_the_header(small_tile, fake_st
     ).hexdigest()
 
 
+def test_psfex_model_without_a_core_for_the_round_target(small_tile, fake_stamp_head,
+                                                         monkeypatch, capsys):
+    """A PSFEx PSF whose adaptive moments do not settle cannot size the round target: one
+    line naming the file and metacal.psf_file, exit code 2 (a bad input), no output, the tile untouched."""
+    gaussian_psfex(small_tile / "tile.psf")
+
+    def unsettled(psf, step):
+        raise ValueError("psf_image: adaptive moments did not settle in 100 steps")
+
+    monkeypatch.setattr(stage, "round_target_sigma_pix", unsettled)
+    before = (small_tile / "tile.fits").read_bytes()
+    code = main(["-q", "run", str(CONFIG), str(small_tile / "tile.fits"),
+                 "--set", "output={dir}/round.cat", "--set", "metacal.enabled=true",
+                 "--set", "metacal.psf_file={dir}/{stem}.psf",
+                 "--set", "metacal.target_psf=gauss"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"bh-stage run: error: {small_tile / 'tile.psf'}: metacal.psf_file: "
+                          "the PSFEx PSF at (x, y) = (")
+    assert err.rstrip().endswith("psf_image: adaptive moments did not settle in 100 steps")
+    assert not (small_tile / "round.cat").exists()
+    assert (small_tile / "tile.fits").read_bytes() == before
+
+
 def test_moffat_psf_in_header(small_tile, fake_stamp_head):
     result = run_stage(cfg(metacal=mcal(psf_moffat_beta=4.765)), small_tile / "tile.fits")
     assert read(result.output)[1]["BH_PSFSR"] == "moffat fwhm=0.8 beta=4.765"
