@@ -958,10 +958,11 @@ class TrainTileConfig:
                                  min=1, max=8)
     features: str = option("stamp", "What the head reads beside the pixels: "
                            "'catalogue' (SExtractor columns, cues.CATALOGUE_COLUMNS: the "
-                           "compact_cnn_catalogue_v1 heads) or 'stamp' (measured by the stage "
+                           "compact_cnn_catalogue_v1 heads), 'stamp' (measured by the stage "
                            "on the stamp, and the positions: a position-only head, "
-                           "compact_cnn_stamp_v1, that runs on any catalogue with x/y).",
-                           choices=("catalogue", "stamp"))
+                           "compact_cnn_stamp_v1, that runs on any catalogue with x/y) or "
+                           "'stamp+catalogue' (both: compact_cnn_stamp_catalogue_v1).",
+                           choices=("catalogue", "stamp", "stamp+catalogue"))
     weights_from: typing.Optional[str] = option(None, "A tile head (shipped name or .json) "
                                                 "whose network is kept instead of trained: "
                                                 "only the calibration, threshold and "

@@ -22,8 +22,9 @@ import numpy as np
 
 from . import cues
 
-__all__ = ["FEATURE_NAMES", "CENTRE_MATCH_PIX", "position_cues", "stamp_features",
-           "measure_stamps", "sep_pixel_stack"]
+__all__ = ["FEATURE_NAMES", "CATALOGUE_FEATURE_NAMES", "UNION_FEATURE_NAMES", "CENTRE_MATCH_PIX",
+           "position_cues", "catalogue_feature_columns", "stamp_features", "measure_stamps",
+           "sep_pixel_stack"]
 
 FEATURE_NAMES = (
     "FOUND", "LOG10_SNR", "LOG10_NPIX", "LOG10_A_PIX", "ELONGATION", "FLUX_RADIUS_PIX",
@@ -53,6 +54,15 @@ _MISSING = {"FOUND": 0.0, "LOG10_SNR": 0.0, "LOG10_NPIX": 0.0, "LOG10_A_PIX": 0.
             "MERGED": 0.0, "NSRC_CENTRAL33": 0.0, "NEXT_DIST_PIX": FAR_PIX,
             "NEXT_FLUX_RATIO": 0.0}
 """Values of a stamp whose centre SEP found nothing at (all but the position cues)."""
+
+CATALOGUE_FEATURE_NAMES = tuple(f"CAT_{name}" for name in cues.FEATURE_NAMES[:7])
+"""The SExtractor features of ``cues.FEATURE_NAMES`` (all but its position cues, which are
+``FEATURE_NAMES``' last two), prefixed, that a ``compact_cnn_stamp_catalogue_v1`` head also
+reads."""
+
+UNION_FEATURE_NAMES = FEATURE_NAMES + CATALOGUE_FEATURE_NAMES
+"""Columns of ``stamp_features`` for a head that also reads SExtractor columns: the stamp's
+features, then ``CATALOGUE_FEATURE_NAMES`` (``catalogue_feature_columns``)."""
 
 
 def _central(objects, segmap, c):
@@ -154,9 +164,16 @@ def position_cues(x_pix, y_pix, half_pix=25, nearest_pix=None, ndet_stamp=None):
     return np.column_stack([nearest, ndet]).astype(np.float32)
 
 
+def catalogue_feature_columns(columns, x_pix, y_pix):
+    """``CATALOGUE_FEATURE_NAMES`` of every detection from its SExtractor ``columns``
+    (``cues.CATALOGUE_COLUMNS`` by name) and 0-based positions: float32 ``(n, 7)``."""
+    return cues.catalogue_features(columns, x_pix, y_pix)[:, :len(CATALOGUE_FEATURE_NAMES)]
+
+
 def stamp_features(pixel_features, position_features):
     """``FEATURE_NAMES`` of some detections: their ``measure_stamps`` pixel features beside
-    their rows of ``position_cues``, float32 ``(n, len(FEATURE_NAMES))``."""
+    their rows of ``position_cues``, float32 ``(n, len(FEATURE_NAMES))``; with the
+    ``catalogue_feature_columns`` after the position cues, ``UNION_FEATURE_NAMES``."""
     return np.column_stack([pixel_features, position_features]).astype(np.float32)
 
 

@@ -30,14 +30,19 @@ from . import cues, features
 from . import children
 from .errors import ModelShapeError
 from .heads import head_path, load_head
-from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, build_compact, centre_stamps,
-                           orientation_logits, scale_stamps, sigmoid)
+from .nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, STAMP_CATALOGUE_ARCHITECTURE,
+                           build_compact, centre_stamps, orientation_logits, scale_stamps,
+                           sigmoid)
 
-__all__ = ["TARGET", "TileHead", "DEFAULT_TILE_HEAD", "PRECISIONS", "INT8_KEY",
+__all__ = ["TARGET", "TileHead", "DEFAULT_TILE_HEAD", "HEAD_FEATURES", "PRECISIONS", "INT8_KEY",
            "reads_stamp_features", "feature_names", "read_int8_network", "tile_head_path",
            "load_tile_head", "NetworkProcess"]
 
 log = logging.getLogger(__name__)
+
+HEAD_FEATURES = {ARCHITECTURE: cues.FEATURE_NAMES, STAMP_ARCHITECTURE: features.FEATURE_NAMES,
+                 STAMP_CATALOGUE_ARCHITECTURE: features.UNION_FEATURE_NAMES}
+"""The features each tile-head architecture reads beside the pixels, in order."""
 
 TARGET = "unrecognised_blend"
 """``target`` of a tile head: P(the detection holds two or more objects SExtractor merged)."""
@@ -61,7 +66,9 @@ class TileHead:
         SExtractor columns the head needs (none for a position-only head).
     stamp_features : bool
         The head reads ``features.FEATURE_NAMES`` measured on the stamp (a position-only
-        head, architecture ``compact_cnn_stamp_v1``) rather than ``cues.catalogue_features``.
+        head, architecture ``compact_cnn_stamp_v1``; ``compact_cnn_stamp_catalogue_v1``
+        then also ``features.CATALOGUE_FEATURE_NAMES``) rather than
+        ``cues.catalogue_features``.
     feature_names : tuple of str
         Names of the features it reads beside the pixels, in order.
     """
@@ -281,9 +288,10 @@ class Int8Network:
 
 
 def reads_stamp_features(metadata):
-    """Whether a tile head's metadata names a position-only head (``compact_cnn_stamp_v1``,
-    its features measured on the stamp) rather than a catalogue head."""
-    return metadata.get("architecture") == STAMP_ARCHITECTURE
+    """Whether a tile head's metadata names a head whose features the stage measures on the
+    stamp (``compact_cnn_stamp_v1``, position-only, or ``compact_cnn_stamp_catalogue_v1``,
+    which also reads SExtractor columns) rather than a catalogue head."""
+    return metadata.get("architecture") in (STAMP_ARCHITECTURE, STAMP_CATALOGUE_ARCHITECTURE)
 
 
 def feature_names(metadata):
@@ -314,13 +322,12 @@ def load_tile_head(path_json, precision="f32"):
         return _LOADED[key]
     head = load_head(Path(path_json).resolve())  # absolute: the network process reads it too
     meta = head.metadata
-    if meta.get("target") != TARGET or meta.get("architecture") not in (ARCHITECTURE,
-                                                                          STAMP_ARCHITECTURE):
+    if meta.get("target") != TARGET or meta.get("architecture") not in HEAD_FEATURES:
         raise ModelShapeError(f"{path_json}: not a tile head (target {meta.get('target')!r}, "
                               f"architecture {meta.get('architecture')!r}); tile_head and "
                               f"weights_from take a head made by `bh-stage train-tile`")
     names = feature_names(meta)
-    expected = features.FEATURE_NAMES if reads_stamp_features(meta) else cues.FEATURE_NAMES
+    expected = HEAD_FEATURES[meta["architecture"]]
     if names != tuple(expected):
         raise ModelShapeError(f"{path_json}: the head reads the features {', '.join(names)}; "
                               f"this bh-stage computes {', '.join(expected)}; use a head made "

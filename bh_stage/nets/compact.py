@@ -14,6 +14,7 @@ import numpy as np
 from .. import cues
 
 __all__ = ["STAMP_SIDE_PIX", "ASINH_SOFTENING_RMS", "ARCHITECTURE", "STAMP_ARCHITECTURE",
+           "STAMP_CATALOGUE_ARCHITECTURE",
            "COMPACT_LAYERS",
            "centre_stamps", "asinh_scale", "scale_stamps", "dihedral",
            "orientation_logits", "build_compact", "dihedral_tf", "sigmoid"]
@@ -35,9 +36,16 @@ STAMP_ARCHITECTURE = "compact_cnn_stamp_v1"
 the stage on the stamp (``features.FEATURE_NAMES``) instead of read from the catalogue."""
 
 
+STAMP_CATALOGUE_ARCHITECTURE = "compact_cnn_stamp_catalogue_v1"
+"""``STAMP_ARCHITECTURE`` that also reads SExtractor columns (``features.UNION_FEATURE_NAMES``:
+the stamp's features, then the catalogue head's SExtractor features)."""
+
+
 COMPACT_LAYERS = {
     ARCHITECTURE: ((32, False), (32, True), (64, False), (64, True), (64, False)),
     STAMP_ARCHITECTURE: ((32, False), (32, True), (64, False), (64, True), (64, False)),
+    STAMP_CATALOGUE_ARCHITECTURE: ((32, False), (32, True), (64, False), (64, True),
+                                   (64, False)),
     # the paper's question on the 51x51 stamp: 19 million multiply-adds an orientation
     "compact_cnn_paper_v1": ((16, False), (16, True), (32, False), (32, True), (64, True),
                              (64, False)),

@@ -25,14 +25,14 @@ import numpy as np
 
 from .. import cues
 from .. import features as bh_features
-from ..nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, STAMP_SIDE_PIX, asinh_scale,
-                            build_compact,
+from ..nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, STAMP_CATALOGUE_ARCHITECTURE,
+                            STAMP_SIDE_PIX, asinh_scale, build_compact,
                             centre_stamps, dihedral_tf, orientation_logits, scale_stamps,
                             sigmoid)
-from ..tilehead import INT8_KEY, TARGET, load_tile_head, reads_stamp_features, tile_head_path
+from ..tilehead import HEAD_FEATURES, INT8_KEY, TARGET, load_tile_head, tile_head_path
 
 __all__ = ["fit_tile_head", "tile_logits", "calibrate_logits", "reliability", "role_arrays",
-           "stamp_feature_table", "source_features", "train_tile", "run_train_tile",
+           "stamp_feature_table", "FEATURE_KINDS", "source_features", "train_tile", "run_train_tile",
            "ISOLATED_FPR", "isolated_threshold"]
 
 log = logging.getLogger(__name__)
@@ -172,9 +172,10 @@ def reliability(prob, labels, n_bins=10):
 def role_arrays(folders, seed, features="catalogue"):
     """Stack the detections of tile folders: scaled stamps, the head's features, classes.
 
-    ``features``: 'catalogue' (``cues.catalogue_features``) or 'stamp' (``features``
-    measured on the stage's 65x65 stamps beside the position cues, cached in each folder as
-    ``features_<seed>.npz``).
+    ``features``: one of ``FEATURE_KINDS``: 'catalogue' (``cues.catalogue_features``),
+    'stamp' (``features`` measured on the stage's 65x65 stamps beside the position cues,
+    cached in each folder as ``features_<seed>.npz``) or 'stamp+catalogue' (those, then
+    ``features.CATALOGUE_FEATURE_NAMES``).
     """
     from . import tileset
 
@@ -183,7 +184,14 @@ def role_arrays(folders, seed, features="catalogue"):
         (x, y), cls, cat = tileset.detection_table(folder)
         stamps, rms = tileset.detection_stamps(folder, seed)
         imgs.append(scale_stamps(centre_stamps(stamps), rms))
-        feats.append(cat if features == "catalogue" else stamp_feature_table(folder, seed, x, y))
+        if features == "catalogue":
+            feats.append(cat)
+        else:
+            table = stamp_feature_table(folder, seed, x, y)
+            if features == "stamp+catalogue":  # cat's columns are cues.FEATURE_NAMES
+                n_cat = len(bh_features.CATALOGUE_FEATURE_NAMES)
+                table = np.column_stack([table, cat[:, :n_cat]])
+            feats.append(table)
         classes.append(cls)
     return np.concatenate(imgs), np.concatenate(feats), np.concatenate(classes)
 
@@ -235,7 +243,7 @@ def train_tile(cfg, progress=None):
     roles = ("valid",) if source else ("train", "valid")
     folders = {role: tileset.prepare_role(cfg.tiles, role, progress) for role in roles}
     kind = source_features(source.metadata) if source else cfg.features
-    architecture = ARCHITECTURE if kind == "catalogue" else STAMP_ARCHITECTURE
+    architecture = FEATURE_KINDS[kind]
     va_img, va_cat, va_cls = role_arrays(folders["valid"], cfg.seed, kind)
     y_va = va_cls["UNRECOGNISED"]
     if source:
@@ -260,10 +268,9 @@ def train_tile(cfg, progress=None):
             seed=cfg.seed, max_epochs=cfg.max_epochs, patience_epochs=cfg.patience_epochs,
             lr_drop_epochs=cfg.lr_drop_epochs, progress=progress,
             architecture=architecture)
-        names = ({"catalogue_features": list(cues.FEATURE_NAMES),
-                  "catalogue_columns": list(cues.CATALOGUE_COLUMNS)} if kind == "catalogue"
-                 else {"stamp_features": list(bh_features.FEATURE_NAMES),
-                       "catalogue_columns": []})
+        names = ({"catalogue_features": list(cues.FEATURE_NAMES)} if kind == "catalogue"
+                 else {"stamp_features": list(HEAD_FEATURES[architecture])})
+        names["catalogue_columns"] = [] if kind == "stamp" else list(cues.CATALOGUE_COLUMNS)
         meta = {
             "target": TARGET, "stamp_side_pix": STAMP_SIDE_PIX,
             "architecture": architecture,
@@ -319,9 +326,15 @@ def isolated_threshold(prob, isolated, fpr=ISOLATED_FPR):
     return float(np.quantile(values, 1 - fpr))
 
 
+FEATURE_KINDS = {"catalogue": ARCHITECTURE, "stamp": STAMP_ARCHITECTURE,
+                 "stamp+catalogue": STAMP_CATALOGUE_ARCHITECTURE}
+"""``train-tile``'s ``features``: the architecture of the head each trains."""
+
+
 def source_features(metadata):
-    """'stamp' for a position-only tile head's metadata, 'catalogue' otherwise."""
-    return "stamp" if reads_stamp_features(metadata) else "catalogue"
+    """The ``FEATURE_KINDS`` key of a tile head's metadata: 'stamp' for a position-only
+    head, 'stamp+catalogue', or 'catalogue'."""
+    return {arch: kind for kind, arch in FEATURE_KINDS.items()}[metadata["architecture"]]
 
 
 def _calibrate(logits, labels, flag_fraction, isolated):
