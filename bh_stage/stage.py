@@ -543,7 +543,7 @@ def _score(cfg, networks, paper_head, stamp_features, head_inputs, stamps_of, rm
     in order, each once its scores are back or when more wait than ``BATCHES_IN_FLIGHT``
     allows. ``head_inputs`` holds, per row, the tile
     head's catalogue features, or for a position-only head (``stamp_features``) the
-    position cues; its pixel features are then measured on each batch's stamps in the SEP
+    position cues (then any SExtractor features it also reads); its pixel features are then measured on each batch's stamps in the SEP
     processes and the batch is scored when they come back. With ``mcal`` the same is done on
     each sheared image of the stamps (made here, measured in the SEP processes with the
     sheared images' rms, scored with it), beside the same position cues."""
@@ -757,14 +757,14 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None, network_pro
     log.info("%s: %d objects from %s (HDU %s)", tile, cat.nrows, cat_path, cat.extname)
     tile_head = tilehead.load_tile_head(tilehead.tile_head_path(cfg.tile_head),
                                         cfg.tile_head_precision)
-    if cfg.metacal.enabled and not tile_head.stamp_features:
+    if cfg.metacal.enabled and (tile_head.catalogue_columns or not tile_head.stamp_features):
         raise ConfigError(f"metacal.enabled: tile head {Path(tile_head.path).name} reads "
                           "SExtractor columns, which the sheared images do not have; set "
                           "tile_head to a position-only head (compact_cnn_stamp_v1, `bh-stage "
                           "train-tile --set features=stamp`) or metacal.enabled: false")
     half_pix = cfg.stamp.size_pix // 2
-    columns = (None if tile_head.stamp_features else
-               io.read_columns(cat_path, tile_head.catalogue_columns, cfg.catalogue_hdu))
+    columns = (io.read_columns(cat_path, tile_head.catalogue_columns, cfg.catalogue_hdu)
+               if tile_head.catalogue_columns else None)
     _check_head_shape(cfg, tile_head.path, tile_head.metadata)
     # every check that needs no pixel is done: the networks' process starts now, and imports
     # TensorFlow and builds the tile head beside the reading below
@@ -775,6 +775,9 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None, network_pro
         if tile_head.stamp_features:  # position-only: no catalogue column but x, y
             head_inputs = features.position_cues(cat.x_pix, cat.y_pix, half_pix, nearest_pix,
                                                  ndet_stamp)
+            if columns:  # compact_cnn_stamp_catalogue_v1: and SExtractor's, after them
+                head_inputs = np.column_stack([head_inputs, features.catalogue_feature_columns(
+                    columns, cat.x_pix, cat.y_pix)])
         else:
             head_inputs = (cues.catalogue_features(columns, cat.x_pix, cat.y_pix, half_pix)
                            if columns else np.zeros((cat.nrows, 0), np.float32))

@@ -108,3 +108,66 @@ def test_head_reading_other_features_is_refused(tmp_path, small_tile, capsys):
     assert "old.json: the head reads the features NDET_STAMP" in err
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in small_tile.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_head_that_also_reads_sextractor_columns(tmp_path, cosmos_dir, sextractor, capsys):
+    """train-tile with features=stamp+catalogue writes a compact_cnn_stamp_catalogue_v1 head:
+    the stamp's features, then 7 SExtractor features, which training reads as worked out
+    here from the catalogue's columns. `bh-stage run` feeds the network what training fed
+    it: its BLEND_PROB is the head's calibrated probability of the training arrays. A
+    positions-only catalogue and metacal.enabled are refused, one line each, exit 2."""
+    from bh_stage.nets.compact import sigmoid
+    from bh_stage.study import train_tile
+    from bh_stage.tilehead import load_tile_head
+
+    tiles = small_tile_set(tmp_path / "tiles", cosmos_dir, 500, [1], [2], [3])
+    heads = tmp_path / "heads"
+    assert main(["-q", "train-tile", "example_config/train-tile.yml",
+                 *tiles, f"--set=output_dir={heads}",
+                 "--set=features=stamp+catalogue", "--set=max_epochs=1",
+                 "--set=n_orientations=2", "--set=head_name=u"]) == 0
+    meta = json.loads((heads / "u.json").read_text())
+    assert meta["architecture"] == "compact_cnn_stamp_catalogue_v1"
+    assert meta["catalogue_columns"] == ["FLUX_RADIUS", "A_IMAGE", "B_IMAGE", "FLUX_AUTO",
+                                         "FLUXERR_AUTO", "MAG_AUTO", "FLAGS", "CLASS_STAR"]
+    assert meta["stamp_features"] == list(features.FEATURE_NAMES) + [
+        "CAT_FLUX_RADIUS", "CAT_ELONGATION", "CAT_MAG_AUTO", "CAT_LOG10_SNR",
+        "CAT_FLAGS_NEIGHBOURS", "CAT_FLAGS_BLENDED", "CAT_CLASS_STAR"]
+    test = tmp_path / "tiles" / "valid2"
+    x, feats, _ = train_tile.role_arrays([test], 0, "stamp+catalogue")
+    c = fitsio.read(str(test / "tile.cat"), ext="LDAC_OBJECTS")
+    by_hand = np.column_stack([
+        c["FLUX_RADIUS"], c["A_IMAGE"] / c["B_IMAGE"], c["MAG_AUTO"],
+        np.log10(c["FLUX_AUTO"] / c["FLUXERR_AUTO"]), c["FLAGS"] & 1, (c["FLAGS"] & 2) > 0,
+        c["CLASS_STAR"]])
+    good = np.isfinite(by_hand).all(axis=1) & (c["FLUX_AUTO"] > 0)
+    np.testing.assert_allclose(feats[good, 16:], by_hand[good], rtol=1e-5)
+    assert good.mean() > 0.9
+
+    out = tmp_path / "u_bh.cat"
+    assert main(["-q", "run", "example_config/config.yml", str(test / "tile.fits"),
+                 "--catalogue", str(test / "tile.cat"), "--weight",
+                 str(test / "tile.weight.fits"), "--output", str(out),
+                 f"--set=tile_head={heads / 'u.json'}", "--set=tile_head_precision=f32"]) == 0
+    prob = fitsio.read(str(out), ext="LDAC_OBJECTS")["BLEND_PROB"]
+    head = load_tile_head(heads / "u.json")
+    a, b = meta["calibration"]["a"], meta["calibration"]["b"]
+    expected = sigmoid(a * head.input_logits(x, feats) + b)
+    scored = np.isfinite(prob)
+    assert scored.mean() > 0.9
+    np.testing.assert_allclose(prob[scored], expected[scored], rtol=1e-4, atol=1e-6)
+
+    _positions_only(test / "tile.cat", tmp_path / "positions.cat")
+    capsys.readouterr()
+    for extra, says in (
+            (["--catalogue", str(tmp_path / "positions.cat")],
+             "positions.cat: no column FLUX_RADIUS, A_IMAGE"),
+            (["--catalogue", str(test / "tile.cat"), "--set=metacal.enabled=true",
+              "--set=metacal.psf_fwhm_arcsec=0.65"], "u.json reads SExtractor columns")):
+        bad = tmp_path / "bad_bh.cat"
+        assert main(["-q", "run", "example_config/config.yml", str(test / "tile.fits"),
+                     *extra, "--output", str(bad), f"--set=tile_head={heads / 'u.json'}"]) == 2
+        err = capsys.readouterr().err
+        assert not bad.exists() and err.count("\n") == 1 and says in err
