@@ -4,9 +4,10 @@ For each head (a tile head's ``.json``) and each number of orientations (default
 own ``n_orientations``), ROC AUC and TPR at 5 % FPR of unrecognised blends against all
 other detections of the validation tiles (training galaxies), the paired AUC difference to
 the first head with a 95 % interval from resampling galaxy units (one per true galaxy
-across the tiles), and the same for the mean logit of all heads. Catalogue heads and
-position-only heads (their features measured on the stamps) can be compared. Test tiles are
-read only with ``--role test``, to report on heads already chosen on validation.
+across the tiles), and the same for the mean logit of all heads. Catalogue heads,
+position-only heads (their features measured on the stamps) and heads reading both can be
+compared. Test tiles are read only with ``--role test``, to report on heads already chosen
+on validation.
 
     python bench/bench_tile_head_variants.py --work-dir WORKDIR/tiles HEAD.json [HEAD.json ...] \
         [--orientations 1,2,4,8] [--precisions f32,bf16] [--role test]
@@ -44,7 +45,7 @@ def main():
 
     tiles = config_from_dict(TileSetConfig, {"work_dir": args.work_dir})
     folders = tileset.tile_folders(tiles, args.role)
-    arrays = {}  # the heads' inputs by kind of features: 'catalogue' or 'stamp'
+    arrays = {}  # the heads' inputs by kind of features (train_tile.FEATURE_KINDS)
     names, logits = [], []
     for path in args.heads:
         for precision in args.precisions.split(","):
