@@ -5,7 +5,8 @@ detection at the centre pixel ``side // 2``, the tile's sky rms, and the 0-based
 all detections. Output: ``stamp_features``, float32 ``(n, len(FEATURE_NAMES))``, the
 features a position-only tile head reads beside the pixels. Nothing comes from a catalogue
 column but the positions, so the same features can be measured on any catalogue with x/y and
-on any image of the object (the metacalibration images).
+on any image of the object (the metacalibration images). A head that also reads SExtractor
+columns (``compact_cnn_stamp_catalogue_v1``) gets ``catalogue_feature_columns`` after them.
 
 SEP runs on each stamp with SExtractor's detection settings of ``example_config`` (threshold
 1.5 x the tile rms, 5 pixels, the 3x3 pyramidal filter, 32 deblending thresholds, contrast

@@ -5,7 +5,7 @@ catalogue with every input row and column unchanged plus the columns in ``OUTPUT
 This is the only module that joins ``io`` to the science modules. Follow one detection:
 ``io.read_catalogue`` gives its 0-based position and ``cues`` its catalogue features,
 ``stamps.cut_stamps`` its 65x65 stamp (``features.measure_stamps`` what SEP measures on it, for
-a position-only tile head), ``tilehead.TileHead.predict_proba`` its
+a tile head whose features are measured on the stamp), ``tilehead.TileHead.predict_proba`` its
 ``BLEND_PROB`` (P(unrecognised blend)), ``model.Classifier.predict_proba`` its
 ``BH_PAPER_PROB`` (the paper's question), ``sep_flags.classify_stamps`` its SEP verdict, and
 ``io.write_catalogue`` appends them to its row. With ``metacal.enabled``, ``psf`` gives the
@@ -541,10 +541,10 @@ def _score(cfg, networks, paper_head, stamp_features, head_inputs, stamps_of, rm
     ``networks`` (``tilehead.NetworkProcess`` or ``_LocalNetworks``) scores each batch with
     the tile head (``submit``) and the paper head (``submit_paper``); batches are finished
     in order, each once its scores are back or when more wait than ``BATCHES_IN_FLIGHT``
-    allows. ``head_inputs`` holds, per row, the tile
-    head's catalogue features, or for a position-only head (``stamp_features``) the
-    position cues (then any SExtractor features it also reads); its pixel features are then measured on each batch's stamps in the SEP
-    processes and the batch is scored when they come back. With ``mcal`` the same is done on
+    allows. ``head_inputs`` holds, per row, the tile head's catalogue features, or for a
+    head whose features are measured on the stamp (``stamp_features``) the position cues and
+    any SExtractor features it also reads; its pixel features are then measured on each
+    batch's stamps in the SEP processes and the batch is scored when they come back. With ``mcal`` the same is done on
     each sheared image of the stamps (made here, measured in the SEP processes with the
     sheared images' rms, scored with it), beside the same position cues."""
     prob = np.full(n, np.nan, dtype=np.float64)
@@ -772,7 +772,7 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None, network_pro
             _start_networks(tile_head, classifier_loader, network_process) as networks:
         nearest_pix = cues.nearest_detection_pix(cat.x_pix, cat.y_pix)
         ndet_stamp = cues.detections_in_stamp(cat.x_pix, cat.y_pix, half_pix)
-        if tile_head.stamp_features:  # position-only: no catalogue column but x, y
+        if tile_head.stamp_features:  # measured on the stamp, beside the positions' cues
             head_inputs = features.position_cues(cat.x_pix, cat.y_pix, half_pix, nearest_pix,
                                                  ndet_stamp)
             if columns:  # compact_cnn_stamp_catalogue_v1: and SExtractor's, after them

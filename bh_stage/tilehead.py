@@ -5,11 +5,12 @@ SExtractor detections, noise-filled off the tile), scaled by the tile rms, and t
 features: for a position-only head (``compact_cnn_stamp_v1``) what the stage measures on the
 stamp and the positions (``features.FEATURE_NAMES``), so any catalogue with x/y will do; for
 the catalogue head (``compact_cnn_catalogue_v1``) SExtractor columns
-(``cues.catalogue_features``). Output: a logit per detection (the mean over
+(``cues.catalogue_features``); for ``compact_cnn_stamp_catalogue_v1`` both
+(``features.UNION_FEATURE_NAMES``). Output: a logit per detection (the mean over
 the head's ``n_orientations`` flips and quarter turns) and the calibrated probability
 ``sigmoid(a * logit + b)``, computed from the logit so that it does not saturate.
 
-The network is ``nets.compact.build_compact`` (``compact_cnn_catalogue_v1``); training,
+The network is ``nets.compact.build_compact`` (the head's architecture); training,
 calibration and the ``BLEND_FLAG`` threshold are ``bh_stage.study.train_tile`` (see there and
 the docs for why not the VGG16 base).
 """
@@ -81,7 +82,9 @@ class TileHead:
         self.blend_threshold = float(meta["blend_threshold"])
         self.stamp_features = reads_stamp_features(meta)
         self.feature_names = feature_names(meta)
-        self.catalogue_columns = tuple(meta.get("catalogue_columns", ()))
+        # what the architecture reads, not what the metadata says, decides the inputs built
+        self.catalogue_columns = (() if meta["architecture"] == STAMP_ARCHITECTURE
+                                  else cues.CATALOGUE_COLUMNS)
         self._mean = np.asarray(meta["feature_mean"], dtype=np.float32)
         self._scale = np.asarray(meta["feature_scale"], dtype=np.float32)
         self._a, self._b = meta["calibration"]["a"], meta["calibration"]["b"]

@@ -135,9 +135,9 @@ def test_head_that_also_reads_sextractor_columns(tmp_path, cosmos_dir, sextracto
     assert meta["stamp_features"] == list(features.FEATURE_NAMES) + [
         "CAT_FLUX_RADIUS", "CAT_ELONGATION", "CAT_MAG_AUTO", "CAT_LOG10_SNR",
         "CAT_FLAGS_NEIGHBOURS", "CAT_FLAGS_BLENDED", "CAT_CLASS_STAR"]
-    test = tmp_path / "tiles" / "valid2"
-    x, feats, _ = train_tile.role_arrays([test], 0, "stamp+catalogue")
-    c = fitsio.read(str(test / "tile.cat"), ext="LDAC_OBJECTS")
+    tile = tmp_path / "tiles" / "valid2"
+    x, feats, _ = train_tile.role_arrays([tile], 0, "stamp+catalogue")
+    c = fitsio.read(str(tile / "tile.cat"), ext="LDAC_OBJECTS")
     by_hand = np.column_stack([
         c["FLUX_RADIUS"], c["A_IMAGE"] / c["B_IMAGE"], c["MAG_AUTO"],
         np.log10(c["FLUX_AUTO"] / c["FLUXERR_AUTO"]), c["FLAGS"] & 1, (c["FLAGS"] & 2) > 0,
@@ -147,9 +147,9 @@ def test_head_that_also_reads_sextractor_columns(tmp_path, cosmos_dir, sextracto
     assert good.mean() > 0.9
 
     out = tmp_path / "u_bh.cat"
-    assert main(["-q", "run", "example_config/config.yml", str(test / "tile.fits"),
-                 "--catalogue", str(test / "tile.cat"), "--weight",
-                 str(test / "tile.weight.fits"), "--output", str(out),
+    assert main(["-q", "run", "example_config/config.yml", str(tile / "tile.fits"),
+                 "--catalogue", str(tile / "tile.cat"), "--weight",
+                 str(tile / "tile.weight.fits"), "--output", str(out),
                  f"--set=tile_head={heads / 'u.json'}", "--set=tile_head_precision=f32"]) == 0
     prob = fitsio.read(str(out), ext="LDAC_OBJECTS")["BLEND_PROB"]
     head = load_tile_head(heads / "u.json")
@@ -159,15 +159,15 @@ def test_head_that_also_reads_sextractor_columns(tmp_path, cosmos_dir, sextracto
     assert scored.mean() > 0.9
     np.testing.assert_allclose(prob[scored], expected[scored], rtol=1e-4, atol=1e-6)
 
-    _positions_only(test / "tile.cat", tmp_path / "positions.cat")
+    _positions_only(tile / "tile.cat", tmp_path / "positions.cat")
     capsys.readouterr()
     for extra, says in (
             (["--catalogue", str(tmp_path / "positions.cat")],
              "positions.cat: no column FLUX_RADIUS, A_IMAGE"),
-            (["--catalogue", str(test / "tile.cat"), "--set=metacal.enabled=true",
+            (["--catalogue", str(tile / "tile.cat"), "--set=metacal.enabled=true",
               "--set=metacal.psf_fwhm_arcsec=0.65"], "u.json reads SExtractor columns")):
         bad = tmp_path / "bad_bh.cat"
-        assert main(["-q", "run", "example_config/config.yml", str(test / "tile.fits"),
+        assert main(["-q", "run", "example_config/config.yml", str(tile / "tile.fits"),
                      *extra, "--output", str(bad), f"--set=tile_head={heads / 'u.json'}"]) == 2
         err = capsys.readouterr().err
         assert not bad.exists() and err.count("\n") == 1 and says in err

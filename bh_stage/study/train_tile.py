@@ -32,8 +32,8 @@ from ..nets.compact import (ARCHITECTURE, STAMP_ARCHITECTURE, STAMP_CATALOGUE_AR
 from ..tilehead import HEAD_FEATURES, INT8_KEY, TARGET, load_tile_head, tile_head_path
 
 __all__ = ["fit_tile_head", "tile_logits", "calibrate_logits", "reliability", "role_arrays",
-           "stamp_feature_table", "FEATURE_KINDS", "source_features", "train_tile", "run_train_tile",
-           "ISOLATED_FPR", "isolated_threshold"]
+           "stamp_feature_table", "FEATURE_KINDS", "source_features", "train_tile",
+           "run_train_tile", "ISOLATED_FPR", "isolated_threshold"]
 
 log = logging.getLogger(__name__)
 
