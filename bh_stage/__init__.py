@@ -5,7 +5,7 @@ unrecognised blend (the tile head), for the paper's blend (a BlendHunter network
 al. 2021) and with SEP, and writes blend columns.
 """
 
-__version__ = "0.15.0"
+__version__ = "0.16.0"
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 """Format of bh-stage's log lines on stderr: the command line's and its network process's."""

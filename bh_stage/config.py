@@ -168,7 +168,9 @@ class RunConfig:
                             "tile_unrecognised_positions_o2, which needs only x/y; "
                             "tile_unrecognised_positions: the same network in 4 "
                             "orientations), a shipped head's name (tile_unrecognised: the "
-                            "catalogue head of 0.3-0.5), or a path to a head's .json.")
+                            "catalogue head of 0.3-0.5; tile_unrecognised_stamp_catalogue_o2: "
+                            "the default's features and SExtractor columns, 0.16), or a path "
+                            "to a head's .json.")
     head: str = option("none", "Paper head giving BH_PAPER_PROB and BH_PAPER_FLAG (the "
                        "paper's question, not a cut on tiles: README 'Which column to cut "
                        "on'): 'none' (not computed: the fast survey mode), 'default' (the "
