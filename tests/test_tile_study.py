@@ -270,10 +270,12 @@ def test_train_tile_then_evaluate_tile(tmp_path, cosmos_dir, sextractor):
 @pytest.mark.parametrize("name, architecture, n_orientations", [
     ("default", compact.STAMP_ARCHITECTURE, 2),
     ("tile_unrecognised_positions", compact.STAMP_ARCHITECTURE, 4),
-    ("tile_unrecognised", compact.ARCHITECTURE, 4)])
+    ("tile_unrecognised", compact.ARCHITECTURE, 4),
+    ("tile_unrecognised_stamp_catalogue_o2", compact.STAMP_CATALOGUE_ARCHITECTURE, 2)])
 def test_shipped_tile_head_loads_and_scores(name, architecture, n_orientations):
     """The shipped tile heads (the position-only default, in 2 orientations since issue 24,
-    the same in 4, and the catalogue head of 0.3-0.5): their metadata says what they are,
+    the same in 4, the catalogue head of 0.3-0.5, and the head reading both kinds of
+    features of 0.16): their metadata says what they are,
     and they score stage stamps with probabilities strictly inside (0, 1) that follow the
     calibration of their logits, the same for a quarter-turned stamp where the 4 quarter
     turns are averaged."""
@@ -282,10 +284,13 @@ def test_shipped_tile_head_loads_and_scores(name, architecture, n_orientations):
     head = tilehead.load_tile_head(tilehead.tile_head_path(name))
     meta = head.metadata
     assert meta["target"] == "unrecognised_blend" and meta["architecture"] == architecture
-    if head.stamp_features:
+    if architecture == compact.STAMP_ARCHITECTURE:
         assert head.catalogue_columns == () and head.feature_names == features.FEATURE_NAMES
     else:
         assert head.catalogue_columns == cues.CATALOGUE_COLUMNS
+    if architecture == compact.STAMP_CATALOGUE_ARCHITECTURE:
+        assert head.stamp_features and head.feature_names == features.FEATURE_NAMES + tuple(
+            f"CAT_{name}" for name in cues.FEATURE_NAMES[:7])
     assert 0 < head.blend_threshold < 1 and meta["valid"]["roc_auc"] > 0.5
     rng = np.random.default_rng(0)
     stamps = rng.normal(0, 14.5, (6, 65, 65)).astype(np.float32)
