@@ -300,3 +300,32 @@ python bench/bench_shear.py --work-dir $work/shear_p45 --tiles-dir $work/tiles \
 python bench/bench_shear.py --work-dir $work/shear_12 --tiles-dir $work/tiles --seeds 12 \
     --control-seeds 30 --target-psf gauss --output shear_metacal_12seeds_gauss.json
 python bench/bench_metacal.py --psf-leakage
+# 0.16: a head that also reads SExtractor columns (U) and the catalogue-only head (C), both
+# on the v2 tiles (about 50 min of training each here), chosen on validation, then U's test
+# report (the shipped head; its training name was tile_unrecognised_union).
+for f in stamp+catalogue catalogue; do
+  name=tile_unrecognised_${f/+/_}
+  bh-stage train-tile example_config/train-tile.yml --set features=$f \
+      --set tiles.work_dir=$work/tiles --set head_name=$name --set output_dir=$work/heads
+  bh-stage train-tile example_config/train-tile.yml --set tiles.work_dir=$work/tiles \
+      --set weights_from=$work/heads/$name.json --set n_orientations=2 \
+      --set head_name=${name}_o2 --set output_dir=$work/heads
+done
+python bench/quantize_tile_head.py $work/heads/tile_unrecognised_stamp_catalogue_o2.json \
+    --work-dir $work/tiles --train-seeds 101
+python bench/bench_tile_head_variants.py --work-dir $work/tiles \
+    bh_stage/data/heads/tile_unrecognised_positions_o2.json \
+    $work/heads/tile_unrecognised_stamp_catalogue_o2.json \
+    $work/heads/tile_unrecognised_catalogue_o2.json --n-bootstrap 1000 \
+    --output tile_head_v2cat_valid.json
+python bench/bench_tile_head_variants.py --work-dir $work/tiles \
+    $work/heads/tile_unrecognised_stamp_catalogue_o2.json --precisions f32,int8 \
+    --n-bootstrap 1000 --output tile_head_union_int8_valid.json
+python bench/bench_cutout_multiples.py --role test --head tile_unrecognised_stamp_catalogue_o2 \
+    --work-dir $work/tiles --work-dir $work/tiles_p05 --tiles-set 1:close_pair_fraction=0.05 \
+    --work-dir $work/tiles_p30 --tiles-set 2:close_pair_fraction=0.3 \
+    --output cutout_multiples_test_stamp_catalogue.json
+python bench/bench_tile_head_variants.py --role test --work-dir $work/tiles \
+    bh_stage/data/heads/tile_unrecognised_positions_o2.json \
+    bh_stage/data/heads/tile_unrecognised_stamp_catalogue_o2.json --precisions int8 \
+    --n-bootstrap 1000 --output tile_head_stamp_catalogue_test.json
