@@ -13,7 +13,8 @@ import logging
 import numpy as np
 
 __all__ = ["CATALOGUE_COLUMNS", "FEATURE_NAMES", "nearest_detection_pix",
-           "detections_in_stamp", "catalogue_features", "BASELINE_COLUMNS",
+           "detections_in_stamp", "sextractor_features", "catalogue_features",
+           "BASELINE_COLUMNS",
            "BASELINE_FEATURE_NAMES", "baseline_features"]
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,20 @@ def detections_in_stamp(x_pix, y_pix, half_pix=25):
     return out
 
 
-def catalogue_features(columns, x_pix, y_pix, half_pix=25):
+def sextractor_features(columns):
+    """The SExtractor part of ``catalogue_features`` (its columns but the last two, the
+    position cues), float32 ``(n, 7)``, missing values filled as there."""
+    c = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        elong = c["A_IMAGE"] / c["B_IMAGE"]
+        snr = np.log10(np.clip(c["FLUX_AUTO"] / c["FLUXERR_AUTO"], 1e-3, None))
+    flags = np.nan_to_num(c["FLAGS"]).astype(np.int64)
+    feats = np.column_stack([c["FLUX_RADIUS"], elong, c["MAG_AUTO"], snr, (flags & 1) > 0,
+                             (flags & 2) > 0, c["CLASS_STAR"]])
+    return _fill_median(feats.astype(np.float64)).astype(np.float32)
+
+
+def catalogue_features(columns, x_pix, y_pix, half_pix=25, nearest_pix=None, ndet_stamp=None):
     """Return the catalogue feature matrix, shape (n, len(FEATURE_NAMES)), float32.
 
     Parameters
@@ -78,19 +92,19 @@ def catalogue_features(columns, x_pix, y_pix, half_pix=25):
         0-based positions.
     half_pix : int
         Half side of the stamp for ``NDET_STAMP``.
+    nearest_pix, ndet_stamp : ndarray, optional
+        ``nearest_detection_pix(x_pix, y_pix)`` and ``detections_in_stamp(x_pix, y_pix,
+        half_pix)``, if already computed.
 
     Missing values become the column's median (0 if all are missing), so every row scores.
     """
-    c = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        elong = c["A_IMAGE"] / c["B_IMAGE"]
-        snr = np.log10(np.clip(c["FLUX_AUTO"] / c["FLUXERR_AUTO"], 1e-3, None))
-    flags = np.nan_to_num(c["FLAGS"]).astype(np.int64)
-    nearest = np.log10(np.clip(nearest_detection_pix(x_pix, y_pix), 0.1, None))
-    feats = np.column_stack([
-        c["FLUX_RADIUS"], elong, c["MAG_AUTO"], snr, (flags & 1) > 0, (flags & 2) > 0,
-        c["CLASS_STAR"], nearest, detections_in_stamp(x_pix, y_pix, half_pix)])
-    return _fill_median(feats.astype(np.float64)).astype(np.float32)
+    if nearest_pix is None:
+        nearest_pix = nearest_detection_pix(x_pix, y_pix)
+    if ndet_stamp is None:
+        ndet_stamp = detections_in_stamp(x_pix, y_pix, half_pix)
+    nearest = np.log10(np.clip(nearest_pix, 0.1, None))
+    position = _fill_median(np.column_stack([nearest, ndet_stamp]).astype(np.float64))
+    return np.column_stack([sextractor_features(columns), position.astype(np.float32)])
 
 
 def _fill_median(feats):

@@ -6,7 +6,7 @@ all detections. Output: ``stamp_features``, float32 ``(n, len(FEATURE_NAMES))``,
 features a position-only tile head reads beside the pixels. Nothing comes from a catalogue
 column but the positions, so the same features can be measured on any catalogue with x/y and
 on any image of the object (the metacalibration images). A head that also reads SExtractor
-columns (``compact_cnn_stamp_catalogue_v1``) gets ``catalogue_feature_columns`` after them.
+columns (``compact_cnn_stamp_catalogue_v1``) gets ``cues.sextractor_features`` after them.
 
 SEP runs on each stamp with SExtractor's detection settings of ``example_config`` (threshold
 1.5 x the tile rms, 5 pixels, the 3x3 pyramidal filter, 32 deblending thresholds, contrast
@@ -24,8 +24,7 @@ import numpy as np
 from . import cues
 
 __all__ = ["FEATURE_NAMES", "CATALOGUE_FEATURE_NAMES", "UNION_FEATURE_NAMES", "CENTRE_MATCH_PIX",
-           "position_cues", "catalogue_feature_columns", "stamp_features", "measure_stamps",
-           "sep_pixel_stack"]
+           "position_cues", "stamp_features", "measure_stamps", "sep_pixel_stack"]
 
 FEATURE_NAMES = (
     "FOUND", "LOG10_SNR", "LOG10_NPIX", "LOG10_A_PIX", "ELONGATION", "FLUX_RADIUS_PIX",
@@ -63,7 +62,7 @@ reads."""
 
 UNION_FEATURE_NAMES = FEATURE_NAMES + CATALOGUE_FEATURE_NAMES
 """Columns of ``stamp_features`` for a head that also reads SExtractor columns: the stamp's
-features, then ``CATALOGUE_FEATURE_NAMES`` (``catalogue_feature_columns``)."""
+features, then ``CATALOGUE_FEATURE_NAMES`` (``cues.sextractor_features``)."""
 
 
 def _central(objects, segmap, c):
@@ -165,16 +164,10 @@ def position_cues(x_pix, y_pix, half_pix=25, nearest_pix=None, ndet_stamp=None):
     return np.column_stack([nearest, ndet]).astype(np.float32)
 
 
-def catalogue_feature_columns(columns, x_pix, y_pix):
-    """``CATALOGUE_FEATURE_NAMES`` of every detection from its SExtractor ``columns``
-    (``cues.CATALOGUE_COLUMNS`` by name) and 0-based positions: float32 ``(n, 7)``."""
-    return cues.catalogue_features(columns, x_pix, y_pix)[:, :len(CATALOGUE_FEATURE_NAMES)]
-
-
 def stamp_features(pixel_features, position_features):
     """``FEATURE_NAMES`` of some detections: their ``measure_stamps`` pixel features beside
-    their rows of ``position_cues``, float32 ``(n, len(FEATURE_NAMES))``; with the
-    ``catalogue_feature_columns`` after the position cues, ``UNION_FEATURE_NAMES``."""
+    their rows of ``position_cues``, float32 ``(n, len(FEATURE_NAMES))``; with
+    ``cues.sextractor_features`` after the position cues, ``UNION_FEATURE_NAMES``."""
     return np.column_stack([pixel_features, position_features]).astype(np.float32)
 
 

@@ -544,9 +544,10 @@ def _score(cfg, networks, paper_head, stamp_features, head_inputs, stamps_of, rm
     allows. ``head_inputs`` holds, per row, the tile head's catalogue features, or for a
     head whose features are measured on the stamp (``stamp_features``) the position cues and
     any SExtractor features it also reads; its pixel features are then measured on each
-    batch's stamps in the SEP processes and the batch is scored when they come back. With ``mcal`` the same is done on
-    each sheared image of the stamps (made here, measured in the SEP processes with the
-    sheared images' rms, scored with it), beside the same position cues."""
+    batch's stamps in the SEP processes and the batch is scored when they come back. With
+    ``mcal`` the same is done on each sheared image of the stamps (made here, measured in
+    the SEP processes with the sheared images' rms, scored with it), beside the same
+    position cues."""
     prob = np.full(n, np.nan, dtype=np.float64)
     sheared_prob = {t: np.full(n, np.nan, dtype=np.float64)
                     for t in (MCAL_IMAGE_TYPES if mcal is not None else ())}
@@ -776,10 +777,10 @@ def run_stage(cfg, tile_path, progress=None, classifier_loader=None, network_pro
             head_inputs = features.position_cues(cat.x_pix, cat.y_pix, half_pix, nearest_pix,
                                                  ndet_stamp)
             if columns:  # compact_cnn_stamp_catalogue_v1: and SExtractor's, after them
-                head_inputs = np.column_stack([head_inputs, features.catalogue_feature_columns(
-                    columns, cat.x_pix, cat.y_pix)])
+                head_inputs = np.column_stack([head_inputs, cues.sextractor_features(columns)])
         else:
-            head_inputs = (cues.catalogue_features(columns, cat.x_pix, cat.y_pix, half_pix)
+            head_inputs = (cues.catalogue_features(columns, cat.x_pix, cat.y_pix, half_pix,
+                                                   nearest_pix, ndet_stamp)
                            if columns else np.zeros((cat.nrows, 0), np.float32))
 
         progress(0, 1, "reading tile")

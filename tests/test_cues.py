@@ -114,6 +114,11 @@ def test_catalogue_features_coincident_missing_and_half_pix():
     # -1 (no position) is a value, not a missing one
     np.testing.assert_array_equal(col["NDET_STAMP"], [0, -1, 1, 1])
     assert np.all(np.isfinite(f))
+    # the stage passes the cues it has already computed, and reads the SExtractor part alone
+    given = cues.catalogue_features(columns, x, y, 5, cues.nearest_detection_pix(x, y),
+                                    cues.detections_in_stamp(x, y, 5))
+    np.testing.assert_array_equal(given, f)
+    np.testing.assert_array_equal(cues.sextractor_features(columns), f[:, :7])
 
 
 def test_catalogue_features_missing_column_is_a_key_error():
